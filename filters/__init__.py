@@ -1,0 +1,1 @@
+"""Length, token-budget, visual-quality, dedup and text filters."""

@@ -1,0 +1,113 @@
+"""`prolongvid` / `python -m pipeline`: the command line.
+
+Subcommands: `probe` (what is this file, or why it would be rejected),
+`sample` (one video's frame sets to JPEG files), `demo` (generate example
+videos, probe and sample them, print what was found).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.config import ConfigError, RunConfig, load_config, write_resolved_config
+from pipeline.errors import VideoError
+from pipeline.probe import ToolMissing
+
+log = logging.getLogger("prolongvid")
+
+
+def _config(args: argparse.Namespace, **defaults: str) -> RunConfig:
+    """Load --config (or defaults only) with --set overrides; input/output get placeholders for file-only commands."""
+    sets = [f"{k}={v}" for k, v in defaults.items()] + list(args.set or [])
+    return load_config(args.config, sets)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="run config YAML (configs/default.yaml lists every key)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. decode.backend=pyav")
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from pipeline.probe import preflight
+    from pipeline.report import probe_table
+
+    cfg = _config(args, **{"input.path": ".", "output.dir": "."}) if not args.config else _config(args)
+    rows = []
+    for path in args.paths:
+        try:
+            rows.append({"path": path, "ok": True, **preflight(path, cfg.probe, cfg.limits).to_dict()})
+        except VideoError as e:
+            rows.append({"path": path, "ok": False, "reason": e.reason.value, "detail": e.detail})
+    print(json.dumps(rows, indent=2) if args.json else probe_table(rows))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from pipeline.extract import extract_frames
+    from pipeline.probe import preflight
+    from pipeline.report import write_frame_sets
+
+    cfg = _config(args, **{"input.path": args.path, "output.dir": args.out})
+    try:
+        info = preflight(args.path, cfg.probe, cfg.limits)
+        result = extract_frames(info, cfg.sampling, cfg.decode, num_frames_override=args.frames)
+    except VideoError as e:
+        print(f"rejected: {e.reason.value}: {e.detail}", file=sys.stderr)
+        return 1
+    out = Path(cfg.output.dir)
+    write_resolved_config(cfg, out)
+    write_frame_sets(result, info, out)
+    print(f"{args.path}: decoder {result.decoder}, {result.frames_decoded} frames decoded in {result.decode_seconds:.2f}s")
+    for name, fs in result.sets.items():
+        print(f"  {name}: {len(fs)} frames {fs.width}x{fs.height} -> {out / name}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    cfg = load_config(args.config, [f"output.dir={args.out}", f"input.path={Path(args.out) / 'videos'}", *(args.set or [])])
+    return run_demo(cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prolongvid", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("probe", help="probe files and say why any would be rejected")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("sample", help="decode one video once and write every configured frame set as JPEGs")
+    p.add_argument("path")
+    p.add_argument("--out", required=True, help="output folder (one subfolder per frame set)")
+    p.add_argument("--frames", type=int, default=None, help="per-sample frame count: overrides every set's mode")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("demo", help="generate example videos, probe and sample them, print what was found")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except ToolMissing as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3

@@ -1,0 +1,249 @@
+"""Typed run configuration: YAML in, validated models out, `--set a.b=value` overrides.
+
+Every model forbids unknown keys, so a typo fails at load with the dotted path
+of the field (`sampling.sets.0.num_frames: ...`) instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Strict):
+    path: str = Field(description="a folder of videos, a manifest (jsonl/csv/parquet) or a LLaVA JSON")
+    extensions: list[str] = [".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ogv", ".ts", ".flv"]
+    recursive: bool = True
+
+
+class OutputConfig(_Strict):
+    dir: str
+
+
+class ProbeConfig(_Strict):
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    count_frames: bool = Field(
+        False, description="count packets when the container stores no frame count (exact, reads the file)"
+    )
+    keyframe_scan_s: Annotated[float, Field(ge=0)] = Field(
+        20.0, description="seconds from the start scanned to estimate keyframe spacing (0: skip)"
+    )
+    check_decoder: bool = Field(True, description="refuse codecs no local decoder can open")
+
+
+class LimitsConfig(_Strict):
+    """Preflight limits: a video outside them is rejected before any decode."""
+
+    max_duration_s: Annotated[float, Field(gt=0)] = 4 * 3600.0
+    max_width: Annotated[int, Field(gt=0)] = 7680
+    max_height: Annotated[int, Field(gt=0)] = 4320
+    min_width: Annotated[int, Field(ge=1)] = 32
+    min_height: Annotated[int, Field(ge=1)] = 32
+
+
+class DecodeConfig(_Strict):
+    backend: Literal["decord", "pyav"] = "decord"
+    fallback: Literal["pyav", "none"] = Field(
+        "pyav", description="decoder used when the backend cannot open or index the file"
+    )
+    threads: Annotated[int, Field(ge=0)] = Field(
+        0, description="decode workers for one video, each on its own span of keyframe groups (0: all CPUs)"
+    )
+    frame_count_tolerance: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.02, description="relative disagreement between decoder and container frame counts before falling back"
+    )
+    batch_bytes: Annotated[int, Field(gt=0)] = Field(
+        64 << 20, description="most raw pixel bytes one decode batch may hold"
+    )
+
+
+class ResizeConfig(_Strict):
+    policy: Literal["square", "short_side", "none"] = "square"
+    size: Annotated[int, Field(gt=0, le=8192)] = 384
+    resample: Literal["bilinear", "bicubic", "lanczos"] = "bicubic"
+
+
+class FrameSetConfig(_Strict):
+    """One set of frames to pull from a video.
+
+    Modes: `uniform` (k frames over indices [0, N-1], the paper's linspace),
+    `fps` (the paper's every-round(video_fps/fps)-th frame with min/max bounds),
+    `time_uniform` / `time_fps` (the same in presentation time, right on
+    variable-frame-rate files).
+    """
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    mode: Literal["uniform", "fps", "time_uniform", "time_fps"] = "uniform"
+    num_frames: Annotated[int, Field(gt=0)] | None = None
+    fps: Annotated[float, Field(gt=0)] | None = None
+    min_frames: Annotated[int, Field(ge=0)] = 0
+    max_frames: Annotated[int, Field(ge=0)] = 0  # 0: no upper bound
+    seek: Literal["exact", "keyframe"] = "exact"
+    resize: ResizeConfig = ResizeConfig()
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> "FrameSetConfig":
+        if self.mode in ("uniform", "time_uniform") and self.num_frames is None:
+            raise ValueError(f"mode {self.mode!r} needs num_frames")
+        if self.mode in ("fps", "time_fps") and self.fps is None:
+            raise ValueError(f"mode {self.mode!r} needs fps")
+        if self.max_frames and self.min_frames > self.max_frames:
+            raise ValueError(f"min_frames ({self.min_frames}) exceeds max_frames ({self.max_frames})")
+        return self
+
+
+def _default_sets() -> list[FrameSetConfig]:
+    return [
+        FrameSetConfig(name="shard", mode="uniform", num_frames=192),
+        FrameSetConfig(
+            name="caption",
+            mode="time_fps",
+            fps=1.0,
+            resize=ResizeConfig(policy="short_side", size=224),
+            jpeg_quality=85,
+        ),
+    ]
+
+
+class SamplingConfig(_Strict):
+    sets: list[FrameSetConfig] = Field(default_factory=_default_sets)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "SamplingConfig":
+        names = [s.name for s in self.sets]
+        if not names:
+            raise ValueError("at least one frame set is needed")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"frame set names must be unique, repeated: {dupes}")
+        return self
+
+
+class RunConfig(_Strict):
+    """A pipeline run: where videos come from, where results go, how videos are read."""
+
+    input: InputConfig
+    output: OutputConfig
+    probe: ProbeConfig = ProbeConfig()
+    limits: LimitsConfig = LimitsConfig()
+    decode: DecodeConfig = DecodeConfig()
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config {origin}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = e.get("input")
+        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.0.c=value` -> (["a", "b", "0", "c"], value parsed as YAML)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {e}") from None
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set `value` at `path` inside nested dicts/lists, creating dicts as needed."""
+    node: Any = data
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        where = ".".join(path[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {'.'.join(path)}: {where} is not an index of a {len(node)}-item list")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+                if node is None:
+                    node = {}
+        else:
+            raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[:i])} is a value, not a section")
+
+
+def _model_defaults(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """Fill list-valued defaults so `--set sampling.sets.0.x=...` can address them."""
+    if model is RunConfig:
+        sampling = data.setdefault("sampling", {})
+        if isinstance(sampling, dict) and "sets" not in sampling:
+            sampling["sets"] = [s.model_dump() for s in _default_sets()]
+    return data
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    model: type[BaseModel] = RunConfig,
+) -> Any:
+    """Load YAML (or start empty), apply `key=value` overrides, validate into `model`."""
+    data: dict[str, Any] = {}
+    origin = "(overrides only)"
+    if path is not None:
+        origin = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {path}: the top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    data = _model_defaults(model, data)
+    for item in overrides:
+        key_path, value = parse_override(item)
+        apply_override(data, key_path, value)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, origin)) from None
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The resolved config as YAML: what every output directory keeps beside its results."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def write_resolved_config(cfg: BaseModel, out_dir: str | Path, name: str = "config.resolved.yaml") -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / name
+    target.write_text(dump_config(cfg))
+    return target

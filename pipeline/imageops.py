@@ -1,0 +1,54 @@
+"""Resize policies and JPEG encoding for sampled frames (Pillow, which ships libjpeg-turbo)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from pipeline.config import ResizeConfig
+
+RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def output_size(width: int, height: int, resize: ResizeConfig) -> tuple[int, int]:
+    """(width, height) a frame of the given upright size becomes under the policy.
+
+    square: size x size, aspect not kept (what SigLIP's 384x384 processor does);
+    short_side: the shorter side becomes `size`, aspect kept (never upscales past it);
+    none: unchanged.
+    """
+    if resize.policy == "square":
+        return resize.size, resize.size
+    if resize.policy == "short_side":
+        short = min(width, height)
+        if short <= 0:
+            raise ValueError(f"frame has no size: {width}x{height}")
+        scale = resize.size / short
+        return max(1, round(width * scale)), max(1, round(height * scale))
+    return width, height
+
+
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int], resample: str = "bicubic") -> np.ndarray:
+    """Resize an HxWx3 uint8 array to (width, height); returns the input when the size already matches."""
+    h, w = rgb.shape[:2]
+    if (w, h) == size:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize(size, RESAMPLE[resample]))
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG bytes back to an HxWx3 uint8 array (tests, filters, stats)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))

@@ -1,0 +1,112 @@
+"""Record types shared by every package: what a probe learns, what a decode returns, why a video was dropped.
+
+Plain frozen dataclasses with `to_dict()` so they cross process (Ray) and file
+(json, parquet) boundaries unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What ffprobe says about a file, normalised. Sizes are display sizes (rotation applied)."""
+
+    path: str
+    container: str  # ffprobe format_name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    size_bytes: int
+    duration_s: float
+    num_frames: int
+    num_frames_exact: bool  # False: estimated from duration x average fps
+    avg_fps: float
+    real_fps: float  # ffprobe r_frame_rate: the base rate; differs from avg_fps on VFR files
+    width: int
+    height: int
+    coded_width: int
+    coded_height: int
+    rotation: int  # clockwise degrees to turn a decoded frame upright: 0, 90, 180 or 270
+    codec: str
+    pix_fmt: str
+    bit_depth: int
+    has_audio: bool
+    keyframe_interval_s: float | None  # mean spacing of keyframes near the start; None if unknown
+
+    @property
+    def variable_frame_rate(self) -> bool:
+        return self.real_fps > 0 and abs(self.real_fps - self.avg_fps) / self.real_fps > 0.01
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**_as_dict(self), "variable_frame_rate": self.variable_frame_rate}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One rejected video: the row of the rejects table."""
+
+    source: str
+    stage: str
+    reason: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _as_dict(self)
+
+
+@dataclass(frozen=True)
+class FrameSet:
+    """One named set of frames from a video, JPEG-encoded, in time order.
+
+    `indices` are positions in the decoded frame sequence (display order),
+    `timestamps_s` the presentation times of the frames actually returned (from
+    the first frame), `target_times_s` the times the sampler aimed for. They
+    differ only in keyframe mode, whose error is reported.
+    """
+
+    name: str
+    mode: str
+    seek: str
+    indices: list[int]
+    timestamps_s: list[float]
+    target_times_s: list[float]
+    jpegs: list[bytes] = field(repr=False)
+    width: int
+    height: int
+    max_timestamp_error_s: float = 0.0
+    mean_timestamp_error_s: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.jpegs)
+
+    def meta(self) -> dict[str, Any]:
+        """Everything but the pixels: for json metadata and logs."""
+        d = _as_dict(self)
+        d.pop("jpegs")
+        d["num_frames"] = len(self.jpegs)
+        d["jpeg_bytes"] = sum(len(j) for j in self.jpegs)
+        return d
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """All frame sets of one video from one decode pass, and how they were made."""
+
+    source: str
+    decoder: str  # "decord" or "pyav": the backend that produced the frames
+    fallback_reason: str | None  # why the default backend was not used, if it was not
+    num_frames: int  # frames in the decoder's index (what sampling was planned over)
+    avg_fps: float
+    frames_decoded: int  # distinct frames turned into pixels
+    decode_seconds: float
+    sets: dict[str, FrameSet]
+
+    def meta(self) -> dict[str, Any]:
+        d = {k: v for k, v in _as_dict(self).items() if k != "sets"}
+        d["sets"] = {name: s.meta() for name, s in self.sets.items()}
+        return d

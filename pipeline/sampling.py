@@ -1,0 +1,148 @@
+"""Which frames to take: pure functions from a video's frame index to frame positions and times.
+
+Index modes reproduce the paper's loader exactly (LLaVA-NeXT
+`process_video_with_decord`): `np.linspace(0, N-1, k, dtype=int)` (the int
+cast truncates), or every `round(video_fps / fps)`-th frame with upper and
+lower bounds that fall back to linspace. Time modes aim at presentation times
+and pick the nearest frame, which stays right on variable-frame-rate files
+where even index spacing is uneven in time. Keyframe seeking snaps every
+target to the nearest keyframe and reports the error it made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.config import FrameSetConfig
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """Presentation times of every frame (seconds from the first, display order) and the keyframes among them."""
+
+    pts_s: np.ndarray  # float64, non-decreasing, len == number of frames
+    keyframes: np.ndarray  # int64 frame positions of keyframes, sorted; always contains 0
+    avg_fps: float
+
+    @property
+    def num_frames(self) -> int:
+        return int(len(self.pts_s))
+
+    @property
+    def duration_s(self) -> float:
+        """Span from the first frame's start to the last frame's end (one average frame long)."""
+        if self.num_frames == 0:
+            return 0.0
+        return float(self.pts_s[-1]) + (1.0 / self.avg_fps if self.avg_fps > 0 else 0.0)
+
+    @classmethod
+    def constant_rate(cls, num_frames: int, fps: float, keyframes: np.ndarray | None = None) -> "FrameIndex":
+        kf = np.array([0], dtype=np.int64) if keyframes is None else np.asarray(keyframes, dtype=np.int64)
+        return cls(np.arange(num_frames, dtype=np.float64) / fps, kf, fps)
+
+
+@dataclass(frozen=True)
+class SetPlan:
+    """The frames one set will hold: positions (duplicates allowed, as linspace makes them) and aimed-at times."""
+
+    name: str
+    indices: np.ndarray  # int64, non-decreasing
+    target_times_s: np.ndarray  # float64, same length
+
+    def timestamps(self, index: FrameIndex) -> np.ndarray:
+        return index.pts_s[self.indices]
+
+    def errors(self, index: FrameIndex) -> np.ndarray:
+        return np.abs(self.timestamps(index) - self.target_times_s)
+
+
+# ----------------------------------------------------------- the paper's rules
+
+
+def uniform_indices(num_frames: int, k: int) -> np.ndarray:
+    """k frames uniform over [0, N-1], truncated to int exactly as the paper's `np.linspace(..., dtype=int)`."""
+    if num_frames <= 0 or k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.linspace(0, num_frames - 1, k, dtype=int).astype(np.int64)
+
+
+def fps_step(video_fps: float, sample_fps: float) -> int:
+    """The paper's stride `round(video_fps / fps)`, guarded: it is 0 when fps exceeds twice the video's rate."""
+    return max(1, round(video_fps / sample_fps))
+
+
+def fps_indices(num_frames: int, video_fps: float, sample_fps: float, min_frames: int = 0, max_frames: int = 0) -> np.ndarray:
+    """Every fps_step-th frame from 0; linspace(max_frames) if that is too many, linspace(min_frames) if too few."""
+    idx = np.arange(0, num_frames, fps_step(video_fps, sample_fps), dtype=np.int64)
+    if max_frames > 0 and len(idx) > max_frames:
+        return uniform_indices(num_frames, max_frames)
+    if min_frames > 0 and len(idx) < min_frames:
+        return uniform_indices(num_frames, min_frames)
+    return idx
+
+
+# --------------------------------------------------------- presentation time
+
+
+def time_uniform_targets(span_s: float, k: int) -> np.ndarray:
+    """k times uniform over [0, span] (span: the last frame's time)."""
+    return np.linspace(0.0, max(span_s, 0.0), k, dtype=np.float64) if k > 0 else np.zeros(0)
+
+
+def time_fps_targets(span_s: float, fps: float, min_frames: int = 0, max_frames: int = 0) -> np.ndarray:
+    """Times 0, 1/fps, 2/fps ... up to span; re-spread uniformly when outside the bounds."""
+    n = int(np.floor(max(span_s, 0.0) * fps + 1e-9)) + 1
+    if max_frames > 0 and n > max_frames:
+        return time_uniform_targets(span_s, max_frames)
+    if min_frames > 0 and n < min_frames:
+        return time_uniform_targets(span_s, min_frames)
+    return np.arange(n, dtype=np.float64) / fps
+
+
+def nearest_frames(pts_s: np.ndarray, targets_s: np.ndarray) -> np.ndarray:
+    """For each target time, the frame whose presentation time is nearest (ties go to the earlier frame)."""
+    if len(pts_s) == 0:
+        return np.zeros(len(targets_s), dtype=np.int64)
+    right = np.clip(np.searchsorted(pts_s, targets_s, side="left"), 0, len(pts_s) - 1)
+    left = np.clip(right - 1, 0, len(pts_s) - 1)
+    take_left = np.abs(targets_s - pts_s[left]) <= np.abs(pts_s[right] - targets_s)
+    return np.where(take_left, left, right).astype(np.int64)
+
+
+def snap_to_keyframes(index: FrameIndex, targets_s: np.ndarray) -> np.ndarray:
+    """For each target time, the nearest keyframe's position."""
+    key_pts = index.pts_s[index.keyframes]
+    return index.keyframes[nearest_frames(key_pts, targets_s)]
+
+
+# --------------------------------------------------------------------- plans
+
+
+def plan_frame_set(spec: FrameSetConfig, index: FrameIndex, num_frames_override: int | None = None) -> SetPlan:
+    """Positions and target times for one frame set; a per-sample frame count overrides the mode (as in the paper)."""
+    n = index.num_frames
+    span = float(index.pts_s[-1]) if n else 0.0
+    if num_frames_override is not None:
+        if num_frames_override <= 0:
+            raise ValueError(f"num_frames_override must be positive, got {num_frames_override}")
+        indices = uniform_indices(n, num_frames_override)
+        targets = index.pts_s[indices]
+    elif spec.mode == "uniform":
+        indices = uniform_indices(n, spec.num_frames or 0)
+        targets = index.pts_s[indices]
+    elif spec.mode == "fps":
+        indices = fps_indices(n, index.avg_fps, spec.fps or 1.0, spec.min_frames, spec.max_frames)
+        targets = index.pts_s[indices]
+    elif spec.mode == "time_uniform":
+        targets = time_uniform_targets(span, spec.num_frames or 0)
+        indices = nearest_frames(index.pts_s, targets)
+    elif spec.mode == "time_fps":
+        targets = time_fps_targets(span, spec.fps or 1.0, spec.min_frames, spec.max_frames)
+        indices = nearest_frames(index.pts_s, targets)
+    else:  # the config's Literal makes this unreachable; kept for callers building specs by hand
+        raise ValueError(f"unknown sampling mode {spec.mode!r}")
+    if spec.seek == "keyframe":
+        indices = snap_to_keyframes(index, targets)
+    return SetPlan(spec.name, np.asarray(indices, dtype=np.int64), np.asarray(targets, dtype=np.float64))

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install everything `make demo` / `make test` need on a fresh Debian machine:
+# ffmpeg (Debian package, when missing) and a virtual environment with the
+# project, its dev and train extras, pinned by constraints.txt.
+set -euo pipefail
+venv="${1:-.venv}"
+python="${PYTHON:-python3}"
+
+if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
+  echo "ffmpeg not found: installing the Debian package"
+  if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
+    echo "error: ffmpeg is missing and this user cannot install packages; install ffmpeg and rerun" >&2; exit 1
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq ffmpeg >/dev/null
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q -c constraints.txt -e ".[dev,train]"
+echo "installed into $venv: $("$venv/bin/python" -c 'import pipeline, torch, av, decord; print("prolongvid", pipeline.__version__, "torch", torch.__version__, "av", av.__version__, "decord", decord.__version__)')"

@@ -1,0 +1,1 @@
+"""WebDataset shard writer, parquet index, reader, statistics and verification."""

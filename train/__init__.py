@@ -1,0 +1,1 @@
+"""LLaVA-style video LLM, data collation, staged presets and the DDP/FSDP trainer."""
