@@ -22,9 +22,9 @@ CLOCK_RATE = 20.0  # luma levels per second in the clock pattern (10 s spans 16.
 
 _CODECS = {
     # codec: (encoder, extra args, file extension)
-    "h264": ("libx264", ["-preset", "ultrafast", "-pix_fmt", "yuv420p"], ".mp4"),
-    "hevc": ("libx265", ["-preset", "ultrafast", "-pix_fmt", "yuv420p", "-x265-params", "log-level=error"], ".mp4"),
-    "vp9": ("libvpx-vp9", ["-deadline", "realtime", "-cpu-used", "8", "-pix_fmt", "yuv420p"], ".webm"),
+    "h264": ("libx264", ["-preset", "ultrafast"], ".mp4"),
+    "hevc": ("libx265", ["-preset", "ultrafast", "-x265-params", "log-level=error"], ".mp4"),
+    "vp9": ("libvpx-vp9", ["-deadline", "realtime", "-cpu-used", "8"], ".webm"),
     "theora": ("libtheora", ["-q:v", "6"], ".ogv"),
     "mpeg4": ("mpeg4", ["-q:v", "5"], ".avi"),
 }
@@ -72,6 +72,7 @@ class SynthVideo:
     vfr: bool = False  # first half at a third of the rate: 10 fps then 30 fps
     keyint: int | None = None  # frames between keyframes (encoder default when None)
     faststart: bool = False  # index (moov) at the front of mp4 files
+    pix_fmt: str = "yuv420p"
 
     @property
     def filename(self) -> str:
@@ -122,6 +123,8 @@ def make_video(v: SynthVideo, out_dir: str | Path, timeout_s: float = 600.0) -> 
     if v.vfr:
         cmd += ["-vf", f"select='if(lt(t,{v.duration_s / 2:g}),not(mod(n,3)),1)'", "-fps_mode", "vfr"]
     cmd += ["-c:v", encoder, *enc_args]
+    if v.codec != "theora":
+        cmd += ["-pix_fmt", v.pix_fmt]
     if v.keyint:
         cmd += ["-g", str(v.keyint)]
         if encoder == "libx264":
@@ -212,6 +215,7 @@ CATALOGUE: dict[str, SynthVideo] = {
         SynthVideo("clock_10s", audio=False, pattern="clock", keyint=50),
         SynthVideo("rotated_10s", rotate=90, audio=False, pattern="halves", width=320, height=180),
         SynthVideo("halves_10s", audio=False, pattern="halves", width=320, height=180),
+        SynthVideo("h264_10bit", duration_s=4, audio=False, pix_fmt="yuv420p10le"),
     ]
 }
 

@@ -1,0 +1,108 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, RunConfig, dump_config, load_config, write_resolved_config
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ["input.path=videos", "output.dir=out"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_shipped_configs_load_and_take_the_standard_overrides(name, tmp_path):
+    cfg = load_config(ROOT / "configs" / name, [f"input.path={tmp_path}", f"output.dir={tmp_path / 'o'}"])
+    assert cfg.input.path == str(tmp_path)
+    assert cfg.output.dir == str(tmp_path / "o")
+
+
+def test_overrides_are_typed_and_reach_list_items():
+    cfg = load_config(
+        None,
+        BASE + ["decode.threads=3", "sampling.sets.0.num_frames=128", "sampling.sets.1.fps=0.5", "probe.count_frames=true"],
+    )
+    assert cfg.decode.threads == 3
+    assert cfg.sampling.sets[0].num_frames == 128
+    assert cfg.sampling.sets[1].fps == 0.5
+    assert cfg.probe.count_frames is True
+
+
+def test_a_whole_list_can_be_replaced_with_yaml():
+    cfg = load_config(None, BASE + ['sampling.sets=[{name: only, mode: uniform, num_frames: 8}]'])
+    assert [s.name for s in cfg.sampling.sets] == ["only"]
+
+
+@pytest.mark.parametrize(
+    "override, path_in_message",
+    [
+        ("decode.backnd=pyav", "decode.backnd: unknown key"),
+        ("decode.backend=ffmpeg", "decode.backend: Input should be 'decord' or 'pyav'"),
+        ("sampling.sets.0.num_frames=-3", "sampling.sets.0.num_frames: Input should be greater than 0"),
+        ("sampling.sets.1.jpeg_quality=101", "sampling.sets.1.jpeg_quality"),
+        ("sampling.sets.0.resize.policy=crop", "sampling.sets.0.resize.policy"),
+        ("limits.max_width=wide", "limits.max_width"),
+        ("sampling.sets.1.mode=uniform", "sampling.sets.1: Value error, mode 'uniform' needs num_frames"),
+        ("sampling.sets.0.name=caption", "frame set names must be unique"),
+        ("sampling.sets.0.min_frames=10", None),  # valid: no max bound
+        ("sampling.sets.0.max_frames=4", "sampling.sets.0: Value error, min_frames"),
+    ],
+)
+def test_bad_values_fail_at_load_naming_the_field(override, path_in_message):
+    extra = ["sampling.sets.0.min_frames=10"] if "max_frames" in override else []
+    if path_in_message is None:
+        load_config(None, BASE + [override])
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config(None, BASE + extra + [override])
+    assert path_in_message in str(err.value)
+
+
+def test_missing_required_sections_are_named():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [])
+    assert "input: Field required" in str(err.value)
+    assert "output: Field required" in str(err.value)
+
+
+def test_unknown_key_in_yaml_file_is_refused(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("input: {path: x}\noutput: {dir: y}\nsampling:\n  sets:\n    - {name: a, num_frames: 4, sek: exact}\n")
+    with pytest.raises(ConfigError, match=r"sampling\.sets\.0\.sek: unknown key"):
+        load_config(f)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("- a\n- b\n", "top level must be a mapping"), ("input: [unclosed\n", "not valid YAML")],
+)
+def test_malformed_files_fail_clearly(tmp_path, text, message):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(f)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("novalue", "must look like key.path=value"),
+        ("sampling.sets.9.fps=1", "sampling.sets.9 is not an index of a 2-item list"),
+        ("decode.threads.x=1", "decode.threads is a value, not a section"),
+    ],
+)
+def test_bad_overrides_are_explained(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(ROOT / "configs" / "demo.yaml", [override])
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["decode.backend=pyav", "output.dir=" + str(tmp_path)])
+    path = write_resolved_config(cfg, tmp_path)
+    again = RunConfig.model_validate(yaml.safe_load(path.read_text()))
+    assert again == cfg
+    assert "backend: pyav" in dump_config(cfg)
