@@ -171,6 +171,9 @@ class _ArrayFrame:
         return resize_rgb(self._rgb, (width, height), resample)
 
 
+_MAX_BATCH_FRAMES = 32  # more frames a call saves nothing measurable and only holds memory
+
+
 class DecordBackend:
     """decord (the paper's decoder): its own frame index and seek-and-skip `get_batch`, in bounded batches.
 
@@ -222,7 +225,8 @@ class DecordBackend:
 
     def read(self, positions: np.ndarray) -> Iterator[DecodedFrame]:
         w, h = self._display or (1920, 1080)
-        batch = max(1, self._batch_bytes // (w * h * 3))
+        # decord's array and its numpy copy coexist: two batches' worth of pixels per worker.
+        batch = int(np.clip(self._batch_bytes // (2 * w * h * 3), 1, _MAX_BATCH_FRAMES))
         for start in range(0, len(positions), batch):
             chunk = positions[start : start + batch].tolist()
             try:
