@@ -64,7 +64,7 @@ class DecodeConfig(_Strict):
         0.02, description="relative disagreement between decoder and container frame counts before falling back"
     )
     batch_bytes: Annotated[int, Field(gt=0)] = Field(
-        64 << 20, description="most raw pixel bytes one decode batch may hold"
+        32 << 20, description="most raw pixel bytes one decode batch may hold"
     )
 
 

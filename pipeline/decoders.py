@@ -10,7 +10,11 @@ decode worker): nothing here is shared between instances.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import threading
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Protocol
 
 import numpy as np
@@ -38,6 +42,34 @@ class Backend(Protocol):
         """Decode the frames at sorted, unique `positions`, in that order."""
 
     def close(self) -> None: ...
+
+
+_DECORD_IMPORT = threading.Lock()
+
+
+def import_decord() -> ModuleType:
+    """Import decord without letting it preload every CUDA library pip installed beside torch.
+
+    decord2 3.4 dlopens each `site-packages/nvidia/*/lib/*.so*` with RTLD_GLOBAL
+    on import (meant for its CUDA wheels). Beside a CUDA build of torch that
+    includes libnvblas, which takes over BLAS: the next matrix product in the
+    process (torch, open_clip) dies. CPU decoding needs none of those
+    libraries, so the `nvidia` package is hidden from that one lookup.
+    """
+    if "decord" in sys.modules:
+        return sys.modules["decord"]
+    with _DECORD_IMPORT:
+        real_find_spec = importlib.util.find_spec
+
+        def find_spec(name, package=None):
+            return None if name == "nvidia" else real_find_spec(name, package)
+
+        importlib.util.find_spec = find_spec
+        try:
+            import decord
+        finally:
+            importlib.util.find_spec = real_find_spec
+    return decord
 
 
 def _rotate_upright(rgb: np.ndarray, rotation_cw: int) -> np.ndarray:
@@ -190,9 +222,9 @@ class DecordBackend:
         rotation_cw: int = 0,
         codec_threads: int = 1,
         display_size: tuple[int, int] | None = None,
-        batch_bytes: int = 64 << 20,
+        batch_bytes: int = 32 << 20,
     ):
-        import decord
+        decord = import_decord()
 
         self._rotation = rotation_cw
         self._display = display_size

@@ -26,7 +26,9 @@ CHILD = textwrap.dedent(
     cfg = load_config(None, ["input.path=x", "output.dir=y", "decode.backend=" + sys.argv[2],
                              "sampling.sets.1.resize.size=160"])
     info = preflight(sys.argv[1], cfg.probe, cfg.limits)
-    import av, decord, PIL.Image  # everything the decode loads, before the baseline
+    import av, PIL.Image
+    from pipeline.decoders import import_decord
+    import_decord()  # everything the decode loads, before the baseline
     base = status("VmRSS")
     result = extract_frames(info, cfg.sampling, cfg.decode)
     print(json.dumps({

@@ -43,3 +43,22 @@ def test_transformers_imports_beside_torchvision_offline():
 
     logits = model(torch.tensor([[1, 2, 3, 4]])).logits
     assert logits.shape == (1, 4, 128) and torch.isfinite(logits).all()
+
+
+def test_decord_and_torch_share_a_process():
+    """decord2 preloads pip's CUDA libraries on import (libnvblas among them), which kills torch's next matmul.
+
+    Ray reuses worker processes across stages, so a decode task and a CLIP task
+    may well meet in one process: the guarded import must keep torch working.
+    """
+    pytest.importorskip("torch", reason="the train extra is not installed")
+    import subprocess
+    import sys
+
+    code = (
+        "from pipeline.decoders import import_decord; import_decord(); import torch; "
+        "print(torch.nn.Linear(32, 64)(torch.randn(4, 32)).shape[-1])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "64"
