@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
-import decord
 import numpy as np
 import PIL
 
 from pipeline.config import ConfigError, DecodeConfig, FrameSetConfig, ResizeConfig, SamplingConfig, load_config
+from pipeline.decoders import import_decord
 from pipeline.errors import VideoError
 from pipeline.extract import available_cpus, extract_frames
 from pipeline.probe import preflight
@@ -44,6 +44,7 @@ from pipeline.records import VideoInfo
 from pipeline.synth import SynthError, SynthVideo, make_video
 
 log = logging.getLogger("bench.decode")
+decord = import_decord()  # the project's guarded import (decord2 preloads CUDA libraries otherwise)
 
 KS = (32, 128, 192)
 BACKENDS = ("decord", "pyav")
@@ -177,7 +178,10 @@ def target(name: str, value: float, op: str, threshold: float) -> dict:
 
 def video_targets(cases: list[Case], video: str, backend: str, default: str) -> list[dict]:
     suffix = "" if backend == default else f"[{backend}]"
-    t = lambda method, k=None: find(cases, video, method, backend, k).seconds  # noqa: E731
+
+    def t(method: str, k: int | None = None) -> float:
+        return find(cases, video, method, backend, k).seconds
+
     floor_s = find(cases, video, "floor").seconds
     seed = {k: find(cases, video, "seed", k=k).seconds for k in KS}
     out = [target(f"{video}/exact_{k}f_vs_floor{suffix}", t("exact", k) / floor_s, "<=", 1.1) for k in KS]
@@ -201,7 +205,10 @@ def machine() -> dict:
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+
+    def line(cells: list[str]) -> str:  # text columns (the first three) left, numbers right
+        return "  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
