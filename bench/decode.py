@@ -10,7 +10,7 @@ machine slows them alike, and the median is kept:
   seed      the paper's trainer: decord VideoReader(num_threads=1), linspace(0, N-1, k), get_batch;
   exact     extract_frames, one uniform set of k frames, exact seek, square 384 JPEGs;
   keyframe  the same with keyframe seek (and the timestamp error it makes);
-  multiset  one call making `shard` (uniform 192) and `caption` (1 fps, short side 224)
+  multiset  one call making `shard` (uniform 192) and the default `caption` set (1 fps, short side 224)
             against each set alone.
 
 Probing runs once per video, outside the timings. Targets are same-run ratios,
@@ -50,9 +50,7 @@ KS = (32, 128, 192)
 BACKENDS = ("decord", "pyav")
 FULL_VIDEOS = [(300, 640, 360), (60, 1280, 720)]  # (seconds, width, height), all 30 fps
 QUICK_VIDEOS = [(60, 640, 360), (15, 1280, 720)]
-CAPTION = FrameSetConfig(
-    name="caption", mode="time_fps", fps=1.0, resize=ResizeConfig(policy="short_side", size=224), jpeg_quality=85
-)
+CAPTION = next(s for s in SamplingConfig().sets if s.name == "caption")  # the run config's default caption set
 
 
 def shard_set(k: int, seek: str = "exact") -> FrameSetConfig:

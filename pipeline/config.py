@@ -71,7 +71,8 @@ class DecodeConfig(_Strict):
 class ResizeConfig(_Strict):
     policy: Literal["square", "short_side", "none"] = "square"
     size: Annotated[int, Field(gt=0, le=8192)] = 384
-    resample: Literal["bilinear", "bicubic", "lanczos"] = "bicubic"
+    # bicubic matches SigLIP's processor; area (box) is the cheapest correct filter for plain downscaling.
+    resample: Literal["area", "bilinear", "bicubic", "lanczos"] = "bicubic"
 
 
 class FrameSetConfig(_Strict):
@@ -111,7 +112,7 @@ def _default_sets() -> list[FrameSetConfig]:
             name="caption",
             mode="time_fps",
             fps=1.0,
-            resize=ResizeConfig(policy="short_side", size=224),
+            resize=ResizeConfig(policy="short_side", size=224, resample="area"),
             jpeg_quality=85,
         ),
     ]

@@ -10,6 +10,7 @@ from PIL import Image
 from pipeline.config import ResizeConfig
 
 RESAMPLE = {
+    "area": Image.Resampling.BOX,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
