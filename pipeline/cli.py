@@ -16,6 +16,7 @@ from pathlib import Path
 from pipeline.config import ConfigError, RunConfig, load_config, write_resolved_config
 from pipeline.errors import VideoError
 from pipeline.probe import ToolMissing
+from pipeline.run import RunLocked
 
 log = logging.getLogger("prolongvid")
 
@@ -74,10 +75,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(cfg)
 
 
+def print_run_summary(summary) -> None:
+    from pipeline.report import table
+
+    rows = [["accepted", summary.accepted]] + [[f"rejected: {r}", n] for r, n in sorted(summary.rejected.items())]
+    rows += [["skipped (already done)", summary.skipped], ["samples in shards (total)", summary.samples_total]]
+    rows += [["rejects (total)", summary.rejects_total], ["wall time", f"{summary.wall_s:.1f}s"]]
+    rows += [["videos/hour", f"{summary.videos_per_hour:.0f}"]]
+    print(table(["run " + summary.out_dir, ""], rows))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.run import run_pipeline
+
+    cfg = load_config(args.config, args.set or [])
+    summary = run_pipeline(cfg, force=args.force, retry_reasons=args.retry_rejects or [])
+    print_run_summary(summary)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prolongvid", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the pipeline: videos -> WebDataset shards, index, rejects, run.json")
+    p.add_argument("config", help="run config YAML (configs/default.yaml lists every key)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. output.dir=out/x")
+    p.add_argument("--force", action="store_true", help="redo everything instead of resuming")
+    p.add_argument("--retry-rejects", nargs="+", metavar="REASON", help="retry rejected videos with these reasons")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("probe", help="probe files and say why any would be rejected")
     p.add_argument("paths", nargs="+")
@@ -111,3 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     except ToolMissing as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except RunLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4

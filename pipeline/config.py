@@ -10,19 +10,28 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from pipeline.config_base import _Strict
+from pipeline.config_run import FiltersConfig, default_budget_stages, RayConfig, ResourcesConfig, ShardsConfig
 
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the field."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
 class InputConfig(_Strict):
     path: str = Field(description="a folder of videos, a manifest (jsonl/csv/parquet) or a LLaVA JSON")
+    format: Literal["auto", "folder", "jsonl", "csv", "parquet", "llava"] = Field(
+        "auto", description="auto: a folder, or by the file's suffix (.jsonl/.csv/.parquet; .json is LLaVA)"
+    )
+    video_root: str | None = Field(
+        None, description="where relative video paths of a manifest or LLaVA JSON point (default: its folder)"
+    )
+    allowed_roots: list[str] = Field(
+        default_factory=list,
+        description="when set, every video must resolve (symlinks followed) inside one of these folders",
+    )
     extensions: list[str] = [".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ogv", ".ts", ".flv"]
     recursive: bool = True
 
@@ -65,6 +74,11 @@ class DecodeConfig(_Strict):
     )
     batch_bytes: Annotated[int, Field(gt=0)] = Field(
         32 << 20, description="most raw pixel bytes one decode batch may hold"
+    )
+    isolate: bool = Field(True, description="decode in a watched child process so a hang or blow-up is cut off")
+    timeout_s: Annotated[float, Field(gt=0)] = Field(900.0, description="a decode running longer is killed and rejected")
+    max_memory_mb: Annotated[int, Field(gt=0)] = Field(
+        4096, description="a decode whose process grows past this RSS is killed and rejected"
     )
 
 
@@ -133,7 +147,7 @@ class SamplingConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    """A pipeline run: where videos come from, where results go, how videos are read."""
+    """A pipeline run: where videos come from, where results go, how videos are read and kept."""
 
     input: InputConfig
     output: OutputConfig
@@ -141,6 +155,26 @@ class RunConfig(_Strict):
     limits: LimitsConfig = LimitsConfig()
     decode: DecodeConfig = DecodeConfig()
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    shards: ShardsConfig = ShardsConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _shard_set_fits_stages(self) -> "RunConfig":
+        sets = {s.name: s for s in self.sampling.sets}
+        shard_set = sets.get(self.shards.frame_set)
+        if shard_set is None:
+            raise ValueError(f"shards.frame_set {self.shards.frame_set!r} names no sampling set (have {sorted(sets)})")
+        budget = self.filters.token_budget
+        if budget.enabled and shard_set.mode == "uniform" and shard_set.num_frames is not None:
+            too_big = [s.name for s in budget.stages if s.frames > shard_set.num_frames]
+            if too_big:
+                raise ValueError(
+                    f"filters.token_budget.stages {too_big} need more frames than the shard stores "
+                    f"(sampling set {shard_set.name!r}: {shard_set.num_frames})"
+                )
+        return self
 
 
 # ---------------------------------------------------------------- loading
@@ -201,6 +235,11 @@ def _model_defaults(model: type[BaseModel], data: dict[str, Any]) -> dict[str, A
         sampling = data.setdefault("sampling", {})
         if isinstance(sampling, dict) and "sets" not in sampling:
             sampling["sets"] = [s.model_dump() for s in _default_sets()]
+        filters = data.setdefault("filters", {})
+        if isinstance(filters, dict):
+            budget = filters.setdefault("token_budget", {})
+            if isinstance(budget, dict) and "stages" not in budget:
+                budget["stages"] = [s.model_dump() for s in default_budget_stages()]
     return data
 
 

@@ -28,6 +28,20 @@ class Reason(str, Enum):
     RESOLUTION_TOO_SMALL = "resolution_too_small"
     PROBE_TIMEOUT = "probe_timeout"
     DECODE_FAILED = "decode_failed"  # the decoders raised on frames the header promised
+    DECODE_TIMEOUT = "decode_timeout"  # the decode ran past decode.timeout_s and was killed
+    DECODE_MEMORY = "decode_memory"  # the decode grew past decode.max_memory_mb and was killed
+    DECODE_CRASHED = "decode_crashed"  # the decoding process died (segfault, OOM killer)
+    # sources
+    OUTSIDE_ALLOWED_ROOTS = "outside_allowed_roots"  # resolves outside input.allowed_roots (.. or symlink)
+    BAD_SOURCE = "bad_source"  # a manifest / LLaVA record without a usable video path
+    DUPLICATE_KEY = "duplicate_key"  # a second source with the sample key of an earlier one
+    # filters
+    TOO_SHORT = "too_short"  # below filters.length.min_duration_s
+    OUTSIDE_DURATION_BUCKET = "outside_duration_bucket"  # above filters.length.max_duration_s
+    TOO_FEW_FRAMES = "too_few_frames"
+    TOO_MANY_FRAMES = "too_many_frames"
+    TOKEN_BUDGET = "token_budget"  # the sample does not fit the training stages' sequence length
+    INTERNAL_ERROR = "internal_error"  # a bug: a stage raised something unexpected (detail has the traceback tail)
 
     def __str__(self) -> str:
         return self.value

@@ -45,6 +45,11 @@ class VideoInfo:
     def to_dict(self) -> dict[str, Any]:
         return {**_as_dict(self), "variable_frame_rate": self.variable_frame_rate}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "VideoInfo":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
 
 @dataclass(frozen=True)
 class Rejection:
@@ -54,6 +59,7 @@ class Rejection:
     stage: str
     reason: str
     detail: str = ""
+    key: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return _as_dict(self)

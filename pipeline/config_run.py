@@ -1,0 +1,108 @@
+"""Config sections of a pipeline run beyond reading videos: filters, shards, per-stage resources, Ray."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.config_base import _Strict
+
+
+class LengthFilterConfig(_Strict):
+    """Duration bucket and frame-count limits (the paper's stage-2 data: 2-5 minute videos)."""
+
+    enabled: bool = True
+    min_duration_s: Annotated[float, Field(ge=0)] = 0.0
+    max_duration_s: Annotated[float, Field(gt=0)] | None = None
+    min_frames: Annotated[int, Field(ge=0)] = 0
+    max_frames: Annotated[int, Field(ge=0)] = 0  # 0: no limit
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LengthFilterConfig":
+        if self.max_duration_s is not None and self.min_duration_s > self.max_duration_s:
+            raise ValueError(f"min_duration_s ({self.min_duration_s}) exceeds max_duration_s ({self.max_duration_s})")
+        if self.max_frames and self.min_frames > self.max_frames:
+            raise ValueError(f"min_frames ({self.min_frames}) exceeds max_frames ({self.max_frames})")
+        return self
+
+
+class BudgetStage(_Strict):
+    """One training stage: frames it samples from the shard and the sequence length it trains at."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    frames: Annotated[int, Field(gt=0)]
+    max_tokens: Annotated[int, Field(gt=0)]
+
+
+def default_budget_stages() -> list[BudgetStage]:
+    # The paper's stages; 256000 is its model_max_length.
+    return [
+        BudgetStage(name="stage1", frames=32, max_tokens=256000),
+        BudgetStage(name="stage2", frames=128, max_tokens=256000),
+        BudgetStage(name="stage3", frames=192, max_tokens=256000),
+    ]
+
+
+class TokenBudgetConfig(_Strict):
+    """Tokens a sample costs per training stage: frames x tokens_per_frame + its text."""
+
+    enabled: bool = True
+    tokens_per_frame: Annotated[int, Field(gt=0)] = 156  # 12x12 pooled patches + 12 newline tokens
+    tokenizer: str | None = Field(None, description="tokenizer id or path for exact text counts (default: estimate)")
+    chars_per_token: Annotated[float, Field(gt=0)] = 4.0
+    template_tokens_per_turn: Annotated[int, Field(ge=0)] = 5  # Qwen chat markup around each turn
+    stages: list[BudgetStage] = Field(default_factory=default_budget_stages)
+    drop: Literal["none_fit", "any_over", "never"] = Field(
+        "none_fit", description="reject a sample that fits no stage / is over in any stage / keep all (count only)"
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> "TokenBudgetConfig":
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique: {names}")
+        if self.enabled and not names:
+            raise ValueError("at least one stage is needed when the token budget is enabled")
+        return self
+
+
+class FiltersConfig(_Strict):
+    length: LengthFilterConfig = LengthFilterConfig()
+    token_budget: TokenBudgetConfig = Field(default_factory=TokenBudgetConfig)
+
+
+class ShardsConfig(_Strict):
+    frame_set: str = Field("shard", description="the sampling set whose frames the shards store")
+    max_samples: Annotated[int, Field(gt=0)] = 100
+    max_bytes: Annotated[int, Field(gt=0)] = 1 << 30
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = "shard"
+    fsync: bool = Field(True, description="flush each shard to disk before it becomes visible")
+
+
+class StageResources(_Strict):
+    """What one worker of a stage reserves from Ray, and how many run at once (None: as many as fit)."""
+
+    num_cpus: Annotated[float, Field(ge=0)] = 1.0
+    num_gpus: Annotated[float, Field(ge=0)] = 0.0
+    memory_mb: Annotated[int, Field(ge=0)] = 0
+    concurrency: Annotated[int, Field(gt=0)] | None = None
+
+
+class ResourcesConfig(_Strict):
+    """Per-stage resources. Probe, filters and decode share one Ray task per video when their resources match."""
+
+    video: StageResources = Field(
+        default_factory=lambda: StageResources(num_cpus=1.0),
+        description="probe, length filter, decode, token budget (decode uses num_cpus threads)",
+    )
+    # Writing is I/O plus a sha256: it reserves no CPU so the video stage can fill every core.
+    write: StageResources = Field(default_factory=lambda: StageResources(num_cpus=0.0))
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="cluster address; None: RAY_ADDRESS if set, else embedded local Ray")
+    num_cpus: Annotated[int, Field(gt=0)] | None = Field(None, description="CPUs of the embedded local Ray")
+    temp_dir: str | None = Field(None, description="temp/session folder of the embedded local Ray")
+    progress: bool = Field(True, description="Ray Data's per-stage progress bars")
+    object_store_mb: Annotated[int, Field(gt=0)] | None = None

@@ -1,0 +1,203 @@
+"""One pipeline run: lock the output dir, resume from its ledger, run the graph, write the tables and run.json.
+
+A rerun into the same directory skips every video already in a finished shard
+or in the rejects, removes what a killed run left half-written, and processes
+the rest, so the final sample set equals an uninterrupted run's. `force`
+starts over; `retry_reasons` forgets rejects with those reasons first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipeline.config import RunConfig, write_resolved_config
+from pipeline.sources import load_sources
+from shards import ledger
+from shards.layout import RunDir
+
+log = logging.getLogger(__name__)
+
+VERSIONED = ["prolongvid", "ray", "pyarrow", "webdataset", "av", "decord2", "numpy", "pillow", "pydantic"]
+
+
+class RunLocked(RuntimeError):
+    """Another run is writing to the same output directory."""
+
+
+@dataclass
+class RunSummary:
+    out_dir: str
+    sources: int
+    skipped: int
+    accepted: int
+    rejected: dict[str, int]
+    samples_total: int
+    rejects_total: int
+    wall_s: float
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def processed(self) -> int:
+        return self.accepted + sum(self.rejected.values())
+
+    @property
+    def videos_per_hour(self) -> float:
+        return self.processed / self.wall_s * 3600 if self.wall_s > 0 else 0.0
+
+
+@contextmanager
+def run_lock(run: RunDir) -> Iterator[None]:
+    run.root.mkdir(parents=True, exist_ok=True)
+    with open(run.lock, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(f"another run is writing to {run.root} (lock {run.lock})") from None
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def init_ray(cfg: RunConfig) -> None:
+    """Embedded local Ray unless an address is configured or `ray job submit` set RAY_ADDRESS."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "num_cpus": cfg.ray.num_cpus}
+    if cfg.ray.temp_dir:
+        kwargs["_temp_dir"] = str(Path(cfg.ray.temp_dir).resolve())
+    if cfg.ray.object_store_mb:
+        kwargs["object_store_memory"] = cfg.ray.object_store_mb * 1024 * 1024
+    ray.init(**kwargs)
+
+
+def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] | tuple[str, ...] = ()) -> RunSummary:
+    start = time.perf_counter()
+    started = datetime.now(timezone.utc)
+    run = RunDir(cfg.output.dir)
+    with run_lock(run):
+        if force:
+            ledger.reset(run)
+        run.make()
+        cleaned = ledger.clean(run)
+        dropped = ledger.drop_rejects(run, list(retry_reasons)) if retry_reasons else 0
+        sources = load_sources(cfg.input)
+        write_resolved_config(cfg, run.root)
+
+        done = {r["key"] for r in ledger.index_rows(run)}
+        rejected = ledger.reject_rows(run)
+        done |= {r["key"] for r in rejected if r["key"]}
+        rejected_sources = {r["source"] for r in rejected}
+        fresh_rejects = [r.to_dict() for r in sources.rejects if r.key not in done and r.source not in rejected_sources]
+        ledger.write_rejects_part(run, fresh_rejects)
+        todo = [t for t in sources.tasks if t.key not in done and t.source not in rejected_sources]
+        skipped = len(sources.tasks) - len(todo)
+        log.info("%d sources (%s): %d to do, %d already done", len(sources.tasks), sources.kind, len(todo), skipped)
+
+        results: list[dict[str, Any]] = []
+        if todo:
+            from pipeline.graph import run_graph
+
+            init_ray(cfg)
+            results = run_graph(cfg, todo, started.strftime("%Y%m%d%H%M%S"))
+        samples_total, rejects_total = ledger.write_tables(run)
+
+        accepted = sum(r["samples"] for r in results)
+        by_reason: Counter[str] = Counter()
+        for r in results:
+            by_reason.update(r["rejects"])
+        by_reason.update(Counter(r["reason"] for r in fresh_rejects))
+        summary = RunSummary(
+            out_dir=str(run.root),
+            sources=len(sources.tasks) + len(sources.rejects),
+            skipped=skipped,
+            accepted=accepted,
+            rejected=dict(by_reason),
+            samples_total=samples_total,
+            rejects_total=rejects_total,
+            wall_s=time.perf_counter() - start,
+            stages=_stage_times(results),
+        )
+        _write_run_json(run, cfg, summary, started, results, cleaned, dropped, sources.kind)
+        return summary
+
+
+def _stage_times(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    total: dict[str, list[float]] = {}
+    for r in results:
+        for stage, (seconds, count) in r["timings"].items():
+            acc = total.setdefault(stage, [0.0, 0])
+            acc[0] += seconds
+            acc[1] += count
+    return {
+        stage: {"seconds": round(s, 3), "videos": int(n), "videos_per_worker_s": round(n / s, 3) if s > 0 else 0.0}
+        for stage, (s, n) in total.items()
+    }
+
+
+def _write_run_json(
+    run: RunDir,
+    cfg: RunConfig,
+    summary: RunSummary,
+    started: datetime,
+    results: list[dict[str, Any]],
+    cleaned: dict[str, int],
+    dropped: int,
+    kind: str,
+) -> None:
+    previous: list[dict[str, Any]] = []
+    if run.run_json.exists():
+        try:
+            old = json.loads(run.run_json.read_text())
+            previous = old.get("previous_runs", []) + [old.get("this_run", {})]
+        except (json.JSONDecodeError, OSError):
+            previous = []
+    shards = [s for r in results for s in r["shards"]]
+    doc = {
+        "config": cfg.model_dump(mode="json"),
+        "versions": versions(),
+        "input_kind": kind,
+        "this_run": {
+            "started": started.isoformat(timespec="seconds"),
+            "wall_s": round(summary.wall_s, 3),
+            "sources": summary.sources,
+            "skipped_already_done": summary.skipped,
+            "accepted": summary.accepted,
+            "rejected": summary.rejected,
+            "shards_written": len(shards),
+            "bytes_written": sum(s["bytes"] for s in shards),
+            "frames_written": sum(r["frames"] for r in results),
+            "videos_per_hour": round(summary.videos_per_hour, 1),
+            "stages": summary.stages,
+            "resume": {"cleaned": cleaned, "retried_rejects": dropped},
+        },
+        "totals": {"samples": summary.samples_total, "rejects": summary.rejects_total},
+        "previous_runs": previous,
+    }
+    ledger.write_atomic(run.run_json, json.dumps(doc, indent=1).encode())

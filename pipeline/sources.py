@@ -1,0 +1,194 @@
+"""Where videos come from: a folder, a manifest (jsonl / csv / parquet) or a LLaVA annotation JSON.
+
+Each source becomes a `VideoTask` with a stable key derived from the source
+(the manifest's `id`, else the path relative to the input root plus a short
+hash), so reruns and resumes address the same sample. Paths are resolved with
+symlinks followed and, when `input.allowed_roots` is set, confined to those
+folders; a source that cannot be used becomes a reject, never an exception.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from pipeline.config import ConfigError, InputConfig
+from pipeline.errors import Reason
+from pipeline.records import Rejection
+from pipeline.task import VideoTask
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+PATH_FIELDS = ("path", "video", "video_path")
+
+
+def sanitize_key(text: str, limit: int = 80) -> str:
+    """Only [A-Za-z0-9_-]: no '/', '..', dots (webdataset splits keys at dots) or control characters."""
+    key = _UNSAFE.sub("_", text).strip("_-")
+    return key[:limit] or "video"
+
+
+def key_for_path(rel: str) -> str:
+    """A readable, collision-safe key: the sanitised relative path plus 8 hex digits of its hash."""
+    digest = hashlib.sha1(rel.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    stem = rel.rsplit(".", 1)[0] if "." in Path(rel).name else rel
+    return f"{sanitize_key(stem, 70)}-{digest}"
+
+
+@dataclass
+class Sources:
+    tasks: list[VideoTask]
+    rejects: list[Rejection]
+    kind: str
+
+
+def input_kind(cfg: InputConfig) -> str:
+    if cfg.format != "auto":
+        return cfg.format
+    path = Path(cfg.path)
+    if path.is_dir():
+        return "folder"
+    suffix = path.suffix.lower()
+    kinds = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".json": "llava"}
+    if suffix in kinds:
+        return kinds[suffix]
+    if not path.exists():
+        raise ConfigError(f"input.path: {cfg.path} does not exist")
+    raise ConfigError(f"input.path: {cfg.path} is not a folder, .jsonl, .csv, .parquet or LLaVA .json file")
+
+
+def load_sources(cfg: InputConfig) -> Sources:
+    kind = input_kind(cfg)
+    root = Path(cfg.path).resolve()
+    if kind == "folder":
+        if not root.is_dir():
+            raise ConfigError(f"input.path: {cfg.path} is not a folder")
+        records = _folder_records(root, cfg)
+        base = root
+    else:
+        if not root.is_file():
+            raise ConfigError(f"input.path: {cfg.path} is not a file")
+        base = Path(cfg.video_root).resolve() if cfg.video_root else root.parent
+        records = list(_LOADERS[kind](root))
+    allowed = [Path(r).resolve() for r in cfg.allowed_roots]
+    tasks, rejects = _to_tasks(records, base, allowed, group=(kind == "llava"))
+    return Sources(tasks, rejects, kind)
+
+
+def _folder_records(root: Path, cfg: InputConfig) -> list[dict[str, Any]]:
+    exts = {e.lower() for e in cfg.extensions}
+    pattern = "**/*" if cfg.recursive else "*"
+    files = sorted(p for p in root.glob(pattern) if p.suffix.lower() in exts and not p.is_dir())
+    return [{"path": str(p.relative_to(root))} for p in files]
+
+
+def _jsonl(path: Path) -> Iterable[dict[str, Any]]:
+    with path.open() as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield {"_bad": f"line {n}: not JSON ({e.msg})"}
+
+
+def _csv(path: Path) -> Iterable[dict[str, Any]]:
+    with path.open(newline="") as f:
+        yield from csv.DictReader(f)
+
+
+def _parquet(path: Path) -> Iterable[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    yield from pq.read_table(path).to_pylist()
+
+
+def _llava(path: Path) -> Iterable[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"input.path: {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, list):
+        raise ConfigError(f"input.path: {path} must hold a list of LLaVA records")
+    yield from data
+
+
+_LOADERS = {"jsonl": _jsonl, "csv": _csv, "parquet": _parquet, "llava": _llava}
+
+
+def _video_field(rec: dict[str, Any]) -> str | None:
+    for name in PATH_FIELDS:
+        value = rec.get(name)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def _resolve(raw: str, base: Path, allowed: list[Path]) -> tuple[Path, str | None]:
+    path = (base / raw).resolve() if not Path(raw).is_absolute() else Path(raw).resolve()
+    if allowed and not any(path.is_relative_to(root) for root in allowed):
+        return path, f"{raw} resolves to {path}, outside input.allowed_roots"
+    return path, None
+
+
+def _rel(path: Path, raw: str, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return raw
+
+
+def _to_tasks(
+    records: list[dict[str, Any]], base: Path, allowed: list[Path], group: bool
+) -> tuple[list[VideoTask], list[Rejection]]:
+    tasks: dict[str, VideoTask] = {}
+    by_source: dict[str, str] = {}
+    rejects: list[Rejection] = []
+    for n, rec in enumerate(records):
+        raw = _video_field(rec) if isinstance(rec, dict) else None
+        if raw is None:
+            why = rec.get("_bad") if isinstance(rec, dict) else None
+            rejects.append(Rejection(f"record {n}", "source", Reason.BAD_SOURCE.value, why or f"no {'/'.join(PATH_FIELDS)} field"))
+            continue
+        path, outside = _resolve(raw, base, allowed)
+        source = str(path)
+        rel = _rel(path, raw, base)
+        if outside:
+            rejects.append(Rejection(source, "source", Reason.OUTSIDE_ALLOWED_ROOTS.value, outside, key_for_path(rel)))
+            continue
+        if group:
+            key = by_source.get(source) or key_for_path(rel)
+            task = tasks.get(key)
+            if task is None:
+                task = tasks[key] = VideoTask(key, source, {"video_rel": rel, "conversations": []})
+                by_source[source] = key
+            task.meta["conversations"].append({k: v for k, v in rec.items() if k not in PATH_FIELDS})
+            continue
+        key = sanitize_key(str(rec["id"])) if rec.get("id") not in (None, "") else key_for_path(rel)
+        if key in tasks:
+            first = tasks[key].source
+            rejects.append(Rejection(source, "source", Reason.DUPLICATE_KEY.value, f"key {key} already taken by {first}", key))
+            continue
+        try:
+            tasks[key] = VideoTask(key, source, _manifest_meta(rec, rel))
+        except (ValueError, TypeError) as e:
+            rejects.append(Rejection(source, "source", Reason.BAD_SOURCE.value, f"record {n}: {e}", key))
+    return list(tasks.values()), rejects
+
+
+def _manifest_meta(rec: dict[str, Any], rel: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"video_rel": rel}
+    extra = {k: v for k, v in rec.items() if k not in PATH_FIELDS and k not in ("id", "conversations", "num_frames")}
+    if extra:
+        meta["extra"] = json.loads(json.dumps(extra, default=str))
+    if rec.get("num_frames") not in (None, ""):
+        meta["num_frames"] = int(rec["num_frames"])
+    if rec.get("conversations"):
+        conv = rec["conversations"]
+        conv = json.loads(conv) if isinstance(conv, str) else conv
+        meta["conversations"] = [{"id": rec.get("id", ""), "conversations": conv}]
+    return meta

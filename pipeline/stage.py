@@ -1,0 +1,128 @@
+"""The one stage contract every pipeline step follows, and how a stage runs on Ray Data.
+
+A stage is a small object: a `name`, the `resources` one worker reserves,
+`setup()` once per worker for anything heavy (a model, a tokenizer, a decode
+child process), and `process(task) -> task`. A stage never raises for one bad
+video: it calls `task.reject(...)` or raises `VideoError`, and `run_stage`
+turns any exception into a reject row (stage, reason, detail). Rejected tasks
+pass through later stages untouched, so every video reaches the writer exactly
+once, either as a sample or as a reject.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import Any, ClassVar
+
+from pipeline.config_run import StageResources
+from pipeline.errors import Reason, VideoError
+from pipeline.task import VideoTask
+
+log = logging.getLogger(__name__)
+
+
+class Stage:
+    """Base class of every pipeline step. Subclasses set `name` and implement `process`."""
+
+    name: ClassVar[str] = "stage"
+    reads: ClassVar[tuple[str, ...]] = ()  # task fields it needs (documentation and graph checks)
+    writes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, resources: StageResources | None = None):
+        self.resources = resources or StageResources()
+        self._ready = False
+
+    def setup(self) -> None:
+        """Load heavy state once per worker process (called before the first task)."""
+
+    def teardown(self) -> None:
+        """Release what setup took."""
+
+    def process(self, task: VideoTask) -> VideoTask:
+        raise NotImplementedError
+
+    def ensure_setup(self) -> None:
+        if not self._ready:
+            self.setup()
+            self._ready = True
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers get the stage's config, never another process's loaded state.
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        state["_ready"] = False
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+def run_stage(stage: Stage, task: VideoTask) -> VideoTask:
+    """Run one stage on one task: time it, and turn every failure into a reject on the task."""
+    if task.rejected:
+        return task
+    start = time.perf_counter()
+    try:
+        stage.ensure_setup()
+        task = stage.process(task)
+    except VideoError as e:
+        task.reject(stage.name, e.reason.value, e.detail)
+    except Exception as e:  # a bug must not stop the run: record it where the user will see it
+        log.exception("stage %s failed on %s", stage.name, task.source)
+        tail = "".join(traceback.format_exception_only(type(e), e)).strip()
+        task.reject(stage.name, Reason.INTERNAL_ERROR.value, tail)
+    task.add_time(stage.name, time.perf_counter() - start)
+    return task
+
+
+def run_chain(stages: list[Stage], row: dict[str, Any], set_names: list[str]) -> dict[str, Any]:
+    """Row in, row out: the stages of one fused Ray task applied in order."""
+    task = VideoTask.from_row(row)
+    for stage in stages:
+        task = run_stage(stage, task)
+    return task.to_row(set_names)
+
+
+class ChainWorker:
+    """A Ray Data actor/task callable that sets its stages up once per worker process."""
+
+    def __init__(self, stages: list[Stage], set_names: list[str]):
+        self.stages = stages
+        self.set_names = set_names
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        return run_chain(self.stages, row, self.set_names)
+
+
+def ray_args(resources: StageResources) -> dict[str, Any]:
+    args: dict[str, Any] = {"num_cpus": resources.num_cpus}
+    if resources.num_gpus:
+        args["num_gpus"] = resources.num_gpus
+    if resources.memory_mb:
+        args["memory"] = resources.memory_mb * 1024 * 1024
+    return args
+
+
+def apply_stages(ds: Any, stages: list[Stage], resources: StageResources, set_names: list[str]) -> Any:
+    """Add `stages` to a Ray Dataset as one map over actors (each sets up once, then streams rows)."""
+    if not stages:
+        return ds
+    import ray.data
+
+    size = resources.concurrency or _default_concurrency(resources)
+    return ds.map(
+        ChainWorker,
+        fn_constructor_args=(stages, set_names),
+        compute=ray.data.ActorPoolStrategy(size=size),
+        **ray_args(resources),
+    )
+
+
+def _default_concurrency(resources: StageResources) -> int:
+    """A fixed pool that fills the cluster's CPUs (stages after it reserve no CPU by default)."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, int(cpus // max(resources.num_cpus, 1e-6)))
+

@@ -1,0 +1,75 @@
+"""The video stages: probe (metadata and codec preflight) and one-pass decode and sampling."""
+
+from __future__ import annotations
+
+from pipeline.config import DecodeConfig, LimitsConfig, ProbeConfig, SamplingConfig
+from pipeline.config_run import StageResources
+from pipeline.errors import Reason, VideoError
+from pipeline.extract import extract_frames
+from pipeline.probe import preflight
+from pipeline.records import VideoInfo
+from pipeline.stage import Stage
+from pipeline.task import VideoTask
+from pipeline.watchdog import CallOverMemory, CallTimeout, ChildDied, WatchedProcess
+
+
+class ProbeStage(Stage):
+    """ffprobe metadata plus the preflight limits; the result lands in `meta['video']`."""
+
+    name = "probe"
+    writes = ("meta.video",)
+
+    def __init__(self, probe: ProbeConfig, limits: LimitsConfig, resources: StageResources | None = None):
+        super().__init__(resources)
+        self.probe_cfg = probe
+        self.limits = limits
+
+    def process(self, task: VideoTask) -> VideoTask:
+        info = preflight(task.source, self.probe_cfg, self.limits)
+        task.meta["video"] = info.to_dict()
+        return task
+
+
+class DecodeStage(Stage):
+    """Decode each video once into every configured frame set (JPEG bytes), in a watched child process."""
+
+    name = "decode"
+    reads = ("meta.video", "meta.num_frames")
+    writes = ("frames", "meta.decode")
+
+    def __init__(self, sampling: SamplingConfig, decode: DecodeConfig, resources: StageResources | None = None):
+        super().__init__(resources)
+        self.sampling = sampling
+        threads = decode.threads or max(1, int(self.resources.num_cpus))  # never more threads than the CPUs reserved
+        self.decode = decode.model_copy(update={"threads": threads})
+
+    def setup(self) -> None:
+        self._child = WatchedProcess() if self.decode.isolate else None
+        if self._child is not None:
+            self._child.start()
+
+    def teardown(self) -> None:
+        if getattr(self, "_child", None) is not None:
+            self._child.stop()
+
+    def process(self, task: VideoTask) -> VideoTask:
+        info = VideoInfo.from_dict(task.meta["video"])
+        override = task.meta.get("num_frames")
+        args = (info, self.sampling, self.decode, override)
+        if self._child is None:
+            result = extract_frames(*args)
+        else:
+            try:
+                result = self._child.call(
+                    extract_frames, *args, timeout_s=self.decode.timeout_s, max_rss_mb=self.decode.max_memory_mb
+                )
+            except CallTimeout as e:
+                raise VideoError(Reason.DECODE_TIMEOUT, str(e)) from None
+            except CallOverMemory as e:
+                raise VideoError(Reason.DECODE_MEMORY, str(e)) from None
+            except ChildDied as e:
+                raise VideoError(Reason.DECODE_CRASHED, str(e)) from None
+        task.meta["decode"] = result.meta()
+        task.frames = {name: list(fs.jpegs) for name, fs in result.sets.items()}
+        return task
+

@@ -1,0 +1,65 @@
+"""The unit of work that flows through the stage graph: one source video.
+
+A `VideoTask` travels between Ray stages as one flat row (`to_row` /
+`from_row`) with Arrow-friendly columns: strings for the key, source, error and
+JSON metadata, and one `list<binary>` column of JPEG bytes per frame set. Raw
+pixel arrays never cross a stage boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+FRAMES_PREFIX = "frames_"
+
+
+@dataclass
+class VideoTask:
+    key: str
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)  # JSON-able: manifest fields, probe, decode, tokens, timings
+    frames: dict[str, list[bytes]] = field(default_factory=dict, repr=False)  # frame set name -> JPEGs in time order
+    error: dict[str, str] | None = None  # {"stage", "reason", "detail"} once rejected
+
+    @property
+    def rejected(self) -> bool:
+        return self.error is not None
+
+    def reject(self, stage: str, reason: str, detail: str = "") -> "VideoTask":
+        """Mark the video rejected; later stages pass it through untouched and it ends in the rejects table."""
+        self.error = {"stage": stage, "reason": str(reason), "detail": detail[:2000]}
+        self.frames = {name: [] for name in self.frames}
+        return self
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        timings = self.meta.setdefault("timings", {})
+        timings[stage] = timings.get(stage, 0.0) + seconds
+
+    def to_row(self, set_names: list[str]) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "key": self.key,
+            "source": self.source,
+            "error": json.dumps(self.error) if self.error else "",
+            "meta": json.dumps(self.meta),
+        }
+        for name in set_names:
+            row[FRAMES_PREFIX + name] = list(self.frames.get(name, []))
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "VideoTask":
+        frames = {
+            k[len(FRAMES_PREFIX) :]: [bytes(b) for b in (v if v is not None else [])]
+            for k, v in row.items()
+            if k.startswith(FRAMES_PREFIX)
+        }
+        error = row.get("error") or ""
+        return cls(
+            key=str(row["key"]),
+            source=str(row["source"]),
+            meta=json.loads(row.get("meta") or "{}"),
+            frames=frames,
+            error=json.loads(error) if error else None,
+        )

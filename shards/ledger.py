@@ -1,0 +1,137 @@
+"""The resume ledger: what is finished, what was rejected, and the tables rebuilt from it.
+
+Each finished shard gets `.ledger/shards/<shard>.json` (its sha256, size and
+index rows), written after the tar is renamed into place; each writer task
+appends rejects as `.ledger/rejects/<id>.parquet`. Every file is written under
+a temporary name and renamed, so a killed run leaves either a complete record
+or none. At the start of a run, partial files and tars without a record are
+removed (their videos are simply redone); `index.parquet` and
+`rejects.parquet` are rebuilt from the ledger at the start and end of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shards.layout import TMP_SUFFIX, RunDir
+
+REJECT_COLUMNS = ["key", "source", "stage", "reason", "detail"]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_parquet_atomic(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def write_shard_record(run: RunDir, shard: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    record = {**shard, "rows": rows}
+    write_atomic(run.ledger_shards / (shard["name"] + ".json"), json.dumps(record).encode())
+
+
+def write_rejects_part(run: RunDir, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        table = pa.Table.from_pylist([{c: str(r.get(c, "")) for c in REJECT_COLUMNS} for r in rows])
+        write_parquet_atomic(run.ledger_rejects / f"{uuid.uuid4().hex}.parquet", table)
+
+
+def shard_records(run: RunDir) -> list[dict[str, Any]]:
+    if not run.ledger_shards.is_dir():
+        return []
+    records = [json.loads(p.read_text()) for p in sorted(run.ledger_shards.glob("*.json"))]
+    return sorted(records, key=lambda r: r["name"])
+
+
+def reject_rows(run: RunDir) -> list[dict[str, Any]]:
+    if not run.ledger_rejects.is_dir():
+        return []
+    rows: list[dict[str, Any]] = []
+    for part in sorted(run.ledger_rejects.glob("*.parquet")):
+        rows.extend(pq.read_table(part).to_pylist())
+    seen: dict[str, dict[str, Any]] = {}
+    for row in rows:  # one row per video even if a crash left an old part beside its rewrite
+        seen[row["key"] or row["source"]] = row
+    return list(seen.values())
+
+
+def clean(run: RunDir) -> dict[str, int]:
+    """Remove what an interrupted run left half-done; return what was removed."""
+    removed = {"partial_files": 0, "unrecorded_shards": 0, "records_without_shard": 0}
+    for d in (run.shards, run.ledger_shards, run.ledger_rejects, run.root):
+        if d.is_dir():
+            for p in d.glob("*" + TMP_SUFFIX):
+                p.unlink()
+                removed["partial_files"] += 1
+    recorded = {r["name"] for r in shard_records(run)}
+    if run.shards.is_dir():
+        for tar in run.shards.glob("*.tar"):
+            if tar.name not in recorded:
+                tar.unlink()
+                removed["unrecorded_shards"] += 1
+    for name in recorded:
+        if not (run.shards / name).exists():
+            (run.ledger_shards / (name + ".json")).unlink()
+            removed["records_without_shard"] += 1
+    return removed
+
+
+def drop_rejects(run: RunDir, reasons: list[str]) -> int:
+    """Forget rejects with these reasons (so the run retries them); returns how many were dropped."""
+    rows = reject_rows(run)
+    keep = [r for r in rows if r["reason"] not in set(reasons)]
+    if len(keep) == len(rows):
+        return 0
+    old = list(run.ledger_rejects.glob("*.parquet"))
+    write_rejects_part(run, keep)  # the new consolidated part lands before the old parts go
+    for p in old:
+        p.unlink()
+    return len(rows) - len(keep)
+
+
+def reset(run: RunDir) -> None:
+    """--force: forget every result of earlier runs in this directory."""
+    for d in (run.shards, run.ledger):
+        shutil.rmtree(d, ignore_errors=True)
+    for f in (run.index, run.rejects, run.run_json):
+        f.unlink(missing_ok=True)
+
+
+def index_rows(run: RunDir) -> list[dict[str, Any]]:
+    return [row for rec in shard_records(run) for row in rec["rows"]]
+
+
+def write_tables(run: RunDir) -> tuple[int, int]:
+    """Rebuild index.parquet and rejects.parquet from the ledger; returns (samples, rejects)."""
+    rows = index_rows(run)
+    rows.sort(key=lambda r: (r["shard"], r["key"]))
+    write_parquet_atomic(run.index, _index_table(rows))
+    rejects = sorted(reject_rows(run), key=lambda r: r["source"])
+    table = pa.Table.from_pylist(rejects) if rejects else pa.table({c: pa.array([], pa.string()) for c in REJECT_COLUMNS})
+    write_parquet_atomic(run.rejects, table)
+    return len(rows), len(rejects)
+
+
+def _index_table(rows: list[dict[str, Any]]) -> pa.Table:
+    if not rows:
+        return pa.table({"key": pa.array([], pa.string()), "shard": pa.array([], pa.string())})
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(c for c in row if c not in columns)
+    return pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])

@@ -1,0 +1,127 @@
+"""The shard writer as a Ray Data sink: each write task turns its rows into finished shards and ledger records.
+
+Ray hands every write task at least `max_samples` rows (`min_rows_per_write`),
+so shards come out near the count limit; the byte limit splits a task's rows
+into several shards when needed. Names carry the run's time stamp, the write
+task index and a random id, so parallel writers (and resumed runs) never
+collide. Rejected videos arrive here too and become one rejects part per task.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from typing import Any, Iterable
+
+from ray.data import Datasink
+from ray.data.block import BlockAccessor
+
+from pipeline.config_run import ShardsConfig
+from pipeline.task import VideoTask
+from shards.layout import RunDir, build_sample
+from shards.ledger import write_rejects_part, write_shard_record
+from shards.tarwriter import ShardFile
+
+
+def sample_meta(task: VideoTask) -> dict[str, Any]:
+    """The sample's `json` member: everything known about the video except conversations and timings."""
+    return {"key": task.key, "source": task.source, **{k: v for k, v in task.meta.items() if k not in ("conversations", "timings")}}
+
+
+def index_row(task: VideoTask, shard: str, frame_set: str, nbytes: int) -> dict[str, Any]:
+    video, decode, meta = task.meta.get("video", {}), task.meta.get("decode", {}), task.meta
+    row: dict[str, Any] = {
+        "key": task.key,
+        "shard": shard,
+        "source": task.source,
+        "duration_s": video.get("duration_s"),
+        "fps": video.get("avg_fps"),
+        "width": video.get("width"),
+        "height": video.get("height"),
+        "codec": video.get("codec"),
+        "frames_stored": len(task.frames.get(frame_set, [])),
+        "decoder": decode.get("decoder"),
+        "sample_bytes": nbytes,
+        "num_conversations": len(meta.get("conversations") or []),
+    }
+    for name, count in (meta.get("tokens") or {}).items():
+        row[f"tokens_{name}"] = count
+    for name, count in (meta.get("counts") or {}).items():  # caption / QA counts from the LLM stages
+        row[name] = count
+    for name, score in (meta.get("scores") or {}).items():
+        row[f"score_{name}"] = score
+    return row
+
+
+class ShardSink(Datasink):
+    def __init__(self, out_dir: str, shards: ShardsConfig, run_stamp: str):
+        self.out_dir = out_dir
+        self.cfg = shards
+        self.run_stamp = run_stamp
+        self.results: list[dict[str, Any]] = []
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.cfg.max_samples
+
+    def get_name(self) -> str:
+        return "WriteShards"
+
+    def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
+        run = RunDir(self.out_dir).make()
+        writer_id = f"{self.cfg.prefix}-{self.run_stamp}-{getattr(ctx, 'task_idx', 0):05d}-{uuid.uuid4().hex[:8]}"
+        summary: dict[str, Any] = {"samples": 0, "rejects": Counter(), "timings": {}, "shards": [], "frames": 0}
+        rejects: list[dict[str, Any]] = []
+        current: ShardFile | None = None
+        rows: list[dict[str, Any]] = []
+        seq = 0
+        start = time.perf_counter()
+
+        def finish() -> None:
+            nonlocal current, rows
+            if current is None:
+                return
+            info = current.close()
+            write_shard_record(run, info.__dict__, rows)  # the index rows exist only once the shard does
+            summary["shards"].append(info.__dict__)
+            current, rows = None, []
+
+        try:
+            for block in blocks:
+                for raw in BlockAccessor.for_block(block).iter_rows(public_row_format=True):
+                    task = VideoTask.from_row(dict(raw))
+                    for stage, seconds in (task.meta.get("timings") or {}).items():
+                        spent = summary["timings"].setdefault(stage, [0.0, 0])
+                        spent[0] += seconds
+                        spent[1] += 1
+                    if task.rejected:
+                        rejects.append({"key": task.key, "source": task.source, **task.error})
+                        summary["rejects"][task.error["reason"]] += 1
+                        continue
+                    frames = task.frames.get(self.cfg.frame_set, [])
+                    sample = build_sample(task.key, frames, sample_meta(task), task.meta.get("conversations") or [])
+                    if current is not None and (
+                        current.samples >= self.cfg.max_samples or current.payload >= self.cfg.max_bytes
+                    ):
+                        finish()
+                    if current is None:
+                        current = ShardFile(run.shards, f"{writer_id}-{seq:03d}.tar", fsync=self.cfg.fsync)
+                        seq += 1
+                    current.write(sample)
+                    nbytes = sum(len(f) for f in frames)
+                    rows.append(index_row(task, current.final.name, self.cfg.frame_set, nbytes))
+                    summary["samples"] += 1
+                    summary["frames"] += len(frames)
+            finish()
+        except BaseException:
+            if current is not None:
+                current.abort()
+            raise
+        write_rejects_part(run, rejects)
+        summary["rejects"] = dict(summary["rejects"])
+        summary["timings"]["write"] = [time.perf_counter() - start, summary["samples"]]
+        return summary
+
+    def on_write_complete(self, write_result: Any) -> None:
+        self.results = list(write_result.write_returns)
