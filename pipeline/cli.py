@@ -1,8 +1,9 @@
 """`prolongvid` / `python -m pipeline`: the command line.
 
-Subcommands: `probe` (what is this file, or why it would be rejected),
-`sample` (one video's frame sets to JPEG files), `demo` (generate example
-videos, probe and sample them, print what was found).
+Subcommands: `run` (videos -> shards), `stats` (what a run produced;
+`--verify`), `import-llava` / `export-llava`, `probe` (what is this file, or
+why it would be rejected), `sample` (one video's frame sets to JPEG files),
+`demo` (generate example videos, run the pipeline on them, print the stats).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pipeline.config import ConfigError, RunConfig, load_config, write_resolved_
 from pipeline.errors import VideoError
 from pipeline.probe import ToolMissing
 from pipeline.run import RunLocked
+from shards.reader import NotARunDir
 
 log = logging.getLogger("prolongvid")
 
@@ -94,6 +96,51 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from shards.reader import open_run
+    from shards.stats import compute_stats, stats_table
+    from shards.verify import verify_run
+
+    run = open_run(args.run_dir)
+    stats = compute_stats(run)
+    text = stats_table(stats)
+    problems: list[str] = verify_run(run) if args.verify else []
+    if args.verify:
+        stats["verify"] = {"ok": not problems, "problems": problems}
+    print(json.dumps(stats, indent=1) if args.json else text)
+    if args.plots:
+        from shards.plots import write_html, write_plots
+
+        charts = write_plots(stats, args.plots)
+        report = write_html(stats, text, charts, Path(args.plots) / "report.html")
+        print(f"charts and {report} written", file=sys.stderr)
+    if args.verify:
+        for p in problems:
+            print(f"verify: {p}", file=sys.stderr)
+        print(f"verify: {'OK' if not problems else f'{len(problems)} problem(s)'}", file=sys.stderr)
+        return 1 if problems else 0
+    return 0
+
+
+def cmd_import_llava(args: argparse.Namespace) -> int:
+    from pipeline.run import run_pipeline
+
+    sets = [f"input.path={args.annotations}", "input.format=llava", f"input.video_root={args.video_root}",
+            f"output.dir={args.out_dir}", *(args.set or [])]
+    cfg = load_config(args.config, sets)
+    summary = run_pipeline(cfg, force=args.force, retry_reasons=args.retry_rejects or [])
+    print_run_summary(summary)
+    return 0
+
+
+def cmd_export_llava(args: argparse.Namespace) -> int:
+    from shards.llava import export_llava
+
+    n = export_llava(args.run_dir, args.out_json, frames_dir=args.frames_dir)
+    print(f"{n} LLaVA records -> {args.out_json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prolongvid", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -105,6 +152,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo everything instead of resuming")
     p.add_argument("--retry-rejects", nargs="+", metavar="REASON", help="retry rejected videos with these reasons")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("stats", help="statistics of a run's shards; --verify re-reads and checks every shard")
+    p.add_argument("run_dir", help="a run's output directory (holds shards/ and index.parquet)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--plots", metavar="DIR", help="write PNG charts and report.html (one file) into DIR")
+    p.add_argument("--verify", action="store_true", help="check sha256, samples and index; exit 1 on any problem")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("import-llava", help="shard an existing LLaVA-format dataset (no LLM)")
+    p.add_argument("annotations", help="LLaVA JSON: a list of {id, video, conversations}")
+    p.add_argument("video_root", help="folder the records' video paths are relative to")
+    p.add_argument("out_dir")
+    p.add_argument("--config", default="configs/import_llava.yaml" if Path("configs/import_llava.yaml").exists() else None)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--retry-rejects", nargs="+", metavar="REASON")
+    p.set_defaults(func=cmd_import_llava)
+
+    p = sub.add_parser("export-llava", help="write LLaVA-format records from a run's shards")
+    p.add_argument("run_dir")
+    p.add_argument("out_json")
+    p.add_argument("--frames-dir", help="also extract each sample's frames to DIR/<key>/ and point `video` there")
+    p.set_defaults(func=cmd_export_llava)
 
     p = sub.add_parser("probe", help="probe files and say why any would be rejected")
     p.add_argument("paths", nargs="+")
@@ -138,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     except ToolMissing as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except NotARunDir as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except RunLocked as e:
         print(f"error: {e}", file=sys.stderr)
         return 4

@@ -1,22 +1,15 @@
-"""The demo: generate example videos (good and broken), probe and sample each, print what was found.
+"""The demo: generate example videos (good and broken), run the whole pipeline on them, print the stats.
 
-Writes under the run's output dir: `videos/` (the examples), `frames/<video>/<set>/NNNN.jpg`,
-`demo.json` (one record per video: probe, decode metadata or reject reason) and
-the resolved config.
+Writes under the run's output dir: `videos/` (the examples) and everything a
+run writes (`shards/`, `index.parquet`, `rejects.parquet`, `run.json`).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from pipeline.config import RunConfig, write_resolved_config
-from pipeline.errors import VideoError
-from pipeline.extract import extract_frames
-from pipeline.probe import preflight
-from pipeline.records import Rejection
-from pipeline.report import table, write_frame_sets
+from pipeline.config import RunConfig
 from pipeline.synth import CATALOGUE, SynthError, can_encode, make_bad_file, make_video
 
 EXAMPLES = ["h264_2min", "h264_10s", "hevc_10s", "vp9_10s", "theora_10s", "vfr_10s", "rotated_10s"]
@@ -40,46 +33,19 @@ def make_examples(video_dir: Path) -> list[Path]:
 
 
 def run_demo(cfg: RunConfig) -> int:
-    out = Path(cfg.output.dir)
+    """Generate the examples under input.path, run the real pipeline on them (embedded Ray), print the stats."""
+    from pipeline.cli import print_run_summary
+    from pipeline.run import run_pipeline
+    from shards.reader import open_run
+    from shards.stats import compute_stats, stats_table
+
     video_dir = Path(cfg.input.path)
     t0 = time.perf_counter()
     paths = make_examples(video_dir)
     print(f"{len(paths)} example files in {video_dir} ({time.perf_counter() - t0:.1f}s)\n")
-    write_resolved_config(cfg, out)
-
-    records, rows = [], []
-    for path in paths:
-        try:
-            info = preflight(path, cfg.probe, cfg.limits)
-        except VideoError as e:
-            rej = Rejection(str(path), "probe", e.reason.value, e.detail)
-            records.append({"rejected": rej.to_dict()})
-            rows.append([path.name, "reject: " + e.reason.value, "", "", "", "", "", e.detail[:60]])
-            continue
-        try:
-            result = extract_frames(info, cfg.sampling, cfg.decode)
-        except VideoError as e:
-            rej = Rejection(str(path), "decode", e.reason.value, e.detail)
-            records.append({"video": info.to_dict(), "rejected": rej.to_dict()})
-            rows.append([path.name, "reject: " + e.reason.value, f"{info.duration_s:.0f}s", "", "", "", "", e.detail[:60]])
-            continue
-        write_frame_sets(result, info, out / "frames" / path.stem)
-        records.append({"video": info.to_dict(), "decode": result.meta()})
-        sets = ", ".join(f"{n} {len(s)}@{s.width}x{s.height}" for n, s in result.sets.items())
-        rows.append(
-            [
-                path.name,
-                "ok",
-                f"{info.duration_s:.0f}s",
-                f"{info.avg_fps:.1f}" + (" vfr" if info.variable_frame_rate else ""),
-                f"{info.width}x{info.height}" + (f" rot{info.rotation}" if info.rotation else ""),
-                result.decoder + (" (fallback)" if result.fallback_reason else ""),
-                f"{result.decode_seconds:.2f}s",
-                sets,
-            ]
-        )
-    print(table(["file", "status", "duration", "fps", "size", "decoder", "decode", "frame sets / detail"], rows))
-    (out / "demo.json").write_text(json.dumps(records, indent=1))
-    ok = sum(1 for r in records if "decode" in r)
-    print(f"\n{ok} sampled, {len(records) - ok} rejected; frames in {out / 'frames'}, records in {out / 'demo.json'}")
+    summary = run_pipeline(cfg)
+    print_run_summary(summary)
+    print()
+    print(stats_table(compute_stats(open_run(cfg.output.dir))))
+    print(f"\nshards in {Path(cfg.output.dir) / 'shards'}; try: prolongvid stats {cfg.output.dir} --verify --plots {cfg.output.dir}/plots")
     return 0

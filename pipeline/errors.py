@@ -54,3 +54,6 @@ class VideoError(Exception):
         super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
         self.reason = reason
         self.detail = detail
+
+    def __reduce__(self):  # keep reason and detail across process boundaries (decode child, Ray workers)
+        return (VideoError, (self.reason, self.detail))

@@ -17,6 +17,7 @@ LEDGER_DIR = ".ledger"  # per-shard and per-writer records; the tables are rebui
 INDEX_FILE = "index.parquet"
 REJECTS_FILE = "rejects.parquet"
 RUN_FILE = "run.json"
+SHARDS_FILE = "shards.json"  # name, sha256, bytes, samples of every finished shard
 TMP_SUFFIX = ".partial"
 
 META_MEMBER = "json"
@@ -61,6 +62,7 @@ class RunDir:
         self.index = self.root / INDEX_FILE
         self.rejects = self.root / REJECTS_FILE
         self.run_json = self.root / RUN_FILE
+        self.shards_json = self.root / SHARDS_FILE
         self.lock = self.root / ".lock"
 
     def make(self) -> "RunDir":

@@ -109,7 +109,7 @@ def reset(run: RunDir) -> None:
     """--force: forget every result of earlier runs in this directory."""
     for d in (run.shards, run.ledger):
         shutil.rmtree(d, ignore_errors=True)
-    for f in (run.index, run.rejects, run.run_json):
+    for f in (run.index, run.rejects, run.run_json, run.shards_json):
         f.unlink(missing_ok=True)
 
 
@@ -122,6 +122,8 @@ def write_tables(run: RunDir) -> tuple[int, int]:
     rows = index_rows(run)
     rows.sort(key=lambda r: (r["shard"], r["key"]))
     write_parquet_atomic(run.index, _index_table(rows))
+    shards = [{k: v for k, v in rec.items() if k != "rows"} for rec in shard_records(run)]
+    write_atomic(run.shards_json, json.dumps(shards, indent=1).encode())
     rejects = sorted(reject_rows(run), key=lambda r: r["source"])
     table = pa.Table.from_pylist(rejects) if rejects else pa.table({c: pa.array([], pa.string()) for c in REJECT_COLUMNS})
     write_parquet_atomic(run.rejects, table)

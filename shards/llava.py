@@ -1,0 +1,40 @@
+"""Export shards as LLaVA-format annotations so the paper's own trainer (LLaVA-NeXT) can read our data.
+
+One record per conversation: `{"id", "video", "conversations"}` plus any other
+fields the record was imported with. `video` is the source path relative to
+the video root it was imported from (or absolute), or, with `frames_dir`, a
+folder of the sample's stored frames (`<key>/0000.jpg`...), which LLaVA-NeXT
+reads as a video given as frames.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER
+from shards.reader import iter_samples, open_run
+
+
+def export_llava(run_dir: str | Path, out_json: str | Path, frames_dir: str | Path | None = None) -> int:
+    run = open_run(run_dir)
+    records: list[dict[str, Any]] = []
+    for sample in iter_samples(run):
+        key = sample["__key__"]
+        meta = json.loads(sample[META_MEMBER])
+        video = meta.get("video_rel") or meta["source"]
+        if frames_dir is not None:
+            folder = Path(frames_dir) / key
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in sample.items():
+                if FRAME_MEMBER.match(name):
+                    (folder / name).write_bytes(data)
+            video = key
+        for n, record in enumerate(json.loads(sample[CONVERSATIONS_MEMBER])):
+            records.append({"id": record.get("id") or f"{key}-{n}", "video": video,
+                            **{k: v for k, v in record.items() if k not in ("id", "video")}})
+    out = Path(out_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(records, indent=1, ensure_ascii=False))
+    return len(records)

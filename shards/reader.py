@@ -1,0 +1,77 @@
+"""Read a run directory back: the tables, the shard list, and samples (plain webdataset or raw tar members)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow.parquet as pq
+
+from shards.layout import RunDir
+
+
+class NotARunDir(ValueError):
+    pass
+
+
+def open_run(path: str | Path) -> RunDir:
+    run = RunDir(path)
+    if not run.index.exists() or not run.shards.is_dir():
+        raise NotARunDir(f"{path} is not a pipeline output directory (no {run.index.name} or shards/)")
+    return run
+
+
+def read_index(run: RunDir) -> list[dict[str, Any]]:
+    return pq.read_table(run.index).to_pylist()
+
+
+def read_rejects(run: RunDir) -> list[dict[str, Any]]:
+    return pq.read_table(run.rejects).to_pylist() if run.rejects.exists() else []
+
+
+def read_shard_list(run: RunDir) -> list[dict[str, Any]]:
+    return json.loads(run.shards_json.read_text()) if run.shards_json.exists() else []
+
+
+def read_run_json(run: RunDir) -> dict[str, Any]:
+    return json.loads(run.run_json.read_text()) if run.run_json.exists() else {}
+
+
+def shard_urls(run: RunDir) -> list[str]:
+    """Shard paths in index order, for webdataset.WebDataset(urls) or any tar reader."""
+    names = [s["name"] for s in read_shard_list(run)] or sorted(p.name for p in run.shards.glob("*.tar"))
+    return [str(run.shards / n) for n in names]
+
+
+def iter_samples(run: RunDir) -> Iterator[dict[str, Any]]:
+    """Samples as plain webdataset dicts (`__key__`, `0000.jpg`..., `json`, `conversations.json`; raw bytes)."""
+    import webdataset as wds
+
+    urls = shard_urls(run)
+    if not urls:
+        return
+    yield from wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+
+
+def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {member suffix: bytes}) per sample of one tar, in file order; raises tarfile.TarError on damage."""
+    key: str | None = None
+    members: dict[str, bytes] = {}
+    with tarfile.open(path, "r:") as tar:
+        for info in tar:
+            if not info.isfile():
+                raise tarfile.TarError(f"member {info.name!r} is not a regular file")
+            name = info.name
+            base, dot, suffix = name.partition(".")
+            if not dot or "/" in name:
+                raise tarfile.TarError(f"member {name!r} is not <key>.<field>")
+            if base != key:
+                if key is not None:
+                    yield key, members
+                key, members = base, {}
+            f = tar.extractfile(info)
+            members[suffix] = f.read() if f else b""
+        if key is not None:
+            yield key, members

@@ -1,0 +1,98 @@
+"""`prolongvid stats RUN_DIR`: what a run produced, from its index, rejects, shard list and run.json."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from shards.layout import RunDir
+from shards.reader import read_index, read_rejects, read_run_json, read_shard_list
+
+DURATION_BINS_S = [0, 60, 120, 300, 600, 1800, 3600, float("inf")]
+DURATION_LABELS = ["<1m", "1-2m", "2-5m", "5-10m", "10-30m", "30-60m", ">60m"]
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"count": 0}
+    a = np.asarray(values, dtype=float)
+    return {
+        "count": int(a.size),
+        "sum": float(a.sum()),
+        "mean": round(float(a.mean()), 3),
+        "min": float(a.min()),
+        "p50": float(np.percentile(a, 50)),
+        "max": float(a.max()),
+    }
+
+
+def _column(rows: list[dict[str, Any]], name: str) -> list[float]:
+    return [float(r[name]) for r in rows if r.get(name) is not None]
+
+
+def compute_stats(run: RunDir) -> dict[str, Any]:
+    rows = read_index(run)
+    rejects = read_rejects(run)
+    shards = read_shard_list(run)
+    run_json = read_run_json(run)
+    durations = _column(rows, "duration_s")
+    hist, _ = np.histogram(durations, bins=DURATION_BINS_S) if durations else (np.zeros(len(DURATION_LABELS)), None)
+    columns = sorted({c for r in rows for c in r})
+    stats: dict[str, Any] = {
+        "run_dir": str(run.root),
+        "samples": len(rows),
+        "hours_of_video": round(sum(durations) / 3600, 4),
+        "duration_s": _summary(durations),
+        "duration_histogram": dict(zip(DURATION_LABELS, (int(h) for h in hist))),
+        "frames_stored": _summary(_column(rows, "frames_stored")),
+        "tokens": {c[len("tokens_") :]: _summary(_column(rows, c)) for c in columns if c.startswith("tokens_")},
+        "conversations": _summary(_column(rows, "num_conversations")),
+        "qa_by_type": {c[len("qa_") :]: int(sum(_column(rows, c))) for c in columns if c.startswith("qa_")},
+        "captions": {c: _summary(_column(rows, c)) for c in columns if c.startswith("caption_")},
+        "scores": {c[len("score_") :]: _summary(_column(rows, c)) for c in columns if c.startswith("score_")},
+        "decoders": dict(Counter(r.get("decoder") or "?" for r in rows)),
+        "rejects": len(rejects),
+        "rejects_by_reason": dict(Counter(r["reason"] for r in rejects).most_common()),
+        "rejects_by_stage": dict(Counter(r["stage"] for r in rejects).most_common()),
+        "shards": {"count": len(shards), "bytes": _summary([s["bytes"] for s in shards]),
+                   "samples": _summary([s["samples"] for s in shards])},
+    }
+    this_run = run_json.get("this_run", {})
+    if this_run:
+        stats["last_run"] = {k: this_run.get(k) for k in ("started", "wall_s", "accepted", "rejected", "videos_per_hour")}
+    return stats
+
+
+def _fmt(s: dict[str, float], unit: str = "", scale: float = 1.0) -> str:
+    if not s.get("count"):
+        return "-"
+    return f"mean {s['mean'] / scale:.1f}{unit}  min {s['min'] / scale:.1f}{unit}  max {s['max'] / scale:.1f}{unit}"
+
+
+def stats_table(stats: dict[str, Any]) -> str:
+    from pipeline.report import table
+
+    rows: list[list[Any]] = [
+        ["samples", stats["samples"]],
+        ["hours of video", f"{stats['hours_of_video']:.3f}"],
+        ["duration", _fmt(stats["duration_s"], "s")],
+        ["duration histogram", "  ".join(f"{k}:{v}" for k, v in stats["duration_histogram"].items() if v)],
+        ["frames stored", _fmt(stats["frames_stored"])],
+    ]
+    rows += [[f"tokens {name}", _fmt(s)] for name, s in stats["tokens"].items()]
+    rows += [["conversations per sample", _fmt(stats["conversations"])]]
+    rows += [[f"QA {t}", n] for t, n in stats["qa_by_type"].items()]
+    rows += [[name.replace("_", " "), _fmt(s)] for name, s in stats["captions"].items()]
+    rows += [[f"score {name}", _fmt(s)] for name, s in stats["scores"].items()]
+    rows += [["decoders", ", ".join(f"{k} {v}" for k, v in stats["decoders"].items())]]
+    rows += [["rejects", stats["rejects"]]]
+    rows += [[f"  {reason}", n] for reason, n in stats["rejects_by_reason"].items()]
+    sh = stats["shards"]
+    rows += [["shards", f"{sh['count']} ({sh['bytes'].get('sum', 0) / 2**20:.1f} MiB)"]]
+    rows += [["shard size", _fmt(sh["bytes"], " MiB", 2**20)], ["samples per shard", _fmt(sh["samples"])]]
+    if "last_run" in stats:
+        lr = stats["last_run"]
+        rows += [["last run", f"{lr['started']}  {lr['wall_s']}s  {lr['videos_per_hour']} videos/hour"]]
+    return table(["run " + stats["run_dir"], ""], rows)
