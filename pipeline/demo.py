@@ -43,7 +43,7 @@ def run_demo(cfg: RunConfig) -> int:
     t0 = time.perf_counter()
     paths = make_examples(video_dir)
     print(f"{len(paths)} example files in {video_dir} ({time.perf_counter() - t0:.1f}s)\n")
-    summary = run_pipeline(cfg)
+    summary = run_pipeline(cfg, force=True)  # a demo always shows a whole run
     print_run_summary(summary)
     print()
     print(stats_table(compute_stats(open_run(cfg.output.dir))))

@@ -43,3 +43,51 @@ def run_config(tmp_path) -> RunConfig:
     """The demo config pointed at a temporary output folder."""
     root = Path(__file__).resolve().parents[1]
     return load_config(root / "configs" / "demo.yaml", [f"output.dir={tmp_path / 'out'}", f"input.path={tmp_path}"])
+
+
+GOOD_MIX = ["h264_10s", "hevc_10s", "theora_10s", "vfr_10s", "rotated_10s"]
+BAD_REASONS = {  # bad fixture kind -> the reject reason it must end with
+    "zero_byte": "empty_file",
+    "truncated": "truncated",
+    "truncated_index": "truncated",
+    "random_bytes": "not_media",
+    "audio_only": "no_video_stream",
+    "png_as_mp4": "still_image",
+    "unknown_codec": "unsupported_codec",
+}
+
+
+@pytest.fixture(scope="session")
+def mixed_dir(tmp_path_factory, video_dir) -> Path:
+    """Good catalogue videos mixed with every bad fixture in one folder (a realistic input folder)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("mixed")
+    for name in GOOD_MIX:
+        if can_encode(CATALOGUE[name].codec):
+            src = make_video(CATALOGUE[name], video_dir)
+            shutil.copy(src, folder / src.name)
+    for kind in BAD_REASONS:
+        src = make_bad_file(kind, video_dir / "bad")
+        shutil.copy(src, folder / src.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray for the in-process pipeline runs of the session (short temp path: socket limits)."""
+    import tempfile
+
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def pipeline_config(input_path, out_dir, *sets: str) -> RunConfig:
+    """The demo config pointed at `input_path` / `out_dir`, small shards, no progress bars."""
+    root = Path(__file__).resolve().parents[1]
+    base = [f"input.path={input_path}", f"output.dir={out_dir}", "shards.max_samples=2", "ray.progress=false"]
+    return load_config(root / "configs" / "demo.yaml", base + list(sets))

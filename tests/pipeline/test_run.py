@@ -1,0 +1,165 @@
+"""End-to-end pipeline runs on a folder of good and broken videos: shards, tables, resume, retry, force."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from pipeline.run import RunLocked, run_lock, run_pipeline
+from shards.layout import RunDir
+from shards.reader import open_run, read_index, read_rejects
+from shards.verify import verify_run
+from tests.conftest import BAD_REASONS, GOOD_MIX, pipeline_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def clean_run(mixed_dir, ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "out"
+    summary = run_pipeline(pipeline_config(mixed_dir, out))
+    return out, summary
+
+
+def keys(out) -> list[str]:
+    return sorted(r["key"] for r in read_index(open_run(out)))
+
+
+def test_every_bad_video_is_rejected_with_its_reason_and_every_good_one_is_sharded(clean_run, mixed_dir):
+    out, summary = clean_run
+    run = open_run(out)
+    rejects = {Path(r["source"]).name: r for r in read_rejects(run)}
+    for kind, reason in BAD_REASONS.items():
+        name = next(p.name for p in mixed_dir.iterdir() if p.stem == f"bad_{kind}")
+        assert rejects[name]["reason"] == reason, (kind, rejects[name])
+        assert rejects[name]["stage"] in ("probe", "decode") and rejects[name]["key"]
+    index = read_index(run)
+    good = sorted(p.name for p in mixed_dir.iterdir() if not p.name.startswith("bad_"))
+    assert sorted(Path(r["source"]).name for r in index) == good and len(good) >= len(GOOD_MIX) - 1
+    assert summary.accepted == len(good) and sum(summary.rejected.values()) == len(BAD_REASONS)
+    for row in index:
+        assert row["frames_stored"] == 192
+        assert row["tokens_stage1"] == 32 * 156 and row["tokens_stage3"] == 192 * 156
+        assert row["duration_s"] == pytest.approx(10.0, abs=0.2) and row["width"] > 0 and row["shard"].endswith(".tar")
+    assert verify_run(run) == []
+    assert not list(Path(out).rglob("*.partial"))
+
+
+def test_plain_webdataset_reads_the_shards(clean_run):
+    out, _ = clean_run
+    urls = sorted(str(p) for p in (Path(out) / "shards").glob("*.tar"))
+    samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil"))
+    assert len(samples) == len(keys(out))
+    for s in samples:
+        frames = sorted(k for k in s if k.endswith(".jpg"))
+        assert frames[0] == "0000.jpg" and len(frames) == 192
+        assert s["0000.jpg"].size == (384, 384)
+        meta = s["json"]
+        assert meta["key"] == s["__key__"] and meta["source"]
+        ts = meta["decode"]["sets"]["shard"]["timestamps_s"]
+        assert len(ts) == 192 and ts == sorted(ts)  # frames in time order
+        assert s["conversations.json"] == []
+
+
+def test_run_json_and_tables(clean_run):
+    out, summary = clean_run
+    doc = json.loads((Path(out) / "run.json").read_text())
+    assert doc["config"]["output"]["dir"] == str(out)
+    assert doc["versions"]["ray"] and doc["versions"]["webdataset"]
+    this = doc["this_run"]
+    assert this["accepted"] == summary.accepted and this["rejected"] == summary.rejected
+    assert {"probe", "decode", "write"} <= set(this["stages"]) and this["videos_per_hour"] > 0
+    shards = json.loads((Path(out) / "shards.json").read_text())
+    assert all(len(s["sha256"]) == 64 and s["samples"] <= 2 for s in shards)  # shards.max_samples=2
+    assert sum(s["samples"] for s in shards) == summary.accepted
+    names = [s["name"] for s in shards]
+    assert len(set(names)) == len(names)
+
+
+def test_rerun_resumes_with_nothing_to_do(clean_run, mixed_dir):
+    out, first = clean_run
+    before = keys(out)
+    again = run_pipeline(pipeline_config(mixed_dir, out))
+    assert again.accepted == 0 and again.rejected == {} and again.skipped == first.accepted + len(BAD_REASONS)
+    assert keys(out) == before
+
+
+def test_retry_rejects_redoes_only_those_reasons_and_force_redoes_all(mixed_dir, ray_local, tmp_path):
+    out = tmp_path / "out"
+    cfg = pipeline_config(mixed_dir, out)
+    first = run_pipeline(cfg)
+    retried = run_pipeline(cfg, retry_reasons=["truncated", "not_media"])
+    assert retried.accepted == 0 and retried.rejected == {"truncated": 2, "not_media": 1}
+    assert len(read_rejects(open_run(out))) == len(BAD_REASONS)
+    forced = run_pipeline(cfg, force=True)
+    assert forced.accepted == first.accepted and forced.skipped == 0
+    assert verify_run(open_run(out)) == []
+
+
+def test_sigkill_mid_run_then_rerun_gives_the_clean_sample_set(clean_run, mixed_dir, ray_local, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "pipeline", "run", str(ROOT / "configs/demo.yaml"), "--set", f"input.path={mixed_dir}",
+           "--set", f"output.dir={out}", "--set", "shards.max_samples=1", "--set", "ray.progress=false",
+           "--set", "ray.num_cpus=1"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ledger = out / ".ledger" / "shards"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ledger.is_dir() and any(ledger.glob("*.json")):
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the embedded Ray it started
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert not (out / "run.json").exists()  # it really died before finishing
+    done_before = len(list(ledger.glob("*.json")))
+    assert 1 <= done_before < len(keys(clean_run[0]))
+
+    resumed = run_pipeline(pipeline_config(mixed_dir, out))
+    assert resumed.skipped >= done_before
+    assert keys(out) == keys(clean_run[0])
+    run = open_run(out)
+    assert verify_run(run) == []
+    assert sorted(r["key"] for r in read_rejects(run)) == sorted(r["key"] for r in read_rejects(open_run(clean_run[0])))
+    assert not list(out.rglob("*.partial"))
+
+
+def test_a_second_run_into_a_locked_directory_is_refused(tmp_path):
+    run = RunDir(tmp_path)
+    with run_lock(run):
+        with pytest.raises(RunLocked, match="another run"):
+            with run_lock(RunDir(tmp_path)):
+                pass
+
+
+def test_cli_run_stats_and_verify_exit_codes(clean_run, tmp_path):
+    out, _ = clean_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    cli = [sys.executable, "-m", "pipeline"]
+    ok = subprocess.run(cli + ["stats", str(copy), "--verify"], capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0 and "verify: OK" in ok.stderr and "samples" in ok.stdout
+    tar = sorted((copy / "shards").glob("*.tar"))[0]
+    data = bytearray(tar.read_bytes())
+    data[700] ^= 0xFF  # one flipped byte inside the first frame
+    tar.write_bytes(bytes(data))
+    bad = subprocess.run(cli + ["stats", str(copy), "--verify"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 1 and f"shards/{tar.name}: sha256" in bad.stderr
+    tar.write_bytes(bytes(data[: len(data) // 2]))
+    cut = subprocess.run(cli + ["stats", str(copy), "--verify", "--json"], capture_output=True, text=True, cwd=ROOT)
+    assert cut.returncode == 1 and "truncated or altered" in cut.stderr
+    report = json.loads(cut.stdout)
+    assert report["verify"]["ok"] is False and report["samples"] == len(keys(out))
+    index = pq.read_table(copy / "index.parquet")
+    assert index.num_rows == len(keys(out))
