@@ -161,19 +161,11 @@ class RunConfig(_Strict):
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")
-    def _shard_set_fits_stages(self) -> "RunConfig":
+    def _shard_set_exists(self) -> "RunConfig":
         sets = {s.name: s for s in self.sampling.sets}
         shard_set = sets.get(self.shards.frame_set)
         if shard_set is None:
             raise ValueError(f"shards.frame_set {self.shards.frame_set!r} names no sampling set (have {sorted(sets)})")
-        budget = self.filters.token_budget
-        if budget.enabled and shard_set.mode == "uniform" and shard_set.num_frames is not None:
-            too_big = [s.name for s in budget.stages if s.frames > shard_set.num_frames]
-            if too_big:
-                raise ValueError(
-                    f"filters.token_budget.stages {too_big} need more frames than the shard stores "
-                    f"(sampling set {shard_set.name!r}: {shard_set.num_frames})"
-                )
         return self
 
 

@@ -102,12 +102,12 @@ def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] |
     started = datetime.now(timezone.utc)
     run = RunDir(cfg.output.dir)
     with run_lock(run):
+        sources = load_sources(cfg.input)  # a bad input fails before anything in the output dir changes
         if force:
             ledger.reset(run)
         run.make()
         cleaned = ledger.clean(run)
         dropped = ledger.drop_rejects(run, list(retry_reasons)) if retry_reasons else 0
-        sources = load_sources(cfg.input)
         write_resolved_config(cfg, run.root)
 
         done = {r["key"] for r in ledger.index_rows(run)}

@@ -32,7 +32,7 @@ def frame_member(i: int) -> str:
 
 def check_key(key: str) -> str:
     """Keys become tar member names: refuse anything that could escape or split (`/`, `..`, dots, controls)."""
-    if not _SAFE_KEY.match(key):
+    if not _SAFE_KEY.fullmatch(key):
         raise ValueError(f"unsafe sample key {key!r}: only [A-Za-z0-9_-], 1-128 characters")
     return key
 

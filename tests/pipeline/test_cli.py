@@ -49,16 +49,35 @@ def test_config_errors_name_the_field_and_exit_2(video, tmp_path):
     assert "decode.backend" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_demo_runs_end_to_end(tmp_path):
+def test_demo_runs_the_pipeline_end_to_end(tmp_path):
     out = tmp_path / "demo"
     done = cli("demo", "--out", out, "--config", ROOT / "configs/demo.yaml")
-    assert done.returncode == 0, done.stderr
-    records = json.loads((out / "demo.json").read_text())
-    reasons = sorted(r["rejected"]["reason"] for r in records if "rejected" in r)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import pyarrow.parquet as pq
+
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    reasons = sorted(r["reason"] for r in rejects)
     assert reasons == sorted(["empty_file", "truncated", "truncated", "not_media", "no_video_stream", "still_image", "unsupported_codec"])
-    sampled = [r for r in records if "decode" in r]
-    assert len(sampled) >= 5
-    assert all(r["decode"]["sets"]["shard"]["num_frames"] == 192 for r in sampled)
-    assert any(r["decode"]["fallback_reason"] for r in sampled)  # the Ogg/Theora example
-    assert (out / "config.resolved.yaml").exists()
-    assert "sampled" in done.stdout
+    index = pq.read_table(out / "index.parquet").to_pylist()
+    assert len(index) >= 5 and all(r["frames_stored"] == 192 for r in index)
+    assert "pyav" in {r["decoder"] for r in index}  # the Ogg/Theora example falls back
+    assert (out / "config.resolved.yaml").exists() and (out / "run.json").exists()
+    assert "samples" in done.stdout and "rejects" in done.stdout
+    verify = cli("stats", out, "--verify")
+    assert verify.returncode == 0, verify.stderr
+
+
+def test_run_refuses_bad_configs_naming_the_field(tmp_path):
+    for override, field in [
+        ("shards.max_samples=0", "shards.max_samples"),
+        ("resources.video.num_cpus=-1", "resources.video.num_cpus"),
+        ("filters.length.min_duration_s=700", "min_duration_s"),
+        ("filters.token_budget.stages.2.max_tokens=0", "filters.token_budget.stages.2.max_tokens"),
+        ("shards.frame_set=nope", "shards.frame_set"),
+        ("input.format=xml", "input.format"),
+    ]:
+        done = cli("run", ROOT / "configs/demo.yaml", "--set", f"output.dir={tmp_path}", "--set", override)
+        assert done.returncode == 2, (override, done.stderr)
+        assert field in done.stderr and "Traceback" not in done.stderr, (override, done.stderr)
+    missing = cli("run", ROOT / "configs/demo.yaml", "--set", f"input.path={tmp_path / 'nope'}", "--set", f"output.dir={tmp_path}")
+    assert missing.returncode == 2 and "input.path" in missing.stderr

@@ -1,0 +1,146 @@
+"""The stage contract, the decode cut-offs and the length / token-budget filters, without Ray."""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import pytest
+
+from filters.length import LengthFilter
+from filters.token_budget import TokenBudget
+from pipeline.config import load_config
+from pipeline.config_run import LengthFilterConfig, TokenBudgetConfig
+from pipeline.errors import Reason, VideoError
+from pipeline.stage import Stage, run_chain, run_stage
+from pipeline.stages import DecodeStage, ProbeStage
+from pipeline.task import VideoTask
+from pipeline.watchdog import CallOverMemory, CallTimeout, WatchedProcess
+
+
+class Exploding(Stage):
+    name = "exploding"
+
+    def process(self, task):
+        raise RuntimeError("boom")
+
+
+class Counting(Stage):
+    name = "counting"
+
+    def setup(self):
+        self._setups = getattr(self, "_setups", 0) + 1
+
+    def process(self, task):
+        task.meta["seen"] = task.meta.get("seen", 0) + 1
+        return task
+
+
+def test_a_stage_that_raises_rejects_the_video_instead_of_stopping_the_run():
+    task = run_stage(Exploding(), VideoTask("k", "/v.mp4"))
+    assert task.error == {"stage": "exploding", "reason": "internal_error", "detail": "RuntimeError: boom"}
+    after = run_stage(Counting(), task)
+    assert "seen" not in after.meta  # rejected tasks pass later stages untouched
+    assert set(after.meta["timings"]) == {"exploding"}
+
+
+def test_setup_runs_once_per_worker_and_never_travels_with_the_stage():
+    stage = Counting()
+    for _ in range(3):
+        run_stage(stage, VideoTask("k", "s"))
+    assert stage._setups == 1
+    clone = pickle.loads(pickle.dumps(stage))
+    assert not hasattr(clone, "_setups") and clone._ready is False
+
+
+def test_rows_round_trip_with_frames_as_jpeg_bytes():
+    task = VideoTask("k", "s", {"a": 1}, {"shard": [b"\xff\xd8x", b"\xff\xd8y"]})
+    row = run_chain([Counting()], task.to_row(["shard", "caption"]), ["shard", "caption"])
+    assert row["frames_shard"] == [b"\xff\xd8x", b"\xff\xd8y"] and row["frames_caption"] == []
+    back = VideoTask.from_row(row)
+    assert back.meta["seen"] == 1 and back.frames["shard"][1] == b"\xff\xd8y" and back.error is None
+
+
+def test_video_error_keeps_its_reason_across_processes():
+    err = pickle.loads(pickle.dumps(VideoError(Reason.TRUNCATED, "cut")))
+    assert err.reason is Reason.TRUNCATED and err.detail == "cut"
+
+
+def _sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def _allocate(mb):
+    blob = bytearray(mb * 1024 * 1024)
+    time.sleep(5)
+    return len(blob)
+
+
+def test_watched_process_cuts_off_hangs_and_blowups_and_restarts():
+    child = WatchedProcess()
+    assert child.call(_sleep, 0.01, timeout_s=30, max_rss_mb=4096) == 0.01
+    with pytest.raises(CallTimeout, match="limit 0.3s"):
+        child.call(_sleep, 60, timeout_s=0.3, max_rss_mb=4096)
+    with pytest.raises(CallOverMemory, match="limit"):
+        child.call(_allocate, 600, timeout_s=60, max_rss_mb=400)
+    with pytest.raises(ZeroDivisionError):
+        child.call(divmod, 1, 0, timeout_s=30, max_rss_mb=4096)  # the function's own error comes back as is
+    assert child.call(_sleep, 0, timeout_s=30, max_rss_mb=4096) == 0  # a fresh child after each kill
+    child.stop()
+
+
+def _probed(video_path, *sets):
+    cfg = load_config(None, ["input.path=.", "output.dir=.", *sets])
+    task = run_stage(ProbeStage(cfg.probe, cfg.limits), VideoTask("k", str(video_path)))
+    assert not task.rejected
+    return cfg, task
+
+
+def test_decode_stage_rejects_a_decode_that_hangs_or_balloons(video):
+    for setting, reason in [("decode.timeout_s=0.001", "decode_timeout"), ("decode.max_memory_mb=1", "decode_memory")]:
+        cfg, task = _probed(video("h264_10s"), setting)
+        stage = DecodeStage(cfg.sampling, cfg.decode)
+        out = run_stage(stage, task)
+        assert out.error["reason"] == reason and out.error["stage"] == "decode", out.error
+        stage.teardown()
+
+
+def test_decode_stage_uses_the_reserved_cpus_and_a_per_video_frame_count(video):
+    cfg, task = _probed(video("h264_10s"))
+    task.meta["num_frames"] = 20  # a manifest's per-video frame count
+    stage = DecodeStage(cfg.sampling, cfg.decode)
+    assert stage.decode.threads == 1  # decode.threads=0 -> the stage's num_cpus, never all of the node
+    out = run_stage(stage, task)
+    stage.teardown()
+    assert len(out.frames["shard"]) == 20 and out.frames["shard"][0][:2] == b"\xff\xd8"
+    assert out.meta["decode"]["sets"]["shard"]["num_frames"] == 20
+
+
+def _task(duration=150.0, frames=4500, convs=None, stored=192):
+    meta = {"video": {"duration_s": duration, "num_frames": frames}, "conversations": convs or []}
+    return VideoTask("k", "s", meta, {"shard": [b"j"] * stored})
+
+
+def test_length_filter_buckets():
+    stage = LengthFilter(LengthFilterConfig(min_duration_s=120, max_duration_s=300, max_frames=9000))
+    assert not run_stage(stage, _task()).rejected
+    assert run_stage(stage, _task(duration=60)).error["reason"] == "too_short"
+    assert run_stage(stage, _task(duration=400)).error["reason"] == "outside_duration_bucket"
+    assert run_stage(stage, _task(frames=9001)).error["reason"] == "too_many_frames"
+
+
+def test_token_budget_counts_frames_and_text_per_stage():
+    conv = [{"id": "a", "conversations": [{"from": "human", "value": "x" * 400}, {"from": "gpt", "value": "y" * 40}]}]
+    cfg = TokenBudgetConfig()
+    task = run_stage(TokenBudget(cfg, "shard"), _task(convs=conv))
+    text = 100 + 5 + 10 + 5  # 4 characters a token plus Qwen markup per turn
+    assert task.meta["tokens"] == {"text": text, "stage1": 32 * 156 + text, "stage2": 128 * 156 + text, "stage3": 192 * 156 + text}
+    few = run_stage(TokenBudget(cfg, "shard"), _task(stored=50))  # a stage cannot use more frames than stored
+    assert few.meta["tokens"]["stage2"] == 50 * 156
+    tight = cfg.model_copy(update={"stages": [s.model_copy(update={"max_tokens": 1000}) for s in cfg.stages]})
+    assert run_stage(TokenBudget(tight, "shard"), _task()).error["reason"] == "token_budget"
+    any_over = tight.model_copy(update={"drop": "any_over", "stages": [tight.stages[0], cfg.stages[2]]})
+    assert run_stage(TokenBudget(any_over, "shard"), _task()).error["reason"] == "token_budget"
+    none_fit = any_over.model_copy(update={"drop": "none_fit"})
+    assert not run_stage(TokenBudget(none_fit, "shard"), _task()).rejected
