@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from shards import ledger
 from shards.layout import RunDir, build_sample
 from shards.reader import iter_tar_samples, open_run, read_index
 from shards.stats import compute_stats
+from shards.tarformat import member_header
 from shards.tarwriter import ShardFile, sha256_file
 from shards.verify import verify_run
 from tests.conftest import pipeline_config
@@ -36,10 +38,24 @@ def test_a_shard_is_invisible_until_closed_and_its_hash_is_of_the_final_bytes(tm
     assert info.sha256 == sha256_file(tmp_path / "s-000.tar") and info.bytes == (tmp_path / "s-000.tar").stat().st_size
     samples = list(iter_tar_samples(tmp_path / "s-000.tar"))
     assert [k for k, _ in samples] == ["a", "b"] and sorted(samples[0][1]) == ["0000.jpg", "0001.jpg", "0002.jpg", "conversations.json", "json"]
+    with tarfile.open(tmp_path / "s-000.tar") as tar:  # the stdlib reads our USTAR framing member by member
+        members = tar.getmembers()
+        assert [m.name for m in members][:4] == ["a.0000.jpg", "a.0001.jpg", "a.0002.jpg", "a.conversations.json"]
+        assert all(m.isfile() and m.mode == 0o444 for m in members)
+        assert tar.extractfile(members[1]).read() == _sample("a")["0001.jpg"]
+    gnu = subprocess.run(["tar", "tf", str(tmp_path / "s-000.tar")], capture_output=True, text=True)
+    assert gnu.returncode == 0 and gnu.stdout.split() == [m.name for m in members] and not gnu.stderr
+    assert (tmp_path / "s-000.tar").stat().st_size % 10240 == 0
     aborted = ShardFile(tmp_path, "s-001.tar")
     aborted.write(_sample("c"))
     aborted.abort()
     assert [p.name for p in tmp_path.iterdir()] == ["s-000.tar"]
+
+
+@pytest.mark.parametrize("name", ["", "x" * 101, "é.jpg"])
+def test_tar_member_names_outside_ustar_are_refused(name):
+    with pytest.raises(ValueError, match="member name"):
+        member_header(name, 1)
 
 
 def test_ledger_cleanup_removes_what_a_killed_run_left(tmp_path):
