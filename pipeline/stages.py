@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.config import DecodeConfig, LimitsConfig, ProbeConfig, SamplingConfig
 from pipeline.config_run import StageResources
 from pipeline.errors import Reason, VideoError
-from pipeline.extract import extract_frames
+from pipeline.extract import available_cpus, extract_frames
 from pipeline.probe import preflight
 from pipeline.records import VideoInfo
 from pipeline.stage import Stage
@@ -45,8 +45,8 @@ class DecodeStage(Stage):
 
     def setup(self) -> None:
         self._child = WatchedProcess() if self.decode.isolate else None
-        if self._child is not None:
-            self._child.start()
+        if self._child is not None:  # start it and import the decoders now, not on the first video
+            self._child.call(available_cpus, timeout_s=300, max_rss_mb=self.decode.max_memory_mb)
 
     def teardown(self) -> None:
         if getattr(self, "_child", None) is not None:
