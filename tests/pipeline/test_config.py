@@ -28,7 +28,7 @@ def test_overrides_are_typed_and_reach_list_items():
 
 
 def test_a_whole_list_can_be_replaced_with_yaml():
-    cfg = load_config(None, BASE + ['sampling.sets=[{name: only, mode: uniform, num_frames: 8}]'])
+    cfg = load_config(None, BASE + ['sampling.sets=[{name: only, mode: uniform, num_frames: 8}]', 'shards.frame_set=only'])
     assert [s.name for s in cfg.sampling.sets] == ["only"]
 
 
@@ -106,3 +106,22 @@ def test_resolved_config_round_trips(tmp_path):
     again = RunConfig.model_validate(yaml.safe_load(path.read_text()))
     assert again == cfg
     assert "backend: pyav" in dump_config(cfg)
+
+
+def test_default_yaml_lists_every_key_with_its_default():
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    listed = yaml.safe_load((root / "configs/default.yaml").read_text())
+    defaults = load_config(None, [f"input.path={listed['input']['path']}", f"output.dir={listed['output']['dir']}"])
+    assert load_config(root / "configs/default.yaml") == defaults
+
+    def keys(d, prefix=""):
+        out = set()
+        for k, v in d.items():
+            out.add(prefix + k)
+            if isinstance(v, dict):
+                out |= keys(v, prefix + k + ".")
+        return out
+
+    assert keys(listed) == keys(defaults.model_dump(mode="json"))
