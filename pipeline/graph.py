@@ -19,6 +19,9 @@ from pipeline.task import VideoTask
 from shards.sink import ShardSink
 
 
+MAX_BLOCKS = 50_000  # beyond this, a block holds a few videos: fewer objects for the driver to track
+
+
 def build_stages(cfg: RunConfig, extra_stages: list[Stage] | None = None) -> list[Stage]:
     res = cfg.resources.video
     stages: list[Stage] = [ProbeStage(cfg.probe, cfg.limits, res)]
@@ -44,8 +47,8 @@ def run_graph(cfg: RunConfig, tasks: list[VideoTask], run_stamp: str) -> list[di
     ctx.enable_operator_progress_bars = cfg.ray.progress
     ctx.print_on_execution_start = cfg.ray.progress
     set_names = [s.name for s in cfg.sampling.sets]
-    # One block per video: the streaming executor hands videos to free workers one at a time.
-    ds = ray.data.from_items([t.to_row([]) for t in tasks], override_num_blocks=len(tasks))
+    # One block per video (up to MAX_BLOCKS): the streaming executor hands videos to free workers one at a time.
+    ds = ray.data.from_items([t.to_row([]) for t in tasks], override_num_blocks=min(len(tasks), MAX_BLOCKS))
     ds = apply_stages(ds, build_stages(cfg), cfg.resources.video, set_names)
     sink = ShardSink(cfg.output.dir, cfg.shards, run_stamp)
     write = cfg.resources.write

@@ -114,7 +114,8 @@ def apply_stages(ds: Any, stages: list[Stage], resources: StageResources, set_na
     return ds.map(
         ChainWorker,
         fn_constructor_args=(stages, set_names),
-        compute=ray.data.ActorPoolStrategy(size=size),
+        # at most 2 videos queued per actor, so one slow video never holds several others behind it
+        compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=2),
         **ray_args(resources),
     )
 

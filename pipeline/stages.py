@@ -46,7 +46,7 @@ class DecodeStage(Stage):
     def setup(self) -> None:
         self._child = WatchedProcess() if self.decode.isolate else None
         if self._child is not None:  # start it and import the decoders now, not on the first video
-            self._child.call(available_cpus, timeout_s=300, max_rss_mb=self.decode.max_memory_mb)
+            self._child.call(available_cpus, timeout_s=300, max_rss_mb=1 << 20)
 
     def teardown(self) -> None:
         if getattr(self, "_child", None) is not None:
