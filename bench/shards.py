@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / ".cache")
     args = parser.parse_args(argv)
-    n, repeats, per_shard = (24, 1, 8) if args.quick else (96, 3, 32)
+    n, repeats, per_shard = (24, 1, 8) if args.quick else (96, 5, 32)
     samples = make_samples(n, frame_kb=25)
     total = sum(len(p) for s in samples for p in payload(s))
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,9 @@ class _Hasher(threading.Thread):
 
     def run(self) -> None:
         while (bufs := self.queue.get()) is not None:
-            for b in bufs:
-                self.sha.update(b)
+            # one update per sample: hashlib drops the GIL for it, where hundreds of small updates would
+            # fight the writer thread for the GIL
+            self.sha.update(b"".join(bufs))
 
     def digest(self) -> str:
         self.queue.put(None)
