@@ -19,6 +19,13 @@ for the config's default backend; the other backend's are suffixed `[name]`.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, and its pipeline.py / shards.py would shadow the
+# packages of the same names: the repository root goes first instead.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import logging

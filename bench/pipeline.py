@@ -17,6 +17,13 @@ the config's default backend, the other is suffixed [name].
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, and its pipeline.py / shards.py would shadow the
+# packages of the same names: the repository root goes first instead.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import logging
@@ -30,7 +37,6 @@ from pathlib import Path
 
 import av
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, table, target, targets_table  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.run import init_ray, run_pipeline  # noqa: E402

@@ -10,6 +10,13 @@ no temporary name) is shown for reference.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path, and its pipeline.py / shards.py would shadow the
+# packages of the same names: the repository root goes first instead.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import os
@@ -23,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, table, target, targets_table  # noqa: E402
 from shards.layout import build_sample  # noqa: E402
 from shards.tarwriter import ShardFile  # noqa: E402

@@ -18,7 +18,6 @@ from pipeline.stages import DecodeStage, ProbeStage
 from pipeline.task import VideoTask
 from shards.sink import ShardSink
 
-
 MAX_BLOCKS = 50_000  # beyond this, a block holds a few videos: fewer objects for the driver to track
 
 

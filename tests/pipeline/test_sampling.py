@@ -1,7 +1,6 @@
 """Our index plans against the paper's loader, over many (N, k, fps, bounds) cases."""
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
