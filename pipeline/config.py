@@ -166,7 +166,18 @@ class RunConfig(_Strict):
         shard_set = sets.get(self.shards.frame_set)
         if shard_set is None:
             raise ValueError(f"shards.frame_set {self.shards.frame_set!r} names no sampling set (have {sorted(sets)})")
+        visual = self.filters.visual
+        if visual.enabled and visual.frame_set is not None and visual.frame_set not in sets:
+            raise ValueError(
+                f"filters.visual.frame_set {visual.frame_set!r} names no sampling set (have {sorted(sets)}); "
+                "point it at one or set filters.visual.enabled=false"
+            )
         return self
+
+    @property
+    def visual_frame_set(self) -> str:
+        names = {s.name for s in self.sampling.sets}
+        return self.filters.visual.frame_set or ("caption" if "caption" in names else self.shards.frame_set)
 
 
 # ---------------------------------------------------------------- loading

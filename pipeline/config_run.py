@@ -67,8 +67,30 @@ class TokenBudgetConfig(_Strict):
         return self
 
 
+class VisualFilterConfig(_Strict):
+    """Cheap visual checks on already-sampled frames. Scores are 0-255 luma units on small grey frames."""
+
+    enabled: bool = True
+    score_only: bool = Field(False, description="keep every video; record scores and what would have been rejected")
+    frame_set: str | None = Field(
+        None, description="the sampling set checked (None: `caption` if configured, else the shard set)"
+    )
+    max_frames: Annotated[int, Field(gt=1)] = 120
+    work_width: Annotated[int, Field(ge=16)] = 128  # frames are decoded at about this width
+    black_level: Annotated[float, Field(ge=0, le=255)] = 20.0  # a frame darker on average is black
+    blank_std: Annotated[float, Field(ge=0)] = 4.0  # a frame with less contrast is blank
+    max_blank_ratio: Annotated[float, Field(ge=0, le=1)] = 0.5
+    min_brightness: Annotated[float, Field(ge=0, le=255)] = 25.0
+    max_brightness: Annotated[float, Field(ge=0, le=255)] = 235.0
+    min_motion: Annotated[float, Field(ge=0)] = 0.5  # mean |frame difference| below: nothing moves
+    cut_diff: Annotated[float, Field(gt=0)] = 30.0  # a jump above: a scene cut
+    max_scenes_per_minute: Annotated[float, Field(ge=0)] = 0.0  # 0: no limit
+    min_sharpness: Annotated[float, Field(ge=0)] = 100.0  # variance of the Laplacian below: blurry
+
+
 class FiltersConfig(_Strict):
     length: LengthFilterConfig = LengthFilterConfig()
+    visual: VisualFilterConfig = VisualFilterConfig()
     token_budget: TokenBudgetConfig = Field(default_factory=TokenBudgetConfig)
 
 

@@ -40,6 +40,14 @@ class Reason(str, Enum):
     OUTSIDE_DURATION_BUCKET = "outside_duration_bucket"  # above filters.length.max_duration_s
     TOO_FEW_FRAMES = "too_few_frames"
     TOO_MANY_FRAMES = "too_many_frames"
+    NO_FRAMES = "no_frames"  # the frame set a filter checks is empty
+    BLANK_FRAMES = "blank_frames"  # too many black or blank frames
+    TOO_DARK = "too_dark"
+    TOO_BRIGHT = "too_bright"
+    STATIC = "static"  # nothing moves: a still image held
+    SLIDESHOW = "slideshow"  # several scenes, nothing moving inside them
+    TOO_MANY_CUTS = "too_many_cuts"
+    BLURRY = "blurry"
     TOKEN_BUDGET = "token_budget"  # the sample does not fit the training stages' sequence length
     INTERNAL_ERROR = "internal_error"  # a bug: a stage raised something unexpected (detail has the traceback tail)
 

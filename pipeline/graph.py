@@ -1,4 +1,4 @@
-"""The stage graph on Ray Data: sources -> probe -> length filter -> decode -> token budget -> shard writer.
+"""The stage graph on Ray Data: sources -> probe -> length filter -> decode -> visual filter -> token budget -> shards.
 
 Stages with the same resources run fused in one actor per CPU slot, so a
 video's frames go from the decoder to the writer as JPEG bytes without an
@@ -12,6 +12,7 @@ from typing import Any
 
 from filters.length import LengthFilter
 from filters.token_budget import TokenBudget
+from filters.visual import VisualFilter
 from pipeline.config import RunConfig
 from pipeline.stage import Stage, apply_stages, ray_args
 from pipeline.stages import DecodeStage, ProbeStage
@@ -27,6 +28,9 @@ def build_stages(cfg: RunConfig, extra_stages: list[Stage] | None = None) -> lis
     if cfg.filters.length.enabled:
         stages.append(LengthFilter(cfg.filters.length, res))
     stages.append(DecodeStage(cfg.sampling, cfg.decode, res))
+    if cfg.filters.visual.enabled:  # cheap checks first: expensive stages never see what they drop
+        visual = cfg.filters.visual.model_copy(update={"frame_set": cfg.visual_frame_set})
+        stages.append(VisualFilter(visual, res))
     stages.extend(extra_stages or [])
     if cfg.filters.token_budget.enabled:
         stages.append(TokenBudget(cfg.filters.token_budget, cfg.shards.frame_set, res))

@@ -93,6 +93,19 @@ def _video_source(v: SynthVideo) -> str:
             f"color=c=black:size={size}:rate={rate}:duration={dur},format=yuv420p,"
             f"drawbox=x=0:y=0:w={v.width // 2}:h={v.height}:color=white:t=fill"
         )
+    if v.pattern == "black":
+        return f"color=c=black:size={size}:rate={rate}:duration={dur}"
+    if v.pattern == "still":  # one image held for the whole video
+        return f"smptebars=size={size}:rate={rate}:duration={dur}"
+    if v.pattern == "blurred":
+        return f"testsrc2=size={size}:rate={rate}:duration={dur},boxblur=6:2"
+    if v.pattern == "slideshow":  # four still images, a quarter of the video each
+        part = f"size={size}:rate={rate}:duration={v.duration_s / 4:g}"
+        return (
+            f"smptebars={part}[a];rgbtestsrc={part}[b];pal100bars={part}[c];"
+            f"testsrc=size={size}:rate={rate}:duration=0.04,tpad=stop_mode=clone:stop_duration={v.duration_s / 4:g}[d];"
+            "[a][b][c][d]concat=n=4[out0]"
+        )
     raise ValueError(f"unknown pattern {v.pattern!r}")
 
 
@@ -215,6 +228,12 @@ CATALOGUE: dict[str, SynthVideo] = {
         SynthVideo("clock_10s", audio=False, pattern="clock", keyint=50),
         SynthVideo("rotated_10s", rotate=90, audio=False, pattern="halves", width=320, height=180),
         SynthVideo("halves_10s", audio=False, pattern="halves", width=320, height=180),
+        # quality-filter fixtures: each made to fail one cheap visual check
+        SynthVideo("black_20s", duration_s=20, audio=False, pattern="black"),
+        SynthVideo("still_60s", duration_s=60, audio=False, pattern="still"),
+        SynthVideo("slideshow_40s", duration_s=40, audio=False, pattern="slideshow"),
+        SynthVideo("blurred_20s", duration_s=20, audio=False, pattern="blurred"),
+        SynthVideo("testsrc2_20s", duration_s=20, audio=False),
         SynthVideo("h264_10bit", duration_s=4, audio=False, pix_fmt="yuv420p10le"),
     ]
 }
