@@ -133,6 +133,27 @@ def cmd_import_llava(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from pipeline.report import table
+    from shards.dedup_apply import dedup_run
+
+    config = args.config or str(Path(args.run_dir) / "config.resolved.yaml")
+    cfg = load_config(config if Path(config).exists() else None,
+                      [f"input.path={args.run_dir}", f"output.dir={args.run_dir}", *(args.set or [])])
+    try:
+        report = dedup_run(args.run_dir, cfg.filters.dedup, dry_run=args.dry_run)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = [[d.removed, d.kept, f"{d.cosine:.4f}"] for d in report.removed[:50]]
+    if rows:
+        print(table(["removed", "kept", "cosine"], rows))
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{report.videos} videos, {verb} {len(report.removed)} near-duplicates "
+          f"(threshold {cfg.filters.dedup.threshold:g}); {report.shards_rewritten} shards rewritten")
+    return 0
+
+
 def cmd_export_llava(args: argparse.Namespace) -> int:
     from shards.llava import export_llava
 
@@ -169,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.add_argument("--retry-rejects", nargs="+", metavar="REASON")
     p.set_defaults(func=cmd_import_llava)
+
+    p = sub.add_parser("dedup", help="remove near-duplicate videos from a run (CLIP embeddings, corpus-wide)")
+    p.add_argument("run_dir")
+    p.add_argument("--config", help="config for filters.dedup (default: the run's config.resolved.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. filters.dedup.threshold=0.97")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed, change nothing")
+    p.set_defaults(func=cmd_dedup)
 
     p = sub.add_parser("export-llava", help="write LLaVA-format records from a run's shards")
     p.add_argument("run_dir")

@@ -88,9 +88,38 @@ class VisualFilterConfig(_Strict):
     min_sharpness: Annotated[float, Field(ge=0)] = 100.0  # variance of the Laplacian below: blurry
 
 
+class ClipFilterConfig(_Strict):
+    """open_clip scores: video embedding (dedup), aesthetic head, caption-frame agreement. Off until weights are set."""
+
+    enabled: bool = False
+    score_only: bool = False
+    arch: str = Field("ViT-B-32", description="open_clip model name")
+    weights: str | None = Field(None, description="a local weights file or an open_clip pretrained tag")
+    arch_config: str | None = Field(None, description="a model config JSON, registered under its file name")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    frame_set: str | None = Field(None, description="frames encoded (None: the shard set)")
+    max_frames: Annotated[int, Field(gt=0)] = 32
+    batch_size: Annotated[int, Field(gt=0)] = 32
+    aesthetic_head: str | None = Field(None, description="weights of the aesthetic MLP head (safetensors / state dict)")
+    min_aesthetic: float | None = None
+    min_frame_text: float | None = Field(None, description="cosine: the lowest caption-frame agreement allowed")
+
+
+class DedupConfig(_Strict):
+    """Near-duplicate removal across the corpus from the CLIP video embeddings (`prolongvid dedup RUN_DIR`)."""
+
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.95  # cosine at or above: the same video
+    method: Literal["auto", "exact", "ann"] = "auto"  # auto: exact blocked products below exact_max, else ANN
+    exact_max: Annotated[int, Field(gt=0)] = 50_000
+    block: Annotated[int, Field(gt=0)] = 8192
+    neighbours: Annotated[int, Field(gt=1)] = 16  # ANN: neighbours examined per video
+
+
 class FiltersConfig(_Strict):
     length: LengthFilterConfig = LengthFilterConfig()
     visual: VisualFilterConfig = VisualFilterConfig()
+    clip: ClipFilterConfig = ClipFilterConfig()
+    dedup: DedupConfig = DedupConfig()
     token_budget: TokenBudgetConfig = Field(default_factory=TokenBudgetConfig)
 
 
@@ -120,6 +149,10 @@ class ResourcesConfig(_Strict):
     )
     # Writing is I/O plus a sha256: it reserves no CPU so the video stage can fill every core.
     write: StageResources = Field(default_factory=lambda: StageResources(num_cpus=0.0))
+    clip: StageResources = Field(
+        default_factory=lambda: StageResources(num_cpus=1.0, concurrency=1),
+        description="CLIP scoring actors (set num_gpus: 1 on GPU nodes)",
+    )
 
 
 class RayConfig(_Strict):

@@ -48,6 +48,9 @@ class Reason(str, Enum):
     SLIDESHOW = "slideshow"  # several scenes, nothing moving inside them
     TOO_MANY_CUTS = "too_many_cuts"
     BLURRY = "blurry"
+    LOW_AESTHETIC = "low_aesthetic"
+    CAPTION_MISMATCH = "caption_mismatch"  # a caption the frames do not show (CLIP agreement too low)
+    NEAR_DUPLICATE = "near_duplicate"  # the same video as a kept one (detail names the kept key)
     TOKEN_BUDGET = "token_budget"  # the sample does not fit the training stages' sequence length
     INTERNAL_ERROR = "internal_error"  # a bug: a stage raised something unexpected (detail has the traceback tail)
 

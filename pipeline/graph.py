@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from filters.clip_scores import ClipScores
 from filters.length import LengthFilter
 from filters.token_budget import TokenBudget
 from filters.visual import VisualFilter
 from pipeline.config import RunConfig
+from pipeline.config_run import StageResources
 from pipeline.stage import Stage, apply_stages, ray_args
 from pipeline.stages import DecodeStage, ProbeStage
 from pipeline.task import VideoTask
@@ -22,23 +24,43 @@ from shards.sink import ShardSink
 MAX_BLOCKS = 50_000  # beyond this, a block holds a few videos: fewer objects for the driver to track
 
 
-def build_stages(cfg: RunConfig, extra_stages: list[Stage] | None = None) -> list[Stage]:
+def build_groups(cfg: RunConfig, extra_stages: list[Stage] | None = None) -> list[tuple[list[Stage], StageResources]]:
+    """Stages in order, grouped by the resources they run on: each group is one Ray actor pool."""
     res = cfg.resources.video
-    stages: list[Stage] = [ProbeStage(cfg.probe, cfg.limits, res)]
+    video: list[Stage] = [ProbeStage(cfg.probe, cfg.limits, res)]
     if cfg.filters.length.enabled:
-        stages.append(LengthFilter(cfg.filters.length, res))
-    stages.append(DecodeStage(cfg.sampling, cfg.decode, res))
+        video.append(LengthFilter(cfg.filters.length, res))
+    video.append(DecodeStage(cfg.sampling, cfg.decode, res))
     if cfg.filters.visual.enabled:  # cheap checks first: expensive stages never see what they drop
         visual = cfg.filters.visual.model_copy(update={"frame_set": cfg.visual_frame_set})
-        stages.append(VisualFilter(visual, res))
-    stages.extend(extra_stages or [])
+        video.append(VisualFilter(visual, res))
+    groups: list[tuple[list[Stage], StageResources]] = [(video, res)]
+    if cfg.filters.clip.enabled:
+        clip = cfg.filters.clip
+        groups.append(([ClipScores(clip, clip.frame_set or cfg.shards.frame_set, cfg.resources.clip)], cfg.resources.clip))
+    groups[-1][0].extend(extra_stages or [])
     if cfg.filters.token_budget.enabled:
-        stages.append(TokenBudget(cfg.filters.token_budget, cfg.shards.frame_set, res))
-    return stages
+        groups[-1][0].append(TokenBudget(cfg.filters.token_budget, cfg.shards.frame_set, groups[-1][1]))
+    return groups
+
+
+def build_stages(cfg: RunConfig, extra_stages: list[Stage] | None = None) -> list[Stage]:
+    return [stage for stages, _ in build_groups(cfg, extra_stages) for stage in stages]
 
 
 def stage_names(cfg: RunConfig) -> list[str]:
     return [s.name for s in build_stages(cfg)] + ["write"]
+
+
+def _pool_sizes(groups: list[tuple[list[Stage], StageResources]]) -> list[int | None]:
+    """The first (video) pool fills the CPUs the other pools leave; the others use their configured size."""
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    others = sum(r.num_cpus * (r.concurrency or 1) for _, r in groups[1:])
+    first = groups[0][1]
+    video = first.concurrency or max(1, int((cpus - others) // max(first.num_cpus, 1e-6)))
+    return [video] + [r.concurrency or 1 for _, r in groups[1:]]
 
 
 def run_graph(cfg: RunConfig, tasks: list[VideoTask], run_stamp: str) -> list[dict[str, Any]]:
@@ -52,7 +74,9 @@ def run_graph(cfg: RunConfig, tasks: list[VideoTask], run_stamp: str) -> list[di
     set_names = [s.name for s in cfg.sampling.sets]
     # One block per video (up to MAX_BLOCKS): the streaming executor hands videos to free workers one at a time.
     ds = ray.data.from_items([t.to_row([]) for t in tasks], override_num_blocks=min(len(tasks), MAX_BLOCKS))
-    ds = apply_stages(ds, build_stages(cfg), cfg.resources.video, set_names)
+    groups = build_groups(cfg)
+    for (stages, resources), size in zip(groups, _pool_sizes(groups)):
+        ds = apply_stages(ds, stages, resources.model_copy(update={"concurrency": size}), set_names)
     sink = ShardSink(cfg.output.dir, cfg.shards, run_stamp)
     write = cfg.resources.write
     ds.write_datasink(sink, ray_remote_args=ray_args(write), concurrency=write.concurrency)

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 from pipeline.config import RunConfig, write_resolved_config
 from pipeline.sources import load_sources
 from shards import ledger
+from shards.dedup_apply import finish_journal
 from shards.layout import RunDir
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] |
         if force:
             ledger.reset(run)
         run.make()
+        finish_journal(run)  # a dedup that was interrupted is completed before anything else
         cleaned = ledger.clean(run)
         dropped = ledger.drop_rejects(run, list(retry_reasons)) if retry_reasons else 0
         write_resolved_config(cfg, run.root)

@@ -93,6 +93,8 @@ def _video_source(v: SynthVideo) -> str:
             f"color=c=black:size={size}:rate={rate}:duration={dur},format=yuv420p,"
             f"drawbox=x=0:y=0:w={v.width // 2}:h={v.height}:color=white:t=fill"
         )
+    if v.pattern == "mandelbrot":  # different content from testsrc2, with motion (a zooming fractal)
+        return f"mandelbrot=size={size}:rate={rate},trim=duration={dur}"
     if v.pattern == "black":
         return f"color=c=black:size={size}:rate={rate}:duration={dur}"
     if v.pattern == "still":  # one image held for the whole video
@@ -234,6 +236,7 @@ CATALOGUE: dict[str, SynthVideo] = {
         SynthVideo("slideshow_40s", duration_s=40, audio=False, pattern="slideshow"),
         SynthVideo("blurred_20s", duration_s=20, audio=False, pattern="blurred"),
         SynthVideo("testsrc2_20s", duration_s=20, audio=False),
+        SynthVideo("mandelbrot_10s", audio=False, pattern="mandelbrot"),
         SynthVideo("h264_10bit", duration_s=4, audio=False, pix_fmt="yuv420p10le"),
     ]
 }

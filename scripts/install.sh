@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything `make demo` / `make test` need on a fresh Debian machine:
 # ffmpeg (Debian package, when missing) and a virtual environment with the
-# project, its dev and train extras, pinned by constraints.txt.
+# project, its dev, train and filters extras, pinned by constraints.txt.
 set -euo pipefail
 venv="${1:-.venv}"
 python="${PYTHON:-python3}"
@@ -19,5 +19,5 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -c constraints.txt -e ".[dev,train]"
+"$venv/bin/python" -m pip install -q -c constraints.txt -e ".[dev,train,filters]"
 echo "installed into $venv: $("$venv/bin/python" -c 'import pipeline, torch, av, decord; print("prolongvid", pipeline.__version__, "torch", torch.__version__, "av", av.__version__, "decord", decord.__version__)')"

@@ -17,7 +17,8 @@ LEDGER_DIR = ".ledger"  # per-shard and per-writer records; the tables are rebui
 INDEX_FILE = "index.parquet"
 REJECTS_FILE = "rejects.parquet"
 RUN_FILE = "run.json"
-SHARDS_FILE = "shards.json"  # name, sha256, bytes, samples of every finished shard
+SHARDS_FILE = "shards.json"
+EMBEDDINGS_FILE = "embeddings.parquet"  # key, CLIP video embedding (when the CLIP stage ran)  # name, sha256, bytes, samples of every finished shard
 TMP_SUFFIX = ".partial"
 
 META_MEMBER = "json"
@@ -63,6 +64,7 @@ class RunDir:
         self.rejects = self.root / REJECTS_FILE
         self.run_json = self.root / RUN_FILE
         self.shards_json = self.root / SHARDS_FILE
+        self.embeddings = self.root / EMBEDDINGS_FILE
         self.lock = self.root / ".lock"
 
     def make(self) -> "RunDir":

@@ -109,7 +109,7 @@ def reset(run: RunDir) -> None:
     """--force: forget every result of earlier runs in this directory."""
     for d in (run.shards, run.ledger):
         shutil.rmtree(d, ignore_errors=True)
-    for f in (run.index, run.rejects, run.run_json, run.shards_json):
+    for f in (run.index, run.rejects, run.run_json, run.shards_json, run.embeddings):
         f.unlink(missing_ok=True)
 
 
@@ -121,7 +121,15 @@ def write_tables(run: RunDir) -> tuple[int, int]:
     """Rebuild index.parquet and rejects.parquet from the ledger; returns (samples, rejects)."""
     rows = index_rows(run)
     rows.sort(key=lambda r: (r["shard"], r["key"]))
+    embedded = [(r["key"], r["embedding"]) for r in rows if r.get("embedding")]
+    rows = [{k: v for k, v in r.items() if k != "embedding"} for r in rows]
     write_parquet_atomic(run.index, _index_table(rows))
+    if embedded:
+        keys, vectors = zip(*embedded)
+        table = pa.table({"key": pa.array(keys, pa.string()), "embedding": pa.array(vectors, pa.list_(pa.float32()))})
+        write_parquet_atomic(run.embeddings, table)
+    else:
+        run.embeddings.unlink(missing_ok=True)
     shards = [{k: v for k, v in rec.items() if k != "rows"} for rec in shard_records(run)]
     write_atomic(run.shards_json, json.dumps(shards, indent=1).encode())
     rejects = sorted(reject_rows(run), key=lambda r: r["source"])

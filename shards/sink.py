@@ -26,7 +26,8 @@ from shards.tarwriter import ShardFile
 
 def sample_meta(task: VideoTask) -> dict[str, Any]:
     """The sample's `json` member: everything known about the video except conversations and timings."""
-    return {"key": task.key, "source": task.source, **{k: v for k, v in task.meta.items() if k not in ("conversations", "timings")}}
+    skip = ("conversations", "timings", "embedding")
+    return {"key": task.key, "source": task.source, **{k: v for k, v in task.meta.items() if k not in skip}}
 
 
 def index_row(task: VideoTask, shard: str, frame_set: str, nbytes: int) -> dict[str, Any]:
@@ -51,6 +52,8 @@ def index_row(task: VideoTask, shard: str, frame_set: str, nbytes: int) -> dict[
         row[name] = count
     for name, score in (meta.get("scores") or {}).items():
         row[f"score_{name}"] = score
+    if meta.get("embedding"):
+        row["embedding"] = meta["embedding"]  # split into embeddings.parquet by the ledger
     return row
 
 

@@ -1,0 +1,181 @@
+"""CLIP scores with open_clip: per-video embedding (for dedup), aesthetic score, frame-text agreement.
+
+The model loads once per Ray actor (`setup`), on a GPU when one is there, and
+encodes a video's frames in batches. Scores:
+- `embedding`: the mean of the L2-normalised frame embeddings, normalised again
+  (what near-duplicate removal compares across the corpus);
+- `aesthetic`: the LAION aesthetic predictor design, a small MLP head on CLIP
+  image embeddings, averaged over frames; the head's weights load from
+  `aesthetic_head` (no head configured: no score);
+- `frame_text_min` / `frame_text_mean`: cosine agreement of each caption with
+  the frames it describes (a clip caption with the frames inside its time span,
+  the whole-video caption with all frames), once captions exist in
+  `meta['captions']` = {"clips": [{"start_s", "end_s", "text"}], "video": {"text"}}.
+  A low minimum points at a caption that describes something the frames do not show.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config_run import ClipFilterConfig, StageResources
+from pipeline.errors import Reason, VideoError
+from pipeline.stage import Stage
+from pipeline.task import VideoTask
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def build_aesthetic_head(embed_dim: int) -> Any:
+    """The LAION improved-aesthetic-predictor MLP (embed_dim -> 1024 -> 128 -> 64 -> 16 -> 1)."""
+    nn = _torch().nn
+    return nn.Sequential(
+        nn.Linear(embed_dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
+        nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+    )
+
+
+def load_state_dict(path: str | Path) -> dict[str, Any]:
+    """safetensors or a plain torch state dict; never executes code from the file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = _torch().load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+class ClipModel:
+    """open_clip model + preprocessing + tokenizer + optional aesthetic head, on one device."""
+
+    def __init__(self, cfg: ClipFilterConfig):
+        import open_clip
+
+        torch = _torch()
+        if cfg.arch_config:
+            open_clip.add_model_config(cfg.arch_config)
+        if cfg.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            self.device = cfg.device
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            cfg.arch, pretrained=cfg.weights, device=self.device
+        )
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(cfg.arch)
+        self.batch_size = cfg.batch_size
+        self.head = None
+        if cfg.aesthetic_head:
+            dim = self.model.visual.output_dim
+            self.head = build_aesthetic_head(dim)
+            self.head.load_state_dict(load_state_dict(cfg.aesthetic_head))
+            self.head.eval().to(self.device)
+
+    def encode_images(self, jpegs: list[bytes]) -> np.ndarray:
+        """L2-normalised image embeddings, one row per JPEG, in batches of `batch_size`."""
+        from PIL import Image
+
+        torch = _torch()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(jpegs), self.batch_size):
+                batch = torch.stack(
+                    [self.preprocess(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs[start : start + self.batch_size]]
+                ).to(self.device)
+                emb = self.model.encode_image(batch).float()
+                out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.model.visual.output_dim), np.float32)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        torch = _torch()
+        with torch.inference_mode():
+            emb = self.model.encode_text(self.tokenizer(texts).to(self.device)).float()
+            return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+
+    def aesthetic(self, image_emb: np.ndarray) -> float | None:
+        if self.head is None or not len(image_emb):
+            return None
+        torch = _torch()
+        with torch.inference_mode():
+            return float(self.head(torch.from_numpy(image_emb).to(self.device)).mean().item())
+
+
+def video_embedding(frame_emb: np.ndarray) -> np.ndarray:
+    mean = frame_emb.mean(axis=0)
+    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+
+def caption_agreement(
+    frame_emb: np.ndarray, times_s: list[float], captions: dict[str, Any], text_emb_fn: Any
+) -> list[float]:
+    """Cosine of each caption with the mean of the frames it covers (clip captions by span, video caption: all)."""
+    items: list[tuple[str, np.ndarray]] = []
+    times = np.asarray(times_s, dtype=float)
+    for clip in captions.get("clips") or []:
+        mask = (times >= float(clip["start_s"])) & (times < float(clip["end_s"]))
+        if mask.any() and clip.get("text"):
+            items.append((clip["text"], video_embedding(frame_emb[mask])))
+    video_text = (captions.get("video") or {}).get("text")
+    if video_text:
+        items.append((video_text, video_embedding(frame_emb)))
+    if not items:
+        return []
+    texts = text_emb_fn([t for t, _ in items])
+    return [float(np.dot(t, v)) for t, (_, v) in zip(texts, items)]
+
+
+class ClipScores(Stage):
+    name = "clip_scores"
+    reads = ("frames", "meta.captions")
+    writes = ("meta.scores", "meta.embedding")
+
+    def __init__(self, cfg: ClipFilterConfig, frame_set: str, resources: StageResources | None = None):
+        super().__init__(resources)
+        self.cfg = cfg
+        self.frame_set = frame_set
+
+    def setup(self) -> None:
+        self._model = ClipModel(self.cfg)
+
+    def process(self, task: VideoTask) -> VideoTask:
+        jpegs = task.frames.get(self.frame_set, [])
+        if not jpegs:
+            raise VideoError(Reason.NO_FRAMES, f"frame set {self.frame_set!r} is empty")
+        times = task.meta.get("decode", {}).get("sets", {}).get(self.frame_set, {}).get("timestamps_s") or []
+        pick = np.linspace(0, len(jpegs) - 1, min(len(jpegs), self.cfg.max_frames), dtype=int)
+        frame_emb = self._model.encode_images([jpegs[i] for i in pick])
+        task.meta["embedding"] = [round(float(x), 6) for x in video_embedding(frame_emb)]
+        scores = task.meta.setdefault("scores", {})
+        aesthetic = self._model.aesthetic(frame_emb)
+        if aesthetic is not None:
+            scores["aesthetic"] = round(aesthetic, 4)
+        if times and task.meta.get("captions"):
+            agree = caption_agreement(frame_emb, [times[i] for i in pick], task.meta["captions"], self._model.encode_texts)
+            if agree:
+                scores["frame_text_min"] = round(min(agree), 4)
+                scores["frame_text_mean"] = round(float(np.mean(agree)), 4)
+        failure = self._failure(scores)
+        if failure is not None:
+            if self.cfg.score_only:
+                task.meta.setdefault("would_reject", []).append(f"{failure[0].value}: {failure[1]}")
+            else:
+                raise VideoError(*failure)
+        return task
+
+    def _failure(self, scores: dict[str, float]) -> tuple[Reason, str] | None:
+        c = self.cfg
+        if c.min_aesthetic is not None and "aesthetic" in scores and scores["aesthetic"] < c.min_aesthetic:
+            return Reason.LOW_AESTHETIC, f"aesthetic {scores['aesthetic']:.3f} < min_aesthetic {c.min_aesthetic:g}"
+        low = scores.get("frame_text_min")
+        if c.min_frame_text is not None and low is not None and low < c.min_frame_text:
+            return Reason.CAPTION_MISMATCH, f"frame_text_min {low:.3f} < min_frame_text {c.min_frame_text:g}"
+        return None
