@@ -113,6 +113,8 @@ class DedupConfig(_Strict):
     exact_max: Annotated[int, Field(gt=0)] = 50_000
     block: Annotated[int, Field(gt=0)] = 8192
     neighbours: Annotated[int, Field(gt=1)] = 16  # ANN: neighbours examined per video
+    list_size: Annotated[int, Field(gt=0)] = 1000  # ANN: videos per inverted list (lists grow with N)
+    nprobe: Annotated[int, Field(gt=0)] = 8  # ANN: lists searched per video
 
 
 class FiltersConfig(_Strict):
