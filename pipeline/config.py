@@ -166,6 +166,8 @@ class RunConfig(_Strict):
         shard_set = sets.get(self.shards.frame_set)
         if shard_set is None:
             raise ValueError(f"shards.frame_set {self.shards.frame_set!r} names no sampling set (have {sorted(sets)})")
+        if self.filters.dedup.enabled and not self.filters.clip.enabled:
+            raise ValueError("filters.dedup.enabled needs filters.clip.enabled: dedup compares CLIP embeddings")
         visual = self.filters.visual
         if visual.enabled and visual.frame_set is not None and visual.frame_set not in sets:
             raise ValueError(

@@ -106,8 +106,10 @@ class ClipFilterConfig(_Strict):
 
 
 class DedupConfig(_Strict):
-    """Near-duplicate removal across the corpus from the CLIP video embeddings (`prolongvid dedup RUN_DIR`)."""
+    """Near-duplicate removal across the corpus from the CLIP video embeddings: at the end of every run when
+    enabled, or on demand with `prolongvid dedup RUN_DIR`."""
 
+    enabled: bool = False
     threshold: Annotated[float, Field(gt=0, le=1)] = 0.95  # cosine at or above: the same video
     method: Literal["auto", "exact", "ann"] = "auto"  # auto: exact blocked products below exact_max, else ANN
     exact_max: Annotated[int, Field(gt=0)] = 50_000

@@ -129,12 +129,20 @@ def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] |
             init_ray(cfg)
             results = run_graph(cfg, todo, started.strftime("%Y%m%d%H%M%S"))
         samples_total, rejects_total = ledger.write_tables(run)
+        deduped = 0
+        if cfg.filters.dedup.enabled and run.embeddings.exists():
+            from shards.dedup_apply import dedup_run
+
+            deduped = len(dedup_run(run.root, cfg.filters.dedup).removed)
+            samples_total, rejects_total = len(ledger.index_rows(run)), len(ledger.reject_rows(run))
 
         accepted = sum(r["samples"] for r in results)
         by_reason: Counter[str] = Counter()
         for r in results:
             by_reason.update(r["rejects"])
         by_reason.update(Counter(r["reason"] for r in fresh_rejects))
+        if deduped:
+            by_reason["near_duplicate"] += deduped
         summary = RunSummary(
             out_dir=str(run.root),
             sources=len(sources.tasks) + len(sources.rejects),

@@ -109,3 +109,23 @@ def test_an_interrupted_dedup_is_finished_by_the_next_command(tiny_clip, video, 
     assert victim["key"] not in {r["key"] for r in read_index(open_run(out))} and verify_run(open_run(out)) == []
     assert any(r["key"] == victim["key"] and r["reason"] == "near_duplicate" for r in read_rejects(open_run(out)))
     assert not (run.ledger / "dedup-journal.json").exists()
+
+
+def test_dedup_enabled_in_the_config_runs_at_the_end_of_the_run(tiny_clip, video, tmp_path, ray_local):  # noqa: F811
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(video("testsrc2_20s"), videos / "a.mp4")
+    shutil.copy(video("testsrc2_20s"), videos / "b.mp4")  # a byte-identical copy under another name
+    sets = [f"filters.clip.{k}={v}" for k, v in tiny_clip.items()] + [
+        "filters.clip.enabled=true", "filters.visual.score_only=true", "filters.dedup.enabled=true"]
+    summary = run_pipeline(pipeline_config(videos, tmp_path / "out", *sets))
+    assert summary.rejected == {"near_duplicate": 1} and summary.samples_total == 1
+    run = open_run(tmp_path / "out")
+    assert [Path(r["source"]).name for r in read_index(run)] == ["a.mp4"] and verify_run(run) == []
+
+
+def test_dedup_without_clip_is_a_config_error():
+    from pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="filters.dedup.enabled needs filters.clip.enabled"):
+        load_config(None, ["input.path=.", "output.dir=.", "filters.dedup.enabled=true"])
