@@ -1,0 +1,116 @@
+"""Training data from the pipeline's shards: frame subsampling, decoding, the Qwen prompt and its loss mask."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from pipeline.run import run_pipeline
+from pipeline.sampling import uniform_indices
+from shards.reader import iter_tar_samples
+from tests.conftest import pipeline_config
+from train.chat import IGNORE, ChatEncoder
+from train.data import DataConfig, build_dataset, frame_indices, shard_urls, training_items
+from train.tiny import build_tokenizer
+
+TURNS = [
+    {"from": "human", "value": "<image>\nWhat happens in the video?"},
+    {"from": "gpt", "value": "A person walks across the room."},
+    {"from": "human", "value": "How many objects are visible?"},
+    {"from": "gpt", "value": "Two."},
+]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return ChatEncoder(build_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, video, ray_local):
+    """Shards made by the pipeline from a LLaVA file: 2 videos, 3 conversations, 40 frames stored."""
+    root = tmp_path_factory.mktemp("llava")
+    (root / "v").mkdir()
+    for name in ("clock_10s", "h264_10s"):
+        shutil.copy(video(name), root / "v" / f"{name}.mp4")
+    records = [{"id": "c0", "video": "v/clock_10s.mp4", "conversations": TURNS},
+               {"id": "c1", "video": "v/clock_10s.mp4", "conversations": TURNS[:2]},
+               {"id": "h0", "video": "v/h264_10s.mp4", "conversations": TURNS[:2]}]
+    (root / "ann.json").write_text(json.dumps(records))
+    out = root / "out"
+    run_pipeline(pipeline_config(root / "ann.json", out, "input.format=llava", f"input.video_root={root}",
+                                 "sampling.sets.0.num_frames=40", "sampling.sets.0.resize.size=64",
+                                 "filters.visual.enabled=false"))
+    return out
+
+
+def test_the_loss_mask_is_exactly_the_assistant_answers(encoder):
+    enc = encoder.encode(TURNS, video_tokens=7)
+    assert len(enc.input_ids) == len(enc.labels) and enc.video_positions == 7
+    assert enc.input_ids.count(encoder.image_id) == 7
+    spans, current = [], []
+    for tid, label in zip(enc.input_ids, enc.labels):
+        if label != IGNORE:
+            assert label == tid
+            current.append(tid)
+        elif current:
+            spans.append(current)
+            current = []
+    tok = encoder.tok
+    assert [tok.decode(s) for s in spans] == ["A person walks across the room.<|im_end|>", "Two.<|im_end|>"]
+    text = tok.decode(enc.input_ids)
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>")
+
+
+def test_unknown_roles_are_refused(encoder):
+    with pytest.raises(ValueError, match="role"):
+        encoder.encode([{"from": "narrator", "value": "x"}], 0)
+
+
+@pytest.mark.parametrize("stored,k", [(192, 32), (192, 128), (192, 192), (40, 8), (10, 32)])
+def test_frame_subsampling_is_the_papers_uniform_linspace(stored, k):
+    assert frame_indices(stored, k).tolist() == uniform_indices(stored, k).tolist()
+
+
+def test_items_from_pipeline_shards(shards, encoder):
+    cfg = DataConfig(shards=str(shards), frames=8, image_size=64, tokens_per_frame=10, shuffle_buffer=0)
+    items = list(build_dataset(cfg, encoder))
+    assert sorted(i["id"] for i in items) == ["c0", "c1", "h0"]  # one item per conversation
+    raw = {key: members for url in shard_urls(str(shards)) for key, members in iter_tar_samples(url)}
+    for item in items:
+        assert item["pixel_values"].shape == (8, 3, 64, 64) and item["pixel_values"].dtype == torch.float32
+        assert -1.0 <= float(item["pixel_values"].min()) and float(item["pixel_values"].max()) <= 1.0
+        assert item["frame_indices"] == uniform_indices(40, 8).tolist()
+        assert int((item["input_ids"] == encoder.image_id).sum()) == 8 * 10
+        members = raw[item["key"]]
+        from torchvision.io import decode_jpeg
+
+        last = decode_jpeg(torch.frombuffer(bytearray(members[f"{item['frame_indices'][-1]:04d}.jpg"]), dtype=torch.uint8))
+        assert torch.allclose(item["pixel_values"][-1], (last.float() / 255 - 0.5) / 0.5)  # the very frame asked for
+    clock = next(i for i in items if i["id"] == "c0")
+    grey = clock["pixel_values"].mean(dim=(1, 2, 3))
+    assert torch.all(grey[1:] > grey[:-1])  # the clock video brightens with time: frames are in time order
+
+
+def test_overlong_items_are_dropped_or_shortened_and_counted(shards, encoder):
+    from train.data import LoaderCounts
+    import webdataset as wds
+
+    text = encoder.text_tokens(TURNS)
+    limit = text + 5 * 10  # room for five 10-token frames
+    for policy, expect_frames in (("fewer_frames", 5), ("drop", None)):
+        cfg = DataConfig(shards=str(shards), frames=8, image_size=64, tokens_per_frame=10, model_max_length=limit,
+                         overlong=policy, shuffle_buffer=0)
+        counts = LoaderCounts()
+        samples = wds.WebDataset(shard_urls(str(shards)), shardshuffle=False, empty_check=False)
+        items = list(training_items(iter(samples), cfg, encoder, counts))
+        assert counts.samples == 2
+        if expect_frames is None:
+            assert counts.reasons["dropped_overlong"] == 3 and items == []
+        else:
+            assert counts.reasons["fewer_frames"] >= 1
+            long_item = next(i for i in items if i["id"] == "c0")
+            assert long_item["pixel_values"].shape[0] == expect_frames and len(long_item["input_ids"]) <= limit

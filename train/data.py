@@ -1,0 +1,139 @@
+"""Training samples straight from the pipeline's shards: webdataset in, tensors out, never an mp4.
+
+Per sample: take k frames uniformly from the stored ones (the paper's
+linspace over what the shard holds), decode the JPEGs in one batched
+libjpeg-turbo call (torchvision), normalise as SigLIP expects, and encode each
+conversation with the Qwen template (`chat.py`): one training item per
+conversation. Items longer than `model_max_length` are dropped or given fewer
+frames, as configured, and counted. Shards are split across nodes/ranks and
+data-loader workers by webdataset, with a shuffle buffer and a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Literal
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.config_base import _Strict
+from pipeline.sampling import uniform_indices
+from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER
+from train.chat import ChatEncoder
+
+log = logging.getLogger(__name__)
+
+
+class DataConfig(_Strict):
+    shards: str = Field(description="a pipeline output dir (its shards.json) or a folder / glob of .tar shards")
+    frames: Annotated[int, Field(gt=0)] = 32  # the stage's frame count (32 / 128 / 192)
+    tokens_per_frame: Annotated[int, Field(gt=0)] = 156
+    image_size: Annotated[int, Field(gt=0)] = 384
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # SigLIP normalisation
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    model_max_length: Annotated[int, Field(gt=0)] = 256000
+    overlong: Literal["drop", "fewer_frames"] = "fewer_frames"
+    min_frames: Annotated[int, Field(gt=0)] = 4  # fewer_frames never goes below this
+    shuffle_buffer: Annotated[int, Field(ge=0)] = 64
+    seed: int = 0
+
+
+def shard_urls(spec: str) -> list[str]:
+    path = Path(spec)
+    if (path / "shards.json").exists():
+        return [str(path / "shards" / s["name"]) for s in json.loads((path / "shards.json").read_text())]
+    if path.is_dir():
+        return sorted(str(p) for p in path.glob("*.tar")) or sorted(str(p) for p in (path / "shards").glob("*.tar"))
+    return sorted(str(p) for p in Path().glob(spec)) if any(c in spec for c in "*?[") else [spec]
+
+
+def frame_indices(stored: int, k: int) -> np.ndarray:
+    """The frames a k-frame stage takes from a sample that stores `stored` (uniform, in time order)."""
+    return uniform_indices(stored, k)
+
+
+def decode_frames(jpegs: list[bytes], cfg: DataConfig) -> Any:
+    """(k, 3, H, W) float32, normalised; one batched JPEG decode."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
+    images = torch.stack(decode_jpeg(data, mode=ImageReadMode.RGB))
+    if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
+        images = torch.nn.functional.interpolate(images.float(), size=(cfg.image_size, cfg.image_size),
+                                                 mode="bicubic", align_corners=False).clamp(0, 255)
+    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+@dataclass
+class LoaderCounts:
+    samples: int = 0
+    items: int = 0
+    reasons: Counter = field(default_factory=Counter)  # no_conversations, dropped_overlong, fewer_frames
+
+
+def training_items(
+    samples: Iterator[dict[str, Any]], cfg: DataConfig, encoder: ChatEncoder, counts: LoaderCounts | None = None
+) -> Iterator[dict[str, Any]]:
+    """webdataset samples (raw bytes) -> one item per conversation: pixel_values, input_ids, labels."""
+    import torch
+
+    counts = counts if counts is not None else LoaderCounts()
+    for sample in samples:
+        counts.samples += 1
+        conversations = json.loads(sample.get(CONVERSATIONS_MEMBER) or b"[]")
+        if not conversations:
+            counts.reasons["no_conversations"] += 1
+            continue
+        names = sorted(k for k in sample if FRAME_MEMBER.match(k))
+        for record in conversations:
+            turns = record.get("conversations", [])
+            k = min(cfg.frames, len(names))
+            enc = encoder.encode(turns, k * cfg.tokens_per_frame)
+            if len(enc) > cfg.model_max_length:
+                text = len(enc) - enc.video_positions
+                fit = (cfg.model_max_length - text) // cfg.tokens_per_frame
+                if cfg.overlong == "drop" or fit < cfg.min_frames:
+                    counts.reasons["dropped_overlong"] += 1
+                    continue
+                counts.reasons["fewer_frames"] += 1
+                k = fit
+                enc = encoder.encode(turns, k * cfg.tokens_per_frame)
+            picked = frame_indices(len(names), k)
+            counts.items += 1
+            yield {
+                "key": sample["__key__"],
+                "id": record.get("id", ""),
+                "frame_indices": picked.tolist(),
+                "pixel_values": decode_frames([sample[names[i]] for i in picked], cfg),
+                "input_ids": torch.tensor(enc.input_ids, dtype=torch.long),
+                "labels": torch.tensor(enc.labels, dtype=torch.long),
+                "meta": json.loads(sample[META_MEMBER]) if META_MEMBER in sample else {},
+            }
+
+
+def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0) -> Any:
+    """A webdataset pipeline over the shards: split by node and worker, shuffled with a seed, items out."""
+    import webdataset as wds
+
+    urls = shard_urls(cfg.shards)
+    if not urls:
+        raise FileNotFoundError(f"no shards found at {cfg.shards}")
+    dataset = wds.WebDataset(
+        urls,
+        shardshuffle=len(urls) if cfg.shuffle_buffer else False,
+        nodesplitter=wds.split_by_node,
+        workersplitter=wds.split_by_worker,
+        empty_check=False,
+        seed=cfg.seed + epoch,
+    )
+    if cfg.shuffle_buffer:
+        dataset = dataset.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=cfg.seed + epoch)
+    return dataset.compose(lambda src: training_items(src, cfg, encoder))
