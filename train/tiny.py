@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 
 
 def build_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 512):
@@ -24,7 +24,19 @@ def build_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 512):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=["<|im_start|>", "<image>"])
+                                   additional_special_tokens=["<|im_start|>", "<image>", "<video>"])
     if out_dir is not None:
         fast.save_pretrained(str(out_dir))
     return fast
+
+
+def build_model(tokenizer: object, pool: int = 4, seed: int = 0):
+    """The tiny random VideoLlava matching `build_tokenizer` (video token `<video>`, image token `<image>`)."""
+    import torch
+
+    from train.model import VideoLlava, tiny_config
+
+    torch.manual_seed(seed)
+    config = tiny_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<video>"),
+                         tokenizer.convert_tokens_to_ids("<image>"), pool=pool)
+    return VideoLlava(config).eval()
