@@ -73,7 +73,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
-    cfg = load_config(args.config, [f"output.dir={args.out}", f"input.path={Path(args.out) / 'videos'}", *(args.set or [])])
+    cfg = load_config(args.config, [f"output.dir={args.out}", f"input.path={Path(args.out) / 'videos' / 'annotations.json'}",
+                                    "input.format=llava", *(args.set or [])])
     return run_demo(cfg)
 
 
@@ -154,6 +155,31 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    from train.config import TrainConfig
+
+    cfg = load_config(args.config, args.set or [], model=TrainConfig)
+    if cfg.parallel == "fsdp":
+        print("error: parallel: fsdp is not available yet; use ddp", file=sys.stderr)
+        return 2
+    if cfg.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # launch the ranks; a multi-node launcher sets WORLD_SIZE
+        sets = [x for s in args.set or [] for x in ("--set", s)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cfg.nproc_per_node}",
+               "-m", "pipeline", "train", args.config, *sets]
+        return subprocess.call(cmd)
+    from train.trainer import train
+
+    result = train(cfg)
+    last = result["history"][-1] if result["history"] else {}
+    if os.environ.get("RANK", "0") == "0":
+        print(f"trained to step {result['steps']}: loss {last.get('loss')}, {last.get('tokens_per_s')} tokens/s; "
+              f"checkpoints in {Path(cfg.output.dir) / 'checkpoints'}")
+    return 0
+
+
 def cmd_export_llava(args: argparse.Namespace) -> int:
     from shards.llava import export_llava
 
@@ -197,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. filters.dedup.threshold=0.97")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed, change nothing")
     p.set_defaults(func=cmd_dedup)
+
+    p = sub.add_parser("train", help="train the video LLM on a run's shards (configs/train/*.yaml)")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. output.dir=out/train/x")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export-llava", help="write LLaVA-format records from a run's shards")
     p.add_argument("run_dir")

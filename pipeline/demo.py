@@ -1,11 +1,14 @@
 """The demo: generate example videos (good and broken), run the whole pipeline on them, print the stats.
 
-Writes under the run's output dir: `videos/` (the examples) and everything a
-run writes (`shards/`, `index.parquet`, `rejects.parquet`, `run.json`).
+Writes under the run's output dir: `videos/` (the examples and
+`annotations.json`, a LLaVA file with question-answer pairs known from how
+each example was made, which is the run's input) and everything a run writes
+(`shards/`, `index.parquet`, `rejects.parquet`, `run.json`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -32,6 +35,32 @@ def make_examples(video_dir: Path) -> list[Path]:
     return paths
 
 
+def spec_conversations(name: str) -> list[dict[str, str]]:
+    """Question-answer pairs whose answers are known from how the example was generated (not from the model).
+
+    They make the demo's shards trainable (configs/train/tiny_debug.yaml) before captioning exists.
+    """
+    spec = CATALOGUE.get(name)
+    if spec is None:
+        return [{"from": "human", "value": "<image>\nWhat is in this file?"}, {"from": "gpt", "value": "Nothing usable."}]
+    portrait = (spec.rotate % 180 == 90) != (spec.height > spec.width)
+    seconds = f"{spec.duration_s:g} seconds" if spec.duration_s < 60 else f"{spec.duration_s / 60:g} minutes"
+    return [
+        {"from": "human", "value": "<image>\nHow long is this video?"},
+        {"from": "gpt", "value": f"The video lasts about {seconds}."},
+        {"from": "human", "value": "Is the picture in portrait or landscape orientation?"},
+        {"from": "gpt", "value": "Portrait." if portrait else "Landscape."},
+    ]
+
+
+def write_annotations(paths: list[Path], video_dir: Path) -> Path:
+    """A LLaVA annotation file over the examples: the demo's input (bad files included, to be rejected)."""
+    records = [{"id": f"demo-{p.stem}", "video": p.name, "conversations": spec_conversations(p.stem)} for p in paths]
+    target = video_dir / "annotations.json"
+    target.write_text(json.dumps(records, indent=1))
+    return target
+
+
 def run_demo(cfg: RunConfig) -> int:
     """Generate the examples under input.path, run the real pipeline on them (embedded Ray), print the stats."""
     from pipeline.cli import print_run_summary
@@ -41,7 +70,10 @@ def run_demo(cfg: RunConfig) -> int:
 
     video_dir = Path(cfg.input.path)
     t0 = time.perf_counter()
+    if video_dir.suffix == ".json":  # input.path names the annotation file the demo writes
+        video_dir = video_dir.parent
     paths = make_examples(video_dir)
+    write_annotations(paths, video_dir)
     print(f"{len(paths)} example files in {video_dir} ({time.perf_counter() - t0:.1f}s)\n")
     summary = run_pipeline(cfg, force=True)  # a demo always shows a whole run
     print_run_summary(summary)

@@ -80,9 +80,16 @@ class LoaderCounts:
 
 
 def training_items(
-    samples: Iterator[dict[str, Any]], cfg: DataConfig, encoder: ChatEncoder, counts: LoaderCounts | None = None
+    samples: Iterator[dict[str, Any]],
+    cfg: DataConfig,
+    encoder: ChatEncoder,
+    counts: LoaderCounts | None = None,
+    skip: int = 0,
 ) -> Iterator[dict[str, Any]]:
-    """webdataset samples (raw bytes) -> one item per conversation: pixel_values, input_ids, labels."""
+    """webdataset samples (raw bytes) -> one item per conversation: pixel_values, input_ids, labels.
+
+    `skip` items are passed over without decoding their frames (resuming mid-epoch).
+    """
     import torch
 
     counts = counts if counts is not None else LoaderCounts()
@@ -108,6 +115,8 @@ def training_items(
                 enc = encoder.encode(turns, k * cfg.tokens_per_frame)
             picked = frame_indices(len(names), k)
             counts.items += 1
+            if counts.items <= skip:
+                continue
             yield {
                 "key": sample["__key__"],
                 "id": record.get("id", ""),
@@ -119,7 +128,7 @@ def training_items(
             }
 
 
-def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0) -> Any:
+def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0, skip: int = 0) -> Any:
     """A webdataset pipeline over the shards: split by node and worker, shuffled with a seed, items out."""
     import webdataset as wds
 
@@ -136,4 +145,4 @@ def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0) -> Any:
     )
     if cfg.shuffle_buffer:
         dataset = dataset.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=cfg.seed + epoch)
-    return dataset.compose(lambda src: training_items(src, cfg, encoder))
+    return dataset.compose(lambda src: training_items(src, cfg, encoder, skip=skip))

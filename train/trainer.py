@@ -1,0 +1,210 @@
+"""The staged trainer: one process or many (torchrun), DDP by default, resume by default.
+
+A step takes `grad_accum` micro-batches (gradients synchronised only on the last one), clips, steps
+AdamW (learning rate per part, 0 = frozen) under a warmup + cosine schedule, and logs loss, learning
+rate, tokens/s, data-wait and step time to `<output.dir>/log.jsonl`. When the output dir holds a
+checkpoint, training resumes from it exactly: weights, optimizer, scheduler, step, RNG and data
+position (epoch and items consumed; exact with `data.num_workers: 0`, to the nearest item per worker
+otherwise). A new stage starts from the previous one's weights with `model.init_from`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from pipeline.config import write_resolved_config
+from train import checkpoint
+from train.chat import IGNORE, ChatEncoder
+from train.config import TrainConfig
+from train.data import build_dataset
+from train.model import VideoLlava, tokens_per_frame
+
+log = logging.getLogger(__name__)
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = torch.device("cpu")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def load_parts(cfg: TrainConfig, run_dir: Path) -> tuple[Any, Any]:
+    from train.tiny import build_model, build_tokenizer
+
+    if cfg.model.tiny:
+        tokenizer = build_tokenizer()
+        model = build_model(tokenizer, pool=cfg.model.video_pool_size, seed=cfg.seed)
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or cfg.model.path)
+        model = VideoLlava.from_pretrained(cfg.model.path)
+        model.config.video_pool_size = cfg.model.video_pool_size
+    if cfg.model.init_from:
+        checkpoint.load_weights(model, cfg.model.init_from)
+    return tokenizer, model
+
+
+def lr_lambda(cfg: TrainConfig):
+    warmup = max(1, round(cfg.optim.warmup_ratio * cfg.optim.max_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, cfg.optim.max_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_optimizer(cfg: TrainConfig, model: VideoLlava) -> torch.optim.Optimizer:
+    rates = cfg.optim.lr.model_dump()
+    for part, rate in rates.items():
+        if rate == 0:
+            prefix = {"vision_tower": "vision_tower", "projector": "multi_modal_projector"}.get(part)
+            for name, p in model.named_parameters():
+                if (prefix and prefix in name) or (part == "language_model" and ("language_model" in name or "lm_head" in name)):
+                    p.requires_grad_(False)
+    groups = [{"params": ps, "lr": rates[part], "name": part} for part, ps in model.parameter_groups().items() if ps]
+    return torch.optim.AdamW(groups, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+
+
+def collate(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    frames = {tuple(i["pixel_values"].shape) for i in items}
+    if len(frames) > 1:
+        raise ValueError(f"a batch mixes frame counts {sorted(frames)}: use data.batch_size 1 with overlong=fewer_frames")
+    width = max(len(i["input_ids"]) for i in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, item in enumerate(items):
+        n = len(item["input_ids"])
+        ids[row, :n], labels[row, :n], mask[row, :n] = item["input_ids"], item["labels"], 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask,
+            "pixel_values_videos": torch.stack([i["pixel_values"] for i in items])}
+
+
+class DataStream:
+    """Endless batches over epochs; remembers (epoch, items consumed) so a resume can continue exactly."""
+
+    def __init__(self, cfg: TrainConfig, encoder: ChatEncoder, pad_id: int, epoch: int = 0, consumed: int = 0):
+        self.cfg, self.encoder, self.pad_id = cfg, encoder, pad_id
+        self.epoch, self.consumed = epoch, consumed
+
+    def _items(self) -> Iterator[dict[str, Any]]:
+        while True:
+            dataset = build_dataset(self.cfg.data, self.encoder, epoch=self.epoch, skip=self.consumed)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.cfg.data.num_workers)
+            got = 0
+            for item in loader:
+                got += 1
+                self.consumed += 1
+                yield item
+            if got == 0 and self.consumed == 0:
+                raise RuntimeError(f"no training items in {self.cfg.data.shards} for this rank (fewer shards than ranks?)")
+            self.epoch, self.consumed = self.epoch + 1, 0
+
+    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        items = self._items()
+        while True:
+            yield collate([next(items) for _ in range(self.cfg.data.batch_size)], self.pad_id)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    rank, world, device = setup_distributed()
+    run_dir = Path(cfg.output.dir)
+    torch.manual_seed(cfg.seed + rank)
+    tokenizer, model = load_parts(cfg, run_dir)
+    data_cfg = cfg.data.model_copy(update={"tokens_per_frame": tokens_per_frame(model.config), "seed": cfg.seed + rank})
+    cfg = cfg.model_copy(update={"data": data_cfg})
+    if cfg.model.activation_checkpointing and not cfg.model.tiny:
+        model.gradient_checkpointing_enable()
+    model.to(device).train()
+    optimizer = build_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    step, epoch, consumed = 0, 0, 0
+    resume = checkpoint.latest(run_dir)
+    if resume is not None:
+        checkpoint.load_weights(model, resume)
+        state = checkpoint.load_state(resume)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, consumed = state["step"], state["epoch"][rank], state["consumed"][rank]
+        checkpoint.set_rng_state(state["rng"][rank])
+        log.info("resumed from %s at step %d", resume, step)
+    if rank == 0:
+        write_resolved_config(cfg, run_dir, "train.resolved.yaml")
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    stream = DataStream(cfg, ChatEncoder(tokenizer, image_token=cfg.model.video_token), tokenizer.pad_token_id, epoch, consumed)
+    batches = stream.batches()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.optim.precision == "bf16" else contextlib.nullcontext()
+    history = []
+    logf = open(run_dir / "log.jsonl", "a") if rank == 0 else None
+    while step < cfg.optim.max_steps:
+        start, wait, tokens, total = time.perf_counter(), 0.0, 0, 0.0
+        for micro in range(cfg.optim.grad_accum):
+            t0 = time.perf_counter()
+            batch = {k: v.to(device) for k, v in next(batches).items()}
+            wait += time.perf_counter() - t0
+            sync = micro == cfg.optim.grad_accum - 1 or world == 1
+            with (contextlib.nullcontext() if sync else wrapped.no_sync()), autocast:
+                loss = wrapped(**batch).loss / cfg.optim.grad_accum
+            loss.backward()
+            total += loss.item()
+            tokens += int(batch["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if world > 1:
+            t = torch.tensor([total], device=device)
+            torch.distributed.all_reduce(t)
+            total = t.item() / world
+        elapsed = time.perf_counter() - start
+        record = {"step": step, "loss": round(total, 6), "lr": scheduler.get_last_lr()[-1], "tokens_per_s": round(tokens * world / elapsed, 1),
+                  "data_wait_s": round(wait, 4), "step_s": round(elapsed, 4), "epoch": stream.epoch}
+        history.append(record)
+        if logf and (step % cfg.output.log_every == 0 or step == 1 or step == cfg.optim.max_steps):
+            logf.write(json.dumps(record) + "\n")
+            logf.flush()
+        if step % cfg.output.save_every == 0 or step == cfg.optim.max_steps:
+            _save(cfg, run_dir, step, model, tokenizer, optimizer, scheduler, stream, rank, world)
+    if logf:
+        logf.close()
+    return {"steps": step, "history": history}
+
+
+def _gather(value: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [value]
+    out: list[Any] = [None] * world
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
+def _save(cfg, run_dir, step, model, tokenizer, optimizer, scheduler, stream, rank, world) -> None:
+    state = {
+        "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "epoch": _gather(stream.epoch, world), "consumed": _gather(stream.consumed, world),
+        "rng": _gather(checkpoint.rng_state(), world),
+    }
+    if rank == 0:
+        checkpoint.save(run_dir, step, model, tokenizer, state, cfg.output.keep)
+    if world > 1:
+        torch.distributed.barrier()
