@@ -84,6 +84,13 @@ def build_optimizer(cfg: TrainConfig, model: VideoLlava) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
 
 
+def summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy summed over supervised tokens (the caller divides by the global count)."""
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    return torch.nn.functional.cross_entropy(shift_logits, labels[:, 1:].reshape(-1), ignore_index=IGNORE,
+                                             reduction="sum")
+
+
 def collate(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     frames = {tuple(i["pixel_values"].shape) for i in items}
     if len(frames) > 1:
@@ -156,16 +163,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     history = []
     logf = open(run_dir / "log.jsonl", "a") if rank == 0 else None
     while step < cfg.optim.max_steps:
-        start, wait, tokens, total = time.perf_counter(), 0.0, 0, 0.0
-        for micro in range(cfg.optim.grad_accum):
-            t0 = time.perf_counter()
-            batch = {k: v.to(device) for k, v in next(batches).items()}
-            wait += time.perf_counter() - t0
+        start, tokens, total = time.perf_counter(), 0, 0.0
+        t0 = time.perf_counter()
+        micro_batches = [{k: v.to(device) for k, v in next(batches).items()} for _ in range(cfg.optim.grad_accum)]
+        wait = time.perf_counter() - t0
+        # The loss is the mean over every supervised token of the step, across micro-batches and ranks, so
+        # N ranks x batch b gives the same update as one rank with batch N x b (DDP then averages gradients).
+        supervised = torch.tensor([float(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro_batches))], device=device)
+        if world > 1:
+            torch.distributed.all_reduce(supervised)
+        scale = world / max(float(supervised.item()), 1.0)
+        for micro, batch in enumerate(micro_batches):
             sync = micro == cfg.optim.grad_accum - 1 or world == 1
             with (contextlib.nullcontext() if sync else wrapped.no_sync()), autocast:
-                loss = wrapped(**batch).loss / cfg.optim.grad_accum
-            loss.backward()
-            total += loss.item()
+                token_sum = summed_loss(wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"])
+            (token_sum * scale).backward()
+            total += token_sum.item() / max(float(supervised.item()), 1.0)
             tokens += int(batch["attention_mask"].sum())
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm)
         optimizer.step()
@@ -174,8 +187,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step += 1
         if world > 1:
             t = torch.tensor([total], device=device)
-            torch.distributed.all_reduce(t)
-            total = t.item() / world
+            torch.distributed.all_reduce(t)  # per-rank shares of the global token mean add up to it
+            total = t.item()
         elapsed = time.perf_counter() - start
         record = {"step": step, "loss": round(total, 6), "lr": scheduler.get_last_lr()[-1], "tokens_per_s": round(tokens * world / elapsed, 1),
                   "data_wait_s": round(wait, 4), "step_s": round(elapsed, 4), "epoch": stream.epoch}

@@ -101,3 +101,39 @@ def test_two_ranks_under_torchrun_through_the_cli(shards, tmp_path):
     assert done.stdout.count("trained to step 4") == 1  # rank 0 reports
     state = checkpoint.load_state(checkpoint.latest(out))
     assert state["step"] == 4 and len(state["consumed"]) == 2  # each rank's data position is kept
+
+
+def test_two_ranks_match_one_rank_with_the_same_global_batch(shards, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    two = tmp_path / "two_shards"
+    two.mkdir()
+    from shards.reader import iter_tar_samples
+    from shards.tarwriter import ShardFile
+
+    # Two shards of one sample with one conversation each: rank 0 trains on one, rank 1 on the other,
+    # and the single process sees both in one batch of two.
+    for tar in sorted((shards / "shards").glob("*.tar"))[:2]:
+        out = ShardFile(two, tar.name)
+        for key, members in iter_tar_samples(tar):
+            members["conversations.json"] = json.dumps(json.loads(members["conversations.json"])[:1]).encode()
+            out.write({"__key__": key, **members})
+        out.close()
+    common = [f"data.shards={two}", "optim.max_steps=3", "data.shuffle_buffer=0", "output.log_every=1",
+              "optim.lr.projector=0.002", "optim.lr.language_model=0.002"]
+
+    def run(out, *extra):
+        sets = common + [f"output.dir={out}", *extra]
+        done = subprocess.run([sys.executable, "-m", "pipeline", "train", str(root / "configs/train/tiny_debug.yaml"),
+                               *[x for s in sets for x in ("--set", s)]], capture_output=True, text=True, cwd=root,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+    one = run(tmp_path / "one", "data.batch_size=2")
+    ranks = run(tmp_path / "ranks", "data.batch_size=1", "nproc_per_node=2")
+    assert len(one) == len(ranks) == 3
+    assert ranks == pytest.approx(one, rel=1e-4, abs=1e-5), (one, ranks)
