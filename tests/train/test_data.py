@@ -89,7 +89,7 @@ def test_items_from_pipeline_shards(shards, encoder):
         from torchvision.io import decode_jpeg
 
         last = decode_jpeg(torch.frombuffer(bytearray(members[f"{item['frame_indices'][-1]:04d}.jpg"]), dtype=torch.uint8))
-        assert torch.allclose(item["pixel_values"][-1], (last.float() / 255 - 0.5) / 0.5)  # the very frame asked for
+        assert torch.allclose(item["pixel_values"][-1], (last.float() / 255 - 0.5) / 0.5, atol=1e-5)  # that very frame
     clock = next(i for i in items if i["id"] == "c0")
     grey = clock["pixel_values"].mean(dim=(1, 2, 3))
     assert torch.all(grey[1:] > grey[:-1])  # the clock video brightens with time: frames are in time order
