@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline.config_run import ClipFilterConfig, StageResources
 from pipeline.errors import Reason, VideoError
-from pipeline.stage import Stage
+from pipeline.stage import Stage, apply_verdict
 from pipeline.task import VideoTask
 
 
@@ -163,13 +163,7 @@ class ClipScores(Stage):
             if agree:
                 scores["frame_text_min"] = round(min(agree), 4)
                 scores["frame_text_mean"] = round(float(np.mean(agree)), 4)
-        failure = self._failure(scores)
-        if failure is not None:
-            if self.cfg.score_only:
-                task.meta.setdefault("would_reject", []).append(f"{failure[0].value}: {failure[1]}")
-            else:
-                raise VideoError(*failure)
-        return task
+        return apply_verdict(task, self._failure(scores), self.cfg.score_only)
 
     def _failure(self, scores: dict[str, float]) -> tuple[Reason, str] | None:
         c = self.cfg

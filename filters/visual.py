@@ -20,7 +20,7 @@ from PIL import Image
 
 from pipeline.config_run import StageResources, VisualFilterConfig
 from pipeline.errors import Reason, VideoError
-from pipeline.stage import Stage
+from pipeline.stage import Stage, apply_verdict
 from pipeline.task import VideoTask
 
 
@@ -111,10 +111,4 @@ class VisualFilter(Stage):
     def process(self, task: VideoTask) -> VideoTask:
         scores = visual_scores(task.frames.get(self.cfg.frame_set or "", []), self.cfg)
         task.meta.setdefault("scores", {}).update(scores.as_dict())
-        failure = first_failure(scores, self.cfg, float(task.meta.get("video", {}).get("duration_s", 0.0)))
-        if failure is not None:
-            if self.cfg.score_only:
-                task.meta.setdefault("would_reject", []).append(f"{failure[0].value}: {failure[1]}")
-            else:
-                raise VideoError(*failure)
-        return task
+        return apply_verdict(task, first_failure(scores, self.cfg, float(task.meta.get("video", {}).get("duration_s", 0.0))), self.cfg.score_only)

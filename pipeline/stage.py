@@ -58,6 +58,16 @@ class Stage:
         self.__dict__.update(state)
 
 
+def apply_verdict(task: VideoTask, failure: tuple[Reason, str] | None, score_only: bool) -> VideoTask:
+    """A filter's verdict: reject (raise), or in score-only mode keep the video and note what would have happened."""
+    if failure is None:
+        return task
+    if score_only:
+        task.meta.setdefault("would_reject", []).append(f"{failure[0].value}: {failure[1]}")
+        return task
+    raise VideoError(*failure)
+
+
 def run_stage(stage: Stage, task: VideoTask) -> VideoTask:
     """Run one stage on one task: time it, and turn every failure into a reject on the task."""
     if task.rejected:
