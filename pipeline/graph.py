@@ -48,10 +48,6 @@ def build_stages(cfg: RunConfig, extra_stages: list[Stage] | None = None) -> lis
     return [stage for stages, _ in build_groups(cfg, extra_stages) for stage in stages]
 
 
-def stage_names(cfg: RunConfig) -> list[str]:
-    return [s.name for s in build_stages(cfg)] + ["write"]
-
-
 def _pool_sizes(groups: list[tuple[list[Stage], StageResources]]) -> list[int | None]:
     """The first (video) pool fills the CPUs the other pools leave; the others use their configured size."""
     import ray

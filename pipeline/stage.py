@@ -120,20 +120,12 @@ def apply_stages(ds: Any, stages: list[Stage], resources: StageResources, set_na
         return ds
     import ray.data
 
-    size = resources.concurrency or _default_concurrency(resources)
+    if not resources.concurrency:
+        raise ValueError("apply_stages needs the pool size (resources.concurrency); graph.py computes it")
     return ds.map(
         ChainWorker,
         fn_constructor_args=(stages, set_names),
         # at most 2 videos queued per actor, so one slow video never holds several others behind it
-        compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=2),
+        compute=ray.data.ActorPoolStrategy(size=resources.concurrency, max_tasks_in_flight_per_actor=2),
         **ray_args(resources),
     )
-
-
-def _default_concurrency(resources: StageResources) -> int:
-    """A fixed pool that fills the cluster's CPUs (stages after it reserve no CPU by default)."""
-    import ray
-
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, int(cpus // max(resources.num_cpus, 1e-6)))
-
