@@ -119,8 +119,8 @@ def index_rows(run: RunDir) -> list[dict[str, Any]]:
 
 def write_tables(run: RunDir) -> tuple[int, int]:
     """Rebuild index.parquet and rejects.parquet from the ledger; returns (samples, rejects)."""
-    rows = index_rows(run)
-    rows.sort(key=lambda r: (r["shard"], r["key"]))
+    records = shard_records(run)  # read once: the index, the embeddings and shards.json all come from them
+    rows = sorted((row for rec in records for row in rec["rows"]), key=lambda r: (r["shard"], r["key"]))
     embedded = [(r["key"], r["embedding"]) for r in rows if r.get("embedding")]
     rows = [{k: v for k, v in r.items() if k != "embedding"} for r in rows]
     write_parquet_atomic(run.index, _index_table(rows))
@@ -130,7 +130,7 @@ def write_tables(run: RunDir) -> tuple[int, int]:
         write_parquet_atomic(run.embeddings, table)
     else:
         run.embeddings.unlink(missing_ok=True)
-    shards = [{k: v for k, v in rec.items() if k != "rows"} for rec in shard_records(run)]
+    shards = [{k: v for k, v in rec.items() if k != "rows"} for rec in records]
     write_atomic(run.shards_json, json.dumps(shards, indent=1).encode())
     rejects = sorted(reject_rows(run), key=lambda r: r["source"])
     table = pa.Table.from_pylist(rejects) if rejects else pa.table({c: pa.array([], pa.string()) for c in REJECT_COLUMNS})

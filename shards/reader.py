@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 from pathlib import Path
@@ -55,11 +56,33 @@ def iter_samples(run: RunDir) -> Iterator[dict[str, Any]]:
     yield from wds.WebDataset(urls, shardshuffle=False, empty_check=False)
 
 
-def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {member suffix: bytes}) per sample of one tar, in file order; raises tarfile.TarError on damage."""
+class HashingReader:
+    """A read-only file wrapper that feeds every byte read to sha256: verify hashes and parses in one pass."""
+
+    def __init__(self, f: Any):
+        self._f = f
+        self.sha = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self.sha.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        while self.read(1 << 20):  # whatever the tar reader left unread (end-of-archive padding)
+            pass
+        return self.sha.hexdigest()
+
+
+def iter_tar_samples(source: str | Path | Any) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {member suffix: bytes}) per sample of one tar, in file order; raises tarfile.TarError on damage.
+
+    `source` is a path or a readable stream (read sequentially, never seeked).
+    """
     key: str | None = None
     members: dict[str, bytes] = {}
-    with tarfile.open(path, "r:") as tar:
+    opened = tarfile.open(source, "r:") if isinstance(source, (str, Path)) else tarfile.open(fileobj=source, mode="r|")
+    with opened as tar:
         for info in tar:
             if not info.isfile():
                 raise tarfile.TarError(f"member {info.name!r} is not a regular file")

@@ -15,8 +15,7 @@ from collections import Counter
 from typing import Any
 
 from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER, RunDir
-from shards.reader import iter_tar_samples, read_index, read_shard_list
-from shards.tarwriter import sha256_file
+from shards.reader import HashingReader, iter_tar_samples, read_index, read_shard_list
 
 
 def _check_sample(shard: str, key: str, members: dict[str, bytes]) -> tuple[list[str], int]:
@@ -69,25 +68,27 @@ def verify_run(run: RunDir) -> list[str]:
         size = path.stat().st_size
         if size != shard["bytes"]:
             problems.append(f"shards/{name}: {size} bytes, {shard['bytes']} recorded (truncated or altered)")
-        digest = sha256_file(path)
-        if digest != shard["sha256"]:
-            problems.append(f"shards/{name}: sha256 {digest[:16]}... differs from the recorded {shard['sha256'][:16]}...")
         expected = by_shard.get(name, {})
         found: set[str] = set()
-        try:
-            for key, members in iter_tar_samples(path):
-                if key in found or key in seen:
-                    problems.append(f"shards/{name}: sample {key} appears more than once")
-                found.add(key)
-                sample_problems, nframes = _check_sample(f"shards/{name}", key, members)
-                problems.extend(sample_problems)
-                row = expected.get(key)
-                if row is None:
-                    problems.append(f"shards/{name}: sample {key} is not in index.parquet")
-                elif row.get("frames_stored") is not None and row["frames_stored"] != nframes:
-                    problems.append(f"shards/{name}: sample {key} has {nframes} frames, index says {row['frames_stored']}")
-        except (tarfile.TarError, OSError, EOFError) as e:
-            problems.append(f"shards/{name}: unreadable tar after {len(found)} samples ({e})")
+        with open(path, "rb") as raw:
+            stream = HashingReader(raw)  # one read of the shard: parsed and hashed together
+            try:
+                for key, members in iter_tar_samples(stream):
+                    if key in found or key in seen:
+                        problems.append(f"shards/{name}: sample {key} appears more than once")
+                    found.add(key)
+                    sample_problems, nframes = _check_sample(f"shards/{name}", key, members)
+                    problems.extend(sample_problems)
+                    row = expected.get(key)
+                    if row is None:
+                        problems.append(f"shards/{name}: sample {key} is not in index.parquet")
+                    elif row.get("frames_stored") is not None and row["frames_stored"] != nframes:
+                        problems.append(f"shards/{name}: sample {key} has {nframes} frames, index says {row['frames_stored']}")
+            except (tarfile.TarError, OSError, EOFError) as e:
+                problems.append(f"shards/{name}: unreadable tar after {len(found)} samples ({e})")
+            digest = stream.hexdigest()
+        if digest != shard["sha256"]:
+            problems.append(f"shards/{name}: sha256 {digest[:16]}... differs from the recorded {shard['sha256'][:16]}...")
         for missing in sorted(set(expected) - found):
             problems.append(f"shards/{name}: index.parquet lists {missing} but the shard does not hold it")
         if len(found) != shard.get("samples", len(found)):
