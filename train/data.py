@@ -124,6 +124,8 @@ def training_items(
             counts.reasons["no_conversations"] += 1
             continue
         names = sorted(k for k in sample if FRAME_MEMBER.match(k))
+        meta = json.loads(sample[META_MEMBER]) if META_MEMBER in sample else {}
+        pixels: dict[int, Any] = {}  # frames decoded once per sample (and frame count), shared by its conversations
         for record in conversations:
             turns = record.get("conversations", [])
             k = min(cfg.frames, len(names))
@@ -141,14 +143,16 @@ def training_items(
             counts.items += 1
             if counts.items <= skip:
                 continue
+            if k not in pixels:
+                pixels[k] = decode_frames([sample[names[i]] for i in picked], cfg)
             yield {
                 "key": sample["__key__"],
                 "id": record.get("id", ""),
                 "frame_indices": picked.tolist(),
-                "pixel_values": decode_frames([sample[names[i]] for i in picked], cfg),
+                "pixel_values": pixels[k],
                 "input_ids": torch.tensor(enc.input_ids, dtype=torch.long),
                 "labels": torch.tensor(enc.labels, dtype=torch.long),
-                "meta": json.loads(sample[META_MEMBER]) if META_MEMBER in sample else {},
+                "meta": meta,
             }
 
 
