@@ -12,6 +12,7 @@ once, either as a sample or as a reject.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 import time
 import traceback
 from typing import Any, ClassVar
@@ -23,7 +24,7 @@ from pipeline.task import VideoTask
 log = logging.getLogger(__name__)
 
 
-class Stage:
+class Stage(ABC):
     """Base class of every pipeline step. Subclasses set `name` and implement `process`."""
 
     name: ClassVar[str] = "stage"
@@ -40,8 +41,9 @@ class Stage:
     def teardown(self) -> None:
         """Release what setup took."""
 
+    @abstractmethod
     def process(self, task: VideoTask) -> VideoTask:
-        raise NotImplementedError
+        """Return the task with this stage's fields written, or raise VideoError / call task.reject."""
 
     def ensure_setup(self) -> None:
         if not self._ready:
