@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline.config import ConfigError, RunConfig, load_config, write_resolved_config
 from pipeline.errors import VideoError
 from pipeline.probe import ToolMissing
+from dense_caption.http_backend import ServerUnavailable
 from pipeline.run import RunLocked
 from shards.reader import NotARunDir
 
@@ -85,6 +86,11 @@ def print_run_summary(summary) -> None:
     rows += [["skipped (already done)", summary.skipped], ["samples in shards (total)", summary.samples_total]]
     rows += [["rejects (total)", summary.rejects_total], ["wall time", f"{summary.wall_s:.1f}s"]]
     rows += [["videos/hour", f"{summary.videos_per_hour:.0f}"]]
+    llm = summary.llm
+    if llm:
+        rows += [["LLM requests (retries, failed)", f"{llm.get('requests', 0)} ({llm.get('retries', 0)}, {llm.get('failures', 0)})"]]
+        rows += [["LLM tokens prompt / completion", f"{llm.get('prompt_tokens', 0)} / {llm.get('completion_tokens', 0)}"]]
+        rows += [["LLM tokens/s", llm.get("tokens_per_s", 0)]]
     print(table(["run " + summary.out_dir, ""], rows))
 
 
@@ -197,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="run config YAML (configs/default.yaml lists every key)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. output.dir=out/x")
     p.add_argument("--force", action="store_true", help="redo everything instead of resuming")
-    p.add_argument("--retry-rejects", nargs="+", metavar="REASON", help="retry rejected videos with these reasons")
+    p.add_argument("--retry-rejects", nargs="+", metavar="REASON", help="retry rejected videos with these reasons (patterns allowed: 'llm_*')")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("stats", help="statistics of a run's shards; --verify re-reads and checks every shard")
@@ -273,3 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     except RunLocked as e:
         print(f"error: {e}", file=sys.stderr)
         return 4
+    except ServerUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 5

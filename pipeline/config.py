@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pipeline.config_base import _Strict
 from pipeline.config_run import FiltersConfig, default_budget_stages, RayConfig, ResourcesConfig, ShardsConfig
+from dense_caption.config import LLMConfig
 
 
 class ConfigError(ValueError):
@@ -159,6 +160,7 @@ class RunConfig(_Strict):
     shards: ShardsConfig = ShardsConfig()
     resources: ResourcesConfig = ResourcesConfig()
     ray: RayConfig = RayConfig()
+    llm: LLMConfig = LLMConfig()
 
     @model_validator(mode="after")
     def _shard_set_exists(self) -> "RunConfig":
@@ -173,6 +175,10 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"filters.visual.frame_set {visual.frame_set!r} names no sampling set (have {sorted(sets)}); "
                 "point it at one or set filters.visual.enabled=false"
+            )
+        if self.llm.enabled and self.llm.captions.enabled and self.llm.captions.frame_set not in sets:
+            raise ValueError(
+                f"llm.captions.frame_set {self.llm.captions.frame_set!r} names no sampling set (have {sorted(sets)})"
             )
         return self
 

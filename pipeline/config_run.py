@@ -157,6 +157,11 @@ class ResourcesConfig(_Strict):
         default_factory=lambda: StageResources(num_cpus=1.0, concurrency=1),
         description="CLIP scoring actors (set num_gpus: 1 on GPU nodes)",
     )
+    # Caption/QA workers wait on the LLM server; each handles llm.videos_in_flight videos at once.
+    llm: StageResources = Field(
+        default_factory=lambda: StageResources(num_cpus=0.0, concurrency=1),
+        description="caption and QA workers (HTTP clients of the LLM server)",
+    )
 
 
 class RayConfig(_Strict):

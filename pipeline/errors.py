@@ -52,6 +52,16 @@ class Reason(str, Enum):
     CAPTION_MISMATCH = "caption_mismatch"  # a caption the frames do not show (CLIP agreement too low)
     NEAR_DUPLICATE = "near_duplicate"  # the same video as a kept one (detail names the kept key)
     TOKEN_BUDGET = "token_budget"  # the sample does not fit the training stages' sequence length
+    # LLM stages (captions, QA): retried first; `--retry-rejects 'llm_*'` redoes them later
+    LLM_UNAVAILABLE = "llm_unavailable"  # the server could not be reached (connection refused / reset) within the retries
+    LLM_HTTP_ERROR = "llm_http_error"  # 429 / 5xx / other non-200 answers after the retries
+    LLM_TIMEOUT = "llm_timeout"  # requests ran past llm.http.timeout_s every time
+    LLM_BAD_JSON = "llm_bad_json"  # output that does not parse as JSON
+    LLM_SCHEMA = "llm_schema"  # parsed JSON that breaks the requested schema
+    LLM_EMPTY = "llm_empty"  # an empty caption or answer
+    LLM_TRUNCATED = "llm_truncated"  # endless output cut at max_tokens
+    LLM_INVALID = "llm_invalid"  # well-formed but wrong: MC answer not an option, time outside the video, a refusal
+    LLM_NO_QA = "llm_no_qa"  # every QA type was declined or filtered out
     INTERNAL_ERROR = "internal_error"  # a bug: a stage raised something unexpected (detail has the traceback tail)
 
     def __str__(self) -> str:

@@ -1,9 +1,9 @@
-"""The stage graph on Ray Data: sources -> probe -> length filter -> decode -> visual filter -> token budget -> shards.
+"""The stage graph on Ray Data: sources -> probe -> length -> decode -> visual -> CLIP -> captions -> QA -> token budget -> shards.
 
 Stages with the same resources run fused in one actor per CPU slot, so a
 video's frames go from the decoder to the writer as JPEG bytes without an
-extra hop; the writer is a Ray Data sink. Caption, QA and quality-filter
-stages slot in between decode and the token budget (`extra_stages`).
+extra hop; CLIP scoring and the LLM stages (captions, QA) have pools of
+their own; the writer is a Ray Data sink.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ def build_groups(cfg: RunConfig, extra_stages: list[Stage] | None = None) -> lis
     if cfg.filters.clip.enabled:
         clip = cfg.filters.clip
         groups.append(([ClipScores(clip, clip.frame_set or cfg.shards.frame_set, cfg.resources.clip)], cfg.resources.clip))
+    if cfg.llm.enabled and (cfg.llm.captions.enabled or cfg.llm.qa.enabled):  # captions and QA: their own pool of I/O-bound workers, many videos each
+        from dense_caption.stages import llm_stages
+
+        groups.append((llm_stages(cfg.llm, cfg.resources.llm), cfg.resources.llm))
     groups[-1][0].extend(extra_stages or [])
     if cfg.filters.token_budget.enabled:
         groups[-1][0].append(TokenBudget(cfg.filters.token_budget, cfg.shards.frame_set, groups[-1][1]))
@@ -72,7 +76,8 @@ def run_graph(cfg: RunConfig, tasks: list[VideoTask], run_stamp: str) -> list[di
     ds = ray.data.from_items([t.to_row([]) for t in tasks], override_num_blocks=min(len(tasks), MAX_BLOCKS))
     groups = build_groups(cfg)
     for (stages, resources), size in zip(groups, _pool_sizes(groups)):
-        ds = apply_stages(ds, stages, resources.model_copy(update={"concurrency": size}), set_names)
+        rows = cfg.llm.videos_in_flight if any(s.thread_safe for s in stages) else 1
+        ds = apply_stages(ds, stages, resources.model_copy(update={"concurrency": size}), set_names, rows)
     sink = ShardSink(cfg.output.dir, cfg.shards, run_stamp)
     write = cfg.resources.write
     ds.write_datasink(sink, ray_remote_args=ray_args(write), concurrency=write.concurrency)

@@ -47,6 +47,7 @@ class RunSummary:
     rejects_total: int
     wall_s: float
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    llm: dict[str, Any] = field(default_factory=dict)  # LLM requests, tokens, retries, failures, tokens/s
 
     @property
     def processed(self) -> int:
@@ -99,6 +100,14 @@ def init_ray(cfg: RunConfig) -> None:
 
 
 def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] | tuple[str, ...] = ()) -> RunSummary:
+    """Run the graph over every source not done yet. Raises ServerUnavailable before any change when the LLM is unusable."""
+    from dense_caption.service import llm_service
+
+    with llm_service(cfg, Path(cfg.output.dir) / "logs") as served:
+        return _run(served, force, retry_reasons)
+
+
+def _run(cfg: RunConfig, force: bool, retry_reasons: list[str] | tuple[str, ...]) -> RunSummary:
     start = time.perf_counter()
     started = datetime.now(timezone.utc)
     run = RunDir(cfg.output.dir)
@@ -154,6 +163,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] |
             wall_s=time.perf_counter() - start,
             stages=_stage_times(results),
         )
+        summary.llm = _llm_totals(results, summary.wall_s)
         _write_run_json(run, cfg, summary, started, results, cleaned, dropped, sources.kind)
         return summary
 
@@ -169,6 +179,20 @@ def _stage_times(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         stage: {"seconds": round(s, 3), "videos": int(n), "videos_per_worker_s": round(n / s, 3) if s > 0 else 0.0}
         for stage, (s, n) in total.items()
     }
+
+
+def _llm_totals(results: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    """Requests, tokens, retries and failures of the caption/QA stages; tokens/s over the run's wall time."""
+    total: Counter[str] = Counter()
+    for r in results:
+        total.update(r.get("llm") or {})
+    if not total:
+        return {}
+    out: dict[str, Any] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in total.items()}
+    tokens = total["prompt_tokens"] + total["completion_tokens"]
+    out["tokens_per_s"] = round(tokens / wall_s, 1) if wall_s > 0 else 0.0
+    out["completion_tokens_per_s"] = round(total["completion_tokens"] / wall_s, 1) if wall_s > 0 else 0.0
+    return out
 
 
 def _write_run_json(
@@ -206,6 +230,7 @@ def _write_run_json(
             "videos_per_hour": round(summary.videos_per_hour, 1),
             "stages": summary.stages,
             "resume": {"cleaned": cleaned, "retried_rejects": dropped},
+            "llm": summary.llm,
         },
         "totals": {"samples": summary.samples_total, "rejects": summary.rejects_total},
         "previous_runs": previous,

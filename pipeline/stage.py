@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+import threading
 import time
 import traceback
 from typing import Any, ClassVar
@@ -22,6 +23,7 @@ from pipeline.errors import Reason, VideoError
 from pipeline.task import VideoTask
 
 log = logging.getLogger(__name__)
+_setup_lock = threading.Lock()
 
 
 class Stage(ABC):
@@ -30,6 +32,7 @@ class Stage(ABC):
     name: ClassVar[str] = "stage"
     reads: ClassVar[tuple[str, ...]] = ()  # task fields it needs (documentation and graph checks)
     writes: ClassVar[tuple[str, ...]] = ()
+    thread_safe: ClassVar[bool] = False  # may `process` run on several threads of one worker at once?
 
     def __init__(self, resources: StageResources | None = None):
         self.resources = resources or StageResources()
@@ -46,9 +49,12 @@ class Stage(ABC):
         """Return the task with this stage's fields written, or raise VideoError / call task.reject."""
 
     def ensure_setup(self) -> None:
-        if not self._ready:
-            self.setup()
-            self._ready = True
+        if self._ready:
+            return
+        with _setup_lock:
+            if not self._ready:
+                self.setup()
+                self._ready = True
 
     def __getstate__(self) -> dict[str, Any]:
         # Workers get the stage's config, never another process's loaded state.
@@ -88,23 +94,32 @@ def run_stage(stage: Stage, task: VideoTask) -> VideoTask:
     return task
 
 
-def run_chain(stages: list[Stage], row: dict[str, Any], set_names: list[str]) -> dict[str, Any]:
-    """Row in, row out: the stages of one fused Ray task applied in order."""
+def run_chain(stages: list[Stage], row: dict[str, Any], set_names: list[str], locks: dict[int, Any] | None = None) -> dict[str, Any]:
+    """Row in, row out: the stages of one fused Ray task applied in order.
+
+    `locks` (stage index -> lock) serialises stages that are not thread-safe when a worker runs several rows at once.
+    """
     task = VideoTask.from_row(row)
-    for stage in stages:
-        task = run_stage(stage, task)
+    for n, stage in enumerate(stages):
+        lock = (locks or {}).get(n)
+        if lock is None:
+            task = run_stage(stage, task)
+        else:
+            with lock:
+                task = run_stage(stage, task)
     return task.to_row(set_names)
 
 
 class ChainWorker:
-    """A Ray Data actor/task callable that sets its stages up once per worker process."""
+    """A Ray Data actor callable that sets its stages up once per worker process."""
 
     def __init__(self, stages: list[Stage], set_names: list[str]):
         self.stages = stages
         self.set_names = set_names
+        self.locks = {n: threading.Lock() for n, s in enumerate(stages) if not s.thread_safe}
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        return run_chain(self.stages, row, self.set_names)
+        return run_chain(self.stages, row, self.set_names, self.locks)
 
 
 def ray_args(resources: StageResources) -> dict[str, Any]:
@@ -116,18 +131,27 @@ def ray_args(resources: StageResources) -> dict[str, Any]:
     return args
 
 
-def apply_stages(ds: Any, stages: list[Stage], resources: StageResources, set_names: list[str]) -> Any:
-    """Add `stages` to a Ray Dataset as one map over actors (each sets up once, then streams rows)."""
+def apply_stages(
+    ds: Any, stages: list[Stage], resources: StageResources, set_names: list[str], rows_per_actor: int = 1
+) -> Any:
+    """Add `stages` to a Ray Dataset as one map over actors (each sets up once, then streams rows).
+
+    `rows_per_actor` > 1 runs that many rows at once on each actor's threads (for stages that wait on a server).
+    """
     if not stages:
         return ds
     import ray.data
 
     if not resources.concurrency:
         raise ValueError("apply_stages needs the pool size (resources.concurrency); graph.py computes it")
-    return ds.map(
-        ChainWorker,
-        fn_constructor_args=(stages, set_names),
+    if rows_per_actor > 1:
+        compute = ray.data.ActorPoolStrategy(
+            size=resources.concurrency,
+            max_tasks_in_flight_per_actor=rows_per_actor,
+            max_concurrent_calls_per_actor=rows_per_actor,
+            enable_true_multi_threading=True,
+        )
+    else:
         # at most 2 videos queued per actor, so one slow video never holds several others behind it
-        compute=ray.data.ActorPoolStrategy(size=resources.concurrency, max_tasks_in_flight_per_actor=2),
-        **ray_args(resources),
-    )
+        compute = ray.data.ActorPoolStrategy(size=resources.concurrency, max_tasks_in_flight_per_actor=2)
+    return ds.map(ChainWorker, fn_constructor_args=(stages, set_names), compute=compute, **ray_args(resources))

@@ -11,6 +11,8 @@ removed (their videos are simply redone); `index.parquet` and
 
 from __future__ import annotations
 
+import fnmatch
+
 import json
 import os
 import shutil
@@ -93,9 +95,12 @@ def clean(run: RunDir) -> dict[str, int]:
 
 
 def drop_rejects(run: RunDir, reasons: list[str]) -> int:
-    """Forget rejects with these reasons (so the run retries them); returns how many were dropped."""
+    """Forget rejects with these reasons (so the run retries them); returns how many were dropped.
+
+    A reason may be a shell-style pattern: `llm_*` retries every LLM failure.
+    """
     rows = reject_rows(run)
-    keep = [r for r in rows if r["reason"] not in set(reasons)]
+    keep = [r for r in rows if not any(fnmatch.fnmatchcase(r["reason"], pattern) for pattern in reasons)]
     if len(keep) == len(rows):
         return 0
     old = list(run.ledger_rejects.glob("*.parquet"))

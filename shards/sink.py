@@ -74,7 +74,7 @@ class ShardSink(Datasink):
     def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
         run = RunDir(self.out_dir).make()
         writer_id = f"{self.cfg.prefix}-{self.run_stamp}-{getattr(ctx, 'task_idx', 0):05d}-{uuid.uuid4().hex[:8]}"
-        summary: dict[str, Any] = {"samples": 0, "rejects": Counter(), "timings": {}, "shards": [], "frames": 0}
+        summary: dict[str, Any] = {"samples": 0, "rejects": Counter(), "timings": {}, "shards": [], "frames": 0, "llm": Counter()}
         rejects: list[dict[str, Any]] = []
         current: ShardFile | None = None
         rows: list[dict[str, Any]] = []
@@ -98,6 +98,9 @@ class ShardSink(Datasink):
                         spent = summary["timings"].setdefault(stage, [0.0, 0])
                         spent[0] += seconds
                         spent[1] += 1
+                    for name, value in (task.meta.get("llm") or {}).items():  # LLM usage of kept and rejected videos
+                        if isinstance(value, (int, float)):
+                            summary["llm"][name] += value
                     if task.rejected:
                         rejects.append({"key": task.key, "source": task.source, **task.error})
                         summary["rejects"][task.error["reason"]] += 1
@@ -123,6 +126,7 @@ class ShardSink(Datasink):
             raise
         write_rejects_part(run, rejects)
         summary["rejects"] = dict(summary["rejects"])
+        summary["llm"] = dict(summary["llm"])
         summary["timings"]["write"] = [time.perf_counter() - start, summary["samples"]]
         return summary
 
