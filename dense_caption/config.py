@@ -55,6 +55,9 @@ class HttpBackendConfig(_Strict):
     timeout_s: Annotated[float, Field(gt=0)] = 300.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     managed: ManagedServerConfig = ManagedServerConfig()
+    record_requests: str | None = Field(
+        None, description="append every request body to this JSONL file (benchmarks and debugging; no API key in it)"
+    )
 
     @model_validator(mode="after")
     def _managed_model(self) -> "HttpBackendConfig":
@@ -156,7 +159,7 @@ class LLMConfig(_Strict):
     engine: EngineBackendConfig = EngineBackendConfig()
     retry: RetryConfig = RetryConfig()
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.2
-    seed: int | None = 0
+    seed: int | None = Field(None, description="per-request sampling seed (null: the server picks)")
     videos_in_flight: Annotated[int, Field(gt=0)] = Field(32, description="videos one LLM worker handles at once")
     prompts_dir: str | None = Field(None, description="folder of prompt templates (default: dense_caption/prompts)")
     captions: CaptionConfig = CaptionConfig()

@@ -95,6 +95,9 @@ class HttpChatBackend:
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         session, slots = self._open()
+        if self.cfg.record_requests:
+            with open(self.cfg.record_requests, "a") as f:  # one line per request; the event loop is one thread
+                f.write(json.dumps(self.payload(request)) + "\n")
         async with slots:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)

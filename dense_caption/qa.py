@@ -29,10 +29,8 @@ _TIME = re.compile(r"\b(?:(\d{1,2}):)?(\d{1,2}):(\d{2})\b")
 
 
 def _text(cfg_chars: int, pattern: str | None) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": cfg_chars}
-    if pattern:
-        schema["pattern"] = pattern
-    return schema
+    # xgrammar takes a pattern or length bounds on a string, not both: the pattern then bounds the length
+    return {"type": "string", "pattern": pattern} if pattern else {"type": "string", "maxLength": cfg_chars}
 
 
 def qa_schema(kind: str, duration_s: float, max_chars: int, pattern: str | None) -> dict[str, Any]:

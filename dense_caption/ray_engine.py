@@ -118,6 +118,10 @@ class EngineChatBackend:
         replica = min(self.replicas, key=lambda r: r.in_flight)
         return await replica.chat(request)
 
+    @property
+    def peak_in_flight(self) -> int:
+        return sum(r.peak_in_flight for r in self.replicas)
+
     async def close(self) -> None:
         for r in self.replicas:
             await r.close()

@@ -53,9 +53,13 @@ _backends: dict[tuple[Any, ...], ChatBackend] = {}
 _backends_lock = threading.Lock()
 
 
+def _key(cfg: LLMConfig) -> tuple[Any, ...]:
+    return (cfg.backend, cfg.model, cfg.http.url, tuple(cfg.engine.urls), cfg.http.max_concurrency)
+
+
 def make_backend(cfg: LLMConfig) -> ChatBackend:
     """The process's backend for this config (caption and QA stages share it, and so share its request slots)."""
-    key = (cfg.backend, cfg.model, cfg.http.url, cfg.http.max_concurrency)
+    key = _key(cfg)
     with _backends_lock:
         if key not in _backends:
             if cfg.backend == "http":
@@ -91,12 +95,19 @@ class _LLMStage(Stage):
         self._backend = make_backend(self.cfg)
         self._loop = EventLoopThread.get()
 
+    def teardown(self) -> None:
+        """Close the shared HTTP session once (both LLM stages hold the same backend)."""
+        backend = _backends.pop(_key(self.cfg), None)
+        if backend is not None:
+            self._loop.run(backend.close())
+
     def _run(self, task: VideoTask, job: Awaitable[T], usage: Usage) -> T:
         try:
             return self._loop.run(job)
         except LLMFailure as e:
             raise VideoError(e.reason, e.detail) from None
         finally:
+            usage.peak_in_flight = max(usage.peak_in_flight, getattr(self._backend, "peak_in_flight", 0))
             add_usage(task, usage)
 
 

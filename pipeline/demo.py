@@ -61,6 +61,23 @@ def write_annotations(paths: list[Path], video_dir: Path) -> Path:
     return target
 
 
+def prepare_tiny_llm(cfg: RunConfig) -> RunConfig:
+    """With a managed server on a model folder that does not exist yet, build the tiny test VLM there first."""
+    llm = cfg.llm
+    if not (llm.enabled and llm.backend == "http" and llm.http.mode == "managed"):
+        return cfg
+    from dense_caption.local_server import ensure_tiny_vlm, vllm_python
+
+    managed = llm.http.managed
+    python = Path(managed.python) if managed.python and Path(managed.python).exists() else vllm_python()
+    if not Path(managed.model).exists():
+        t0 = time.perf_counter()
+        ensure_tiny_vlm(Path(managed.model), python)
+        print(f"built the tiny random-weight VLM in {managed.model} ({time.perf_counter() - t0:.1f}s): its captions are noise")
+    managed = managed.model_copy(update={"python": str(python)})
+    return cfg.model_copy(update={"llm": llm.model_copy(update={"http": llm.http.model_copy(update={"managed": managed})})})
+
+
 def run_demo(cfg: RunConfig) -> int:
     """Generate the examples under input.path, run the real pipeline on them (embedded Ray), print the stats."""
     from pipeline.cli import print_run_summary
@@ -74,6 +91,7 @@ def run_demo(cfg: RunConfig) -> int:
         video_dir = video_dir.parent
     paths = make_examples(video_dir)
     write_annotations(paths, video_dir)
+    cfg = prepare_tiny_llm(cfg)
     print(f"{len(paths)} example files in {video_dir} ({time.perf_counter() - t0:.1f}s)\n")
     summary = run_pipeline(cfg, force=True)  # a demo always shows a whole run
     print_run_summary(summary)

@@ -182,16 +182,24 @@ def _stage_times(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def _llm_totals(results: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
-    """Requests, tokens, retries and failures of the caption/QA stages; tokens/s over the run's wall time."""
+    """Requests, tokens, retries and failures of the caption/QA stages.
+
+    Tokens/s are over `active_s`, from the first request sent to the last answer received in this run.
+    """
+    from shards.sink import add_llm_usage
+
     total: Counter[str] = Counter()
     for r in results:
-        total.update(r.get("llm") or {})
+        add_llm_usage(total, r.get("llm") or {})
     if not total:
         return {}
+    first, last = total.pop("first_at", 0), total.pop("last_at", 0)
     out: dict[str, Any] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in total.items()}
+    active = max(0.0, last - first) if first else wall_s
     tokens = total["prompt_tokens"] + total["completion_tokens"]
-    out["tokens_per_s"] = round(tokens / wall_s, 1) if wall_s > 0 else 0.0
-    out["completion_tokens_per_s"] = round(total["completion_tokens"] / wall_s, 1) if wall_s > 0 else 0.0
+    out["active_s"] = round(active, 3)
+    out["tokens_per_s"] = round(tokens / active, 1) if active > 0 else 0.0
+    out["completion_tokens_per_s"] = round(total["completion_tokens"] / active, 1) if active > 0 else 0.0
     return out
 
 

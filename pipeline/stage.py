@@ -121,6 +121,14 @@ class ChainWorker:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         return run_chain(self.stages, row, self.set_names, self.locks)
 
+    def __del__(self) -> None:  # Ray Data drops the callable when the pool shuts down gracefully
+        for stage in getattr(self, "stages", []):
+            if stage._ready:
+                try:
+                    stage.teardown()
+                except Exception:
+                    log.exception("teardown of %s failed", stage.name)
+
 
 def ray_args(resources: StageResources) -> dict[str, Any]:
     args: dict[str, Any] = {"num_cpus": resources.num_cpus}

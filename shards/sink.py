@@ -57,6 +57,17 @@ def index_row(task: VideoTask, shard: str, frame_set: str, nbytes: int) -> dict[
     return row
 
 
+def add_llm_usage(total: Counter, usage: dict[str, Any]) -> None:
+    """Sum request/token counts; keep the earliest start and the latest finish of the LLM's working window."""
+    for name, value in usage.items():
+        if name == "first_at" and value:
+            total[name] = min(total[name] or value, value)
+        elif name in ("last_at", "peak_in_flight"):
+            total[name] = max(total[name], value)
+        elif isinstance(value, (int, float)):
+            total[name] += value
+
+
 class ShardSink(Datasink):
     def __init__(self, out_dir: str, shards: ShardsConfig, run_stamp: str):
         self.out_dir = out_dir
@@ -98,9 +109,7 @@ class ShardSink(Datasink):
                         spent = summary["timings"].setdefault(stage, [0.0, 0])
                         spent[0] += seconds
                         spent[1] += 1
-                    for name, value in (task.meta.get("llm") or {}).items():  # LLM usage of kept and rejected videos
-                        if isinstance(value, (int, float)):
-                            summary["llm"][name] += value
+                    add_llm_usage(summary["llm"], task.meta.get("llm") or {})  # kept and rejected videos
                     if task.rejected:
                         rejects.append({"key": task.key, "source": task.source, **task.error})
                         summary["rejects"][task.error["reason"]] += 1

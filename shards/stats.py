@@ -51,6 +51,8 @@ def compute_stats(run: RunDir) -> dict[str, Any]:
         "conversations": _summary(_column(rows, "num_conversations")),
         "qa_by_type": {c[len("qa_") :]: int(sum(_column(rows, c))) for c in columns if c.startswith("qa_")},
         "captions": {c: _summary(_column(rows, c)) for c in columns if c.startswith("caption_")},
+        "qa_per_sample": _summary(_column(rows, "num_qa")),
+        "llm_tokens": {c[len("llm_") :]: int(sum(_column(rows, c))) for c in columns if c.startswith("llm_") and "tokens" in c},
         "scores": {c[len("score_") :]: _summary(_column(rows, c)) for c in columns if c.startswith("score_")},
         "decoders": dict(Counter(r.get("decoder") or "?" for r in rows)),
         "rejects": len(rejects),
@@ -62,6 +64,8 @@ def compute_stats(run: RunDir) -> dict[str, Any]:
     this_run = run_json.get("this_run", {})
     if this_run:
         stats["last_run"] = {k: this_run.get(k) for k in ("started", "wall_s", "accepted", "rejected", "videos_per_hour")}
+        if this_run.get("llm"):
+            stats["last_run"]["llm"] = this_run["llm"]
     return stats
 
 
@@ -83,6 +87,8 @@ def stats_table(stats: dict[str, Any]) -> str:
     ]
     rows += [[f"tokens {name}", _fmt(s)] for name, s in stats["tokens"].items()]
     rows += [["conversations per sample", _fmt(stats["conversations"])]]
+    if stats["qa_per_sample"].get("count"):
+        rows += [["QA pairs per sample", _fmt(stats["qa_per_sample"])]]
     rows += [[f"QA {t}", n] for t, n in stats["qa_by_type"].items()]
     rows += [[name.replace("_", " "), _fmt(s)] for name, s in stats["captions"].items()]
     rows += [[f"score {name}", _fmt(s)] for name, s in stats["scores"].items()]
@@ -95,4 +101,9 @@ def stats_table(stats: dict[str, Any]) -> str:
     if "last_run" in stats:
         lr = stats["last_run"]
         rows += [["last run", f"{lr['started']}  {lr['wall_s']}s  {lr['videos_per_hour']} videos/hour"]]
+        if lr.get("llm"):
+            llm = lr["llm"]
+            rows += [["last run LLM", f"{llm.get('requests', 0)} requests ({llm.get('retries', 0)} retried, "
+                      f"{llm.get('failures', 0)} failed)  {llm.get('tokens_per_s', 0)} tokens/s"]]  # fmt: skip
+    rows += [[f"LLM {name.replace('_', ' ')} (kept samples)", n] for name, n in stats["llm_tokens"].items()]
     return table(["run " + stats["run_dir"], ""], rows)

@@ -42,7 +42,7 @@ def bad_file(video_dir):
 def run_config(tmp_path) -> RunConfig:
     """The demo config pointed at a temporary output folder."""
     root = Path(__file__).resolve().parents[1]
-    return load_config(root / "configs" / "demo.yaml", [f"output.dir={tmp_path / 'out'}", f"input.path={tmp_path}", "input.format=auto"])
+    return load_config(root / "configs" / "demo.yaml", [f"output.dir={tmp_path / 'out'}", f"input.path={tmp_path}", "input.format=auto", "llm.enabled=false"])
 
 
 GOOD_MIX = ["h264_10s", "hevc_10s", "theora_10s", "vfr_10s", "rotated_10s"]
@@ -90,5 +90,5 @@ def pipeline_config(input_path, out_dir, *sets: str) -> RunConfig:
     """The demo config pointed at `input_path` / `out_dir`, small shards, no progress bars."""
     root = Path(__file__).resolve().parents[1]
     base = [f"input.path={input_path}", "input.format=auto", f"output.dir={out_dir}", "shards.max_samples=2",
-            "ray.progress=false"]
+            "ray.progress=false", "llm.enabled=false"]
     return load_config(root / "configs" / "demo.yaml", base + list(sets))

@@ -40,7 +40,8 @@ def llm_config(videos: Path, out: Path, url: str, *extra: str):
     return pipeline_config(
         videos, out, SETS, "llm.enabled=true", "llm.model=fake", f"llm.http.url={url}",
         "llm.retry.attempts=2", "llm.retry.transport_window_s=20", "llm.retry.backoff_s=0.05",
-        "llm.retry.backoff_max_s=0.5", "llm.http.timeout_s=2", "llm.videos_in_flight=4", *extra,
+        "llm.retry.backoff_max_s=0.5", "llm.http.timeout_s=2", "llm.videos_in_flight=4", "llm.http.mode=external",
+        "llm.captions.text_pattern=null", "llm.qa.text_pattern=null", *extra,
     )  # fmt: skip
 
 
@@ -59,6 +60,7 @@ def test_faults_reject_only_their_videos_and_retry_rejects_redoes_them(llm_video
         summary = run_pipeline(llm_config(llm_videos, out, fake.url))
     run = open_run(out)
     rejects = {Path(r["source"]).stem: r for r in read_rejects(run)}
+    assert sorted(rejects) == ["clip_17s", "clip_23s"], rejects
     assert rejects["clip_17s"]["reason"] == "llm_bad_json" and rejects["clip_17s"]["stage"] == "caption"
     assert rejects["clip_23s"]["reason"] == "llm_truncated"
     index = {Path(r["source"]).stem: r for r in read_index(run)}

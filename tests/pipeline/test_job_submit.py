@@ -82,7 +82,7 @@ def test_ray_job_submit_runs_the_pipeline_on_the_cluster(ray_head, mixed_dir, tm
     out = tmp_path / "job_out"
     submit = [ray, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
               "python", "-m", "pipeline", "run", "configs/demo.yaml", "--set", f"input.path={mixed_dir}", "--set", "input.format=auto",
-              "--set", f"output.dir={out}", "--set", "ray.progress=false"]
+              "--set", f"output.dir={out}", "--set", "ray.progress=false", "--set", "llm.enabled=false"]
     for _ in range(6):  # the head's job agent can take a few seconds to come up after `ray start` returns
         done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=480, cwd=ROOT)
         if "No available agent" not in done.stderr:

