@@ -11,6 +11,7 @@ so the server still sees a full batch.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -97,7 +98,11 @@ class CaptionJob:
             text = self.prompts.render(
                 "clip_caption", num_frames=len(frames), span=span(start, end), duration=duration, context=context
             )
-            media = [video_part(frames, fps, c.image_size)] if c.media == "video" else image_parts(frames, c.image_size)
+            # JPEG resizing and base64 run off the event loop, which serves every video's requests
+            if c.media == "video":
+                media = [await asyncio.to_thread(video_part, frames, fps, c.image_size)]
+            else:
+                media = await asyncio.to_thread(image_parts, frames, c.image_size)
             content = [*media, {"type": "text", "text": text}]
             caption = await self.ask(f"clip {span(start, end)}", content, c.max_tokens_clip)
             clips.append({"start_s": start, "end_s": end, "span": span(start, end), "text": caption, "frames": len(frames)})
