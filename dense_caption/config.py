@@ -43,6 +43,7 @@ class ManagedServerConfig(_Strict):
     args: list[str] = Field(default_factory=list, description="extra `vllm` server arguments")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for the server process")
     startup_timeout_s: Annotated[float, Field(gt=0)] = 900.0
+    max_restarts: Annotated[int, Field(ge=0)] = 3  # a server that dies mid-run is started again this many times
 
 
 class HttpBackendConfig(_Strict):

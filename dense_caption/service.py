@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from dense_caption.http_backend import ServerUnavailable, check_server
 from pipeline.config import RunConfig
+
+if TYPE_CHECKING:
+    from dense_caption.managed import ManagedServer
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +64,43 @@ def llm_service(cfg: RunConfig, log_dir: Path) -> Iterator[RunConfig]:
         server.start()
     except ServerStartError as e:
         raise ServerUnavailable(f"the managed LLM server did not come up: {e}") from None
+    keeper = ServerKeeper(server, m.max_restarts)
     try:
         check_server(server.url, llm.model, llm.http)
+        keeper.start()
         yield _with(cfg, http=llm.http.model_copy(update={"url": server.url}))
     finally:
+        keeper.stop()
         server.stop()
+
+
+class ServerKeeper(threading.Thread):
+    """Restarts a managed server that dies mid-run (same port), so the workers' retries find it back."""
+
+    def __init__(self, server: "ManagedServer", max_restarts: int, poll_s: float = 1.0):
+        super().__init__(name="llm-server-keeper", daemon=True)
+        self.server, self.max_restarts, self.poll_s = server, max_restarts, poll_s
+        self.restarts = 0
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopping.wait(self.poll_s):
+            proc = self.server.proc
+            if proc is None or proc.poll() is None:
+                continue
+            if self.restarts >= self.max_restarts:
+                log.error("the managed LLM server died (exit %s) and max_restarts=%d is used up", proc.returncode, self.max_restarts)
+                return
+            self.restarts += 1
+            log.warning("the managed LLM server died (exit %s); restart %d of %d", proc.returncode, self.restarts, self.max_restarts)
+            try:
+                self.server.stop()  # reap what is left of its process group
+                if not self._stopping.is_set():
+                    self.server.start()
+            except Exception as e:  # the workers' retries run out and their videos become llm_unavailable rejects
+                log.error("restarting the managed LLM server failed: %s", e)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.is_alive():
+            self.join(timeout=self.server.startup_timeout_s + 30)

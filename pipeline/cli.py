@@ -168,9 +168,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from train.config import TrainConfig
 
     cfg = load_config(args.config, args.set or [], model=TrainConfig)
-    if cfg.parallel == "fsdp":
-        print("error: parallel: fsdp is not available yet; use ddp", file=sys.stderr)
-        return 2
     if cfg.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # launch the ranks; a multi-node launcher sets WORLD_SIZE
         sets = [x for s in args.set or [] for x in ("--set", s)]
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cfg.nproc_per_node}",

@@ -46,13 +46,17 @@ def latest(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save(run_dir: str | Path, step: int, model: Any, tokenizer: Any, state: dict[str, Any], keep: int) -> Path:
+def save(
+    run_dir: str | Path, step: int, model: Any, tokenizer: Any, state: dict[str, Any], keep: int,
+    weights: dict[str, Any] | None = None,
+) -> Path:
+    """`weights`: a full state dict gathered from sharded ranks (FSDP); None saves the model's own."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
     tokenizer.save_pretrained(tmp)
     torch.save(state, tmp / "state.pt")
     (tmp / COMPLETE).write_text(str(step))

@@ -1,4 +1,4 @@
-"""The staged trainer: one process or many (torchrun), DDP by default, resume by default.
+"""The staged trainer: one process or many (torchrun), DDP by default or FSDP2 (`parallel: fsdp`), resume by default.
 
 A step takes `grad_accum` micro-batches (gradients synchronised only on the last one), clips, steps
 AdamW (learning rate per part, 0 = frozen) under a warmup + cosine schedule, and logs loss, learning
@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 
 from pipeline.config import write_resolved_config
-from train import checkpoint
+from train import checkpoint, fsdp
 from train.chat import IGNORE, ChatEncoder
 from train.config import TrainConfig
 from train.data import build_dataset
@@ -141,25 +141,33 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     cfg = cfg.model_copy(update={"data": data_cfg})
     if cfg.model.activation_checkpointing and not cfg.model.tiny:
         model.gradient_checkpointing_enable()
+    fsdp_on = cfg.parallel == "fsdp" and world > 1
+    resume = checkpoint.latest(run_dir)
+    if resume is not None:
+        checkpoint.load_weights(model, resume)  # full weights on every rank, before any sharding
     model.to(device).train()
+    if fsdp_on:
+        model = fsdp.shard(model, world, device, bf16=cfg.optim.precision == "bf16")
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     step, epoch, consumed = 0, 0, 0
-    resume = checkpoint.latest(run_dir)
     if resume is not None:
-        checkpoint.load_weights(model, resume)
         state = checkpoint.load_state(resume)
-        optimizer.load_state_dict(state["optimizer"])
+        if fsdp_on:
+            fsdp.load_optimizer_state(model, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, consumed = state["step"], state["epoch"][rank], state["consumed"][rank]
         checkpoint.set_rng_state(state["rng"][rank])
         log.info("resumed from %s at step %d", resume, step)
     if rank == 0:
         write_resolved_config(cfg, run_dir, "train.resolved.yaml")
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 and not fsdp_on else model
     stream = DataStream(cfg, ChatEncoder(tokenizer, image_token=cfg.model.video_token), tokenizer.pad_token_id, epoch, consumed)
     batches = stream.batches()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.optim.precision == "bf16" else contextlib.nullcontext()
+    bf16_autocast = cfg.optim.precision == "bf16" and not fsdp_on  # FSDP's policy casts to bf16 itself
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16_autocast else contextlib.nullcontext()
     history = []
     logf = open(run_dir / "log.jsonl", "a") if rank == 0 else None
     while step < cfg.optim.max_steps:
@@ -175,7 +183,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         scale = world / max(float(supervised.item()), 1.0)
         for micro, batch in enumerate(micro_batches):
             sync = micro == cfg.optim.grad_accum - 1 or world == 1
-            with (contextlib.nullcontext() if sync else wrapped.no_sync()), autocast:
+            if fsdp_on:
+                fsdp.set_gradient_sync(model, sync)
+            no_sync = contextlib.nullcontext() if sync or fsdp_on else wrapped.no_sync()
+            with no_sync, autocast:
                 token_sum = summed_loss(wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"])
             (token_sum * scale).backward()
             total += token_sum.item() / max(float(supervised.item()), 1.0)
@@ -212,12 +223,15 @@ def _gather(value: Any, world: int) -> list[Any]:
 
 
 def _save(cfg, run_dir, step, model, tokenizer, optimizer, scheduler, stream, rank, world) -> None:
+    sharded = cfg.parallel == "fsdp" and world > 1
+    weights = fsdp.full_model_state(model) if sharded else None  # collectives: every rank takes part
+    optim_state = fsdp.full_optimizer_state(model, optimizer) if sharded else optimizer.state_dict()
     state = {
-        "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
         "epoch": _gather(stream.epoch, world), "consumed": _gather(stream.consumed, world),
         "rng": _gather(checkpoint.rng_state(), world),
     }
     if rank == 0:
-        checkpoint.save(run_dir, step, model, tokenizer, state, cfg.output.keep)
+        checkpoint.save(run_dir, step, model, tokenizer, state, cfg.output.keep, weights)
     if world > 1:
         torch.distributed.barrier()

@@ -130,3 +130,40 @@ def test_managed_server_that_never_starts_fails_the_run_cleanly(one_video, vllm_
         run_pipeline(cfg)
     assert not (out / "shards").exists() and not (out / ".ledger").exists()
 
+
+
+def test_managed_server_killed_mid_run_is_restarted_and_nothing_is_lost(real_videos, vllm_python, tiny_vlm_dir,
+                                                                        ray_local, tmp_path):  # fmt: skip
+    import threading
+    import time
+
+    import psutil
+
+    out = tmp_path / "out"
+    port = free_port()
+    cfg = pipeline_config(real_videos, out, SETS, "llm.enabled=true", f"llm.model={SERVED_NAME}",
+                          f"llm.http.managed.model={tiny_vlm_dir}", f"llm.http.managed.python={vllm_python}",
+                          f"llm.http.managed.port={port}", "llm.retry.transport_window_s=240")  # fmt: skip
+    log = out / "logs" / "llm-server.log"
+    killed = []
+
+    def kill_after_first_answers() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            if log.exists() and log.read_text(errors="replace").count("POST /v1/chat/completions") >= 5:
+                for proc in psutil.process_iter(["cmdline"]):
+                    if f"--port {port}" in " ".join(proc.info["cmdline"] or []):
+                        proc.kill()  # the API server dies; its engine follows
+                        killed.append(proc.pid)
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=kill_after_first_answers, daemon=True).start()
+    summary = run_pipeline(cfg)
+    assert killed, "the server was never killed"
+    text = log.read_text(errors="replace")
+    assert text.count("Application startup complete") >= 2  # it came back on the same port
+    rejects = read_rejects(open_run(out))
+    assert not [r for r in rejects if r["reason"] in ("llm_unavailable", "llm_timeout", "llm_http_error")], rejects
+    assert summary.accepted + len(rejects) == 3 and summary.llm["retries"] >= 1
+    assert verify_run(open_run(out)) == []

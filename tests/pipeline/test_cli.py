@@ -70,7 +70,7 @@ def test_demo_runs_the_pipeline_end_to_end(tmp_path):
     assert "pyav" in {r["decoder"] for r in index}  # the Ogg/Theora example falls back
     assert (out / "config.resolved.yaml").exists() and (out / "run.json").exists()
     assert "samples" in done.stdout and "rejects" in done.stdout
-    assert all(r["num_conversations"] == 1 for r in index)  # the demo's annotation file: trainable shards
+    assert all(r["num_conversations"] == 1 + r["num_qa"] for r in index)  # the annotation file's + one per QA pair
     verify = cli("stats", out, "--verify")
     assert verify.returncode == 0, verify.stderr
 

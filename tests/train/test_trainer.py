@@ -103,7 +103,8 @@ def test_two_ranks_under_torchrun_through_the_cli(shards, tmp_path):
     assert state["step"] == 4 and len(state["consumed"]) == 2  # each rank's data position is kept
 
 
-def test_two_ranks_match_one_rank_with_the_same_global_batch(shards, tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_ranks_match_one_rank_with_the_same_global_batch(shards, tmp_path, parallel):
     import subprocess
     import sys
     from pathlib import Path
@@ -134,6 +135,37 @@ def test_two_ranks_match_one_rank_with_the_same_global_batch(shards, tmp_path):
         return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
 
     one = run(tmp_path / "one", "data.batch_size=2")
-    ranks = run(tmp_path / "ranks", "data.batch_size=1", "nproc_per_node=2")
+    ranks = run(tmp_path / "ranks", "data.batch_size=1", "nproc_per_node=2", f"parallel={parallel}")
     assert len(one) == len(ranks) == 3
     assert ranks == pytest.approx(one, rel=1e-4, abs=1e-5), (one, ranks)
+
+
+def test_fsdp_resumes_exactly_and_saves_a_transformers_checkpoint(shards, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from train.model import VideoLlava
+
+    root = Path(__file__).resolve().parents[2]
+
+    def run(out):
+        sets = [f"data.shards={shards}", f"output.dir={out}", "nproc_per_node=2", "parallel=fsdp", "optim.max_steps=6",
+                "output.save_every=2", "output.log_every=1", "data.num_workers=0", "output.keep=3"]
+        done = subprocess.run([sys.executable, "-m", "pipeline", "train", str(root / "configs/train/tiny_debug.yaml"),
+                               *[x for s in sets for x in ("--set", s)]], capture_output=True, text=True, cwd=root,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return {r["step"]: r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())}
+
+    full = run(tmp_path / "full")
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "full", cut)
+    shutil.rmtree(cut / "checkpoints" / "step-000006")  # as if killed after step 4's checkpoint
+    (cut / "log.jsonl").write_text("")
+    resumed = run(cut)
+    assert sorted(resumed) == [5, 6]
+    assert [resumed[5], resumed[6]] == pytest.approx([full[5], full[6]], rel=1e-5)
+    state = checkpoint.load_state(checkpoint.latest(cut))
+    assert state["step"] == 6 and state["optimizer"]["state"]  # the full optimizer state, by parameter name
+    VideoLlava.from_pretrained(checkpoint.latest(cut))  # plain safetensors a transformers model loads
