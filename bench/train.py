@@ -1,7 +1,7 @@
 """Trainer throughput on CPU with the tiny model: the real trainer against its own compute alone, same run.
 
   trainer   `train.trainer.train` on the pipeline's shards: data from the shards (JPEG decode, prompt,
-            labels), forward + backward + AdamW, logging, one process, fp32;
+            labels) in one loader worker, forward + backward + AdamW, logging, one training process, fp32;
   compute   the same model and optimizer on one real batch held in memory, the same steps: what the
             step costs with no data loading and no trainer around it;
   ddp/fsdp  the trainer with 2 ranks (gloo) under each parallel mode, through `prolongvid train`.
@@ -46,7 +46,7 @@ def make_shards(work: Path, n: int) -> Path:
     records = [{"id": f"t{i}-{k}", "video": f"t{i}.mp4", "conversations": TURNS} for i in range(n) for k in range(2)]
     (videos / "ann.json").write_text(json.dumps(records))
     cfg = load_config(None, [f"input.path={videos / 'ann.json'}", "input.format=llava", f"output.dir={out}",
-                             "filters.visual.enabled=false", "ray.progress=false", "llm.enabled=false",
+                             "filters.visual.enabled=false", "ray.progress=false", "llm.enabled=false", "shards.max_samples=1",
                              "sampling.sets=[{name: shard, mode: uniform, num_frames: 64, resize: {size: 64}}]"])  # fmt: skip
     run_pipeline(cfg)
     return out
@@ -54,7 +54,8 @@ def make_shards(work: Path, n: int) -> Path:
 
 def train_sets(shards: Path, out: Path, steps: int, frames: int) -> list[str]:
     return [f"data.shards={shards}", f"output.dir={out}", f"optim.max_steps={steps}", f"data.frames={frames}",
-            "output.log_every=1", f"output.save_every={steps * 10}", "data.shuffle_buffer=0"]  # fmt: skip
+            "output.log_every=1", f"output.save_every={steps * 10}", "data.shuffle_buffer=0",
+            "data.num_workers=1"]  # fmt: skip  # one loader process prefetches while the step runs
 
 
 def trainer(shards: Path, steps: int, frames: int) -> dict:
