@@ -80,7 +80,8 @@ def compute_only(shards: Path, steps: int, frames: int) -> dict:
     from train.chat import ChatEncoder
     from train.config import TrainConfig
     from train.model import tokens_per_frame
-    from train.trainer import DataStream, build_optimizer, load_parts, summed_loss
+    from train.batching import DataStream
+    from train.trainer import build_optimizer, load_parts, summed_loss
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(ROOT / "configs/train/tiny_debug.yaml", train_sets(shards, Path(tmp), steps, frames),

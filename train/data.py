@@ -40,6 +40,7 @@ class DataConfig(_Strict):
     overlong: Literal["drop", "fewer_frames"] = "fewer_frames"
     min_frames: Annotated[int, Field(gt=0)] = 4  # fewer_frames never goes below this
     shuffle_buffer: Annotated[int, Field(ge=0)] = 64
+    length_bucket_tokens: Annotated[int, Field(ge=0)] = 0  # batch items whose lengths share this bucket (0: frames only)
     seed: int = 0
 
 

@@ -4,8 +4,9 @@ A step takes `grad_accum` micro-batches (gradients synchronised only on the last
 AdamW (learning rate per part, 0 = frozen) under a warmup + cosine schedule, and logs loss, learning
 rate, tokens/s, data-wait and step time to `<output.dir>/log.jsonl`. When the output dir holds a
 checkpoint, training resumes from it exactly: weights, optimizer, scheduler, step, RNG and data
-position (epoch and items consumed; exact with `data.num_workers: 0`, to the nearest item per worker
-otherwise). A new stage starts from the previous one's weights with `model.init_from`.
+position (epoch, items consumed and the items still waiting in batch buckets, see `train/batching.py`;
+exact with `data.num_workers: 0`, to the nearest item per worker otherwise). A new stage starts from the
+previous one's weights with `model.init_from`.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from pipeline.config import write_resolved_config
 from train import checkpoint, fsdp
+from train.batching import DataStream
 from train.chat import IGNORE, ChatEncoder
 from train.config import TrainConfig
-from train.data import build_dataset
 from train.model import VideoLlava, tokens_per_frame
 
 log = logging.getLogger(__name__)
@@ -91,47 +92,6 @@ def summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                                              reduction="sum")
 
 
-def collate(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    frames = {tuple(i["pixel_values"].shape) for i in items}
-    if len(frames) > 1:
-        raise ValueError(f"a batch mixes frame counts {sorted(frames)}: use data.batch_size 1 with overlong=fewer_frames")
-    width = max(len(i["input_ids"]) for i in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for row, item in enumerate(items):
-        n = len(item["input_ids"])
-        ids[row, :n], labels[row, :n], mask[row, :n] = item["input_ids"], item["labels"], 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask,
-            "pixel_values_videos": torch.stack([i["pixel_values"] for i in items])}
-
-
-class DataStream:
-    """Endless batches over epochs; remembers (epoch, items consumed) so a resume can continue exactly."""
-
-    def __init__(self, cfg: TrainConfig, encoder: ChatEncoder, pad_id: int, epoch: int = 0, consumed: int = 0):
-        self.cfg, self.encoder, self.pad_id = cfg, encoder, pad_id
-        self.epoch, self.consumed = epoch, consumed
-
-    def _items(self) -> Iterator[dict[str, Any]]:
-        while True:
-            dataset = build_dataset(self.cfg.data, self.encoder, epoch=self.epoch, skip=self.consumed)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.cfg.data.num_workers)
-            got = 0
-            for item in loader:
-                got += 1
-                self.consumed += 1
-                yield item
-            if got == 0 and self.consumed == 0:
-                raise RuntimeError(f"no training items in {self.cfg.data.shards} for this rank (fewer shards than ranks?)")
-            self.epoch, self.consumed = self.epoch + 1, 0
-
-    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        items = self._items()
-        while True:
-            yield collate([next(items) for _ in range(self.cfg.data.batch_size)], self.pad_id)
-
-
 def train(cfg: TrainConfig) -> dict[str, Any]:
     rank, world, device = setup_distributed()
     run_dir = Path(cfg.output.dir)
@@ -150,7 +110,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model = fsdp.shard(model, world, device, bf16=cfg.optim.precision == "bf16")
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    step, epoch, consumed = 0, 0, 0
+    step, epoch, consumed, pending = 0, 0, 0, []
     if resume is not None:
         state = checkpoint.load_state(resume)
         if fsdp_on:
@@ -159,12 +119,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, consumed = state["step"], state["epoch"][rank], state["consumed"][rank]
+        pending = state.get("pending", [[]] * world)[rank]
         checkpoint.set_rng_state(state["rng"][rank])
         log.info("resumed from %s at step %d", resume, step)
     if rank == 0:
         write_resolved_config(cfg, run_dir, "train.resolved.yaml")
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 and not fsdp_on else model
-    stream = DataStream(cfg, ChatEncoder(tokenizer, image_token=cfg.model.video_token), tokenizer.pad_token_id, epoch, consumed)
+    stream = DataStream(cfg, ChatEncoder(tokenizer, image_token=cfg.model.video_token), tokenizer.pad_token_id, epoch,
+                        consumed, pending)
     batches = stream.batches()
     bf16_autocast = cfg.optim.precision == "bf16" and not fsdp_on  # FSDP's policy casts to bf16 itself
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16_autocast else contextlib.nullcontext()
@@ -229,6 +191,7 @@ def _save(cfg, run_dir, step, model, tokenizer, optimizer, scheduler, stream, ra
     state = {
         "step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
         "epoch": _gather(stream.epoch, world), "consumed": _gather(stream.consumed, world),
+        "pending": _gather(stream.pending, world),
         "rng": _gather(checkpoint.rng_state(), world),
     }
     if rank == 0:
