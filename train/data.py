@@ -147,6 +147,7 @@ def training_items(
             if k not in pixels:
                 pixels[k] = decode_frames([sample[names[i]] for i in picked], cfg)
             yield {
+                "_i": counts.items - 1,  # the item's place in this worker's stream (exact resume)
                 "key": sample["__key__"],
                 "id": record.get("id", ""),
                 "frame_indices": picked.tolist(),
@@ -157,8 +158,23 @@ def training_items(
             }
 
 
-def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0, skip: int = 0) -> Any:
-    """A webdataset pipeline over the shards: split by node and worker, shuffled with a seed, items out."""
+def worker_items(src: Iterator[dict[str, Any]], cfg: DataConfig, encoder: ChatEncoder, skips: list[int]) -> Iterator[dict[str, Any]]:
+    """One loader worker's items, tagged with the worker (`_w`), then an end marker so the reader knows it is done."""
+    import torch.utils.data
+
+    info = torch.utils.data.get_worker_info()
+    worker = info.id if info is not None else 0
+    for item in training_items(src, cfg, encoder, skip=skips[worker] if worker < len(skips) else 0):
+        item["_w"] = worker
+        yield item
+    yield {"_w": worker, "_end": True}
+
+
+def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0, skip: int | list[int] = 0) -> Any:
+    """A webdataset pipeline over the shards: split by node and worker, shuffled with a seed, items out.
+
+    `skip`: items to pass over, per loader worker when a list.
+    """
     import webdataset as wds
 
     urls = shard_urls(cfg.shards)
@@ -174,4 +190,5 @@ def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0, skip: i
     )
     if cfg.shuffle_buffer:
         dataset = dataset.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=cfg.seed + epoch)
-    return dataset.compose(lambda src: training_items(src, cfg, encoder, skip=skip))
+    skips = list(skip) if isinstance(skip, (list, tuple)) else [skip]
+    return dataset.compose(lambda src: worker_items(src, cfg, encoder, skips))

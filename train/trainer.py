@@ -5,7 +5,7 @@ AdamW (learning rate per part, 0 = frozen) under a warmup + cosine schedule, and
 rate, tokens/s, data-wait and step time to `<output.dir>/log.jsonl`. When the output dir holds a
 checkpoint, training resumes from it exactly: weights, optimizer, scheduler, step, RNG and data
 position (epoch, items consumed and the items still waiting in batch buckets, see `train/batching.py`;
-exact with `data.num_workers: 0`, to the nearest item per worker otherwise). A new stage starts from the
+with or without loader workers). A new stage starts from the
 previous one's weights with `model.init_from`.
 """
 
@@ -110,7 +110,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model = fsdp.shard(model, world, device, bf16=cfg.optim.precision == "bf16")
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    step, epoch, consumed, pending = 0, 0, 0, []
+    step, epoch, consumed, pending, next_worker = 0, 0, 0, [], 0
     if resume is not None:
         state = checkpoint.load_state(resume)
         if fsdp_on:
@@ -119,14 +119,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, consumed = state["step"], state["epoch"][rank], state["consumed"][rank]
-        pending = state.get("pending", [[]] * world)[rank]
+        pending, next_worker = state["pending"][rank], state["next_worker"][rank]
         checkpoint.set_rng_state(state["rng"][rank])
         log.info("resumed from %s at step %d", resume, step)
     if rank == 0:
         write_resolved_config(cfg, run_dir, "train.resolved.yaml")
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 and not fsdp_on else model
     stream = DataStream(cfg, ChatEncoder(tokenizer, image_token=cfg.model.video_token), tokenizer.pad_token_id, epoch,
-                        consumed, pending)
+                        consumed, pending, next_worker)
     batches = stream.batches()
     bf16_autocast = cfg.optim.precision == "bf16" and not fsdp_on  # FSDP's policy casts to bf16 itself
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16_autocast else contextlib.nullcontext()
@@ -190,8 +190,7 @@ def _save(cfg, run_dir, step, model, tokenizer, optimizer, scheduler, stream, ra
     optim_state = fsdp.full_optimizer_state(model, optimizer) if sharded else optimizer.state_dict()
     state = {
         "step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
-        "epoch": _gather(stream.epoch, world), "consumed": _gather(stream.consumed, world),
-        "pending": _gather(stream.pending, world),
+        **{name: _gather(value, world) for name, value in stream.state().items()},  # each rank's data position
         "rng": _gather(checkpoint.rng_state(), world),
     }
     if rank == 0:

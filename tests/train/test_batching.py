@@ -14,14 +14,16 @@ FRAMES = [4, 2, 4, 2, 4, 4, 2, 4, 2, 2, 4]  # an overlong sample got 2 frames in
 LENGTHS = [10, 12, 30, 11, 12, 31, 13, 10, 33, 12, 14]
 
 
-def items():
-    return [{"pixel_values": torch.zeros(f, 3, 2, 2), "input_ids": torch.full((n,), i), "labels": torch.full((n,), i)}
-            for i, (f, n) in enumerate(zip(FRAMES, LENGTHS))]  # fmt: skip
+def items(skip):
+    """One worker's stream as build_dataset gives it: items tagged with worker and index, then an end marker."""
+    made = [{"pixel_values": torch.zeros(f, 3, 2, 2), "input_ids": torch.full((n,), i), "labels": torch.full((n,), i),
+             "_w": 0, "_i": i} for i, (f, n) in enumerate(zip(FRAMES, LENGTHS))]  # fmt: skip
+    return made[skip[0]:] + [{"_w": 0, "_end": True}]
 
 
 @pytest.fixture(autouse=True)
 def fake_items(monkeypatch):
-    monkeypatch.setattr(batching, "build_dataset", lambda data, encoder, epoch=0, skip=0: items()[skip:])
+    monkeypatch.setattr(batching, "build_dataset", lambda data, encoder, epoch=0, skip=(0,): items(skip))
 
 
 def stream(batch_size, bucket_tokens=0, **state):
@@ -55,8 +57,8 @@ def test_resume_from_any_batch_gives_the_same_batches(cut):
     first = stream(2)
     batches = first.batches()
     done = [ids(next(batches)) for _ in range(cut)]
-    state = {"epoch": first.epoch, "consumed": first.consumed, "pending": first.pending}
+    state = first.state()
     if cut == 1:
-        assert state["pending"] == [1]  # item 1 (2 frames) waits for a partner in its bucket
+        assert state["pending"] == [[0, 1]]  # worker 0's item 1 (2 frames) waits for a partner in its bucket
     resumed = [ids(b) for b in itertools.islice(stream(2, **state).batches(), 14 - cut)]
     assert done + resumed == reference

@@ -77,8 +77,10 @@ def test_frame_subsampling_is_the_papers_uniform_linspace(stored, k):
 
 def test_items_from_pipeline_shards(shards, encoder):
     cfg = DataConfig(shards=str(shards), frames=8, image_size=64, tokens_per_frame=10, shuffle_buffer=0)
-    items = list(build_dataset(cfg, encoder))
+    *items, end = list(build_dataset(cfg, encoder))
+    assert end == {"_w": 0, "_end": True}  # the end marker of the (only) worker's stream
     assert sorted(i["id"] for i in items) == ["c0", "c1", "h0"]  # one item per conversation
+    assert sorted(i["_i"] for i in items) == [0, 1, 2] and {i["_w"] for i in items} == {0}
     raw = {key: members for url in shard_urls(str(shards)) for key, members in iter_tar_samples(url)}
     for item in items:
         assert item["pixel_values"].shape == (8, 3, 64, 64) and item["pixel_values"].dtype == torch.float32

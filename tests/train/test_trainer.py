@@ -51,13 +51,16 @@ def test_loss_falls_on_the_pipelines_shards(shards, tmp_path):
     assert [d.name for d in checkpoint.checkpoint_dirs(tmp_path / "run")] == ["step-000008", "step-000012"]  # keep 2
 
 
-def test_resume_continues_the_same_loss_trajectory(shards, tmp_path):
-    full = train(config(shards, tmp_path / "full"))["history"]
-    first = train(config(shards, tmp_path / "cut"))
+@pytest.mark.parametrize("workers,batch", [(0, 1), (2, 1), (2, 2)])
+def test_resume_continues_the_same_loss_trajectory(shards, tmp_path, workers, batch):
+    # 6 items an epoch from 3 shards; 2 loader workers read 2 and 1 shards: uneven streams, epochs crossed
+    extra = (f"data.num_workers={workers}", f"data.batch_size={batch}")
+    full = train(config(shards, tmp_path / "full", *extra))["history"]
+    first = train(config(shards, tmp_path / "cut", *extra))
     assert first["steps"] == 12
     # Kill after step 8: drop the later checkpoint, then rerun the same config into the same dir.
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step-000012")
-    resumed = train(config(shards, tmp_path / "cut"))["history"]
+    resumed = train(config(shards, tmp_path / "cut", *extra))["history"]
     assert [h["step"] for h in resumed] == [9, 10, 11, 12]
     for a, b in zip(resumed, full[8:]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), (resumed, full[8:])
