@@ -63,6 +63,22 @@ def _pool_sizes(groups: list[tuple[list[Stage], StageResources]]) -> list[int | 
     return [video] + [r.concurrency or 1 for _, r in groups[1:]]
 
 
+def llm_placement(cfg: RunConfig) -> dict[str, Any] | None:
+    """An LLM server on a loopback address (a managed one, by default) is reachable only from the driver's node:
+    the caption/QA actors are pinned there. Any other address lets Ray place them anywhere."""
+    from urllib.parse import urlparse
+
+    if cfg.llm.backend != "http":
+        return None
+    host = urlparse(cfg.llm.http.url).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+        return None
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)}
+
+
 def run_graph(cfg: RunConfig, tasks: list[VideoTask], run_stamp: str) -> list[dict[str, Any]]:
     """Push `tasks` through the graph into shards; returns the write tasks' summaries."""
     import ray.data
@@ -76,8 +92,10 @@ def run_graph(cfg: RunConfig, tasks: list[VideoTask], run_stamp: str) -> list[di
     ds = ray.data.from_items([t.to_row([]) for t in tasks], override_num_blocks=min(len(tasks), MAX_BLOCKS))
     groups = build_groups(cfg)
     for (stages, resources), size in zip(groups, _pool_sizes(groups)):
-        rows = cfg.llm.videos_in_flight if any(s.thread_safe for s in stages) else 1
-        ds = apply_stages(ds, stages, resources.model_copy(update={"concurrency": size}), set_names, rows)
+        llm = any(s.thread_safe for s in stages)
+        rows = cfg.llm.videos_in_flight if llm else 1
+        placement = llm_placement(cfg) if llm else None
+        ds = apply_stages(ds, stages, resources.model_copy(update={"concurrency": size}), set_names, rows, placement)
     sink = ShardSink(cfg.output.dir, cfg.shards, run_stamp)
     write = cfg.resources.write
     ds.write_datasink(sink, ray_remote_args=ray_args(write), concurrency=write.concurrency)

@@ -140,11 +140,13 @@ def ray_args(resources: StageResources) -> dict[str, Any]:
 
 
 def apply_stages(
-    ds: Any, stages: list[Stage], resources: StageResources, set_names: list[str], rows_per_actor: int = 1
+    ds: Any, stages: list[Stage], resources: StageResources, set_names: list[str], rows_per_actor: int = 1,
+    placement: dict[str, Any] | None = None,
 ) -> Any:
     """Add `stages` to a Ray Dataset as one map over actors (each sets up once, then streams rows).
 
-    `rows_per_actor` > 1 runs that many rows at once on each actor's threads (for stages that wait on a server).
+    `rows_per_actor` > 1 runs that many rows at once on each actor's threads (for stages that wait on a server);
+    `placement` adds Ray scheduling arguments (e.g. pin the actors to one node).
     """
     if not stages:
         return ds
@@ -162,4 +164,5 @@ def apply_stages(
     else:
         # at most 2 videos queued per actor, so one slow video never holds several others behind it
         compute = ray.data.ActorPoolStrategy(size=resources.concurrency, max_tasks_in_flight_per_actor=2)
-    return ds.map(ChainWorker, fn_constructor_args=(stages, set_names), compute=compute, **ray_args(resources))
+    args = {**ray_args(resources), **(placement or {})}
+    return ds.map(ChainWorker, fn_constructor_args=(stages, set_names), compute=compute, **args)

@@ -52,3 +52,19 @@ def test_ray_engine_refuses_a_cluster_without_gpus(ray_local, video, tmp_path):
     with pytest.raises(ServerUnavailable, match=r"needs 1 GPU\(s\).*has 0"):
         run_pipeline(cfg)
     assert not out.exists()
+
+
+def test_llm_workers_are_pinned_to_the_driver_node_only_for_a_loopback_server(ray_local):
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from pipeline.graph import llm_placement
+
+    def placement(url):
+        return llm_placement(load_config(None, BASE + ["llm.model=m", f"llm.http.url={url}"]))
+
+    pinned = placement("http://127.0.0.1:8000/v1")["scheduling_strategy"]
+    assert isinstance(pinned, NodeAffinitySchedulingStrategy) and not pinned.soft
+    assert pinned.node_id == ray.get_runtime_context().get_node_id()
+    assert placement("http://localhost:9/v1") is not None
+    assert placement("http://gpu-node-3:8000/v1") is None  # reachable from every node: Ray places the actors
