@@ -65,13 +65,23 @@ def llm_service(cfg: RunConfig, log_dir: Path) -> Iterator[RunConfig]:
     except ServerStartError as e:
         raise ServerUnavailable(f"the managed LLM server did not come up: {e}") from None
     keeper = ServerKeeper(server, m.max_restarts)
+    url = reachable_url(server.url, m.host)
     try:
-        check_server(server.url, llm.model, llm.http)
+        check_server(url, llm.model, llm.http)
         keeper.start()
-        yield _with(cfg, http=llm.http.model_copy(update={"url": server.url}))
+        yield _with(cfg, http=llm.http.model_copy(update={"url": url}))
     finally:
         keeper.stop()
         server.stop()
+
+
+def reachable_url(url: str, host: str) -> str:
+    """A server listening on every interface is reached through this node's address (workers may be elsewhere)."""
+    if host not in ("0.0.0.0", "::", ""):
+        return url
+    import socket
+
+    return url.replace(f"//{host}:", f"//{socket.gethostbyname(socket.gethostname())}:", 1)
 
 
 class ServerKeeper(threading.Thread):

@@ -68,3 +68,13 @@ def test_llm_workers_are_pinned_to_the_driver_node_only_for_a_loopback_server(ra
     assert pinned.node_id == ray.get_runtime_context().get_node_id()
     assert placement("http://localhost:9/v1") is not None
     assert placement("http://gpu-node-3:8000/v1") is None  # reachable from every node: Ray places the actors
+
+
+def test_a_managed_server_on_every_interface_is_reached_through_the_node_address():
+    import socket
+
+    from dense_caption.service import reachable_url
+
+    assert reachable_url("http://127.0.0.1:8000/v1", "127.0.0.1") == "http://127.0.0.1:8000/v1"
+    node = socket.gethostbyname(socket.gethostname())
+    assert reachable_url("http://0.0.0.0:8000/v1", "0.0.0.0") == f"http://{node}:8000/v1"
