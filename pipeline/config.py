@@ -63,15 +63,27 @@ class LimitsConfig(_Strict):
 
 
 class DecodeConfig(_Strict):
-    backend: Literal["decord", "pyav"] = "decord"
+    backend: Literal["pyav", "decord"] = Field(
+        "pyav", description="pyav: exact on every tested codec (README table); decord: the paper's loader, guarded"
+    )
     fallback: Literal["pyav", "none"] = Field(
-        "pyav", description="decoder used when the backend cannot open or index the file"
+        "pyav", description="with backend decord: what takes a file decord cannot open, index, decode or prove exact"
+    )
+    decord_codecs: list[str] = Field(
+        default_factory=lambda: ["h264", "vp9", "av1", "mjpeg"],
+        description="codecs decord is trusted with (exact on the identity corpus); others go to the fallback",
+    )
+    truncated: Literal["reject", "keep"] = Field(
+        "reject", description="a file whose video decodes well short of its header: reject, or keep its real span"
+    )
+    min_frames: Annotated[int, Field(ge=1)] = Field(
+        2, description="fewer decodable frames rejects the video (1 frame: single_frame)"
     )
     threads: Annotated[int, Field(ge=0)] = Field(
         0, description="decode workers for one video, each on its own span of keyframe groups (0: all CPUs)"
     )
     frame_count_tolerance: Annotated[float, Field(ge=0, le=1)] = Field(
-        0.02, description="relative disagreement between decoder and container frame counts before falling back"
+        0.02, description="relative shortfall of decodable frames / span against the header before `truncated`"
     )
     batch_bytes: Annotated[int, Field(gt=0)] = Field(
         32 << 20, description="most raw pixel bytes one decode batch may hold"
@@ -108,6 +120,9 @@ class FrameSetConfig(_Strict):
     seek: Literal["exact", "keyframe"] = "exact"
     resize: ResizeConfig = ResizeConfig()
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
+    min_distinct: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="fraction of the set's frames that must be different frames (else too_few_distinct_frames)"
+    )
 
     @model_validator(mode="after")
     def _mode_fields(self) -> "FrameSetConfig":
@@ -122,7 +137,7 @@ class FrameSetConfig(_Strict):
 
 def _default_sets() -> list[FrameSetConfig]:
     return [
-        FrameSetConfig(name="shard", mode="uniform", num_frames=192),
+        FrameSetConfig(name="shard", mode="uniform", num_frames=192, min_distinct=1.0),
         FrameSetConfig(
             name="caption",
             mode="time_fps",

@@ -15,7 +15,10 @@ class Reason(str, Enum):
     """Why a video was rejected. The value is what the rejects table stores."""
 
     MISSING = "missing"  # path does not exist
-    UNREADABLE = "unreadable"  # exists but cannot be read (permissions, I/O error, a folder)
+    UNREADABLE = "unreadable"  # exists but cannot be read (permissions, I/O error)
+    NOT_REGULAR_FILE = "not_regular_file"  # a folder, device, fifo or socket with a video name
+    SYMLINK_LOOP = "symlink_loop"  # a symbolic link that never reaches a file
+    BAD_PATH = "bad_path"  # a path with a NUL byte or bytes that are not text
     EMPTY_FILE = "empty_file"  # zero bytes
     NOT_MEDIA = "not_media"  # ffprobe does not recognise any container
     TRUNCATED = "truncated"  # container index missing or fewer frames than the header declares
@@ -28,6 +31,9 @@ class Reason(str, Enum):
     RESOLUTION_TOO_SMALL = "resolution_too_small"
     PROBE_TIMEOUT = "probe_timeout"
     DECODE_FAILED = "decode_failed"  # the decoders raised on frames the header promised
+    FRAME_MISMATCH = "frame_mismatch"  # no decoder could prove a returned frame is the one its index names
+    SINGLE_FRAME = "single_frame"  # one frame: a still image in a video container
+    TOO_FEW_DISTINCT_FRAMES = "too_few_distinct_frames"  # fewer frames than the shard set needs distinct
     DECODE_TIMEOUT = "decode_timeout"  # the decode ran past decode.timeout_s and was killed
     DECODE_MEMORY = "decode_memory"  # the decode grew past decode.max_memory_mb and was killed
     DECODE_CRASHED = "decode_crashed"  # the decoding process died (segfault, OOM killer)
@@ -78,3 +84,13 @@ class VideoError(Exception):
 
     def __reduce__(self):  # keep reason and detail across process boundaries (decode child, Ray workers)
         return (VideoError, (self.reason, self.detail))
+
+
+class NotExact(VideoError):
+    """A decoder cannot prove that a frame it would return is the frame asked for: try the next exact path."""
+
+    def __init__(self, detail: str = ""):
+        super().__init__(Reason.FRAME_MISMATCH, detail)
+
+    def __reduce__(self):
+        return (NotExact, (self.detail,))

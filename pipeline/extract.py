@@ -7,9 +7,10 @@ worker, however long the video. The positions are split into contiguous spans
 of keyframe groups, one per worker, so the CPUs given to one video decode
 different parts of it at the same time.
 
-The configured backend (decord) runs first; the fallback (PyAV) takes over
-when it cannot open, index or decode the file, and the result records which
-one ran and why.
+Every path is exact or refuses (see `decode_paths`): PyAV by packet times
+(the default), PyAV by decode order when packet times cannot name the frames,
+and decord only where its guard proves it (`decode_decord`). The result
+records which path ran and why the ones before it did not.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import DecodeConfig, FrameSetConfig, SamplingConfig
+from pipeline.decode_log import DecoderLog, captured
 from pipeline.decoders import Backend, DecordBackend, PyAVBackend
-from pipeline.errors import Reason, VideoError
+from pipeline.errors import NotExact, Reason, VideoError
 from pipeline.imageops import encode_jpeg, output_size
 from pipeline.records import DecodeResult, FrameSet, VideoInfo
 from pipeline.sampling import FrameIndex, SetPlan, plan_frame_set
@@ -68,27 +70,93 @@ class _Target:
     quality: int
 
 
-def _open(name: str, info: VideoInfo, decode: DecodeConfig, codec_threads: int) -> Backend:
+# Reasons that no other decode path can change: the file itself is short, cut or degenerate.
+_FINAL = {Reason.TRUNCATED, Reason.SINGLE_FRAME, Reason.TOO_FEW_DISTINCT_FRAMES}
+
+
+def decode_paths(decode: DecodeConfig) -> list[str]:
+    """The decode paths tried in order: decord only when asked for; PyAV by packet times, then by decode order."""
+    paths = ["decord"] if decode.backend == "decord" else []
+    if decode.backend == "pyav" or decode.fallback == "pyav":
+        paths += ["pyav", "pyav-sequential"]
+    return paths
+
+
+def _open(name: str, info: VideoInfo, decode: DecodeConfig, codec_threads: int, log: DecoderLog) -> Backend:
     if name == "decord":
-        return DecordBackend(
-            info.path,
-            rotation_cw=info.rotation,
-            codec_threads=codec_threads,
-            display_size=(info.width, info.height),
-            batch_bytes=decode.batch_bytes,
-        )
-    return PyAVBackend(info.path, rotation_cw=info.rotation, codec_threads=codec_threads)
+        if info.codec not in decode.decord_codecs:
+            raise NotExact(f"decord is not proven exact on {info.codec} (decode.decord_codecs)")
+        reference = PyAVBackend(info.path, rotation_cw=info.rotation, index_by="packets", log=log)
+        try:
+            index = reference.frame_index()
+        finally:
+            reference.close()
+        if reference.open_gop:
+            raise NotExact("decord is not exact across open GOPs (frames shown before their keyframe)")
+        backend = DecordBackend(info.path, rotation_cw=info.rotation, codec_threads=codec_threads,
+                                display_size=(info.width, info.height), batch_bytes=decode.batch_bytes, log=log)
+        try:
+            backend.adopt_index(index)
+        except BaseException:
+            backend.close()
+            raise
+        return backend
+    index_by = "decode" if name == "pyav-sequential" else "packets"
+    return PyAVBackend(info.path, rotation_cw=info.rotation, codec_threads=codec_threads, index_by=index_by, log=log)
 
 
-def _check_index(name: str, index: FrameIndex, info: VideoInfo, tolerance: float) -> None:
-    """The decoder must see the frames the container declares; fewer means a cut file, a mismatch a bad seek table."""
-    if not info.num_frames_exact:
-        return
+def _open_worker(name: str, info: VideoInfo, decode: DecodeConfig, indexed: Backend, log: DecoderLog) -> Backend:
+    """Another instance for a decode worker, sharing the first one's (already checked) index."""
+    if name == "decord":
+        backend = DecordBackend(info.path, rotation_cw=info.rotation, codec_threads=1,
+                                display_size=(info.width, info.height), batch_bytes=decode.batch_bytes, log=log)
+    else:
+        backend = PyAVBackend(info.path, rotation_cw=info.rotation, codec_threads=1,
+                              index_by="decode" if name == "pyav-sequential" else "packets", log=log)
+    backend.share_index(indexed)
+    return backend
+
+
+def check_index(index: FrameIndex, info: VideoInfo, decode: DecodeConfig) -> float | None:
+    """Compare what decodes with what the header declares; return the declared duration when the file is cut short.
+
+    Fewer frames than an exact header count, or a decodable span well short
+    of the declared video duration, is a cut file: `truncated`, unless
+    `decode.truncated: keep` (then the real span is used and reported). More
+    frames than the header counts means this path sees frames that are not
+    there: `NotExact`, so the next path decides.
+    """
+    tol = decode.frame_count_tolerance
     declared, seen = info.num_frames, index.num_frames
-    if seen < declared * (1 - tolerance):
-        raise VideoError(Reason.TRUNCATED, f"{name} finds {seen} of the {declared} frames the header declares")
-    if seen > declared * (1 + tolerance):
-        raise VideoError(Reason.DECODE_FAILED, f"{name} counts {seen} frames, the header {declared}")
+    if info.num_frames_exact and seen > declared * (1 + tol) + 1:
+        raise NotExact(f"decoder counts {seen} frames, the header {declared}")
+    frame_s = 1.0 / index.avg_fps if index.avg_fps > 0 else 0.0
+    slack = max(tol * info.duration_s, 2 * frame_s) + (0.0 if info.duration_from_stream else 1.0)
+    short_count = info.num_frames_exact and seen < declared * (1 - tol)
+    short_span = index.duration_s < info.duration_s - slack
+    if not (short_count or short_span):
+        return None
+    what = (f"{seen} of the {declared} frames the header declares" if short_count
+            else f"{index.duration_s:.2f}s of the {info.duration_s:.2f}s the header declares")
+    if decode.truncated == "reject":
+        raise VideoError(Reason.TRUNCATED, f"the video stream decodes {what}")
+    return info.duration_s
+
+
+def _check_degenerate(index: FrameIndex, specs: list[FrameSetConfig], plans: list[SetPlan], decode: DecodeConfig) -> None:
+    if index.num_frames < decode.min_frames:
+        raise VideoError(Reason.SINGLE_FRAME if index.num_frames == 1 else Reason.TOO_FEW_DISTINCT_FRAMES,
+                         f"the decoder finds {index.num_frames} frame(s) (decode.min_frames {decode.min_frames})")
+    for spec, plan in zip(specs, plans):
+        if spec.min_distinct <= 0 or len(plan.indices) == 0:
+            continue
+        distinct = len(np.unique(plan.indices))
+        if distinct < spec.min_distinct * len(plan.indices):
+            raise VideoError(
+                Reason.TOO_FEW_DISTINCT_FRAMES,
+                f"set {spec.name}: {distinct} distinct of {len(plan.indices)} frames from {index.num_frames} "
+                f"(min_distinct {spec.min_distinct:g})",
+            )
 
 
 def _decode_span(
@@ -99,7 +167,18 @@ def _decode_span(
         out[frame.index] = [
             (t.set_no, encode_jpeg(frame.rgb(*t.size, t.resample), t.quality)) for t in wants[frame.index]
         ]
+    missing = set(positions.tolist()) - set(out)
+    if missing:  # a backend that returns fewer frames than asked is not exact
+        raise NotExact(f"{backend.name} returned no frame for {len(missing)} position(s), first {min(missing)}")
     return out
+
+
+@dataclass
+class _Extracted:
+    index: FrameIndex
+    plans: list[SetPlan]
+    results: dict[int, list[tuple[int, bytes]]]
+    declared_duration_s: float | None  # set when the file is shorter than its header says (decode.truncated: keep)
 
 
 def _extract_with(
@@ -108,13 +187,15 @@ def _extract_with(
     specs: list[FrameSetConfig],
     decode: DecodeConfig,
     num_frames_override: int | None,
-) -> tuple[FrameIndex, list[SetPlan], dict[int, list[tuple[int, bytes]]]]:
+    log: DecoderLog,
+) -> _Extracted:
     threads = decode.threads or available_cpus()
-    first = _open(name, info, decode, codec_threads=threads)
+    first = _open(name, info, decode, threads, log)
     try:
         index = first.frame_index()
-        _check_index(name, index, info, decode.frame_count_tolerance)
+        declared = check_index(index, info, decode)
         plans = [plan_frame_set(spec, index, num_frames_override) for spec in specs]
+        _check_degenerate(index, specs, plans, decode)
         wants: dict[int, list[_Target]] = {}
         for set_no, (spec, plan) in enumerate(zip(specs, plans)):
             target = _Target(set_no, output_size(info.width, info.height, spec.resize), spec.resize.resample, spec.jpeg_quality)
@@ -123,24 +204,23 @@ def _extract_with(
         positions = np.array(sorted(wants), dtype=np.int64)
         spans = split_positions(positions, index.keyframes, threads)
         if len(spans) <= 1:
-            return index, plans, _decode_span(first, positions, wants)
+            return _Extracted(index, plans, _decode_span(first, positions, wants), declared)
         results: dict[int, list[tuple[int, bytes]]] = {}
         with ThreadPoolExecutor(len(spans), thread_name_prefix=f"decode-{name}") as pool:
-            futures = [pool.submit(_decode_in_worker, name, info, decode, first, span, wants) for span in spans]
+            futures = [pool.submit(_decode_in_worker, name, info, decode, first, span, wants, log) for span in spans]
             for fut in futures:
                 results.update(fut.result())
-        return index, plans, results
+        return _Extracted(index, plans, results, declared)
     finally:
         first.close()
 
 
 def _decode_in_worker(
-    name: str, info: VideoInfo, decode: DecodeConfig, indexed: Backend, span: np.ndarray, wants: dict[int, list[_Target]]
+    name: str, info: VideoInfo, decode: DecodeConfig, indexed: Backend, span: np.ndarray,
+    wants: dict[int, list[_Target]], log: DecoderLog,
 ) -> dict[int, list[tuple[int, bytes]]]:
-    backend = _open(name, info, decode, codec_threads=1)
+    backend = _open_worker(name, info, decode, indexed, log)
     try:
-        if isinstance(backend, PyAVBackend) and isinstance(indexed, PyAVBackend):
-            backend.share_index(indexed)  # the demux pass is done once, not once per worker
         return _decode_span(backend, span, wants)
     finally:
         backend.close()
@@ -156,7 +236,7 @@ def _assemble(
         width, height = output_size(info.width, info.height, spec.resize)
         sets[spec.name] = FrameSet(
             name=spec.name,
-            mode=spec.mode,
+            mode=plan.mode,
             seek=spec.seek,
             indices=plan.indices.tolist(),
             timestamps_s=[round(t, 6) for t in plan.timestamps(index).tolist()],
@@ -176,35 +256,49 @@ def extract_frames(
     decode: DecodeConfig,
     num_frames_override: int | None = None,
 ) -> DecodeResult:
-    """Decode `info.path` once and return every configured frame set; VideoError on failure, never anything else."""
-    order = [decode.backend]
-    if decode.fallback != "none" and decode.fallback != decode.backend:
-        order.append(decode.fallback)
-    fallback_reason: str | None = None
+    """Decode `info.path` once and return every configured frame set; VideoError on failure, never anything else.
+
+    The paths of `decode_paths` are tried in order; a path moves on to the
+    next when it cannot open, index or decode the file or cannot prove a
+    frame (`NotExact`). The result records the path that made the frames and
+    why the ones before it did not.
+    """
+    order = decode_paths(decode)
+    if not order:
+        raise VideoError(Reason.DECODE_FAILED, "no decoder configured")
+    decoder_log = DecoderLog()
+    passed: list[str] = []
     for attempt, name in enumerate(order):
         start = time.perf_counter()
         try:
-            index, plans, results = _extract_with(name, info, sampling.sets, decode, num_frames_override)
+            with captured(decoder_log):
+                done = _extract_with(name, info, sampling.sets, decode, num_frames_override, decoder_log)
         except Exception as e:
             err = e if isinstance(e, VideoError) else VideoError(Reason.DECODE_FAILED, f"{type(e).__name__}: {e}")
             if not isinstance(e, VideoError):
                 log.warning("unexpected %s decoding %s with %s", type(e).__name__, info.path, name, exc_info=True)
-            if attempt == len(order) - 1:
-                if fallback_reason:
-                    err = VideoError(err.reason, f"{name}: {err.detail} (after {fallback_reason})")
-                raise err from None
-            fallback_reason = f"{name}: {err}"
-            log.info("falling back from %s for %s: %s", name, info.path, err)
+            final = err.reason in _FINAL or attempt == len(order) - 1
+            if name == "pyav" and not isinstance(err, NotExact):
+                final = True  # decode order only helps where packet times could not name the frames
+            if final:
+                detail = err.detail if "(decoder:" in err.detail else err.detail + decoder_log.first_suffix()
+                if passed:
+                    detail = f"{name}: {detail} (after {'; '.join(passed)})"
+                raise VideoError(err.reason, detail) from None
+            passed.append(f"{name}: {err}")
+            log.info("moving on from %s for %s: %s", name, info.path, err)
             continue
-        sets = _assemble(sampling.sets, plans, index, info, results)
+        sets = _assemble(sampling.sets, done.plans, done.index, info, done.results)
         return DecodeResult(
             source=info.path,
             decoder=name,
-            fallback_reason=fallback_reason,
-            num_frames=index.num_frames,
-            avg_fps=index.avg_fps,
-            frames_decoded=len(results),
+            fallback_reason="; ".join(passed) or None,
+            num_frames=done.index.num_frames,
+            avg_fps=done.index.avg_fps,
+            duration_s=done.index.duration_s,
+            declared_duration_s=done.declared_duration_s,
+            frames_decoded=len(done.results),
             decode_seconds=time.perf_counter() - start,
             sets=sets,
         )
-    raise VideoError(Reason.DECODE_FAILED, "no decoder configured")  # unreachable: order is never empty
+    raise AssertionError("unreachable: the last path either returns or raises")

@@ -86,6 +86,13 @@ def _float(value: Any) -> float:
     return f if f == f and f not in (float("inf"), float("-inf")) else 0.0
 
 
+def _tag_duration(stream: dict[str, Any]) -> float:
+    """A Matroska stream's `DURATION` tag ("HH:MM:SS.nnnnnnnnn") in seconds; 0 when absent."""
+    tags = {k.upper(): v for k, v in (stream.get("tags") or {}).items()}
+    m = re.fullmatch(r"(\d+):(\d{2}):(\d{2}(?:\.\d+)?)", str(tags.get("DURATION", "")).strip())
+    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)) if m else 0.0
+
+
 def _rotation(stream: dict[str, Any]) -> int:
     """Clockwise degrees that turn a decoded frame upright (0/90/180/270)."""
     ccw = None
@@ -195,8 +202,12 @@ def probe_video(path: str | Path, cfg: ProbeConfig | None = None) -> VideoInfo:
     codec = stream.get("codec_name") or "unknown"
     avg_fps = _rate(stream.get("avg_frame_rate"))
     real_fps = _rate(stream.get("r_frame_rate"))
-    duration = _float(stream.get("duration")) or _float(fmt.get("duration"))
+    stream_duration = _float(stream.get("duration")) or _tag_duration(stream)
+    duration = stream_duration or _float(fmt.get("duration"))
     nb_frames = int(_float(stream.get("nb_frames")))
+    start = _float(stream.get("start_time")) or _float(fmt.get("start_time"))
+    if "matroska" in container and 0 < start < duration:
+        duration -= start  # Matroska durations run from the segment's zero, not from the first frame
     if avg_fps <= 0:
         avg_fps = nb_frames / duration if (nb_frames and duration) else real_fps
     if duration <= 0 and nb_frames > 0 and avg_fps > 0:
@@ -206,7 +217,10 @@ def probe_video(path: str | Path, cfg: ProbeConfig | None = None) -> VideoInfo:
     if avg_fps <= 0:
         raise VideoError(Reason.NO_DURATION, "no frame rate and no frame count")
 
-    exact = nb_frames > 0
+    # A header count is exact only when it agrees with duration x rate: an MP4 edit list hides counted samples.
+    exact = nb_frames > 0 and abs(nb_frames - duration * avg_fps) <= max(2.0, 0.02 * nb_frames)
+    if nb_frames > 0 and not exact:
+        nb_frames = 0
     if not exact and cfg.count_frames:
         nb_frames, exact = _count_packets(path, cfg), True
     if not exact:
@@ -240,6 +254,7 @@ def probe_video(path: str | Path, cfg: ProbeConfig | None = None) -> VideoInfo:
         bit_depth=_bit_depth(stream),
         has_audio=any(s.get("codec_type") == "audio" for s in streams),
         keyframe_interval_s=_keyframe_interval(path, cfg),
+        duration_from_stream=stream_duration > 0,
     )
 
 

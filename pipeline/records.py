@@ -37,6 +37,7 @@ class VideoInfo:
     bit_depth: int
     has_audio: bool
     keyframe_interval_s: float | None  # mean spacing of keyframes near the start; None if unknown
+    duration_from_stream: bool = True  # False: only the container's duration is known (it may be the audio's)
 
     @property
     def variable_frame_rate(self) -> bool:
@@ -104,10 +105,12 @@ class DecodeResult:
     """All frame sets of one video from one decode pass, and how they were made."""
 
     source: str
-    decoder: str  # "decord" or "pyav": the backend that produced the frames
+    decoder: str  # the path that produced the frames: "pyav", "pyav-sequential" or "decord"
     fallback_reason: str | None  # why the default backend was not used, if it was not
     num_frames: int  # frames in the decoder's index (what sampling was planned over)
     avg_fps: float
+    duration_s: float  # the decodable span: first frame's start to last frame's end
+    declared_duration_s: float | None  # the header's longer duration, when a cut file was kept (decode.truncated: keep)
     frames_decoded: int  # distinct frames turned into pixels
     decode_seconds: float
     sets: dict[str, FrameSet]

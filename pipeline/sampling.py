@@ -50,6 +50,7 @@ class SetPlan:
     name: str
     indices: np.ndarray  # int64, non-decreasing
     target_times_s: np.ndarray  # float64, same length
+    mode: str = "uniform"  # the mode that made it (a per-sample frame count turns fps modes into uniform ones)
 
     def timestamps(self, index: FrameIndex) -> np.ndarray:
         return index.pts_s[self.indices]
@@ -124,25 +125,27 @@ def plan_frame_set(spec: FrameSetConfig, index: FrameIndex, num_frames_override:
     """Positions and target times for one frame set; a per-sample frame count overrides the mode (as in the paper)."""
     n = index.num_frames
     span = float(index.pts_s[-1]) if n else 0.0
+    mode = spec.mode
     if num_frames_override is not None:
+        # The count replaces the set's own, in the set's own domain: frame indices or presentation time.
         if num_frames_override <= 0:
             raise ValueError(f"num_frames_override must be positive, got {num_frames_override}")
-        indices = uniform_indices(n, num_frames_override)
-        targets = index.pts_s[indices]
-    elif spec.mode == "uniform":
+        mode = "time_uniform" if spec.mode.startswith("time_") else "uniform"
+        spec = spec.model_copy(update={"mode": mode, "num_frames": num_frames_override})
+    if mode == "uniform":
         indices = uniform_indices(n, spec.num_frames or 0)
         targets = index.pts_s[indices]
-    elif spec.mode == "fps":
+    elif mode == "fps":
         indices = fps_indices(n, index.avg_fps, spec.fps or 1.0, spec.min_frames, spec.max_frames)
         targets = index.pts_s[indices]
-    elif spec.mode == "time_uniform":
+    elif mode == "time_uniform":
         targets = time_uniform_targets(span, spec.num_frames or 0)
         indices = nearest_frames(index.pts_s, targets)
-    elif spec.mode == "time_fps":
+    elif mode == "time_fps":
         targets = time_fps_targets(span, spec.fps or 1.0, spec.min_frames, spec.max_frames)
         indices = nearest_frames(index.pts_s, targets)
     else:  # the config's Literal makes this unreachable; kept for callers building specs by hand
         raise ValueError(f"unknown sampling mode {spec.mode!r}")
     if spec.seek == "keyframe":
         indices = snap_to_keyframes(index, targets)
-    return SetPlan(spec.name, np.asarray(indices, dtype=np.int64), np.asarray(targets, dtype=np.float64))
+    return SetPlan(spec.name, np.asarray(indices, dtype=np.int64), np.asarray(targets, dtype=np.float64), mode)

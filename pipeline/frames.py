@@ -1,0 +1,37 @@
+"""Scaling decoded frames to a set's size, one way for every backend.
+
+Both backends go through libswscale with the same filter, so a set's frames
+(and every filter score computed from them) do not depend on which decoder
+produced them. PyAV frames are scaled straight from their YUV planes (scale
+and convert in one call, before turning upright); decord's RGB arrays are
+wrapped as frames and scaled the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.imageops import RESAMPLE
+
+_INTERPOLATION = {name: name.upper() for name in RESAMPLE}
+
+
+def rotate_upright(rgb: np.ndarray, rotation_cw: int) -> np.ndarray:
+    return np.ascontiguousarray(np.rot90(rgb, k=-(rotation_cw // 90))) if rotation_cw else rgb
+
+
+def swscale_rgb(frame, width: int, height: int, resample: str, rotation_cw: int = 0) -> np.ndarray:
+    """An av.VideoFrame as upright HxWx3 uint8 RGB at (width, height) (sizes are upright sizes)."""
+    w, h = (height, width) if rotation_cw in (90, 270) else (width, height)
+    arr = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation=_INTERPOLATION[resample])
+    return rotate_upright(arr, rotation_cw)
+
+
+def scale_array(rgb: np.ndarray, width: int, height: int, resample: str) -> np.ndarray:
+    """An upright HxWx3 uint8 array at (width, height), scaled by libswscale as decoded frames are."""
+    import av
+
+    if rgb.shape[1] == width and rgb.shape[0] == height:
+        return rgb
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    return frame.to_ndarray(width=width, height=height, format="rgb24", interpolation=_INTERPOLATION[resample])
