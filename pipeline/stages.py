@@ -70,6 +70,11 @@ class DecodeStage(Stage):
             except ChildDied as e:
                 raise VideoError(Reason.DECODE_CRASHED, str(e)) from None
         task.meta["decode"] = result.meta()
+        # From here on the decoder's index is the truth about the video: what decodes, not what the header said.
+        video = task.meta["video"]
+        video.update(num_frames=result.num_frames, num_frames_exact=True, duration_s=round(result.duration_s, 6))
+        if result.declared_duration_s is not None:
+            video["declared_duration_s"] = result.declared_duration_s
         task.frames = {name: list(fs.jpegs) for name, fs in result.sets.items()}
         return task
 

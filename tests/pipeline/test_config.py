@@ -36,7 +36,7 @@ def test_a_whole_list_can_be_replaced_with_yaml():
     "override, path_in_message",
     [
         ("decode.backnd=pyav", "decode.backnd: unknown key"),
-        ("decode.backend=ffmpeg", "decode.backend: Input should be 'decord' or 'pyav'"),
+        ("decode.backend=ffmpeg", "decode.backend: Input should be 'pyav' or 'decord'"),
         ("sampling.sets.0.num_frames=-3", "sampling.sets.0.num_frames: Input should be greater than 0"),
         ("sampling.sets.1.jpeg_quality=101", "sampling.sets.1.jpeg_quality"),
         ("sampling.sets.0.resize.policy=crop", "sampling.sets.0.resize.policy"),

@@ -138,8 +138,11 @@ def test_decord_falls_back_to_pyav_when_it_cannot_open(video):
     assert result.decoder == "pyav"
     assert result.fallback_reason.startswith("decord:")
     assert len(result.sets["s"]) == 16
-    with pytest.raises(VideoError) as err:
+    with pytest.raises(VideoError) as err:  # not a codec decord is trusted with: refused before opening
         extract_frames(info, spec, DecodeConfig(backend="decord", fallback="none"))
+    assert err.value.reason is Reason.FRAME_MISMATCH and "theora" in err.value.detail
+    with pytest.raises(VideoError) as err:  # trusted with it by config: decord's own failure
+        extract_frames(info, spec, DecodeConfig(backend="decord", fallback="none", decord_codecs=["theora"]))
     assert err.value.reason is Reason.DECODE_FAILED and "decord" in err.value.detail
 
 
@@ -150,19 +153,25 @@ def test_more_frames_than_the_video_has_repeats_frames_like_the_paper(video):
     assert fs.jpegs[0] is fs.jpegs[1]  # same frame, encoded once
 
 
-def test_per_sample_frame_count_overrides_the_mode(video):
+def test_per_sample_frame_count_overrides_the_count_in_the_sets_own_domain(video):
     info = preflight(video("clock_10s"))
-    spec = sets(FrameSetConfig(name="s", mode="time_fps", fps=1.0, resize=ResizeConfig(size=32)))
-    result = extract_frames(info, spec, DecodeConfig(), num_frames_override=5)
-    assert result.sets["s"].indices == [0, 74, 149, 224, 299]
+    timed = sets(FrameSetConfig(name="s", mode="time_fps", fps=1.0, resize=ResizeConfig(size=32)))
+    fs = extract_frames(info, timed, DecodeConfig(), num_frames_override=5).sets["s"]
+    # a time mode stays in time: 5 times uniform over [0, last frame's time], nearest frames, and says so
+    assert fs.mode == "time_uniform" and fs.indices == [0, 75, 149, 224, 299]
+    assert fs.target_times_s == pytest.approx(np.linspace(0, 299 / 30, 5).tolist())
+    indexed = sets(FrameSetConfig(name="s", mode="fps", fps=1.0, resize=ResizeConfig(size=32)))
+    fs = extract_frames(info, indexed, DecodeConfig(), num_frames_override=5).sets["s"]
+    assert fs.mode == "uniform" and fs.indices == [0, 74, 149, 224, 299]  # the paper's linspace
 
 
-def test_truncated_file_is_rejected_as_truncated_after_trying_both_decoders(bad_file):
+def test_truncated_file_is_rejected_as_truncated_with_the_decoders_message(bad_file):
     info = preflight(bad_file("truncated"))
-    with pytest.raises(VideoError) as err:
-        extract_frames(info, sets(FrameSetConfig(name="s", num_frames=32)), DecodeConfig())
-    assert err.value.reason is Reason.TRUNCATED
-    assert "pyav" in err.value.detail and "decord" in err.value.detail
+    for backend in ("pyav", "decord"):
+        with pytest.raises(VideoError) as err:
+            extract_frames(info, sets(FrameSetConfig(name="s", num_frames=32)), DecodeConfig(backend=backend))
+        assert err.value.reason is Reason.TRUNCATED
+        assert "of the 180 frames the header declares" in err.value.detail and "(decoder: " in err.value.detail
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)

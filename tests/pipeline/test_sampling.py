@@ -78,10 +78,13 @@ def test_uniform_mode_and_per_sample_override_match_the_paper(n, k, fps):
     assert k == 1 or expected[-1] == n - 1
     # the paper's timestamps are index / avg_fps
     np.testing.assert_allclose(plan.timestamps(index), np.asarray(expected) / fps)
-    # a per-sample frame count overrides any mode
-    fps_spec = FrameSetConfig(name="s", mode="time_fps", fps=2.0)
+    # a per-sample frame count overrides any index mode (the paper's loader has no time modes)
+    fps_spec = FrameSetConfig(name="s", mode="fps", fps=2.0)
     override = plan_frame_set(fps_spec, index, num_frames_override=k)
-    assert override.indices.tolist() == expected
+    assert override.indices.tolist() == expected and override.mode == "uniform"
+    # ... and a time mode becomes time-uniform with that count, and says so
+    timed = plan_frame_set(FrameSetConfig(name="s", mode="time_fps", fps=2.0), index, num_frames_override=k)
+    assert timed.mode == "time_uniform" and len(timed.indices) == k
 
 
 def test_time_modes_follow_presentation_time_on_variable_frame_rate():

@@ -1,0 +1,55 @@
+"""Every stored frame is the frame its index names: the frame-coded corpus, every mode, backend and thread count.
+
+Zero tolerance: one frame whose drawn number differs from the number its
+recorded index names (or whose recorded time is not its presentation time, or
+which is not turned upright) fails the case.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.codec_corpus import CORPUS, can_make, encoder_of, make_coded
+from pipeline.config import DecodeConfig
+from pipeline.extract import extract_frames
+from pipeline.probe import preflight
+from tests.pipeline.identity import every_mode, identity_problems
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+
+    def get(name: str):
+        case = CORPUS[name]
+        if not can_make(case):
+            pytest.skip(f"local ffmpeg has no {encoder_of(case)} encoder")
+        return case, make_coded(case, folder)
+
+    return get
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_every_stored_frame_is_the_frame_its_index_names(corpus, name, backend, threads):
+    case, path = corpus(name)
+    decode = DecodeConfig(backend=backend, threads=threads, isolate=False)
+    result = extract_frames(preflight(path), every_mode(), decode)
+    problems = identity_problems(case, result)
+    assert not problems, f"{name} via {result.decoder}: {len(problems)} problems, first: {problems[:5]}"
+    if backend == "pyav":
+        assert result.decoder in ("pyav", "pyav-sequential")
+
+
+def test_the_default_backend_is_the_exact_one():
+    assert DecodeConfig().backend == "pyav"
+
+
+def test_decord_is_refused_where_it_is_not_proven(corpus):
+    """decord would store wrong frames on these: the guard hands them to PyAV and says why."""
+    for name, why in [("hevc_mkv", "hevc"), ("mpeg2_ts", "mpeg2video"), ("h264_editlist", "packet index"),
+                      ("h264_open_gop", "open GOP")]:
+        case, path = corpus(name)
+        result = extract_frames(preflight(path), every_mode(), DecodeConfig(backend="decord", isolate=False))
+        assert result.decoder == "pyav" and why in result.fallback_reason, (name, result.fallback_reason)
