@@ -83,7 +83,11 @@ def print_run_summary(summary) -> None:
     from pipeline.report import table
 
     rows = [["accepted", summary.accepted]] + [[f"rejected: {r}", n] for r, n in sorted(summary.rejected.items())]
-    rows += [["skipped (already done)", summary.skipped], ["samples in shards (total)", summary.samples_total]]
+    rows += [["skipped (already done)", summary.skipped]]
+    if summary.skipped_by_extension:
+        kinds = ", ".join(f"{n} {s}" for s, n in sorted(summary.skipped_suffixes.items(), key=lambda kv: -kv[1])[:5])
+        rows += [["skipped (not a video name)", f"{summary.skipped_by_extension} ({kinds})"]]
+    rows += [["samples in shards (total)", summary.samples_total]]
     rows += [["rejects (total)", summary.rejects_total], ["wall time", f"{summary.wall_s:.1f}s"]]
     rows += [["videos/hour", f"{summary.videos_per_hour:.0f}"]]
     llm = summary.llm

@@ -50,6 +50,9 @@ class ProbeConfig(_Strict):
         20.0, description="seconds from the start scanned to estimate keyframe spacing (0: skip)"
     )
     check_decoder: bool = Field(True, description="refuse codecs no local decoder can open")
+    check_tail: bool = Field(
+        True, description="read the declared last seconds: a file cut short is `truncated` before any decode"
+    )
 
 
 class LimitsConfig(_Strict):

@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.config import LimitsConfig, ProbeConfig
 from pipeline.errors import Reason, VideoError
+from pipeline.paths import check_readable
 from pipeline.records import VideoInfo
 
 _IMAGE_FORMATS = re.compile(r"(_pipe$|^image2$|^apng$|^webp$)")
@@ -35,6 +36,11 @@ def ffprobe_binary() -> str:
 
 def run_ffprobe(path: str, args: list[str], timeout_s: float) -> dict[str, Any]:
     """Run ffprobe with `args` on `path` and return its JSON; failures become VideoError."""
+    return run_ffprobe_logged(path, args, timeout_s)[0]
+
+
+def run_ffprobe_logged(path: str, args: list[str], timeout_s: float) -> tuple[dict[str, Any], str]:
+    """`run_ffprobe`, also returning what ffprobe reported at error level."""
     cmd = [ffprobe_binary(), "-v", "error", "-of", "json", *args, "-i", path]
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
@@ -44,7 +50,7 @@ def run_ffprobe(path: str, args: list[str], timeout_s: float) -> dict[str, Any]:
     if done.returncode != 0:
         raise _classify_ffprobe_error(err, _looks_like_mp4(path))
     try:
-        return json.loads(done.stdout.decode("utf-8", "replace") or "{}")
+        return json.loads(done.stdout.decode("utf-8", "replace") or "{}"), err
     except json.JSONDecodeError as e:
         raise VideoError(Reason.NOT_MEDIA, f"ffprobe printed unparseable JSON: {e}") from None
 
@@ -128,6 +134,13 @@ def _pick_video_stream(streams: list[dict[str, Any]]) -> dict[str, Any] | None:
     return (defaults or videos)[0]
 
 
+def _stream_kind(stream: dict[str, Any]) -> str:
+    kind = stream.get("codec_type", "?")
+    if kind == "video" and (stream.get("disposition") or {}).get("attached_pic"):
+        return "cover art (a still image)"
+    return kind
+
+
 def _decoder_available(codec: str) -> bool:
     import av  # local: keeps `import pipeline.probe` light for the CLI
 
@@ -160,6 +173,25 @@ def _keyframe_interval(path: str, cfg: ProbeConfig) -> float | None:
     return (times[-1] - times[0]) / (len(times) - 1)
 
 
+def _check_tail(path: str, start_s: float, duration_s: float, cfg: ProbeConfig) -> None:
+    """Read the packets of the declared last seconds: a cut file has none there, or an index pointing past its end."""
+    if not cfg.check_tail:
+        return
+    from_s = max(0.0, start_s + duration_s - 2.0)
+    data, err = run_ffprobe_logged(
+        path, ["-select_streams", "v:0", "-read_intervals", f"{from_s:.3f}%", "-show_entries", "packet=pts_time,duration_time"],
+        cfg.timeout_s,
+    )
+    if "partial file" in err:
+        raise VideoError(Reason.TRUNCATED, "the container's index lists video data past the end of the file (partial file)")
+    ends = [_float(p.get("pts_time")) + _float(p.get("duration_time")) for p in data.get("packets", [])
+            if p.get("pts_time") not in (None, "N/A")]
+    if ends:
+        last = max(ends) - start_s
+        if last < duration_s - max(1.0, 0.05 * duration_s):
+            raise VideoError(Reason.TRUNCATED, f"video packets end at {last:.2f}s of the {duration_s:.2f}s the header declares")
+
+
 def _count_packets(path: str, cfg: ProbeConfig) -> int:
     data = run_ffprobe(
         path,
@@ -174,17 +206,7 @@ def probe_video(path: str | Path, cfg: ProbeConfig | None = None) -> VideoInfo:
     """Everything ffprobe knows about `path`, or VideoError with the specific reason."""
     cfg = cfg or ProbeConfig()
     path = str(path)
-    p = Path(path)
-    if not p.exists():
-        raise VideoError(Reason.MISSING, f"{path} does not exist")
-    if not p.is_file():
-        raise VideoError(Reason.UNREADABLE, f"{path} is not a regular file")
-    try:
-        size = p.stat().st_size
-        with p.open("rb") as fh:
-            fh.read(1)
-    except OSError as e:
-        raise VideoError(Reason.UNREADABLE, f"{e.strerror or e}") from None
+    size = check_readable(path).st_size
     if size == 0:
         raise VideoError(Reason.EMPTY_FILE, "0 bytes")
 
@@ -196,7 +218,7 @@ def probe_video(path: str | Path, cfg: ProbeConfig | None = None) -> VideoInfo:
         raise VideoError(Reason.STILL_IMAGE, f"an image ({container}), not a video")
     stream = _pick_video_stream(streams)
     if stream is None:
-        kinds = sorted({s.get("codec_type", "?") for s in streams}) or ["none"]
+        kinds = sorted({_stream_kind(s) for s in streams}) or ["none"]
         raise VideoError(Reason.NO_VIDEO_STREAM, f"streams present: {', '.join(kinds)}")
 
     codec = stream.get("codec_name") or "unknown"
@@ -234,6 +256,7 @@ def probe_video(path: str | Path, cfg: ProbeConfig | None = None) -> VideoInfo:
 
     if cfg.check_decoder and not _decoder_available(codec):
         raise VideoError(Reason.UNSUPPORTED_CODEC, f"no decoder for codec {codec!r}")
+    _check_tail(path, start, duration, cfg)
 
     return VideoInfo(
         path=path,

@@ -48,6 +48,8 @@ class RunSummary:
     wall_s: float
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     llm: dict[str, Any] = field(default_factory=dict)  # LLM requests, tokens, retries, failures, tokens/s
+    skipped_by_extension: int = 0  # folder entries that are not videos by name
+    skipped_suffixes: dict[str, int] = field(default_factory=dict)
 
     @property
     def processed(self) -> int:
@@ -162,6 +164,8 @@ def _run(cfg: RunConfig, force: bool, retry_reasons: list[str] | tuple[str, ...]
             rejects_total=rejects_total,
             wall_s=time.perf_counter() - start,
             stages=_stage_times(results),
+            skipped_by_extension=sources.skipped_by_extension,
+            skipped_suffixes=sources.skipped_suffixes,
         )
         summary.llm = _llm_totals(results, summary.wall_s)
         _write_run_json(run, cfg, summary, started, results, cleaned, dropped, sources.kind)
@@ -230,6 +234,8 @@ def _write_run_json(
             "wall_s": round(summary.wall_s, 3),
             "sources": summary.sources,
             "skipped_already_done": summary.skipped,
+            "skipped_by_extension": summary.skipped_by_extension,
+            "skipped_suffixes": summary.skipped_suffixes,
             "accepted": summary.accepted,
             "rejected": summary.rejected,
             "shards_written": len(shards),

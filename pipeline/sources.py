@@ -13,12 +13,15 @@ import csv
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+import os
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.config import ConfigError, InputConfig
-from pipeline.errors import Reason
+from pipeline.errors import Reason, VideoError
+from pipeline.paths import check_path_text, check_regular_file
 from pipeline.records import Rejection
 from pipeline.task import VideoTask
 
@@ -44,6 +47,8 @@ class Sources:
     tasks: list[VideoTask]
     rejects: list[Rejection]
     kind: str
+    skipped_by_extension: int = 0  # folder entries that are not videos by their name (counted, not rejected)
+    skipped_suffixes: dict[str, int] = field(default_factory=dict)  # how many of each suffix were skipped
 
 
 def input_kind(cfg: InputConfig) -> str:
@@ -67,23 +72,73 @@ def load_sources(cfg: InputConfig) -> Sources:
     if kind == "folder":
         if not root.is_dir():
             raise ConfigError(f"input.path: {cfg.path} is not a folder")
-        records = _folder_records(root, cfg)
+        records, folder_rejects, skipped = _folder_records(root, cfg)
         base = root
     else:
         if not root.is_file():
             raise ConfigError(f"input.path: {cfg.path} is not a file")
         base = Path(cfg.video_root).resolve() if cfg.video_root else root.parent
-        records = list(_LOADERS[kind](root))
+        records, folder_rejects, skipped = list(_LOADERS[kind](root)), [], Counter()
     allowed = [Path(r).resolve() for r in cfg.allowed_roots]
     tasks, rejects = _to_tasks(records, base, allowed, group=(kind == "llava"))
-    return Sources(tasks, rejects, kind)
+    return Sources(tasks, folder_rejects + rejects, kind, sum(skipped.values()), dict(skipped))
 
 
-def _folder_records(root: Path, cfg: InputConfig) -> list[dict[str, Any]]:
+def printable(path: str) -> str:
+    """A path as storable text: bytes that are not UTF-8 shown as escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _walk(root: Path, recursive: bool):
+    """(path, is a folder) for every entry under root, folders followed through symlinks but each real one once."""
+    seen: set[tuple[int, int]] = set()
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            yield folder, None, e
+            continue
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir and recursive:
+                stack.append(entry.path)
+            yield entry.path, is_dir, None
+
+
+def _folder_records(root: Path, cfg: InputConfig) -> tuple[list[dict[str, Any]], list[Rejection], Counter]:
+    """Video candidates by extension; every candidate that cannot be a file is a reject, every other entry counted."""
     exts = {e.lower() for e in cfg.extensions}
-    pattern = "**/*" if cfg.recursive else "*"
-    files = sorted(p for p in root.glob(pattern) if p.suffix.lower() in exts and not p.is_dir())
-    return [{"path": str(p.relative_to(root))} for p in files]
+    records, rejects, skipped = [], [], Counter()
+    for path, is_dir, error in _walk(root, cfg.recursive):
+        rel = os.path.relpath(path, root)
+        if error is not None:
+            rejects.append(Rejection(printable(path), "source", Reason.UNREADABLE.value,
+                                     f"folder cannot be listed: {error.strerror or error}", key_for_path(rel)))
+            continue
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix not in exts:
+            if not is_dir:
+                skipped[suffix or "(none)"] += 1
+            continue
+        try:
+            check_regular_file(path)
+        except VideoError as e:
+            rejects.append(Rejection(printable(path), "source", e.reason.value, e.detail if e.reason is not Reason.BAD_PATH
+                                     else f"path is not valid UTF-8: {printable(path)}", key_for_path(rel)))
+            continue
+        records.append({"path": rel})
+    records.sort(key=lambda r: r["path"])
+    return records, rejects, skipped
+
 
 
 def _jsonl(path: Path) -> Iterable[dict[str, Any]]:
@@ -154,7 +209,14 @@ def _to_tasks(
             why = rec.get("_bad") if isinstance(rec, dict) else None
             rejects.append(Rejection(f"record {n}", "source", Reason.BAD_SOURCE.value, why or f"no {'/'.join(PATH_FIELDS)} field"))
             continue
-        path, outside = _resolve(raw, base, allowed)
+        try:
+            check_path_text(raw)
+            path, outside = _resolve(raw, base, allowed)
+        except (VideoError, RuntimeError, OSError, ValueError) as e:
+            reason = e.reason if isinstance(e, VideoError) else Reason.SYMLINK_LOOP if isinstance(e, RuntimeError) else Reason.BAD_PATH
+            detail = e.detail if isinstance(e, VideoError) else f"{printable(raw)}: {e}"
+            rejects.append(Rejection(printable(raw), "source", reason.value, f"record {n}: {detail}", key_for_path(printable(raw))))
+            continue
         source = str(path)
         rel = _rel(path, raw, base)
         if outside:
