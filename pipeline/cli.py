@@ -133,6 +133,27 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pipeline.audit import audit_report, run_audit
+    from pipeline.report import table
+
+    results = run_audit(args.run_dir, samples=args.samples, seed=args.seed, max_frames=args.frames, keys=args.key)
+    report = audit_report(results, args.min_psnr)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        rows = []
+        for s in report["samples"]:
+            worst = "-" if s["worst_psnr_db"] is None else f"{s['worst_psnr_db']:.1f} dB"
+            bad = ", ".join(f"#{m['position']} (index {m['index']}, {m['time_s']:.2f}s): "
+                            + ("no frame" if m["psnr_db"] is None else f"{m['psnr_db']:.1f} dB") for m in s["mismatches"][:4])
+            rows.append([s["key"], s["frames_checked"], worst, s["error"] or bad or "ok"])
+        print(table(["sample", "frames", "worst PSNR", f"frames below {args.min_psnr:g} dB"], rows))
+    mismatched, unaudited = report["mismatched_frames"], report["unaudited_samples"]
+    print(f"audit: {len(results)} samples, {mismatched} mismatched frame(s), {unaudited} not auditable", file=sys.stderr)
+    return 1 if mismatched or unaudited else 0
+
+
 def cmd_import_llava(args: argparse.Namespace) -> int:
     from pipeline.run import run_pipeline
 
@@ -213,6 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", metavar="DIR", help="write PNG charts and report.html (one file) into DIR")
     p.add_argument("--verify", action="store_true", help="check sha256, samples and index; exit 1 on any problem")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("audit", help="re-decode stored frames from the sources with ffmpeg; exit 1 on a mismatch")
+    p.add_argument("run_dir")
+    p.add_argument("--samples", type=int, default=4, help="random samples to audit (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--key", action="append", help="audit this sample (repeatable) instead of random ones")
+    p.add_argument("--frames", type=int, default=0, help="frames checked per sample, evenly spread (0: all)")
+    p.add_argument("--min-psnr", type=float, default=30.0, help="a stored frame below this against ffmpeg's is wrong")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("import-llava", help="shard an existing LLaVA-format dataset (no LLM)")
     p.add_argument("annotations", help="LLaVA JSON: a list of {id, video, conversations}")

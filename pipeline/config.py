@@ -82,6 +82,9 @@ class DecodeConfig(_Strict):
     min_frames: Annotated[int, Field(ge=1)] = Field(
         2, description="fewer decodable frames rejects the video (1 frame: single_frame)"
     )
+    log_dir: str | None = Field(
+        None, description="append every decoder message here (a run at --log-level debug uses OUTPUT/logs)"
+    )
     threads: Annotated[int, Field(ge=0)] = Field(
         0, description="decode workers for one video, each on its own span of keyframe groups (0: all CPUs)"
     )

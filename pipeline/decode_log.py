@@ -3,34 +3,49 @@
 PyAV leaves libav silent unless a level is set; here libav's errors are
 captured (not printed) while a video decodes, together with the decoders' own
 notes (a skipped packet, a stopped demux). A rejected video's detail carries
-the first of them; at debug level every message also goes to the `decoder`
-logger, which a run writes under `OUTPUT/logs/`.
+the first of them. With `decode.log_dir` set (a run at `--log-level debug`
+sets it to `OUTPUT/logs`) every message is also appended, with its source, to
+`decoder-<pid>.log` there: one file per decoding process, no locks needed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 log = logging.getLogger("pipeline.decoder")
 
+_TELLING = ("partial file", "truncat", "end of file", "moov atom not found")
 _NOISE = ("deprecated pixel format", "No accelerated colorspace conversion")
 
 
 class DecoderLog:
     """Messages from one video's decode, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: str = "", log_dir: str | None = None) -> None:
         self.messages: list[str] = []
+        self.source = source
+        self.log_dir = log_dir
 
     def note(self, text: str) -> None:
         text = " ".join(str(text).split())
         if text and not any(n in text for n in _NOISE):
             self.messages.append(text[:300])
-            log.debug("%s", text)
+            log.debug("%s: %s", self.source, text)
+            if self.log_dir:
+                try:
+                    with open(os.path.join(self.log_dir, f"decoder-{os.getpid()}.log"), "a") as fh:
+                        fh.write(f"{self.source}\t{text}\n")
+                except OSError:
+                    pass  # a log that cannot be written never fails a decode
 
     def first(self) -> str | None:
+        """The message that best says what is wrong: one naming a cut file first, else the earliest."""
+        for message in self.messages:
+            if any(k in message.lower() for k in _TELLING):
+                return message
         return self.messages[0] if self.messages else None
 
     def first_suffix(self) -> str:

@@ -266,7 +266,7 @@ def extract_frames(
     order = decode_paths(decode)
     if not order:
         raise VideoError(Reason.DECODE_FAILED, "no decoder configured")
-    decoder_log = DecoderLog()
+    decoder_log = DecoderLog(info.path, decode.log_dir)
     passed: list[str] = []
     for attempt, name in enumerate(order):
         start = time.perf_counter()

@@ -89,22 +89,41 @@ def init_ray(cfg: RunConfig) -> None:
 
     if ray.is_initialized():
         return
+    # Ray's start-up notices ask nothing of the user: shown only at --log-level debug/info.
+    ray_level = min(logging.getLogger().getEffectiveLevel(), logging.ERROR)
+    _quiet_ray_data(ray_level)
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=ray_level)
+        _quiet_ray_data(ray_level)
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "num_cpus": cfg.ray.num_cpus}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "num_cpus": cfg.ray.num_cpus, "logging_level": ray_level}
     if cfg.ray.temp_dir:
         kwargs["_temp_dir"] = str(Path(cfg.ray.temp_dir).resolve())
     if cfg.ray.object_store_mb:
         kwargs["object_store_memory"] = cfg.ray.object_store_mb * 1024 * 1024
     ray.init(**kwargs)
+    _quiet_ray_data(ray_level)
+
+
+def _quiet_ray_data(level: int) -> None:
+    """Ray Data's per-dataset INFO lines, its notice that progress bars are off (our config's choice) and the
+    token-authentication notice of a local cluster are kept off the console unless the log level asks for them."""
+    import ray.data  # noqa: F401  (its own logging set-up runs on import; the levels below come after it)
+
+    quiet = level > logging.INFO
+    for name, at in (("ray.data", logging.WARNING), ("ray.data._internal.progress", logging.ERROR),
+                     ("ray._private.authentication", logging.ERROR)):
+        logging.getLogger(name).setLevel(at if quiet else level)
 
 
 def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] | tuple[str, ...] = ()) -> RunSummary:
     """Run the graph over every source not done yet. Raises ServerUnavailable before any change when the LLM is unusable."""
     from dense_caption.service import llm_service
 
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG and cfg.decode.log_dir is None:
+        logs = Path(cfg.output.dir).resolve() / "logs"
+        cfg = cfg.model_copy(update={"decode": cfg.decode.model_copy(update={"log_dir": str(logs)})})
     with llm_service(cfg, Path(cfg.output.dir) / "logs") as served:
         return _run(served, force, retry_reasons)
 
@@ -118,6 +137,8 @@ def _run(cfg: RunConfig, force: bool, retry_reasons: list[str] | tuple[str, ...]
         if force:
             ledger.reset(run)
         run.make()
+        if cfg.decode.log_dir:
+            Path(cfg.decode.log_dir).mkdir(parents=True, exist_ok=True)
         finish_journal(run)  # a dedup that was interrupted is completed before anything else
         cleaned = ledger.clean(run)
         dropped = ledger.drop_rejects(run, list(retry_reasons)) if retry_reasons else 0

@@ -1,0 +1,163 @@
+"""`prolongvid audit RUN_DIR`: re-decode stored frames from their source videos with ffmpeg and compare.
+
+The check a user can run on a real corpus, which carries no frame codes: for
+each audited sample, every stored frame is decoded again by the ffmpeg command
+line (an independent decoder), picked by presentation time (`-ss` before `-i`
+is frame-accurate: ffmpeg decodes from the keyframe before and drops frames
+shown before the time), scaled to the stored size the way the pipeline scales,
+and compared by PSNR. A frame below `min_psnr` is not the frame its index
+names. Frames of a still scene look alike whichever is stored; the PSNR only
+catches a wrong frame where the picture changes, which is where it matters.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.extract import available_cpus
+from pipeline.frames import scale_array
+from pipeline.imageops import decode_jpeg
+from pipeline.probe import ffprobe_binary, run_ffprobe
+from pipeline.synth import ffmpeg_binary
+from shards.layout import FRAME_MEMBER, META_MEMBER
+from shards.reader import iter_tar_samples, open_run, read_index, read_run_json
+
+
+@dataclass
+class FrameCheck:
+    position: int  # place in the stored sequence
+    index: int  # recorded frame index
+    time_s: float  # recorded timestamp (from the first frame)
+    psnr_db: float | None  # None: ffmpeg returned no frame at that time
+
+
+@dataclass
+class SampleAudit:
+    key: str
+    source: str
+    frames: list[FrameCheck] = field(default_factory=list)
+    error: str | None = None  # the sample could not be audited (source gone, unreadable)
+
+    def mismatches(self, min_psnr: float) -> list[FrameCheck]:
+        return [f for f in self.frames if f.psnr_db is None or f.psnr_db < min_psnr]
+
+    @property
+    def worst_psnr(self) -> float | None:
+        values = [f.psnr_db for f in self.frames if f.psnr_db is not None]
+        return min(values) if values else None
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def _first_frame_offset(source: str, timeout_s: float) -> tuple[float, float]:
+    """(the container's start time, the first shown video frame's time): -ss counts from the first."""
+    fmt = run_ffprobe(source, ["-show_entries", "format=start_time"], timeout_s).get("format") or {}
+    frames = run_ffprobe(
+        source, ["-select_streams", "v:0", "-read_intervals", "%+#64", "-show_entries", "frame=pts_time,best_effort_timestamp_time"],
+        timeout_s,
+    ).get("frames") or []
+    times = [float(f.get("pts_time", f.get("best_effort_timestamp_time"))) for f in frames
+             if f.get("pts_time", f.get("best_effort_timestamp_time")) not in (None, "N/A")]
+    start = float(fmt.get("start_time") or 0.0)
+    return start, (min(times) if times else start)
+
+
+def reference_frame(source: str, at_s: float, size: tuple[int, int], resample: str, timeout_s: float) -> np.ndarray | None:
+    """The frame ffmpeg shows at `at_s` (seconds on the container's clock, from its start), upright, at `size`."""
+    cmd = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error", "-ss", f"{max(at_s, 0.0):.6f}",
+           "-i", source, "-map", "0:v:0", "-frames:v", "1", "-f", "image2pipe", "-c:v", "ppm", "-"]
+    done = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
+    if done.returncode != 0 or not done.stdout:
+        return None
+    from PIL import Image
+    import io
+
+    with Image.open(io.BytesIO(done.stdout)) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    return scale_array(rgb, size[0], size[1], resample)
+
+
+def audit_sample(key: str, members: dict[str, bytes], frame_set: str, resample: str, max_frames: int,
+                 timeout_s: float) -> SampleAudit:
+    meta = json.loads(members[META_MEMBER])
+    source = meta.get("source", "")
+    out = SampleAudit(key, source)
+    fs = ((meta.get("decode") or {}).get("sets") or {}).get(frame_set)
+    if not fs:
+        out.error = f"no record of frame set {frame_set!r} in the sample's metadata"
+        return out
+    if not Path(source).is_file():
+        out.error = f"source {source} is not there any more"
+        return out
+    names = sorted((m for m in members if FRAME_MEMBER.match(m)), key=lambda m: int(m.split(".")[0]))
+    positions = list(range(len(names)))
+    if max_frames and len(positions) > max_frames:
+        positions = sorted(set(np.linspace(0, len(names) - 1, max_frames).round().astype(int).tolist()))
+    try:
+        start, first = _first_frame_offset(source, timeout_s)
+    except Exception as e:  # ffprobe failures are VideoError; anything else is as fatal for this sample
+        out.error = f"ffprobe cannot read the source: {e}"
+        return out
+    fps = float((meta.get("video") or {}).get("avg_fps") or 30.0)
+    early = 0.25 / max(fps, 1.0)  # aim a quarter frame before: a rounded time never lands on the next frame
+    for pos in positions:
+        stored = decode_jpeg(members[names[pos]])
+        size = (stored.shape[1], stored.shape[0])
+        at = first - start + float(fs["timestamps_s"][pos]) - early
+        ref = reference_frame(source, at, size, resample, timeout_s)
+        out.frames.append(FrameCheck(pos, int(fs["indices"][pos]), float(fs["timestamps_s"][pos]),
+                                     None if ref is None else round(psnr(stored, ref), 2)))
+    return out
+
+
+def run_audit(run_dir: str | Path, samples: int = 4, seed: int = 0, max_frames: int = 0, keys: list[str] | None = None,
+              timeout_s: float = 60.0) -> list[SampleAudit]:
+    """Audit `samples` random samples (or the named `keys`) of a run; one sample per worker thread."""
+    ffprobe_binary()  # a missing tool stops here, with the install hint
+    run = open_run(run_dir)
+    rows = read_index(run)
+    config = read_run_json(run).get("config") or {}
+    frame_set = (config.get("shards") or {}).get("frame_set", "shard")
+    resample = next((s.get("resize", {}).get("resample", "bicubic") for s in (config.get("sampling") or {}).get("sets", [])
+                     if s.get("name") == frame_set), "bicubic")
+    if keys:
+        chosen = [r for r in rows if r["key"] in set(keys)]
+    else:
+        chosen = random.Random(seed).sample(rows, min(samples, len(rows)))
+    wanted = {r["key"]: r["shard"] for r in chosen}
+    found: dict[str, dict[str, bytes]] = {}
+    for shard in sorted(set(wanted.values())):
+        for key, members in iter_tar_samples(run.shards / shard):
+            if key in wanted:
+                found[key] = members
+    with ThreadPoolExecutor(max(1, available_cpus())) as pool:
+        futures = {key: pool.submit(audit_sample, key, found[key], frame_set, resample, max_frames, timeout_s)
+                   for key in wanted if key in found}
+        results = [futures[k].result() for k in wanted if k in futures]
+    results += [SampleAudit(k, "", error="listed in the index but not in its shard") for k in wanted if k not in found]
+    return results
+
+
+def audit_report(results: list[SampleAudit], min_psnr: float) -> dict[str, Any]:
+    return {
+        "min_psnr_db": min_psnr,
+        "samples": [
+            {"key": r.key, "source": r.source, "frames_checked": len(r.frames), "worst_psnr_db": r.worst_psnr,
+             "error": r.error,
+             "mismatches": [vars(f) for f in r.mismatches(min_psnr)]}
+            for r in results
+        ],
+        "mismatched_frames": sum(len(r.mismatches(min_psnr)) for r in results),
+        "unaudited_samples": sum(1 for r in results if r.error),
+    }
