@@ -67,12 +67,15 @@ def test_demo_runs_the_pipeline_end_to_end(tmp_path):
     assert "LLM tokens/s" in done.stdout and (out / "logs" / "llm-server.log").exists()
     index = pq.read_table(out / "index.parquet").to_pylist()
     assert len(index) >= 5 and all(r["frames_stored"] == 192 for r in index)
-    assert "pyav" in {r["decoder"] for r in index}  # the Ogg/Theora example falls back
+    assert {r["decoder"] for r in index} == {"pyav"}  # the default, exact decoder
     assert (out / "config.resolved.yaml").exists() and (out / "run.json").exists()
     assert "samples" in done.stdout and "rejects" in done.stdout
     assert all(r["num_conversations"] == 1 + r["num_qa"] for r in index)  # the annotation file's + one per QA pair
     verify = cli("stats", out, "--verify")
     assert verify.returncode == 0, verify.stderr
+    audit = cli("audit", out, "--samples", "3", "--frames", "16")  # ffmpeg re-decodes what the shards store
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "0 mismatched frame(s), 0 not auditable" in audit.stderr
 
 
 def test_run_refuses_bad_configs_naming_the_field(tmp_path):
