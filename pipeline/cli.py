@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run import run_pipeline
 
     cfg = load_config(args.config, args.set or [])
-    summary = run_pipeline(cfg, force=args.force, retry_reasons=args.retry_rejects or [])
+    summary = run_pipeline(cfg, force=args.force, retry_reasons=args.retry_rejects or [], repair=args.repair)
     print_run_summary(summary)
     return 0
 
@@ -226,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. output.dir=out/x")
     p.add_argument("--force", action="store_true", help="redo everything instead of resuming")
     p.add_argument("--retry-rejects", nargs="+", metavar="REASON", help="retry rejected videos with these reasons (patterns allowed: 'llm_*')")
+    p.add_argument("--repair", action="store_true", help="check every shard's sha256 first and redo the samples of damaged ones")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("stats", help="statistics of a run's shards; --verify re-reads and checks every shard")

@@ -79,7 +79,7 @@ def llm_placement(cfg: RunConfig) -> dict[str, Any] | None:
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)}
 
 
-def run_graph(cfg: RunConfig, tasks: list[VideoTask], run_stamp: str) -> list[dict[str, Any]]:
+def run_graph(cfg: RunConfig, tasks: list[VideoTask], run_stamp: str, generation: int) -> list[dict[str, Any]]:
     """Push `tasks` through the graph into shards; returns the write tasks' summaries."""
     import ray.data
 
@@ -96,7 +96,7 @@ def run_graph(cfg: RunConfig, tasks: list[VideoTask], run_stamp: str) -> list[di
         rows = cfg.llm.videos_in_flight if llm else 1
         placement = llm_placement(cfg) if llm else None
         ds = apply_stages(ds, stages, resources.model_copy(update={"concurrency": size}), set_names, rows, placement)
-    sink = ShardSink(cfg.output.dir, cfg.shards, run_stamp)
+    sink = ShardSink(cfg.output.dir, cfg.shards, run_stamp, generation)
     write = cfg.resources.write
     ds.write_datasink(sink, ray_remote_args=ray_args(write), concurrency=write.concurrency)
     return sink.results

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 from pipeline.config import RunConfig, write_resolved_config
 from pipeline.sources import load_sources
+from shards.commit import begin_generation, commit_rejects
 from shards import ledger
 from shards.dedup_apply import finish_journal
 from shards.layout import RunDir
@@ -63,11 +64,15 @@ class RunSummary:
 @contextmanager
 def run_lock(run: RunDir) -> Iterator[None]:
     run.root.mkdir(parents=True, exist_ok=True)
-    with open(run.lock, "w") as f:
+    with open(run.lock, "a+") as f:  # not "w": a run that loses the race must not wipe the holder's pid
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunLocked(f"another run is writing to {run.root} (lock {run.lock})") from None
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunLocked(f"another run (pid {holder}) is writing to {run.root} (lock {run.lock})") from None
+        f.seek(0)
+        f.truncate()
         f.write(str(os.getpid()))
         f.flush()
         yield
@@ -117,18 +122,23 @@ def _quiet_ray_data(level: int) -> None:
         logging.getLogger(name).setLevel(at if quiet else level)
 
 
-def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] | tuple[str, ...] = ()) -> RunSummary:
-    """Run the graph over every source not done yet. Raises ServerUnavailable before any change when the LLM is unusable."""
+def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] | tuple[str, ...] = (),
+                 repair: bool = False) -> RunSummary:
+    """Run the graph over every source not done yet. Raises ServerUnavailable before any change when the LLM is unusable.
+
+    Every run redoes the samples of shards whose size no longer matches their record (or that repeat a key);
+    `repair` also checks every shard's sha256 first.
+    """
     from dense_caption.service import llm_service
 
     if logging.getLogger().getEffectiveLevel() <= logging.DEBUG and cfg.decode.log_dir is None:
         logs = Path(cfg.output.dir).resolve() / "logs"
         cfg = cfg.model_copy(update={"decode": cfg.decode.model_copy(update={"log_dir": str(logs)})})
     with llm_service(cfg, Path(cfg.output.dir) / "logs") as served:
-        return _run(served, force, retry_reasons)
+        return _run(served, force, retry_reasons, repair)
 
 
-def _run(cfg: RunConfig, force: bool, retry_reasons: list[str] | tuple[str, ...]) -> RunSummary:
+def _run(cfg: RunConfig, force: bool, retry_reasons: list[str] | tuple[str, ...], repair: bool = False) -> RunSummary:
     start = time.perf_counter()
     started = datetime.now(timezone.utc)
     run = RunDir(cfg.output.dir)
@@ -137,10 +147,18 @@ def _run(cfg: RunConfig, force: bool, retry_reasons: list[str] | tuple[str, ...]
         if force:
             ledger.reset(run)
         run.make()
+        generation = begin_generation(run)  # writers of any earlier attempt can no longer commit
         if cfg.decode.log_dir:
             Path(cfg.decode.log_dir).mkdir(parents=True, exist_ok=True)
         finish_journal(run)  # a dedup that was interrupted is completed before anything else
         cleaned = ledger.clean(run)
+        damaged = ledger.damaged_shards(run, checksums=repair)
+        if damaged:
+            for name, why in sorted(damaged.items()):
+                log.warning("shard %s is damaged (%s): its samples are redone", name, why)
+            redo = ledger.drop_shards(run, sorted(damaged))
+            cleaned["damaged_shards"] = len(damaged)
+            cleaned["samples_redone"] = len(redo)
         dropped = ledger.drop_rejects(run, list(retry_reasons)) if retry_reasons else 0
         write_resolved_config(cfg, run.root)
 
@@ -149,7 +167,7 @@ def _run(cfg: RunConfig, force: bool, retry_reasons: list[str] | tuple[str, ...]
         done |= {r["key"] for r in rejected if r["key"]}
         rejected_sources = {r["source"] for r in rejected}
         fresh_rejects = [r.to_dict() for r in sources.rejects if r.key not in done and r.source not in rejected_sources]
-        ledger.write_rejects_part(run, fresh_rejects)
+        commit_rejects(run, generation, fresh_rejects)
         todo = [t for t in sources.tasks if t.key not in done and t.source not in rejected_sources]
         skipped = len(sources.tasks) - len(todo)
         log.info("%d sources (%s): %d to do, %d already done", len(sources.tasks), sources.kind, len(todo), skipped)
@@ -159,7 +177,7 @@ def _run(cfg: RunConfig, force: bool, retry_reasons: list[str] | tuple[str, ...]
             from pipeline.graph import run_graph
 
             init_ray(cfg)
-            results = run_graph(cfg, todo, started.strftime("%Y%m%d%H%M%S"))
+            results = run_graph(cfg, todo, started.strftime("%Y%m%d%H%M%S"), generation)
         samples_total, rejects_total = ledger.write_tables(run)
         deduped = 0
         if cfg.filters.dedup.enabled and run.embeddings.exists():

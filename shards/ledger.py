@@ -28,19 +28,33 @@ from shards.layout import TMP_SUFFIX, RunDir
 REJECT_COLUMNS = ["key", "source", "stage", "reason", "detail"]
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in `path` durable (its directory entry)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
+    """Write under a temporary name, fsync, rename, fsync the folder: a crash leaves the old file or the new one."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def write_parquet_atomic(path: Path, table: pa.Table) -> None:
     tmp = path.with_name(path.name + TMP_SUFFIX)
     pq.write_table(table, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def write_shard_record(run: RunDir, shard: dict[str, Any], rows: list[dict[str, Any]]) -> None:
@@ -54,10 +68,19 @@ def write_rejects_part(run: RunDir, rows: list[dict[str, Any]]) -> None:
         write_parquet_atomic(run.ledger_rejects / f"{uuid.uuid4().hex}.parquet", table)
 
 
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A shard record, or None for one a power loss left empty or cut (its shard then counts as unrecorded)."""
+    try:
+        record = json.loads(path.read_bytes() or b"null")
+    except (ValueError, OSError):
+        return None
+    return record if isinstance(record, dict) and "name" in record and "rows" in record else None
+
+
 def shard_records(run: RunDir) -> list[dict[str, Any]]:
     if not run.ledger_shards.is_dir():
         return []
-    records = [json.loads(p.read_text()) for p in sorted(run.ledger_shards.glob("*.json"))]
+    records = [r for r in (_read_record(p) for p in sorted(run.ledger_shards.glob("*.json"))) if r is not None]
     return sorted(records, key=lambda r: r["name"])
 
 
@@ -66,7 +89,10 @@ def reject_rows(run: RunDir) -> list[dict[str, Any]]:
         return []
     rows: list[dict[str, Any]] = []
     for part in sorted(run.ledger_rejects.glob("*.parquet")):
-        rows.extend(pq.read_table(part).to_pylist())
+        try:
+            rows.extend(pq.read_table(part).to_pylist())
+        except (OSError, ValueError, pa.ArrowException):
+            continue  # a part a power loss left empty or cut: its videos are simply redone (clean removes it)
     seen: dict[str, dict[str, Any]] = {}
     for row in rows:  # one row per video even if a crash left an old part beside its rewrite
         seen[row["key"] or row["source"]] = row
@@ -75,12 +101,24 @@ def reject_rows(run: RunDir) -> list[dict[str, Any]]:
 
 def clean(run: RunDir) -> dict[str, int]:
     """Remove what an interrupted run left half-done; return what was removed."""
-    removed = {"partial_files": 0, "unrecorded_shards": 0, "records_without_shard": 0}
+    removed = {"partial_files": 0, "unrecorded_shards": 0, "records_without_shard": 0, "unreadable_ledger_parts": 0}
     for d in (run.shards, run.ledger_shards, run.ledger_rejects, run.root):
         if d.is_dir():
             for p in d.glob("*" + TMP_SUFFIX):
                 p.unlink()
                 removed["partial_files"] += 1
+    if run.ledger_shards.is_dir():
+        for p in run.ledger_shards.glob("*.json"):
+            if _read_record(p) is None:
+                p.unlink()
+                removed["unreadable_ledger_parts"] += 1
+    if run.ledger_rejects.is_dir():
+        for p in run.ledger_rejects.glob("*.parquet"):
+            try:
+                pq.read_metadata(p)
+            except (OSError, ValueError, pa.ArrowException):
+                p.unlink()
+                removed["unreadable_ledger_parts"] += 1
     recorded = {r["name"] for r in shard_records(run)}
     if run.shards.is_dir():
         for tar in run.shards.glob("*.tar"):
@@ -92,6 +130,65 @@ def clean(run: RunDir) -> dict[str, int]:
             (run.ledger_shards / (name + ".json")).unlink()
             removed["records_without_shard"] += 1
     return removed
+
+
+class DuplicateKeys(RuntimeError):
+    """Two committed shards hold the same key: corruption that `prolongvid run --repair` removes."""
+
+
+def damaged_shards(run: RunDir, checksums: bool = False) -> dict[str, str]:
+    """Committed shards that no longer match their record (size; with `checksums` also sha256 and parse), and
+    shards holding a key an earlier shard already holds: {shard name: why}."""
+    from shards.reader import HashingReader, iter_tar_samples
+
+    damaged: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for rec in shard_records(run):
+        name, path = rec["name"], run.shards / rec["name"]
+        dupes = [r["key"] for r in rec["rows"] if r["key"] in owner]
+        for r in rec["rows"]:
+            owner.setdefault(r["key"], name)
+        if dupes:
+            damaged[name] = f"holds {len(dupes)} key(s) shard {owner[dupes[0]]} already holds, e.g. {dupes[0]}"
+            continue
+        try:
+            size = path.stat().st_size
+        except OSError:
+            damaged[name] = "missing"
+            continue
+        if size != rec["bytes"]:
+            damaged[name] = f"{size} bytes, {rec['bytes']} recorded"
+            continue
+        if checksums:
+            with open(path, "rb") as raw:
+                stream = HashingReader(raw)
+                try:
+                    for _ in iter_tar_samples(stream):
+                        pass
+                except (OSError, EOFError, ValueError) as e:
+                    damaged[name] = f"unreadable tar ({e})"
+                    continue
+                if stream.hexdigest() != rec["sha256"]:
+                    damaged[name] = "sha256 differs from the record"
+    return damaged
+
+
+def drop_shards(run: RunDir, names: list[str]) -> list[str]:
+    """Remove shards and their records (and key markers) so their samples are redone; returns their keys."""
+    from shards.commit import forget_keys
+
+    by_name = {r["name"]: r for r in shard_records(run)}
+    keys: list[str] = []
+    for name in names:
+        rec = by_name.get(name)
+        (run.ledger_shards / (name + ".json")).unlink(missing_ok=True)  # the record first: the commit is undone
+        (run.shards / name).unlink(missing_ok=True)
+        if rec is not None:
+            own = [r["key"] for r in rec["rows"]]
+            still_held = {r["key"] for other, o in by_name.items() if other != name and other not in names for r in o["rows"]}
+            forget_keys(run, [k for k in own if k not in still_held])
+            keys += own
+    return keys
 
 
 def drop_rejects(run: RunDir, reasons: list[str]) -> int:
@@ -111,9 +208,15 @@ def drop_rejects(run: RunDir, reasons: list[str]) -> int:
 
 
 def reset(run: RunDir) -> None:
-    """--force: forget every result of earlier runs in this directory."""
+    """--force: forget every result of earlier runs in this directory (the run-attempt generation survives,
+    so writers of an attempt before the reset still cannot commit)."""
+    generation = run.ledger / "generation"
+    kept = generation.read_bytes() if generation.exists() else None
     for d in (run.shards, run.ledger):
         shutil.rmtree(d, ignore_errors=True)
+    if kept is not None:
+        run.ledger.mkdir(parents=True, exist_ok=True)
+        write_atomic(generation, kept)
     for f in (run.index, run.rejects, run.run_json, run.shards_json, run.embeddings):
         f.unlink(missing_ok=True)
 
@@ -126,6 +229,11 @@ def write_tables(run: RunDir) -> tuple[int, int]:
     """Rebuild index.parquet and rejects.parquet from the ledger; returns (samples, rejects)."""
     records = shard_records(run)  # read once: the index, the embeddings and shards.json all come from them
     rows = sorted((row for rec in records for row in rec["rows"]), key=lambda r: (r["shard"], r["key"]))
+    seen: dict[str, str] = {}
+    for row in rows:
+        if seen.setdefault(row["key"], row["shard"]) != row["shard"]:
+            raise DuplicateKeys(f"key {row['key']} is committed in {seen[row['key']]} and {row['shard']}: "
+                                "the run directory is corrupt; `prolongvid run CONFIG --repair` redoes those samples")
     embedded = [(r["key"], r["embedding"]) for r in rows if r.get("embedding")]
     rows = [{k: v for k, v in r.items() if k != "embedding"} for r in rows]
     write_parquet_atomic(run.index, _index_table(rows))

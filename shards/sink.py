@@ -20,7 +20,7 @@ from ray.data.block import BlockAccessor
 from pipeline.config_run import ShardsConfig
 from pipeline.task import VideoTask
 from shards.layout import RunDir, build_sample
-from shards.ledger import write_rejects_part, write_shard_record
+from shards.commit import commit_rejects, commit_shard, committed_in
 from shards.tarwriter import ShardFile
 
 
@@ -69,10 +69,11 @@ def add_llm_usage(total: Counter, usage: dict[str, Any]) -> None:
 
 
 class ShardSink(Datasink):
-    def __init__(self, out_dir: str, shards: ShardsConfig, run_stamp: str):
+    def __init__(self, out_dir: str, shards: ShardsConfig, run_stamp: str, generation: int):
         self.out_dir = out_dir
         self.cfg = shards
         self.run_stamp = run_stamp
+        self.generation = generation  # the run attempt this sink writes for: commits of any other are refused
         self.results: list[dict[str, Any]] = []
 
     @property
@@ -85,7 +86,8 @@ class ShardSink(Datasink):
     def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
         run = RunDir(self.out_dir).make()
         writer_id = f"{self.cfg.prefix}-{self.run_stamp}-{getattr(ctx, 'task_idx', 0):05d}-{uuid.uuid4().hex[:8]}"
-        summary: dict[str, Any] = {"samples": 0, "rejects": Counter(), "timings": {}, "shards": [], "frames": 0, "llm": Counter()}
+        summary: dict[str, Any] = {"samples": 0, "rejects": Counter(), "timings": {}, "shards": [], "frames": 0,
+                                   "llm": Counter(), "already_committed": 0}
         rejects: list[dict[str, Any]] = []
         current: ShardFile | None = None
         rows: list[dict[str, Any]] = []
@@ -97,9 +99,13 @@ class ShardSink(Datasink):
             if current is None:
                 return
             info = current.close()
-            write_shard_record(run, info.__dict__, rows)  # the index rows exist only once the shard does
-            summary["shards"].append(info.__dict__)
+            # The commit point: refused for an older run attempt, and a key already committed is dropped.
+            committed, kept = commit_shard(run, self.generation, info, rows, fsync=self.cfg.fsync)
             current, rows = None, []
+            if committed is not None:
+                summary["shards"].append(committed.__dict__)
+            summary["samples"] += len(kept)
+            summary["frames"] += sum(r["frames_stored"] for r in kept)
 
         try:
             for block in blocks:
@@ -114,6 +120,9 @@ class ShardSink(Datasink):
                         rejects.append({"key": task.key, "source": task.source, **task.error})
                         summary["rejects"][task.error["reason"]] += 1
                         continue
+                    if committed_in(run, task.key):  # a retried task's second copy: the first is in the run
+                        summary["already_committed"] += 1
+                        continue
                     frames = task.frames.get(self.cfg.frame_set, [])
                     sample = build_sample(task.key, frames, sample_meta(task), task.meta.get("conversations") or [])
                     if current is not None and (
@@ -126,14 +135,12 @@ class ShardSink(Datasink):
                     current.write(sample)
                     nbytes = sum(len(f) for f in frames)
                     rows.append(index_row(task, current.final.name, self.cfg.frame_set, nbytes))
-                    summary["samples"] += 1
-                    summary["frames"] += len(frames)
             finish()
         except BaseException:
             if current is not None:
                 current.abort()
             raise
-        write_rejects_part(run, rejects)
+        commit_rejects(run, self.generation, rejects)
         summary["rejects"] = dict(summary["rejects"])
         summary["llm"] = dict(summary["llm"])
         summary["timings"]["write"] = [time.perf_counter() - start, summary["samples"]]

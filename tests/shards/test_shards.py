@@ -68,8 +68,13 @@ def test_ledger_cleanup_removes_what_a_killed_run_left(tmp_path):
     orphan.write(_sample("b"))
     orphan.close()
     ShardFile(run.shards, "half.tar").write(_sample("c"))  # still .partial
+    cut = ShardFile(run.shards, "cut.tar")  # its record and a rejects part were left empty by a power loss
+    cut.write(_sample("d"))
+    cut.close()
+    (run.ledger_shards / "cut.tar.json").write_bytes(b"")
+    (run.ledger_rejects / "cut.parquet").write_bytes(b"PAR1\x00")
     removed = ledger.clean(run)
-    assert removed == {"partial_files": 1, "unrecorded_shards": 1, "records_without_shard": 0}
+    assert removed == {"partial_files": 1, "unrecorded_shards": 2, "records_without_shard": 0, "unreadable_ledger_parts": 2}
     assert sorted(p.name for p in run.shards.iterdir()) == ["done.tar"]
     ledger.write_tables(run)
     assert [r["key"] for r in read_index(run)] == ["a"] and verify_run(run) == []
