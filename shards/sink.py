@@ -9,6 +9,8 @@ collide. Rejected videos arrive here too and become one rejects part per task.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -68,6 +70,19 @@ def add_llm_usage(total: Counter, usage: dict[str, Any]) -> None:
             total[name] += value
 
 
+FAULT_KILL_AFTER_COMMIT = "fault-kill-writer-after-commit"
+
+
+def _injected_kill(run: RunDir) -> None:
+    """The chaos tests' hook: if `.ledger/fault-kill-writer-after-commit` exists, the first writer to remove it
+    dies at once (SIGKILL, as the OOM killer would), right after a commit and before its task ends."""
+    try:
+        (run.ledger / FAULT_KILL_AFTER_COMMIT).unlink()
+    except FileNotFoundError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 class ShardSink(Datasink):
     def __init__(self, out_dir: str, shards: ShardsConfig, run_stamp: str, generation: int):
         self.out_dir = out_dir
@@ -104,6 +119,7 @@ class ShardSink(Datasink):
             current, rows = None, []
             if committed is not None:
                 summary["shards"].append(committed.__dict__)
+            _injected_kill(run)
             summary["samples"] += len(kept)
             summary["frames"] += sum(r["frames_stored"] for r in kept)
 

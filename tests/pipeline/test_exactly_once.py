@@ -1,0 +1,133 @@
+"""Exactly once under faults: a writer killed after a commit, a driver SIGKILLed and restarted at once.
+
+After every fault the run directory must hold the same samples, byte for byte
+(metadata compared without its timings), as an uninterrupted run: no key
+twice, `--verify` clean, no stray files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pipeline.run import run_pipeline
+from pipeline.synth import SynthVideo, make_video
+from shards.layout import META_MEMBER, RunDir
+from shards.reader import iter_tar_samples, open_run
+from shards.sink import FAULT_KILL_AFTER_COMMIT
+from shards.verify import verify_run
+from tests.conftest import pipeline_config
+
+ROOT = Path(__file__).resolve().parents[2]
+VOLATILE = ("timings", "decode_seconds")
+
+
+@pytest.fixture(scope="module")
+def small_videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eo_in")
+    for i in range(6):
+        make_video(SynthVideo(f"v{i}", duration_s=7 + i, width=160, height=90, audio=False), folder)
+    return folder
+
+
+def _strip(meta: dict) -> dict:
+    out = {}
+    for k, v in meta.items():
+        if k in VOLATILE:
+            continue
+        out[k] = _strip(v) if isinstance(v, dict) else v
+    return out
+
+
+def content(out: Path) -> dict[tuple[str, str], str]:
+    """sha256 of every shard member by (key, member); metadata without timings. Fails on a key seen twice."""
+    run = open_run(out)
+    members: dict[tuple[str, str], str] = {}
+    keys: list[str] = []
+    for tar in sorted(run.shards.glob("*.tar")):
+        for key, sample in iter_tar_samples(tar):
+            keys.append(key)
+            for name, data in sample.items():
+                if name == META_MEMBER:
+                    data = json.dumps(_strip(json.loads(data)), sort_keys=True).encode()
+                members[(key, name)] = hashlib.sha256(data).hexdigest()
+    assert len(keys) == len(set(keys)), f"a key stored twice: {sorted(keys)}"
+    return members
+
+
+def assert_clean(out: Path) -> None:
+    run = RunDir(out)
+    assert verify_run(run) == []
+    leftovers = [p for p in out.rglob("*") if p.name.endswith((".partial", ".rewrite.tar"))]
+    assert leftovers == []
+
+
+@pytest.fixture(scope="module")
+def reference(small_videos, ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eo_ref") / "run"
+    summary = run_pipeline(pipeline_config(small_videos, out))
+    assert summary.samples_total == 6
+    return content(out)
+
+
+def test_a_writer_killed_after_its_commit_stores_nothing_twice(small_videos, reference, ray_local, tmp_path):
+    out = tmp_path / "run"
+    (out / ".ledger").mkdir(parents=True)
+    (out / ".ledger" / FAULT_KILL_AFTER_COMMIT).touch()
+    summary = run_pipeline(pipeline_config(small_videos, out))
+    assert not (out / ".ledger" / FAULT_KILL_AFTER_COMMIT).exists()  # the writer did die
+    assert summary.samples_total == 6
+    assert content(out) == reference
+    assert_clean(out)
+
+
+def _cli_run(small_videos: Path, out: Path, ray_temp: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "pipeline", "run", str(ROOT / "configs" / "demo.yaml"),
+           "--set", f"input.path={small_videos}", "--set", "input.format=auto", "--set", f"output.dir={out}",
+           "--set", "llm.enabled=false", "--set", "shards.max_samples=2", "--set", "ray.num_cpus=2",
+           "--set", f"ray.temp_dir={ray_temp}"]
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_a_driver_killed_and_restarted_five_times_stores_every_video_once(small_videos, reference, tmp_path):
+    out = tmp_path / "run"
+    left_behind: list[psutil.Process] = []
+    ray_temp = tempfile.mkdtemp(prefix="raye", dir="/tmp")
+    try:
+        for attempt in range(5):
+            driver = _cli_run(small_videos, out, ray_temp)
+            # Kill at different points: while a shard is being written (its writer then lives on as an orphan
+            # that may finish and try to commit after the next attempt began), or at a later time.
+            deadline = time.monotonic() + (60 if attempt % 2 == 0 else 5 + 2 * attempt)
+            while time.monotonic() < deadline and driver.poll() is None:
+                if attempt % 2 == 0 and any((out / "shards").glob("*.partial")):
+                    break
+                time.sleep(0.05)
+            if driver.poll() is None:
+                left_behind += psutil.Process(driver.pid).children(recursive=True)
+                driver.send_signal(signal.SIGKILL)  # its Ray workers live on: orphans that may still try to commit
+            driver.wait()
+        final = _cli_run(small_videos, out, ray_temp)
+        log = final.communicate(timeout=600)[0].decode(errors="replace")
+        assert final.returncode == 0, log[-3000:]
+    finally:
+        for proc in left_behind:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        shutil.rmtree(ray_temp, ignore_errors=True)
+    assert content(out) == reference
+    assert_clean(out)
