@@ -25,6 +25,7 @@ import numpy as np
 from pipeline.extract import available_cpus
 from pipeline.frames import scale_array
 from pipeline.imageops import decode_jpeg
+from pipeline.paths import PROTOCOL_WHITELIST
 from pipeline.probe import ffprobe_binary, run_ffprobe
 from pipeline.synth import ffmpeg_binary
 from shards.layout import FRAME_MEMBER, META_MEMBER
@@ -75,7 +76,8 @@ def _first_frame_offset(source: str, timeout_s: float) -> tuple[float, float]:
 
 def reference_frame(source: str, at_s: float, size: tuple[int, int], resample: str, timeout_s: float) -> np.ndarray | None:
     """The frame ffmpeg shows at `at_s` (seconds on the container's clock, from its start), upright, at `size`."""
-    cmd = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error", "-ss", f"{max(at_s, 0.0):.6f}",
+    cmd = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", PROTOCOL_WHITELIST,
+           "-ss", f"{max(at_s, 0.0):.6f}",
            "-i", source, "-map", "0:v:0", "-frames:v", "1", "-f", "image2pipe", "-c:v", "ppm", "-"]
     done = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
     if done.returncode != 0 or not done.stdout:

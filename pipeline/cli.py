@@ -172,8 +172,18 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     config = args.config or str(Path(args.run_dir) / "config.resolved.yaml")
     cfg = load_config(config if Path(config).exists() else None,
                       [f"input.path={args.run_dir}", f"output.dir={args.run_dir}", *(args.set or [])])
+    from contextlib import nullcontext
+
+    from pipeline.run import run_lock
+    from shards.layout import RunDir
+
+    if not Path(args.run_dir).is_dir():
+        print(f"error: {args.run_dir} is not a run's output directory", file=sys.stderr)
+        return 2
     try:
-        report = dedup_run(args.run_dir, cfg.filters.dedup, dry_run=args.dry_run)
+        # Rewriting shards while a run writes into the folder would race it: the run's lock is taken first.
+        with nullcontext() if args.dry_run else run_lock(RunDir(args.run_dir)):
+            report = dedup_run(args.run_dir, cfg.filters.dedup, dry_run=args.dry_run)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

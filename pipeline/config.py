@@ -34,11 +34,14 @@ class InputConfig(_Strict):
         description="when set, every video must resolve (symlinks followed) inside one of these folders",
     )
     extensions: list[str] = [".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ogv", ".ts", ".flv"]
+    max_frames_per_sample: Annotated[int, Field(gt=0)] = Field(
+        1024, description="a manifest's per-sample num_frames above this is refused (bad_source)"
+    )
     recursive: bool = True
 
 
 class OutputConfig(_Strict):
-    dir: str
+    dir: Annotated[str, Field(min_length=1, pattern=r"\S", description="the run's own folder (not the current one)")]
 
 
 class ProbeConfig(_Strict):
@@ -50,6 +53,9 @@ class ProbeConfig(_Strict):
         20.0, description="seconds from the start scanned to estimate keyframe spacing (0: skip)"
     )
     check_decoder: bool = Field(True, description="refuse codecs no local decoder can open")
+    allow_indirect: bool = Field(
+        False, description="accept concat lists, playlists and image patterns, which pull in other files"
+    )
     check_tail: bool = Field(
         True, description="read the declared last seconds: a file cut short is `truncated` before any decode"
     )

@@ -53,7 +53,10 @@ class DecoderLog:
         return f" (decoder: {first})" if first else ""
 
     def open_options(self) -> dict[str, str]:
-        return {}
+        """Options every container is opened with: local files only."""
+        from pipeline.paths import PROTOCOL_WHITELIST
+
+        return {"protocol_whitelist": PROTOCOL_WHITELIST}
 
 
 @contextmanager

@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.decode_log import DecoderLog
 from pipeline.errors import NotExact, Reason, VideoError
 from pipeline.frames import swscale_rgb
+from pipeline.paths import indirect_format
 from pipeline.sampling import FrameIndex
 
 _RESEEK_STEPS = (1, 4, 16)  # keyframes further back to try after a late landing, before the start
@@ -47,7 +48,7 @@ class PyAVBackend:
     """PyAV with per-frame proof: by packet times and seeks (`packets`) or by decode order (`decode`)."""
 
     def __init__(self, path: str, rotation_cw: int = 0, codec_threads: int = 1, index_by: str = "packets",
-                 log: DecoderLog | None = None):
+                 log: DecoderLog | None = None, allow_indirect: bool = False):
         import av
 
         self._av = av
@@ -55,6 +56,7 @@ class PyAVBackend:
         self._rotation = rotation_cw
         self._threads = codec_threads
         self.index_by = index_by
+        self.allow_indirect = allow_indirect  # only when the probe accepted such a file (probe.allow_indirect)
         self.name = "pyav" if index_by == "packets" else "pyav-sequential"
         self.log = log or DecoderLog()
         self._container = None
@@ -75,6 +77,10 @@ class PyAVBackend:
             self._container = av.open(self._path, options=self.log.open_options())
         except av.error.FFmpegError as e:
             raise VideoError(Reason.NOT_MEDIA, f"pyav cannot open: {e}") from None
+        indirect = indirect_format(self._container.format.name or "")
+        if indirect and not self.allow_indirect:
+            self._container.close()
+            raise VideoError(Reason.INDIRECT_INPUT, f"a {indirect} file pulls in other inputs")
         videos = [s for s in self._container.streams.video if not _is_cover_art(s)]
         if not videos:
             self._container.close()

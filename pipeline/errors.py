@@ -19,6 +19,7 @@ class Reason(str, Enum):
     NOT_REGULAR_FILE = "not_regular_file"  # a folder, device, fifo or socket with a video name
     SYMLINK_LOOP = "symlink_loop"  # a symbolic link that never reaches a file
     BAD_PATH = "bad_path"  # a path with a NUL byte or bytes that are not text
+    INDIRECT_INPUT = "indirect_input"  # a concat list, playlist or image pattern that pulls in other files
     EMPTY_FILE = "empty_file"  # zero bytes
     NOT_MEDIA = "not_media"  # ffprobe does not recognise any container
     TRUNCATED = "truncated"  # container index missing or fewer frames than the header declares

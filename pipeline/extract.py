@@ -28,6 +28,7 @@ from pipeline.decode_log import DecoderLog, captured
 from pipeline.decoders import Backend, DecordBackend, PyAVBackend
 from pipeline.errors import NotExact, Reason, VideoError
 from pipeline.imageops import encode_jpeg, output_size
+from pipeline.paths import indirect_format
 from pipeline.records import DecodeResult, FrameSet, VideoInfo
 from pipeline.sampling import FrameIndex, SetPlan, plan_frame_set
 
@@ -82,11 +83,17 @@ def decode_paths(decode: DecodeConfig) -> list[str]:
     return paths
 
 
+def _probe_allowed_indirect(info: VideoInfo) -> bool:
+    """A concat list or playlist reaches the decoder only if the probe accepted it (probe.allow_indirect)."""
+    return indirect_format(info.container) is not None
+
+
 def _open(name: str, info: VideoInfo, decode: DecodeConfig, codec_threads: int, log: DecoderLog) -> Backend:
     if name == "decord":
         if info.codec not in decode.decord_codecs:
             raise NotExact(f"decord is not proven exact on {info.codec} (decode.decord_codecs)")
-        reference = PyAVBackend(info.path, rotation_cw=info.rotation, index_by="packets", log=log)
+        reference = PyAVBackend(info.path, rotation_cw=info.rotation, index_by="packets", log=log,
+                                allow_indirect=_probe_allowed_indirect(info))
         try:
             index = reference.frame_index()
         finally:
@@ -102,7 +109,8 @@ def _open(name: str, info: VideoInfo, decode: DecodeConfig, codec_threads: int, 
             raise
         return backend
     index_by = "decode" if name == "pyav-sequential" else "packets"
-    return PyAVBackend(info.path, rotation_cw=info.rotation, codec_threads=codec_threads, index_by=index_by, log=log)
+    return PyAVBackend(info.path, rotation_cw=info.rotation, codec_threads=codec_threads, index_by=index_by, log=log,
+                       allow_indirect=_probe_allowed_indirect(info))
 
 
 def _open_worker(name: str, info: VideoInfo, decode: DecodeConfig, indexed: Backend, log: DecoderLog) -> Backend:
@@ -112,7 +120,8 @@ def _open_worker(name: str, info: VideoInfo, decode: DecodeConfig, indexed: Back
                                 display_size=(info.width, info.height), batch_bytes=decode.batch_bytes, log=log)
     else:
         backend = PyAVBackend(info.path, rotation_cw=info.rotation, codec_threads=1,
-                              index_by="decode" if name == "pyav-sequential" else "packets", log=log)
+                              index_by="decode" if name == "pyav-sequential" else "packets", log=log,
+                              allow_indirect=_probe_allowed_indirect(info))
     backend.share_index(indexed)
     return backend
 

@@ -9,6 +9,17 @@ from pathlib import Path
 
 from pipeline.errors import Reason, VideoError
 
+# Demuxers that open other files or URLs named inside the input (a concat list, a playlist, an image pattern,
+# a session description): a file of this kind under a video name would pull in data from anywhere.
+INDIRECT_FORMATS = frozenset({"concat", "hls", "applehttp", "dash", "image2", "sdp", "rtsp", "rtp", "tee", "lavfi", "mpd"})
+# Every ffmpeg-based reader opens inputs through these protocols only: no network, no pipes, no subfile tricks.
+PROTOCOL_WHITELIST = "file"
+
+
+def indirect_format(format_name: str) -> str | None:
+    """The first demuxer name in `format_name` (ffprobe's comma list) that pulls in other inputs, or None."""
+    return next((n for n in format_name.split(",") if n in INDIRECT_FORMATS), None)
+
 
 def check_path_text(path: str) -> None:
     """A path must be text that can be stored (UTF-8) and passed to the OS (no NUL)."""

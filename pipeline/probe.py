@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.config import LimitsConfig, ProbeConfig
 from pipeline.errors import Reason, VideoError
-from pipeline.paths import check_readable
+from pipeline.paths import PROTOCOL_WHITELIST, check_readable, indirect_format
 from pipeline.records import VideoInfo
 
 _IMAGE_FORMATS = re.compile(r"(_pipe$|^image2$|^apng$|^webp$)")
@@ -41,7 +41,7 @@ def run_ffprobe(path: str, args: list[str], timeout_s: float) -> dict[str, Any]:
 
 def run_ffprobe_logged(path: str, args: list[str], timeout_s: float) -> tuple[dict[str, Any], str]:
     """`run_ffprobe`, also returning what ffprobe reported at error level."""
-    cmd = [ffprobe_binary(), "-v", "error", "-of", "json", *args, "-i", path]
+    cmd = [ffprobe_binary(), "-v", "error", "-of", "json", *args, "-protocol_whitelist", PROTOCOL_WHITELIST, "-i", path]
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
@@ -214,6 +214,9 @@ def probe_video(path: str | Path, cfg: ProbeConfig | None = None) -> VideoInfo:
     fmt = data.get("format") or {}
     streams = data.get("streams") or []
     container = fmt.get("format_name") or ""
+    indirect = indirect_format(container)
+    if indirect and not cfg.allow_indirect:
+        raise VideoError(Reason.INDIRECT_INPUT, f"a {indirect} file pulls in other inputs (probe.allow_indirect is off)")
     if _IMAGE_FORMATS.search(container):
         raise VideoError(Reason.STILL_IMAGE, f"an image ({container}), not a video")
     stream = _pick_video_stream(streams)

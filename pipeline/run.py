@@ -21,8 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.config import RunConfig, write_resolved_config
-from pipeline.sources import load_sources
+from pipeline.config import ConfigError, RunConfig, write_resolved_config
+from pipeline.sources import Sources, load_sources
 from shards.commit import begin_generation, commit_rejects
 from shards import ledger
 from shards.dedup_apply import finish_journal
@@ -129,86 +129,117 @@ def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] |
     Every run redoes the samples of shards whose size no longer matches their record (or that repeat a key);
     `repair` also checks every shard's sha256 first.
     """
+    from dense_caption.http_backend import ServerUnavailable
     from dense_caption.service import llm_service
 
+    root = check_output_dir(cfg.output.dir)
+    sources = load_sources(cfg.input)  # a bad input fails before anything in the output dir changes
     if logging.getLogger().getEffectiveLevel() <= logging.DEBUG and cfg.decode.log_dir is None:
-        logs = Path(cfg.output.dir).resolve() / "logs"
-        cfg = cfg.model_copy(update={"decode": cfg.decode.model_copy(update={"log_dir": str(logs)})})
-    with llm_service(cfg, Path(cfg.output.dir) / "logs") as served:
-        return _run(served, force, retry_reasons, repair)
+        cfg = cfg.model_copy(update={"decode": cfg.decode.model_copy(update={"log_dir": str(root / "logs")})})
+    run = RunDir(root)
+    created = not root.exists()
+    try:
+        with run_lock(run):  # the lock comes first: no server starts and nothing changes without it
+            with llm_service(cfg, root / "logs") as served:
+                return _run(served, run, sources, force, retry_reasons, repair)
+    except ServerUnavailable:
+        if created:  # the LLM was unusable before anything was written: leave no trace of the run
+            run.lock.unlink(missing_ok=True)
+            try:
+                root.rmdir()
+            except OSError:
+                pass  # the managed server's log is there: kept for the user
+        raise
 
 
-def _run(cfg: RunConfig, force: bool, retry_reasons: list[str] | tuple[str, ...], repair: bool = False) -> RunSummary:
+def check_output_dir(text: str) -> Path:
+    """The run's folder, resolved; ConfigError (exit 2) naming output.dir when a run must not write there."""
+    if not text or not str(text).strip():
+        raise ConfigError("output.dir: empty (an unset shell variable?): refusing to write into the current directory")
+    path = Path(text).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if path == cwd or path in cwd.parents:
+        raise ConfigError(f"output.dir: {text} is the current directory or a folder above it: give the run its own folder")
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                under = "" if existing == path else f" (output.dir {text} would lie under it)"
+                raise ConfigError(f"output.dir: {existing} is a file, not a folder{under}")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise ConfigError(f"output.dir: {existing} is not writable by this user")
+            break
+    return path
+
+
+def _run(cfg: RunConfig, run: RunDir, sources: Sources, force: bool, retry_reasons: list[str] | tuple[str, ...],
+         repair: bool = False) -> RunSummary:
     start = time.perf_counter()
     started = datetime.now(timezone.utc)
-    run = RunDir(cfg.output.dir)
-    with run_lock(run):
-        sources = load_sources(cfg.input)  # a bad input fails before anything in the output dir changes
-        if force:
-            ledger.reset(run)
-        run.make()
-        generation = begin_generation(run)  # writers of any earlier attempt can no longer commit
-        if cfg.decode.log_dir:
-            Path(cfg.decode.log_dir).mkdir(parents=True, exist_ok=True)
-        finish_journal(run)  # a dedup that was interrupted is completed before anything else
-        cleaned = ledger.clean(run)
-        damaged = ledger.damaged_shards(run, checksums=repair)
-        if damaged:
-            for name, why in sorted(damaged.items()):
-                log.warning("shard %s is damaged (%s): its samples are redone", name, why)
-            redo = ledger.drop_shards(run, sorted(damaged))
-            cleaned["damaged_shards"] = len(damaged)
-            cleaned["samples_redone"] = len(redo)
-        dropped = ledger.drop_rejects(run, list(retry_reasons)) if retry_reasons else 0
-        write_resolved_config(cfg, run.root)
+    if force:
+        ledger.reset(run)
+    run.make()
+    generation = begin_generation(run)  # writers of any earlier attempt can no longer commit
+    if cfg.decode.log_dir:
+        Path(cfg.decode.log_dir).mkdir(parents=True, exist_ok=True)
+    finish_journal(run)  # a dedup that was interrupted is completed before anything else
+    cleaned = ledger.clean(run)
+    damaged = ledger.damaged_shards(run, checksums=repair)
+    if damaged:
+        for name, why in sorted(damaged.items()):
+            log.warning("shard %s is damaged (%s): its samples are redone", name, why)
+        redo = ledger.drop_shards(run, sorted(damaged))
+        cleaned["damaged_shards"] = len(damaged)
+        cleaned["samples_redone"] = len(redo)
+    dropped = ledger.drop_rejects(run, list(retry_reasons)) if retry_reasons else 0
+    write_resolved_config(cfg, run.root)
 
-        done = {r["key"] for r in ledger.index_rows(run)}
-        rejected = ledger.reject_rows(run)
-        done |= {r["key"] for r in rejected if r["key"]}
-        rejected_sources = {r["source"] for r in rejected}
-        fresh_rejects = [r.to_dict() for r in sources.rejects if r.key not in done and r.source not in rejected_sources]
-        commit_rejects(run, generation, fresh_rejects)
-        todo = [t for t in sources.tasks if t.key not in done and t.source not in rejected_sources]
-        skipped = len(sources.tasks) - len(todo)
-        log.info("%d sources (%s): %d to do, %d already done", len(sources.tasks), sources.kind, len(todo), skipped)
+    done = {r["key"] for r in ledger.index_rows(run)}
+    rejected = ledger.reject_rows(run)
+    done |= {r["key"] for r in rejected if r["key"]}
+    rejected_sources = {r["source"] for r in rejected}
+    fresh_rejects = [r.to_dict() for r in sources.rejects if r.key not in done and r.source not in rejected_sources]
+    commit_rejects(run, generation, fresh_rejects)
+    todo = [t for t in sources.tasks if t.key not in done and t.source not in rejected_sources]
+    skipped = len(sources.tasks) - len(todo)
+    log.info("%d sources (%s): %d to do, %d already done", len(sources.tasks), sources.kind, len(todo), skipped)
 
-        results: list[dict[str, Any]] = []
-        if todo:
-            from pipeline.graph import run_graph
+    results: list[dict[str, Any]] = []
+    if todo:
+        from pipeline.graph import run_graph
 
-            init_ray(cfg)
-            results = run_graph(cfg, todo, started.strftime("%Y%m%d%H%M%S"), generation)
-        samples_total, rejects_total = ledger.write_tables(run)
-        deduped = 0
-        if cfg.filters.dedup.enabled and run.embeddings.exists():
-            from shards.dedup_apply import dedup_run
+        init_ray(cfg)
+        results = run_graph(cfg, todo, started.strftime("%Y%m%d%H%M%S"), generation)
+    samples_total, rejects_total = ledger.write_tables(run)
+    deduped = 0
+    if cfg.filters.dedup.enabled and run.embeddings.exists():
+        from shards.dedup_apply import dedup_run
 
-            deduped = len(dedup_run(run.root, cfg.filters.dedup).removed)
-            samples_total, rejects_total = len(ledger.index_rows(run)), len(ledger.reject_rows(run))
+        deduped = len(dedup_run(run.root, cfg.filters.dedup).removed)
+        samples_total, rejects_total = len(ledger.index_rows(run)), len(ledger.reject_rows(run))
 
-        accepted = sum(r["samples"] for r in results)
-        by_reason: Counter[str] = Counter()
-        for r in results:
-            by_reason.update(r["rejects"])
-        by_reason.update(Counter(r["reason"] for r in fresh_rejects))
-        if deduped:
-            by_reason["near_duplicate"] += deduped
-        summary = RunSummary(
-            out_dir=str(run.root),
-            sources=len(sources.tasks) + len(sources.rejects),
-            skipped=skipped,
-            accepted=accepted,
-            rejected=dict(by_reason),
-            samples_total=samples_total,
-            rejects_total=rejects_total,
-            wall_s=time.perf_counter() - start,
-            stages=_stage_times(results),
-            skipped_by_extension=sources.skipped_by_extension,
-            skipped_suffixes=sources.skipped_suffixes,
-        )
-        summary.llm = _llm_totals(results, summary.wall_s)
-        _write_run_json(run, cfg, summary, started, results, cleaned, dropped, sources.kind)
-        return summary
+    accepted = sum(r["samples"] for r in results)
+    by_reason: Counter[str] = Counter()
+    for r in results:
+        by_reason.update(r["rejects"])
+    by_reason.update(Counter(r["reason"] for r in fresh_rejects))
+    if deduped:
+        by_reason["near_duplicate"] += deduped
+    summary = RunSummary(
+        out_dir=str(run.root),
+        sources=len(sources.tasks) + len(sources.rejects),
+        skipped=skipped,
+        accepted=accepted,
+        rejected=dict(by_reason),
+        samples_total=samples_total,
+        rejects_total=rejects_total,
+        wall_s=time.perf_counter() - start,
+        stages=_stage_times(results),
+        skipped_by_extension=sources.skipped_by_extension,
+        skipped_suffixes=sources.skipped_suffixes,
+    )
+    summary.llm = _llm_totals(results, summary.wall_s)
+    _write_run_json(run, cfg, summary, started, results, cleaned, dropped, sources.kind)
+    return summary
 
 
 def _stage_times(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -80,7 +80,7 @@ def load_sources(cfg: InputConfig) -> Sources:
         base = Path(cfg.video_root).resolve() if cfg.video_root else root.parent
         records, folder_rejects, skipped = list(_LOADERS[kind](root)), [], Counter()
     allowed = [Path(r).resolve() for r in cfg.allowed_roots]
-    tasks, rejects = _to_tasks(records, base, allowed, group=(kind == "llava"))
+    tasks, rejects = _to_tasks(records, base, allowed, group=(kind == "llava"), max_frames=cfg.max_frames_per_sample)
     return Sources(tasks, folder_rejects + rejects, kind, sum(skipped.values()), dict(skipped))
 
 
@@ -198,7 +198,7 @@ def _rel(path: Path, raw: str, base: Path) -> str:
 
 
 def _to_tasks(
-    records: list[dict[str, Any]], base: Path, allowed: list[Path], group: bool
+    records: list[dict[str, Any]], base: Path, allowed: list[Path], group: bool, max_frames: int = 1024
 ) -> tuple[list[VideoTask], list[Rejection]]:
     tasks: dict[str, VideoTask] = {}
     by_source: dict[str, str] = {}
@@ -236,19 +236,22 @@ def _to_tasks(
             rejects.append(Rejection(source, "source", Reason.DUPLICATE_KEY.value, f"key {key} already taken by {first}", key))
             continue
         try:
-            tasks[key] = VideoTask(key, source, _manifest_meta(rec, rel))
+            tasks[key] = VideoTask(key, source, _manifest_meta(rec, rel, max_frames))
         except (ValueError, TypeError) as e:
             rejects.append(Rejection(source, "source", Reason.BAD_SOURCE.value, f"record {n}: {e}", key))
     return list(tasks.values()), rejects
 
 
-def _manifest_meta(rec: dict[str, Any], rel: str) -> dict[str, Any]:
+def _manifest_meta(rec: dict[str, Any], rel: str, max_frames: int) -> dict[str, Any]:
     meta: dict[str, Any] = {"video_rel": rel}
     extra = {k: v for k, v in rec.items() if k not in PATH_FIELDS and k not in ("id", "conversations", "num_frames")}
     if extra:
         meta["extra"] = json.loads(json.dumps(extra, default=str))
     if rec.get("num_frames") not in (None, ""):
-        meta["num_frames"] = int(rec["num_frames"])
+        frames = int(rec["num_frames"])
+        if not 0 < frames <= max_frames:
+            raise ValueError(f"num_frames {frames} outside 1..{max_frames} (input.max_frames_per_sample)")
+        meta["num_frames"] = frames
     if rec.get("conversations"):
         conv = rec["conversations"]
         conv = json.loads(conv) if isinstance(conv, str) else conv

@@ -212,8 +212,16 @@ def reset(run: RunDir) -> None:
     so writers of an attempt before the reset still cannot commit)."""
     generation = run.ledger / "generation"
     kept = generation.read_bytes() if generation.exists() else None
-    for d in (run.shards, run.ledger):
-        shutil.rmtree(d, ignore_errors=True)
+    for rec in shard_records(run):  # only the shards the ledger names: nothing else in shards/ is ours to delete
+        (run.shards / rec["name"]).unlink(missing_ok=True)
+    if run.shards.is_dir():
+        for p in run.shards.glob("*" + TMP_SUFFIX):
+            p.unlink()
+        try:
+            run.shards.rmdir()
+        except OSError:
+            pass  # other files are there: left alone
+    shutil.rmtree(run.ledger, ignore_errors=True)
     if kept is not None:
         run.ledger.mkdir(parents=True, exist_ok=True)
         write_atomic(generation, kept)

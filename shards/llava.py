@@ -10,22 +10,34 @@ reads as a video given as frames.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
-from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER
+from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER, check_key
 from shards.reader import iter_samples, open_run
+
+log = logging.getLogger(__name__)
 
 
 def export_llava(run_dir: str | Path, out_json: str | Path, frames_dir: str | Path | None = None) -> int:
     run = open_run(run_dir)
     records: list[dict[str, Any]] = []
+    root = Path(frames_dir).resolve() if frames_dir is not None else None
     for sample in iter_samples(run):
         key = sample["__key__"]
+        try:
+            check_key(key)  # a member named `../../x` or `/abs/x` would write outside frames_dir
+        except ValueError as e:
+            log.warning("skipping a sample: %s", e)
+            continue
         meta = json.loads(sample[META_MEMBER])
         video = meta.get("video_rel") or meta["source"]
         if frames_dir is not None:
-            folder = Path(frames_dir) / key
+            folder = root / key
+            if folder.resolve().parent != root:
+                log.warning("skipping sample %s: its folder would lie outside %s", key, root)
+                continue
             folder.mkdir(parents=True, exist_ok=True)
             for name, data in sample.items():
                 if FRAME_MEMBER.match(name):

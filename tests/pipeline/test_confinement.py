@@ -1,0 +1,115 @@
+"""Inputs and commands that must not reach outside a run or stop it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import ConfigError, load_config
+from pipeline.decode_pyav import PyAVBackend
+from pipeline.errors import Reason, VideoError
+from pipeline.probe import probe_video
+from pipeline.run import RunLocked, check_output_dir, run_lock
+from pipeline.sources import load_sources
+from shards import ledger
+from shards.layout import RunDir
+from shards.llava import export_llava
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+
+
+def test_a_concat_list_named_like_a_video_cannot_pull_in_a_file_outside(video, tmp_path):
+    inside = tmp_path / "allowed"
+    inside.mkdir()
+    outside = Path(video("h264_10s"))  # lives in another folder
+    (inside / "part.bin").symlink_to(outside)  # a name the concat demuxer calls safe, leading outside
+    sneaky = inside / "clip.mp4"
+    sneaky.write_text("ffconcat version 1.0\nfile 'part.bin'\n")
+    with pytest.raises(VideoError) as err:
+        probe_video(sneaky)
+    assert err.value.reason is Reason.INDIRECT_INPUT and "concat" in err.value.detail
+    with pytest.raises(VideoError) as err:
+        PyAVBackend(str(sneaky))
+    assert err.value.reason in (Reason.INDIRECT_INPUT, Reason.NOT_MEDIA)
+
+
+def test_export_refuses_members_that_would_escape_the_frames_folder(tmp_path):
+    run = RunDir(tmp_path / "run").make()
+    with tarfile.open(run.shards / "s.tar", "w") as tar:
+        for key in ("../../evil", "good"):
+            for name, data in ((f"{key}.0000.jpg", b"\xff\xd8x\xff\xd9"), (f"{key}.json", b'{"source": "v.mp4"}'),
+                               (f"{key}.conversations.json", b'[{"conversations": []}]')):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    pq.write_table(pa.table({"key": ["good"], "shard": ["s.tar"]}), run.index)
+    frames = tmp_path / "a" / "b" / "frames"
+    assert export_llava(run.root, tmp_path / "out.json", frames) == 1
+    assert (frames / "good" / "0000.jpg").exists()
+    assert not (tmp_path / "a" / "evil").exists() and not list(tmp_path.glob("**/evil*"))
+
+
+@pytest.mark.parametrize("value, says", [("", "output.dir"), ("   ", "output.dir"), (".", "current directory"),
+                                          ("..", "current directory")])
+def test_an_empty_or_enclosing_output_dir_is_refused(value, says, tmp_path):
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "mine.txt").write_text("keep me")
+    done = cli("run", ROOT / "configs/demo.yaml", "--set", f"input.path={tmp_path}", "--set", "llm.enabled=false",
+               "--set", f"output.dir={value}", "--force", cwd=tmp_path)
+    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert (tmp_path / "shards" / "mine.txt").read_text() == "keep me"
+
+
+def test_an_output_dir_that_is_or_lies_under_a_file_is_refused(tmp_path):
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    for target in (afile, afile / "run"):
+        with pytest.raises(ConfigError, match="output.dir: .* is a file"):
+            check_output_dir(str(target))
+
+
+def test_force_deletes_only_what_the_ledger_names(tmp_path):
+    run = RunDir(tmp_path / "run").make()
+    (run.shards / "notes.txt").write_text("a user's file")
+    (run.shards / "stray.tar").write_bytes(b"not ours")
+    ledger.reset(run)
+    assert (run.shards / "notes.txt").exists() and (run.shards / "stray.tar").exists()
+
+
+def test_a_manifest_cannot_ask_for_unbounded_frames_or_bad_paths(tmp_path, video):
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"path": str(video("h264_10s")), "id": "ok", "num_frames": 64},
+            {"path": str(video("h264_10s")), "id": "huge", "num_frames": 20000},
+            {"path": "a\u0000b.mp4", "id": "nul"}]
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    sources = load_sources(load_config(None, [f"input.path={manifest}", "output.dir=unused"]).input)
+    assert [t.key for t in sources.tasks] == ["ok"]
+    reasons = {r.reason for r in sources.rejects}
+    assert reasons == {"bad_source", "bad_path"}
+    assert any("num_frames 20000 outside 1..1024" in r.detail for r in sources.rejects)
+
+
+def test_the_loser_of_the_lock_leaves_it_alone_and_dedup_waits_its_turn(tmp_path):
+    run = RunDir(tmp_path / "run").make()
+    with run_lock(run):
+        holder = run.lock.read_text()
+        with pytest.raises(RunLocked, match=f"pid {holder}"):
+            with run_lock(run):
+                pass
+        assert run.lock.read_text() == holder == str(os.getpid())
+        done = cli("dedup", run.root)
+        assert done.returncode == 4 and "another run" in done.stderr
