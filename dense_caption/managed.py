@@ -26,6 +26,22 @@ from typing import Self
 log = logging.getLogger(__name__)
 
 
+def _take_api_key(args: list[str]) -> tuple[list[str], str | None]:
+    """`--api-key X` / `--api-key=X` removed from a server's arguments, and the key."""
+    out, key, i = [], None, 0
+    while i < len(args):
+        arg = str(args[i])
+        if arg == "--api-key" and i + 1 < len(args):
+            key, i = str(args[i + 1]), i + 2
+            continue
+        if arg.startswith("--api-key="):
+            key = arg.partition("=")[2]
+        else:
+            out.append(args[i])
+        i += 1
+    return out, key
+
+
 def _redacted(argv: Sequence[str]) -> list[str]:
     """argv with the value of any --api-key hidden, for logging."""
     out, hide = [], False
@@ -85,8 +101,10 @@ class ManagedServer:
         self.log_path = Path(log_path)
         self.host = host
         self.port = port or free_port(host)
-        self.extra_args = list(extra_args)
+        self.extra_args, key = _take_api_key(list(extra_args))
         self.env = dict(env or {})
+        if key is not None:  # through the environment, not argv: argv shows in `ps` and in vLLM's own log
+            self.env["VLLM_API_KEY"] = key
         self.startup_timeout_s = startup_timeout_s
         self.stop_grace_s = stop_grace_s
         self.poll_interval_s = poll_interval_s

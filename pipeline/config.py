@@ -6,6 +6,7 @@ of the field (`sampling.sets.0.num_frames: ...`) instead of being ignored.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -314,9 +315,41 @@ def load_config(
         raise ConfigError(_format_validation_error(e, origin)) from None
 
 
+_SECRET = re.compile(r"(api[-_]?key|token|secret|passw(or)?d|credential|auth)", re.IGNORECASE)
+REDACTED = "***"
+
+
+def redacted(value: Any) -> Any:
+    """A config's data with secret-looking values replaced: `--api-key X` in an argument list, and values of
+    keys (env, engine flags) whose name says key, token, secret, password, credential or auth."""
+    if isinstance(value, dict):
+        return {k: REDACTED if _SECRET.search(str(k)) and isinstance(v, (str, int)) and v not in ("", None)
+                else redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        out, hide_next = [], False
+        for item in value:
+            text = str(item)
+            if hide_next:
+                out.append(REDACTED)
+                hide_next = False
+            elif text.startswith("-") and _SECRET.search(text):
+                flag, eq, _ = text.partition("=")
+                out.append(f"{flag}={REDACTED}" if eq else item)
+                hide_next = not eq
+            else:
+                out.append(redacted(item))
+        return out
+    return value
+
+
+def config_record(cfg: BaseModel) -> dict[str, Any]:
+    """The config as written into a run's files: JSON-ready, secrets redacted."""
+    return redacted(cfg.model_dump(mode="json"))
+
+
 def dump_config(cfg: BaseModel) -> str:
-    """The resolved config as YAML: what every output directory keeps beside its results."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML: what every output directory keeps beside its results (secrets redacted)."""
+    return yaml.safe_dump(config_record(cfg), sort_keys=False)
 
 
 def write_resolved_config(cfg: BaseModel, out_dir: str | Path, name: str = "config.resolved.yaml") -> Path:

@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.config import ConfigError, RunConfig, write_resolved_config
+from pipeline.config import ConfigError, RunConfig, config_record, write_resolved_config
 from pipeline.sources import Sources, load_sources
 from shards.commit import begin_generation, commit_rejects
 from shards import ledger
@@ -296,7 +296,7 @@ def _write_run_json(
             previous = []
     shards = [s for r in results for s in r["shards"]]
     doc = {
-        "config": cfg.model_dump(mode="json"),
+        "config": config_record(cfg),
         "versions": versions(),
         "input_kind": kind,
         "this_run": {

@@ -11,6 +11,7 @@ data-loader workers by webdataset, with a shuffle buffer and a seed.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections import Counter
@@ -42,6 +43,8 @@ class DataConfig(_Strict):
     shuffle_buffer: Annotated[int, Field(ge=0)] = 64
     length_bucket_tokens: Annotated[int, Field(ge=0)] = 0  # batch items whose lengths share this bucket (0: frames only)
     seed: int = 0
+    # A stored frame above this is refused before decoding (a 12000x12000 JPEG would take 1.7 GB); shards hold 384 px.
+    max_frame_pixels: Annotated[int, Field(gt=0)] = 4096 * 4096
 
 
 def shard_urls(spec: str) -> list[str]:
@@ -97,11 +100,29 @@ def decode_frames(jpegs: list[bytes], cfg: DataConfig) -> Any:
     return images.sub_(mean).div_(std)
 
 
+def frames_problem(jpegs: list[bytes], max_pixels: int) -> str | None:
+    """Why these stored frames must not be decoded (too large, no JPEG header), from their headers alone."""
+    from PIL import Image
+
+    for n, data in enumerate(jpegs):
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                kind = img.format
+        except Exception as e:  # PIL raises UnidentifiedImageError, OSError, ValueError, DecompressionBombError
+            return f"frame {n}: unreadable header ({type(e).__name__})"
+        if kind != "JPEG":
+            return f"frame {n}: {kind}, not JPEG"
+        if width * height > max_pixels:
+            return f"frame {n}: {width}x{height} over max_frame_pixels {max_pixels}"
+    return None
+
+
 @dataclass
 class LoaderCounts:
     samples: int = 0
     items: int = 0
-    reasons: Counter = field(default_factory=Counter)  # no_conversations, dropped_overlong, fewer_frames
+    reasons: Counter = field(default_factory=Counter)  # no_conversations, dropped_overlong, fewer_frames, bad_frames
 
 
 def training_items(
@@ -145,7 +166,19 @@ def training_items(
             if counts.items <= skip:
                 continue
             if k not in pixels:
-                pixels[k] = decode_frames([sample[names[i]] for i in picked], cfg)
+                jpegs = [sample[names[i]] for i in picked]
+                problem = frames_problem(jpegs, cfg.max_frame_pixels)
+                if problem is None:
+                    try:
+                        pixels[k] = decode_frames(jpegs, cfg)
+                    except (RuntimeError, ValueError) as e:  # torchvision's libjpeg errors on corrupt data
+                        problem = f"frames do not decode ({str(e).splitlines()[0][:120]})"
+                if problem is not None:
+                    pixels[k] = None  # its items stay counted (resume positions), none is yielded
+                    counts.reasons["bad_frames"] += 1
+                    log.warning("skipping sample %s: %s", sample.get("__key__"), problem)
+            if pixels[k] is None:
+                continue
             yield {
                 "_i": counts.items - 1,  # the item's place in this worker's stream (exact resume)
                 "key": sample["__key__"],
@@ -187,6 +220,7 @@ def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0, skip: i
         workersplitter=wds.split_by_worker,
         empty_check=False,
         seed=cfg.seed + epoch,
+        handler=wds.warn_and_continue,  # a damaged tar member is logged and passed over, never stops training
     )
     if cfg.shuffle_buffer:
         dataset = dataset.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=cfg.seed + epoch)

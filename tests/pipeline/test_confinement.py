@@ -113,3 +113,24 @@ def test_the_loser_of_the_lock_leaves_it_alone_and_dedup_waits_its_turn(tmp_path
         assert run.lock.read_text() == holder == str(os.getpid())
         done = cli("dedup", run.root)
         assert done.returncode == 4 and "another run" in done.stderr
+
+
+def test_secrets_in_server_arguments_are_never_written(tmp_path):
+    from dense_caption.managed import ManagedServer
+    from pipeline.config import dump_config, write_resolved_config
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [
+        f"output.dir={tmp_path}", "input.path=.",
+        "llm.http.managed.args=[--api-key, sk-live-123, --max-model-len, '4096']",
+        "llm.http.managed.env={HF_TOKEN: hf_secret_456, OMP_NUM_THREADS: '1'}",
+        "llm.engine.engine_kwargs={api_key: sk-eng-789, gpu_memory_utilization: 0.9}",
+    ])
+    text = dump_config(cfg)
+    for secret in ("sk-live-123", "hf_secret_456", "sk-eng-789"):
+        assert secret not in text
+    assert "--max-model-len" in text and "4096" in text and "OMP_NUM_THREADS" in text  # the rest is kept
+    write_resolved_config(cfg, tmp_path)
+    assert "sk-live-123" not in (tmp_path / "config.resolved.yaml").read_text()
+    server = ManagedServer("m", python=sys.executable, log_path=tmp_path / "log",
+                           extra_args=["--api-key", "sk-live-123", "--max-model-len", "4096"])
+    assert "sk-live-123" not in " ".join(server.command) and server.env["VLLM_API_KEY"] == "sk-live-123"

@@ -116,3 +116,27 @@ def test_overlong_items_are_dropped_or_shortened_and_counted(shards, encoder):
             assert counts.reasons["fewer_frames"] >= 1
             long_item = next(i for i in items if i["id"] == "c0")
             assert long_item["pixel_values"].shape[0] == expect_frames and len(long_item["input_ids"]) <= limit
+
+
+def test_a_huge_or_corrupt_frame_skips_its_sample_never_the_training(shards, encoder):
+    """A 12000x12000 JPEG is refused from its header (never decoded); a corrupt one is counted and passed over."""
+    import io
+
+    from PIL import Image
+
+    from train.data import LoaderCounts
+
+    samples = [dict(s) for url in shard_urls(str(shards)) for s in
+               ({"__key__": k, **m} for k, m in iter_tar_samples(url))]
+    assert len(samples) == 2
+    big = io.BytesIO()
+    Image.new("RGB", (12000, 12000)).save(big, "JPEG", quality=10)
+    huge, broken = samples[0], samples[1]
+    huge["0000.jpg"] = big.getvalue()
+    broken["0039.jpg"] = b"\xff\xd8\xff\xe0" + b"\x00" * 300  # a JPEG start, then nothing a decoder can use
+    cfg = DataConfig(shards=str(shards), frames=8, image_size=64, tokens_per_frame=10, shuffle_buffer=0)
+    counts = LoaderCounts()
+    items = list(training_items(iter([huge, broken, samples[0] | {"__key__": "again"} | {"0000.jpg": samples[1]["0000.jpg"]}]),
+                                cfg, encoder, counts))
+    assert counts.reasons["bad_frames"] == 2 and counts.samples == 3
+    assert {i["key"] for i in items} == {"again"}  # training goes on with the next sample
