@@ -26,6 +26,25 @@ from typing import Self
 log = logging.getLogger(__name__)
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, from /proc (Linux); [] where /proc is not there."""
+    members = []
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state not in (b"Z", b"X"):
+            members.append(pid)
+    return members
+
+
 def _take_api_key(args: list[str]) -> tuple[list[str], str | None]:
     """`--api-key X` / `--api-key=X` removed from a server's arguments, and the key."""
     out, key, i = [], None, 0
@@ -174,9 +193,16 @@ class ManagedServer:
                 proc.wait(timeout=self.stop_grace_s)
             except subprocess.TimeoutExpired:
                 log.warning("vLLM server did not stop in %.0f s: killing it", self.stop_grace_s)
-        # The leader may be gone while workers in its group linger: kill the rest.
+        # The leader may be gone while workers in its group linger: kill the rest, and return only once they are gone.
         self._signal(proc, signal.SIGKILL)
         proc.wait()
+        deadline = time.monotonic() + max(self.stop_grace_s, 5.0)
+        while group_members(proc.pid) and time.monotonic() < deadline:
+            self._signal(proc, signal.SIGKILL)
+            time.sleep(0.05)
+        left = group_members(proc.pid)
+        if left:
+            log.warning("vLLM server processes %s outlived SIGKILL for %.0f s", left, max(self.stop_grace_s, 5.0))
 
     @staticmethod
     def _signal(proc: subprocess.Popen, sig: int) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dense_caption.managed import ManagedServer, ServerStartError
+from dense_caption.managed import ManagedServer, ServerStartError, group_members
 
 from .conftest import VLLM_CPU_ARGS, VLLM_CPU_ENV
 
@@ -32,19 +32,6 @@ def jpeg_part(color: tuple[int, int, int], size=(64, 48)) -> dict:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="JPEG")
     return {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()}}
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is pgid, from /proc."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(stat.parent.name))
-    return pids
 
 
 def test_start_failure_raises_with_log_tail(vllm_python, tmp_path):
