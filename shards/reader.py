@@ -90,7 +90,7 @@ def iter_tar_samples(source: str | Path | Any) -> Iterator[tuple[str, dict[str, 
             base, dot, suffix = name.partition(".")
             if not dot or "/" in name:
                 raise tarfile.TarError(f"member {name!r} is not <key>.<field>")
-            if base != key:
+            if base != key or suffix in members:  # a member seen again: the same key stored a second time
                 if key is not None:
                     yield key, members
                 key, members = base, {}
