@@ -134,3 +134,29 @@ def test_secrets_in_server_arguments_are_never_written(tmp_path):
     server = ManagedServer("m", python=sys.executable, log_path=tmp_path / "log",
                            extra_args=["--api-key", "sk-live-123", "--max-model-len", "4096"])
     assert "sk-live-123" not in " ".join(server.command) and server.env["VLLM_API_KEY"] == "sk-live-123"
+
+
+def test_exit_codes_through_the_command_line(video, tmp_path):
+    import socket
+
+    no_tools = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": str(tmp_path / "empty")}
+    done = subprocess.run([sys.executable, "-m", "pipeline", "probe", str(video("h264_10s"))], capture_output=True,
+                          text=True, cwd=ROOT, env=no_tools, timeout=120)
+    assert done.returncode == 3 and "ffprobe not found" in done.stderr  # 3: ffmpeg missing
+
+    out = tmp_path / "run"
+    run = RunDir(out).make()
+    with run_lock(run):  # 4: another run holds the folder
+        done = cli("run", ROOT / "configs/demo.yaml", "--set", f"input.path={tmp_path}", "--set", "input.format=auto", "--set", "llm.enabled=false",
+                   "--set", f"output.dir={out}")
+    assert done.returncode == 4 and "another run" in done.stderr
+
+    with socket.socket() as s:  # 5: the LLM server cannot be used (a port nothing listens on)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fresh = tmp_path / "fresh"
+    done = cli("run", ROOT / "configs/demo.yaml", "--set", f"input.path={tmp_path}", "--set", "input.format=auto", "--set", f"output.dir={fresh}",
+               "--set", "llm.http.mode=external", "--set", f"llm.http.url=http://127.0.0.1:{port}/v1",
+               "--set", "llm.http.connect_timeout_s=2")
+    assert done.returncode == 5 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not fresh.exists()  # nothing was written
