@@ -160,3 +160,22 @@ def test_exit_codes_through_the_command_line(video, tmp_path):
                "--set", "llm.http.connect_timeout_s=2")
     assert done.returncode == 5 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert not fresh.exists()  # nothing was written
+
+
+def test_no_manifest_row_stops_the_run(tmp_path, video):
+    good = str(video("h264_10s"))
+    deep = "[" * 200_000 + "]" * 200_000
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text("\n".join([json.dumps({"path": good, "id": "ok"}), '{"path": "x.mp4", "extra": ' + deep + "}",
+                                "not json", json.dumps({"path": good, "id": "ok2"})]))
+    csv_file = tmp_path / "m.csv"
+    csv_file.write_text(f"path,id,note\n{good},ok,\n{good},big,{'x' * (2 << 20)}\n{good},ok2,\n")
+    llava = tmp_path / "a.json"
+    llava.write_text("[" + json.dumps({"id": "r0", "video": good, "conversations": []}) + ","
+                     + '{"id": "r1", "video": "x.mp4", "conversations": ' + deep + "},"
+                     + json.dumps({"id": "r2", "video": str(video("hevc_10s")), "conversations": []}) + "]")
+    for path, kept, bad in ((jsonl, 2, 2), (csv_file, 2, 1), (llava, 2, 1)):
+        sources = load_sources(load_config(None, [f"input.path={path}", "output.dir=unused"]).input)
+        assert len(sources.tasks) == kept, path
+        assert [r.reason for r in sources.rejects] == ["bad_source"] * bad, (path, sources.rejects)
+        assert all(r.detail for r in sources.rejects)

@@ -104,5 +104,8 @@ def test_unusable_input_paths_fail_at_load(tmp_path):
     with pytest.raises(ConfigError, match="input.path"):
         load_sources(cfg_for(tmp_path / "missing.txt"))
     (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="must hold a list of LLaVA records"):
+        load_sources(cfg_for(tmp_path / "bad.json"))
+    (tmp_path / "bad.json").write_text('[{"video": "a.mp4"}, {not json')
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_sources(cfg_for(tmp_path / "bad.json"))
