@@ -79,9 +79,13 @@ def test_bad_files_get_their_specific_reason(bad_file, kind, reason):
     assert err.value.detail
 
 
-def test_truncated_with_index_in_front_probes_but_declares_more_than_it_holds(bad_file):
-    # The probe cannot see it (the header is intact); extraction compares the header with what decodes.
-    info = probe_video(bad_file("truncated"))
+def test_truncated_with_index_in_front_is_truncated_at_probe(bad_file):
+    # The header is intact, but reading the declared last seconds finds the index pointing past the end.
+    with pytest.raises(VideoError) as err:
+        probe_video(bad_file("truncated"))
+    assert err.value.reason is Reason.TRUNCATED
+    # Without that check the header alone looks whole; extraction then compares it with what decodes.
+    info = probe_video(bad_file("truncated"), ProbeConfig(check_tail=False))
     assert info.num_frames_exact and info.num_frames == 180
 
 
@@ -91,7 +95,7 @@ def test_missing_and_unreadable_paths(tmp_path):
     assert err.value.reason is Reason.MISSING
     with pytest.raises(VideoError) as err:
         probe_video(tmp_path)
-    assert err.value.reason is Reason.UNREADABLE
+    assert err.value.reason is Reason.NOT_REGULAR_FILE and "is a folder" in err.value.detail
 
 
 def test_probe_timeout_is_a_reason(video):
