@@ -5,7 +5,7 @@ each audited sample, every stored frame is decoded again by the ffmpeg command
 line (an independent decoder), picked by presentation time (`-ss` before `-i`
 is frame-accurate: ffmpeg decodes from the keyframe before and drops frames
 shown before the time), scaled to the stored size the way the pipeline scales,
-and compared by PSNR. A frame below `min_psnr` is not the frame its index
+and compared by luma PSNR. A frame below `min_psnr` is not the frame its index
 names. Frames of a still scene look alike whichever is stored; the PSNR only
 catches a wrong frame where the picture changes, which is where it matters.
 """
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.extract import available_cpus
-from pipeline.frames import scale_array
+from pipeline.frames import swscale_rgb
 from pipeline.imageops import decode_jpeg
 from pipeline.paths import PROTOCOL_WHITELIST
 from pipeline.probe import ffprobe_binary, run_ffprobe
@@ -56,8 +56,15 @@ class SampleAudit:
         return min(values) if values else None
 
 
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    """Luma PSNR (dB; 99 when equal). Luma only: libswscale's chroma filtering depends on the frame's memory
+    layout (a decoder's padded planes vs a copy), which costs a right frame up to 15 dB of chroma PSNR and
+    says nothing about which frame it is; luma scores a right frame at 43-45 dB and its neighbour at 20-27."""
+    mse = float(np.mean((_luma(a) - _luma(b)) ** 2))
     return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
@@ -74,20 +81,26 @@ def _first_frame_offset(source: str, timeout_s: float) -> tuple[float, float]:
     return start, (min(times) if times else start)
 
 
-def reference_frame(source: str, at_s: float, size: tuple[int, int], resample: str, timeout_s: float) -> np.ndarray | None:
-    """The frame ffmpeg shows at `at_s` (seconds on the container's clock, from its start), upright, at `size`."""
-    cmd = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", PROTOCOL_WHITELIST,
-           "-ss", f"{max(at_s, 0.0):.6f}",
-           "-i", source, "-map", "0:v:0", "-frames:v", "1", "-f", "image2pipe", "-c:v", "ppm", "-"]
-    done = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
-    if done.returncode != 0 or not done.stdout:
-        return None
-    from PIL import Image
-    import io
+def reference_frame(source: str, at_s: float, size: tuple[int, int], resample: str, timeout_s: float,
+                    display: tuple[int, int]) -> np.ndarray | None:
+    """The frame ffmpeg decodes at `at_s` (seconds on the container's clock, from its start), upright, at `size`.
 
-    with Image.open(io.BytesIO(done.stdout)) as img:
-        rgb = np.asarray(img.convert("RGB"))
-    return scale_array(rgb, size[0], size[1], resample)
+    ffmpeg decodes, picks the frame and turns it upright; the pixels come out as 8-bit 4:2:0 at full size and
+    are scaled to `size` by the pipeline's own libswscale call.
+    """
+    w, h = display
+    even = [] if w % 2 == 0 and h % 2 == 0 else ["-vf", f"scale={w + w % 2}:{h + h % 2}"]  # 4:2:0 needs even sizes
+    cmd = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", PROTOCOL_WHITELIST,
+           "-ss", f"{max(at_s, 0.0):.6f}", "-i", source, "-map", "0:v:0", "-frames:v", "1", *even,
+           "-pix_fmt", "yuv420p", "-f", "rawvideo", "-"]
+    done = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
+    w, h = w + w % 2, h + h % 2
+    if done.returncode != 0 or len(done.stdout) != w * h * 3 // 2:
+        return None
+    import av
+
+    frame = av.VideoFrame.from_ndarray(np.frombuffer(done.stdout, dtype=np.uint8).reshape(h * 3 // 2, w), format="yuv420p")
+    return swscale_rgb(frame, size[0], size[1], resample)
 
 
 def audit_sample(key: str, members: dict[str, bytes], frame_set: str, resample: str, max_frames: int,
@@ -111,13 +124,15 @@ def audit_sample(key: str, members: dict[str, bytes], frame_set: str, resample: 
     except Exception as e:  # ffprobe failures are VideoError; anything else is as fatal for this sample
         out.error = f"ffprobe cannot read the source: {e}"
         return out
-    fps = float((meta.get("video") or {}).get("avg_fps") or 30.0)
+    video = meta.get("video") or {}
+    fps = float(video.get("avg_fps") or 30.0)
+    display = (int(video.get("width") or 0), int(video.get("height") or 0))  # upright size, as ffmpeg outputs it
     early = 0.25 / max(fps, 1.0)  # aim a quarter frame before: a rounded time never lands on the next frame
     for pos in positions:
         stored = decode_jpeg(members[names[pos]])
         size = (stored.shape[1], stored.shape[0])
         at = first - start + float(fs["timestamps_s"][pos]) - early
-        ref = reference_frame(source, at, size, resample, timeout_s)
+        ref = reference_frame(source, at, size, resample, timeout_s, display)
         out.frames.append(FrameCheck(pos, int(fs["indices"][pos]), float(fs["timestamps_s"][pos]),
                                      None if ref is None else round(psnr(stored, ref), 2)))
     return out
@@ -131,8 +146,8 @@ def run_audit(run_dir: str | Path, samples: int = 4, seed: int = 0, max_frames: 
     rows = read_index(run)
     config = read_run_json(run).get("config") or {}
     frame_set = (config.get("shards") or {}).get("frame_set", "shard")
-    resample = next((s.get("resize", {}).get("resample", "bicubic") for s in (config.get("sampling") or {}).get("sets", [])
-                     if s.get("name") == frame_set), "bicubic")
+    spec = next((s for s in (config.get("sampling") or {}).get("sets", []) if s.get("name") == frame_set), {})
+    resample = (spec.get("resize") or {}).get("resample", "bicubic")
     if keys:
         chosen = [r for r in rows if r["key"] in set(keys)]
     else:

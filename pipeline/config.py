@@ -315,7 +315,13 @@ def load_config(
         raise ConfigError(_format_validation_error(e, origin)) from None
 
 
-_SECRET = re.compile(r"(api[-_]?key|token|secret|passw(or)?d|credential|auth)", re.IGNORECASE)
+# A name part (between - or _) that says secret: `api-key`, `HF_TOKEN`, `auth_token`, `db_password` (not `max_tokens`).
+_SECRET = re.compile(r"(^|[-_])(api[-_]?key|token|secret|passw(or)?d|credentials?|auth|authorization)([-_]|$)",
+                     re.IGNORECASE)
+
+
+def _secret_name(name: str) -> bool:
+    return bool(_SECRET.search(name)) and not name.lower().endswith("_env")  # `api_key_env` names a variable
 REDACTED = "***"
 
 
@@ -323,8 +329,8 @@ def redacted(value: Any) -> Any:
     """A config's data with secret-looking values replaced: `--api-key X` in an argument list, and values of
     keys (env, engine flags) whose name says key, token, secret, password, credential or auth."""
     if isinstance(value, dict):
-        return {k: REDACTED if _SECRET.search(str(k)) and isinstance(v, (str, int)) and v not in ("", None)
-                else redacted(v) for k, v in value.items()}
+        return {k: REDACTED if _secret_name(str(k)) and isinstance(v, str) and v else redacted(v)
+                for k, v in value.items()}
     if isinstance(value, list):
         out, hide_next = [], False
         for item in value:
