@@ -129,7 +129,7 @@ def test_secrets_in_server_arguments_are_never_written(tmp_path):
     for secret in ("sk-live-123", "hf_secret_456", "sk-eng-789"):
         assert secret not in text
     assert "--max-model-len" in text and "4096" in text and "OMP_NUM_THREADS" in text  # the rest is kept
-    assert "max_tokens: 512" in text and "tokens_per_frame: 156" in text  # token counts are not secrets
+    assert "max_tokens: 32768" in text and "tokens_per_frame: 156" in text  # token counts are not secrets
     write_resolved_config(cfg, tmp_path)
     assert "sk-live-123" not in (tmp_path / "config.resolved.yaml").read_text()
     server = ManagedServer("m", python=sys.executable, log_path=tmp_path / "log",
