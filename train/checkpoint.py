@@ -7,6 +7,7 @@ last: a directory without it is ignored and removed).
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from shards.ledger import fsync_dir
 
 COMPLETE = "COMPLETE"
 
@@ -60,11 +63,22 @@ def save(
     tokenizer.save_pretrained(tmp)
     torch.save(state, tmp / "state.pt")
     (tmp / COMPLETE).write_text(str(step))
+    _fsync_tree(tmp)  # every file on disk before the rename makes the checkpoint the latest
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    fsync_dir(root)
     for old in checkpoint_dirs(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    for sub_dir in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        fsync_dir(sub_dir)
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:
