@@ -9,11 +9,14 @@ wrapped as frames and scaled the same way.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from pipeline.imageops import RESAMPLE
 
 _INTERPOLATION = {name: name.upper() for name in RESAMPLE}
+_local = threading.local()
 
 
 def rotate_upright(rgb: np.ndarray, rotation_cw: int) -> np.ndarray:
@@ -33,5 +36,10 @@ def scale_array(rgb: np.ndarray, width: int, height: int, resample: str) -> np.n
 
     if rgb.shape[1] == width and rgb.shape[0] == height:
         return rgb
+    reformatter = getattr(_local, "reformatter", None)
+    if reformatter is None:  # one per thread, its scaler context kept: a new one per frame churns the heap
+        reformatter = _local.reformatter = av.video.reformatter.VideoReformatter()
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-    return frame.to_ndarray(width=width, height=height, format="rgb24", interpolation=_INTERPOLATION[resample])
+    out = reformatter.reformat(frame, width=width, height=height, format="rgb24",
+                               interpolation=_INTERPOLATION[resample])
+    return out.to_ndarray()
