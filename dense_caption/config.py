@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from pipeline.config_base import _Strict
 
@@ -82,6 +82,8 @@ class EngineBackendConfig(_Strict):
     max_model_len: Annotated[int, Field(gt=0)] = 32768
     engine_kwargs: dict[str, object] = Field(default_factory=dict, description="more vLLM server flags, e.g. gpu_memory_utilization")
     urls: list[str] = Field(default_factory=list, description="filled by the run once the replicas serve; leave empty")
+    # The replicas' API key: made by the run, handed to the workers through Ray, never written (excluded from dumps).
+    run_key: SecretStr | None = Field(None, exclude=True, description="made by the run; leave empty")
 
 
 class RetryConfig(_Strict):

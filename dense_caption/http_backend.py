@@ -58,11 +58,11 @@ def check_server(url: str, model: str, cfg: HttpBackendConfig) -> list[str]:
 class HttpChatBackend:
     """One aiohttp session per worker process; `peak_in_flight` records the most requests open at once."""
 
-    def __init__(self, url: str, model: str, cfg: HttpBackendConfig):
+    def __init__(self, url: str, model: str, cfg: HttpBackendConfig, key: str | None = None):
         self.endpoint = url.rstrip("/") + "/chat/completions"
         self.model = model
         self.cfg = cfg
-        self._key = api_key(cfg)
+        self._key = key or api_key(cfg)
         self._session: aiohttp.ClientSession | None = None
         self._slots: asyncio.Semaphore | None = None
         self.in_flight = 0

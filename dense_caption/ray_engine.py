@@ -14,6 +14,7 @@ run refuses at start instead.
 
 from __future__ import annotations
 
+import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -59,7 +60,7 @@ class EngineReplica:
     """A Ray actor body: one vLLM server on this node's GPUs."""
 
     def __init__(self, model: str, served: str, args: list[str], python: str | None, env: dict[str, str],
-                 startup_timeout_s: float):  # fmt: skip
+                 startup_timeout_s: float, key: str):  # fmt: skip
         import ray
 
         from dense_caption.managed import ManagedServer
@@ -67,8 +68,8 @@ class EngineReplica:
         log = Path(tempfile.gettempdir()) / f"prolongvid-vllm-{ray.get_runtime_context().get_actor_id()[:12]}.log"
         self.server = ManagedServer(
             model, python=python or sys.executable, log_path=log, served_model_name=served, env=env,
-            host=ray.util.get_node_ip_address(), extra_args=args, startup_timeout_s=startup_timeout_s,
-        )  # fmt: skip
+            host=ray.util.get_node_ip_address(), extra_args=[*args, "--api-key", key], startup_timeout_s=startup_timeout_s,
+        )  # fmt: skip  (the key goes to the server's environment, not its argv)
 
     def start(self) -> str:
         return self.server.start().url
@@ -77,21 +78,25 @@ class EngineReplica:
         self.server.stop()
 
 
-def start_replicas(cfg: LLMConfig) -> tuple[list[Any], list[str]]:
-    """Start every replica and wait until each serves; returns (actor handles, base URLs)."""
+def start_replicas(cfg: LLMConfig) -> tuple[list[Any], list[str], str]:
+    """Start every replica and wait until each serves; returns (actor handles, base URLs, the run's API key).
+
+    The replicas listen on their node's address, so each demands a key made for this run; it travels to them
+    and to the caption/QA workers as an actor argument through Ray, and no file holds it."""
     import ray
 
     check_gpus(cfg)
     e = cfg.engine
     actor = ray.remote(num_gpus=e.gpus_per_replica, num_cpus=1 if e.gpus_per_replica else 0)(EngineReplica)
     args = engine_args(cfg)
-    handles = [actor.remote(e.model, cfg.model, args, e.python, e.env, e.startup_timeout_s) for _ in range(e.replicas)]
+    key = secrets.token_urlsafe(32)
+    handles = [actor.remote(e.model, cfg.model, args, e.python, e.env, e.startup_timeout_s, key) for _ in range(e.replicas)]
     try:
         urls = ray.get([h.start.remote() for h in handles])
     except Exception as e:
         stop_replicas(handles)
         raise ServerUnavailable(f"a vLLM engine replica did not start: {e}") from None
-    return handles, urls
+    return handles, urls, key
 
 
 def stop_replicas(handles: list[Any]) -> None:
@@ -111,7 +116,8 @@ class EngineChatBackend:
     def __init__(self, cfg: LLMConfig):
         if not cfg.engine.urls:
             raise ServerUnavailable("llm.engine.urls is empty: the run starts the replicas before the stages")
-        self.replicas = [HttpChatBackend(url, cfg.model, cfg.http) for url in cfg.engine.urls]
+        key = cfg.engine.run_key.get_secret_value() if cfg.engine.run_key else None
+        self.replicas = [HttpChatBackend(url, cfg.model, cfg.http, key=key) for url in cfg.engine.urls]
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         replica = min(self.replicas, key=lambda r: r.in_flight)

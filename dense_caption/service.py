@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from pydantic import SecretStr
+
 from dense_caption.http_backend import ServerUnavailable, check_server
 from pipeline.config import RunConfig
 
@@ -41,9 +43,9 @@ def llm_service(cfg: RunConfig, log_dir: Path) -> Iterator[RunConfig]:
         from pipeline.run import init_ray
 
         init_ray(cfg)
-        handles, urls = start_replicas(llm)
+        handles, urls, key = start_replicas(llm)
         try:
-            yield _with(cfg, engine=llm.engine.model_copy(update={"urls": urls}))
+            yield _with(cfg, engine=llm.engine.model_copy(update={"urls": urls, "run_key": SecretStr(key)}))
         finally:
             stop_replicas(handles)
         return

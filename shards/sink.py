@@ -83,6 +83,19 @@ def _injected_kill(run: RunDir) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+FAULT_PAUSE_BEFORE_COMMIT = "fault-pause-writer-before-commit"
+
+
+def _injected_pause(run: RunDir) -> None:
+    """The chaos tests' hook: while `.ledger/fault-pause-writer-before-commit` exists, every writer waits the
+    seconds it names with its shard still open, so a test can take the writer's node away at that moment."""
+    try:
+        seconds = float((run.ledger / FAULT_PAUSE_BEFORE_COMMIT).read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return
+    time.sleep(min(seconds, 60.0))
+
+
 class ShardSink(Datasink):
     def __init__(self, out_dir: str, shards: ShardsConfig, run_stamp: str, generation: int):
         self.out_dir = out_dir
@@ -113,6 +126,7 @@ class ShardSink(Datasink):
             nonlocal current, rows
             if current is None:
                 return
+            _injected_pause(run)
             info = current.close()
             # The commit point: refused for an older run attempt, and a key already committed is dropped.
             committed, kept = commit_shard(run, self.generation, info, rows, fsync=self.cfg.fsync)

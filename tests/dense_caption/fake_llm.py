@@ -8,7 +8,9 @@ chooses per request: None for a good answer, or one of the FAULTS.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import hashlib
 import itertools
 import json
 import socket
@@ -46,8 +48,10 @@ def text_of(body: dict[str, Any]) -> str:
 
 class FakeLLM:
     def __init__(self, fault: Callable[[int, dict[str, Any]], str | None] | None = None, delay_s: float = 0.0,
-                 model: str = "fake"):  # fmt: skip
+                 model: str = "fake", host: str = "127.0.0.1", port: int = 0, deterministic: bool = False):  # fmt: skip
         self.fault = fault or (lambda n, body: None)
+        self.host = host
+        self.deterministic = deterministic  # answers from the request alone, not the order: runs compare byte for byte
         self.delay_s = delay_s
         self.model = model
         self.requests: list[dict[str, Any]] = []
@@ -55,10 +59,12 @@ class FakeLLM:
         self.peak_in_flight = 0
         self._counter = itertools.count()
         self._n = itertools.count()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
+        if not port:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.port = port
+        self.url = f"http://{host}:{self.port}/v1"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -105,7 +111,10 @@ class FakeLLM:
         elif fault == "empty":
             content = ""
         else:
-            content = json.dumps(value_for(schema, name, self._counter) if schema else f"{name} answer")
+            counter = self._counter
+            if self.deterministic:
+                counter = itertools.count(int(hashlib.sha256(text_of(body).encode()).hexdigest()[:8], 16))
+            content = json.dumps(value_for(schema, name, counter) if schema else f"{name} answer")
         return web.json_response({
             "id": f"chatcmpl-{n}", "object": "chat.completion", "model": self.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
@@ -134,7 +143,7 @@ class FakeLLM:
         app.router.add_post("/v1/chat/completions", self.chat)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+        await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
 
     def stop(self) -> None:
         if self._loop is None:
@@ -149,3 +158,18 @@ class FakeLLM:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main() -> None:
+    """Serve until killed: the chaos tests run it as a process of its own, so they can SIGKILL it."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", default="fake")
+    args = parser.parse_args()
+    FakeLLM(model=args.model, host=args.host, port=args.port, deterministic=True).start()
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

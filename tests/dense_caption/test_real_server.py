@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -170,14 +171,52 @@ def test_managed_server_killed_mid_run_is_restarted_and_nothing_is_lost(real_vid
 
 
 def test_ray_engine_backend_serves_from_ray_actors(one_video, vllm_python, tiny_vlm_dir, vllm_server, ray_local, tmp_path):
-    """The engine backend end to end on CPU: a replica actor (gpus_per_replica 0) runs vLLM, the workers find it."""
+    """The engine backend end to end on CPU: a replica actor (gpus_per_replica 0) runs vLLM, the workers find it.
+
+    The replica listens on the node's address, so it demands the key made for the run: a request without it is
+    refused (401) while the run's workers get answers, and the key is in no file the run or Ray wrote."""
+    import threading
+    import urllib.error
+    import urllib.request
+
     import psutil
+    import ray
 
     from dense_caption.local_server import CPU_SERVER_ENV
 
-    def engine_servers() -> set[int]:
-        return {p.pid for p in psutil.process_iter(["cmdline"])
+    def engine_servers() -> dict[int, psutil.Process]:
+        return {p.pid: p for p in psutil.process_iter(["cmdline"])
                 if "api_server" in " ".join(p.info["cmdline"] or []) and str(vllm_server.port) not in " ".join(p.info["cmdline"] or [])}  # fmt: skip
+
+    def status(url: str, key: str | None = None) -> int:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:
+                return resp.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return 0
+
+    seen: dict[str, object] = {}
+    done = threading.Event()
+
+    def knock() -> None:  # while the replica serves: its key (from its environment), and what it answers
+        while not done.is_set() and "with_key" not in seen:
+            for pid, proc in engine_servers().items():
+                try:
+                    argv, env = proc.cmdline(), proc.environ()
+                except psutil.Error:
+                    continue
+                if pid in before or "--port" not in argv or "VLLM_API_KEY" not in env:
+                    continue
+                host = argv[argv.index("--host") + 1] if "--host" in argv else "127.0.0.1"
+                models = f"http://{host}:{argv[argv.index('--port') + 1]}/v1/models"
+                if status(models.replace("/v1/models", "/health")) != 200:
+                    continue
+                seen.update(key=env["VLLM_API_KEY"], argv=argv, without_key=status(models))
+                seen["with_key"] = status(models, env["VLLM_API_KEY"])
+            done.wait(0.5)
 
     before = engine_servers()
     out = tmp_path / "out"
@@ -188,8 +227,23 @@ def test_ray_engine_backend_serves_from_ray_actors(one_video, vllm_python, tiny_
                           f"llm.engine.python={vllm_python}", f"llm.engine.env={json.dumps(CPU_SERVER_ENV)}",
                           f"llm.engine.engine_kwargs={kwargs}", "llm.engine.startup_timeout_s=300",
                           "llm.qa.types=[count, binary]")  # fmt: skip
-    summary = run_pipeline(cfg)
+    watcher = threading.Thread(target=knock, daemon=True)
+    watcher.start()
+    try:
+        summary = run_pipeline(cfg)
+    finally:
+        done.set()
+        watcher.join(30)
     rejects = read_rejects(open_run(out))
     assert summary.llm["requests"] > 0 and summary.accepted + len(rejects) == 1
     assert not [r for r in rejects if r["reason"] in ("llm_unavailable", "llm_http_error", "llm_timeout")], rejects
-    assert engine_servers() - before == set()  # the replica's server was stopped with the run
+    assert set(engine_servers()) - set(before) == set()  # the replica's server was stopped with the run
+
+    assert seen.get("without_key") == 401 and seen.get("with_key") == 200, seen
+    key = str(seen["key"]).encode()
+    assert len(key) >= 32 and not any(key.decode() in a for a in seen["argv"])  # not in argv (`ps` shows argv)
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    for folder in (out, session, Path(tempfile.gettempdir())):
+        for path in folder.rglob("*") if folder != Path(tempfile.gettempdir()) else folder.glob("prolongvid-vllm-*.log"):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size < 64 << 20:
+                assert key not in path.read_bytes(), f"the run's key is written in {path}"

@@ -7,8 +7,6 @@ twice, `--verify` clean, no stray files.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import signal
@@ -23,14 +21,11 @@ import pytest
 
 from pipeline.run import run_pipeline
 from pipeline.synth import SynthVideo, make_video
-from shards.layout import META_MEMBER, RunDir
-from shards.reader import iter_tar_samples, open_run
 from shards.sink import FAULT_KILL_AFTER_COMMIT
-from shards.verify import verify_run
 from tests.conftest import pipeline_config
+from tests.contents import assert_clean, content
 
 ROOT = Path(__file__).resolve().parents[2]
-VOLATILE = ("timings", "decode_seconds")
 
 
 @pytest.fixture(scope="module")
@@ -39,38 +34,6 @@ def small_videos(tmp_path_factory):
     for i in range(6):
         make_video(SynthVideo(f"v{i}", duration_s=7 + i, width=160, height=90, audio=False), folder)
     return folder
-
-
-def _strip(meta: dict) -> dict:
-    out = {}
-    for k, v in meta.items():
-        if k in VOLATILE:
-            continue
-        out[k] = _strip(v) if isinstance(v, dict) else v
-    return out
-
-
-def content(out: Path) -> dict[tuple[str, str], str]:
-    """sha256 of every shard member by (key, member); metadata without timings. Fails on a key seen twice."""
-    run = open_run(out)
-    members: dict[tuple[str, str], str] = {}
-    keys: list[str] = []
-    for tar in sorted(run.shards.glob("*.tar")):
-        for key, sample in iter_tar_samples(tar):
-            keys.append(key)
-            for name, data in sample.items():
-                if name == META_MEMBER:
-                    data = json.dumps(_strip(json.loads(data)), sort_keys=True).encode()
-                members[(key, name)] = hashlib.sha256(data).hexdigest()
-    assert len(keys) == len(set(keys)), f"a key stored twice: {sorted(keys)}"
-    return members
-
-
-def assert_clean(out: Path) -> None:
-    run = RunDir(out)
-    assert verify_run(run) == []
-    leftovers = [p for p in out.rglob("*") if p.name.endswith((".partial", ".rewrite.tar"))]
-    assert leftovers == []
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,195 @@
+"""A three-node Ray cluster on this machine whose traffic cannot leave it.
+
+Ray binds to the machine's interface address even when told 127.0.0.1, so
+the cluster lives in a network namespace of its own: a loopback and a veth
+pair whose both ends stay inside (10.77.0.1, the default route). Nothing in
+the namespace has a link to the outside, so no packet can leave the machine.
+The namespace is also a mount namespace: a small tmpfs mounted there (the
+"disk" that fills up) is seen by the cluster and by nobody else. The holder
+is a sleeping process; every process whose network namespace is its own is
+killed by process id on close (never `ray stop`, which would stop every Ray
+on the machine).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+NODE_IP = "10.77.0.1"
+GCS_PORT = 6379
+DASHBOARD_PORT = 8265
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def namespaces_available() -> str | None:
+    """None when this process can make network and mount namespaces, else why not."""
+    if os.geteuid() != 0:
+        return "needs root for network and mount namespaces"
+    for tool in ("unshare", "nsenter", "ip"):
+        if shutil.which(tool) is None:
+            return f"needs `{tool}` (util-linux / iproute2)"
+    return None
+
+
+class Namespace:
+    """Network + mount namespace held by a sleeping process."""
+
+    def __init__(self) -> None:
+        self.holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "--", "sleep", "infinity"])
+        own = os.readlink("/proc/self/ns/net")
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{self.holder.pid}/ns/net") == own:
+            if time.monotonic() > deadline:
+                raise RuntimeError("unshare did not enter a new network namespace")
+            time.sleep(0.02)
+        self.net = os.readlink(f"/proc/{self.holder.pid}/ns/net")
+        for cmd in ("ip link set lo up", "ip link add pv0 type veth peer name pv1", f"ip addr add {NODE_IP}/24 dev pv0",
+                    "ip link set pv0 up", "ip link set pv1 up", "ip route add default dev pv0"):  # fmt: skip
+            subprocess.run(self.cmd(cmd.split()), check=True, capture_output=True, timeout=30)
+
+    def cmd(self, argv: list[str]) -> list[str]:
+        return ["nsenter", "-t", str(self.holder.pid), "-n", "-m", "--", *argv]
+
+    def path(self, inside: Path) -> Path:
+        """Where a path of the namespace (a tmpfs mounted there, say) is seen from outside it."""
+        return Path(f"/proc/{self.holder.pid}/root") / Path(inside).relative_to("/")
+
+    def members(self) -> list[psutil.Process]:
+        """Every process in the namespace but the holder."""
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if p.pid != self.holder.pid and os.readlink(f"/proc/{p.pid}/ns/net") == self.net:
+                    found.append(p)
+            except (OSError, psutil.Error):
+                continue
+        return found
+
+    def close(self) -> None:
+        for _ in range(3):  # processes started while we kill (a raylet restarting a worker) are caught next round
+            procs = self.members()
+            for p in procs:
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(procs, timeout=10)
+        self.holder.kill()
+        self.holder.wait(10)
+
+
+class Cluster:
+    """`ray start --head` (no CPUs: tasks run on the workers) and worker nodes, each with its own temp dir."""
+
+    def __init__(self, ns: Namespace, root: Path, workers: int = 2, cpus_per_worker: int = 2) -> None:
+        self.ns, self.root = ns, root
+        bin_dir = Path(sys.executable).parent
+        (root / "home").mkdir(parents=True, exist_ok=True)
+        # No RAY_* from this test session's embedded Ray (it turns token auth on), and the project's venv first on
+        # the PATH: a job's `python` is the one on the PATH of `ray start`.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        self.env.update(HOME=str(root / "home"), PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHONPATH=str(ROOT))
+        self.ray = str(bin_dir / "ray")
+        self.address = f"http://{NODE_IP}:{DASHBOARD_PORT}"
+        self.cpus_per_worker = cpus_per_worker
+        self._start("h", ["--head", f"--port={GCS_PORT}", "--num-cpus=0", "--dashboard-host=0.0.0.0",
+                          f"--dashboard-port={DASHBOARD_PORT}"])  # fmt: skip
+        self.workers = [f"w{i}" for i in range(1, workers + 1)]
+        for name in self.workers:
+            self.start_worker(name)
+        self.wait_nodes(1 + workers)
+
+    def _start(self, name: str, args: list[str]) -> None:
+        temp = self.root / name
+        cmd = [self.ray, "start", *args, f"--temp-dir={temp}", "--object-store-memory=120000000", "--disable-usage-stats"]
+        done = subprocess.run(self.ns.cmd(cmd), env=self.env, capture_output=True, text=True, timeout=180)
+        if done.returncode != 0:
+            raise RuntimeError(f"ray start {name} failed: {done.stderr[-3000:]}")
+
+    def start_worker(self, name: str) -> None:
+        self._start(name, [f"--address={NODE_IP}:{GCS_PORT}", f"--num-cpus={self.cpus_per_worker}"])
+
+    def alive_nodes(self) -> int:
+        code = "import ray; ray.init(address='auto', logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
+        done = subprocess.run(self.ns.cmd([sys.executable, "-c", code]), env={**self.env, "RAY_ADDRESS": f"{NODE_IP}:{GCS_PORT}"},
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else -1
+
+    def wait_nodes(self, n: int, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (alive := self.alive_nodes()) != n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{alive} Ray nodes alive, expected {n}")
+            time.sleep(1)
+
+    def node_processes(self, name: str) -> list[psutil.Process]:
+        """The node's raylet and everything it started (workers, agents)."""
+        mark = str(self.root / name) + "/"
+        procs = []
+        for p in self.ns.members():
+            try:
+                if any(mark in part or part.endswith(mark[:-1]) for part in p.cmdline()):
+                    procs.append(p)
+            except psutil.Error:
+                continue
+        return procs
+
+    def raylet(self, name: str) -> psutil.Process:
+        return next(p for p in self.node_processes(name) if p.name() == "raylet")
+
+    def node_of(self, pid: int) -> str | None:
+        """The worker node a process belongs to (its raylet is an ancestor)."""
+        try:
+            chain = [psutil.Process(pid), *psutil.Process(pid).parents()]
+        except psutil.Error:
+            return None
+        for name in self.workers:
+            try:
+                raylet = self.raylet(name).pid
+            except (StopIteration, psutil.Error):
+                continue
+            if any(p.pid == raylet for p in chain):
+                return name
+        return None
+
+    def kill_raylet(self, name: str) -> None:
+        """A node lost as a kernel OOM or a dead machine loses it: its raylet gone at once, without a goodbye."""
+        os.kill(self.raylet(name).pid, signal.SIGKILL)
+
+    def kill_node(self, name: str) -> None:
+        procs = self.node_processes(name)
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(procs, timeout=30)
+
+    def submit(self, entrypoint: list[str], wait: bool = True) -> subprocess.Popen:
+        """`ray job submit` of the project (its folder as the working dir); the client tails the job until it ends."""
+        cmd = [self.ray, "job", "submit", "--address", self.address, "--working-dir", str(ROOT), "--", *entrypoint]
+        proc = subprocess.Popen(self.ns.cmd(cmd), env=self.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)  # fmt: skip
+        if wait:
+            proc.communicate(timeout=600)
+        return proc
+
+    def drivers(self, out: Path) -> list[psutil.Process]:
+        """The job's driver process(es) for a run writing to `out`."""
+        found = []
+        for p in self.ns.members():
+            try:
+                cmd = p.cmdline()
+            except psutil.Error:
+                continue
+            if "pipeline" in cmd and "run" in cmd and f"output.dir={out}" in cmd:
+                found.append(p)
+        return found
