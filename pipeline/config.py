@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pipeline.config_base import _Strict
+from pipeline.config_errors import format_validation_error
 from pipeline.config_run import FiltersConfig, default_budget_stages, RayConfig, ResourcesConfig, ShardsConfig
 from dense_caption.config import LLMConfig
 
@@ -218,19 +219,6 @@ class RunConfig(_Strict):
 # ---------------------------------------------------------------- loading
 
 
-def _format_validation_error(err: ValidationError, origin: str) -> str:
-    lines = [f"invalid config {origin}:"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        got = e.get("input")
-        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {loc}: {msg}{shown}")
-    return "\n".join(lines)
-
-
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`a.b.0.c=value` -> (["a", "b", "0", "c"], value parsed as YAML)."""
     key, sep, raw = item.partition("=")
@@ -288,7 +276,7 @@ def load_config(
 ) -> Any:
     """Load YAML (or start empty), apply `key=value` overrides, validate into `model`."""
     data: dict[str, Any] = {}
-    origin = "(overrides only)"
+    origin = None
     if path is not None:
         origin = str(path)
         try:
@@ -311,7 +299,7 @@ def load_config(
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, origin)) from None
+        raise ConfigError(format_validation_error(e, model, origin, list(overrides))) from None
 
 
 def config_record(cfg: BaseModel) -> dict[str, Any]:

@@ -11,6 +11,7 @@ data-loader workers by webdataset, with a shuffle buffer and a seed.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import logging
@@ -53,7 +54,7 @@ def shard_urls(spec: str) -> list[str]:
         return [str(path / "shards" / s["name"]) for s in json.loads((path / "shards.json").read_text())]
     if path.is_dir():
         return sorted(str(p) for p in path.glob("*.tar")) or sorted(str(p) for p in (path / "shards").glob("*.tar"))
-    return sorted(str(p) for p in Path().glob(spec)) if any(c in spec for c in "*?[") else [spec]
+    return sorted(glob.glob(spec)) if any(c in spec for c in "*?[") else [spec]  # absolute or relative patterns
 
 
 def frame_indices(stored: int, k: int) -> np.ndarray:

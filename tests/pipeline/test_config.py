@@ -125,3 +125,25 @@ def test_default_yaml_lists_every_key_with_its_default():
         return out
 
     assert keys(listed) == keys(defaults.model_dump(mode="json"))
+
+
+def test_a_typo_names_its_source_and_the_nearest_key(tmp_path):
+    from pipeline.config import ConfigError, load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("input: {path: /v}\noutput: {dir: /o}\nfilters: {length: {min_duration_z: 3}}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg, ["output.dri=/tmp/x", "shards.max_samples=-1"])
+    text = str(e.value)
+    assert f"invalid config {cfg} with --set overrides:" in text
+    assert "output.dri: unknown key; did you mean output.dir? [from --set output.dri=/tmp/x]" in text
+    assert f"filters.length.min_duration_z: unknown key; did you mean filters.length.min_duration_s? [from {cfg}]" in text
+    assert "shards.max_samples: Input should be greater than 0 (got -1) [from --set shards.max_samples=-1]" in text
+
+
+def test_a_missing_key_says_how_to_give_it():
+    from pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["output.dir=/o"])
+    assert "input: Field required [set it in the file or with --set input=...]" in str(e.value)
