@@ -46,8 +46,13 @@ class VisualScores:
     scenes: int
     frames: int
 
+    COUNTS = ("scenes", "frames")  # how much was looked at, not how good it is: kept apart from the scores
+
     def as_dict(self) -> dict[str, float]:
-        return {k: round(float(v), 4) for k, v in self.__dict__.items()}
+        return {k: round(float(v), 4) for k, v in self.__dict__.items() if k not in self.COUNTS}
+
+    def counts(self) -> dict[str, int]:
+        return {f"visual_{k}": int(getattr(self, k)) for k in self.COUNTS}
 
 
 def visual_scores(jpegs: list[bytes], cfg: VisualFilterConfig) -> VisualScores:
@@ -102,7 +107,7 @@ def first_failure(s: VisualScores, cfg: VisualFilterConfig, duration_s: float) -
 class VisualFilter(Stage):
     name = "visual_filter"
     reads = ("frames", "meta.video")
-    writes = ("meta.scores",)
+    writes = ("meta.scores", "meta.counts")
 
     def __init__(self, cfg: VisualFilterConfig, resources: StageResources | None = None):
         super().__init__(resources)
@@ -111,4 +116,5 @@ class VisualFilter(Stage):
     def process(self, task: VideoTask) -> VideoTask:
         scores = visual_scores(task.frames.get(self.cfg.frame_set or "", []), self.cfg)
         task.meta.setdefault("scores", {}).update(scores.as_dict())
+        task.meta.setdefault("counts", {}).update(scores.counts())
         return apply_verdict(task, first_failure(scores, self.cfg, float(task.meta.get("video", {}).get("duration_s", 0.0))), self.cfg.score_only)

@@ -31,13 +31,13 @@ def write_plots(stats: dict[str, Any], out_dir: str | Path) -> list[Path]:
                           "samples by duration"),
         "tokens.png": (list(stats["tokens"]), [s.get("mean", 0) for s in stats["tokens"].values()],
                        "mean tokens per sample, by training stage"),
-        "rejects.png": (list(stats["rejects_by_reason"]) or ["none"], list(stats["rejects_by_reason"].values()) or [0],
-                        "rejects by reason"),
-        "qa_types.png": (list(stats["qa_by_type"]) or ["none"], list(stats["qa_by_type"].values()) or [0],
-                         "QA pairs by type"),
+        "rejects.png": (list(stats["rejects_by_reason"]), list(stats["rejects_by_reason"].values()), "rejects by reason"),
+        "qa_types.png": (list(stats["qa_by_type"]), list(stats["qa_by_type"].values()), "QA pairs by type"),
     }
     paths = []
     for name, (labels, values, title) in charts.items():
+        if not any(values):  # no QA without the LLM, no rejects in a clean run: no empty axes
+            continue
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
         _bar(ax, [str(x) for x in labels], [float(v) for v in values], title)
         fig.tight_layout()

@@ -54,6 +54,7 @@ def compute_stats(run: RunDir) -> dict[str, Any]:
         "qa_per_sample": _summary(_column(rows, "num_qa")),
         "llm_tokens": {c[len("llm_") :]: int(sum(_column(rows, c))) for c in columns if c.startswith("llm_") and "tokens" in c},
         "scores": {c[len("score_") :]: _summary(_column(rows, c)) for c in columns if c.startswith("score_")},
+        "filter_counts": {c[len("visual_") :]: _summary(_column(rows, c)) for c in columns if c.startswith("visual_")},
         "decoders": dict(Counter(r.get("decoder") or "?" for r in rows)),
         "rejects": len(rejects),
         "rejects_by_reason": dict(Counter(r["reason"] for r in rejects).most_common()),
@@ -92,6 +93,7 @@ def stats_table(stats: dict[str, Any]) -> str:
     rows += [[f"QA {t}", n] for t, n in stats["qa_by_type"].items()]
     rows += [[name.replace("_", " "), _fmt(s)] for name, s in stats["captions"].items()]
     rows += [[f"score {name}", _fmt(s)] for name, s in stats["scores"].items()]
+    rows += [[f"visual filter {name} per sample", _fmt(s)] for name, s in stats.get("filter_counts", {}).items()]
     rows += [["decoders", ", ".join(f"{k} {v}" for k, v in stats["decoders"].items())]]
     rows += [["rejects", stats["rejects"]]]
     rows += [[f"  {reason}", n] for reason, n in stats["rejects_by_reason"].items()]

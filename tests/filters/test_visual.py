@@ -99,6 +99,7 @@ def test_a_run_rejects_with_filter_reasons_and_indexes_the_scores(video, tmp_pat
     assert {k: r["reason"] for k, r in rejects.items()} == {k: v for k, v in EXPECTED.items() if v}
     index = read_index(run)
     assert [r["key"].split("-")[0] for r in index] == ["testsrc2_20s"]
-    assert index[0]["score_sharpness"] > 100 and index[0]["score_scenes"] == 1
+    assert index[0]["score_sharpness"] > 100 and index[0]["visual_scenes"] == 1 and index[0]["visual_frames"] > 0
+    assert "score_frames" not in index[0] and "score_scenes" not in index[0]  # counts, not scores
     stats = compute_stats(run)
     assert stats["scores"]["sharpness"]["count"] == 1 and stats["rejects_by_stage"]["visual_filter"] == 4
