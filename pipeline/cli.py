@@ -231,6 +231,16 @@ def cmd_export_llava(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ray_stop(args: argparse.Namespace) -> int:
+    from pipeline.raystop import stop_cluster
+
+    if not Path(args.temp_dir).is_dir():
+        raise NotARunDir(f"{args.temp_dir} is not a folder: give the --temp-dir the cluster was started with")
+    n = stop_cluster(args.temp_dir, grace_s=args.grace_s)
+    print(f"stopped {n} Ray processes of {args.temp_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prolongvid", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -288,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_json")
     p.add_argument("--frames-dir", help="also extract each sample's frames to DIR/<key>/ and point `video` there")
     p.set_defaults(func=cmd_export_llava)
+
+    p = sub.add_parser("ray-stop", help="stop the Ray processes started with one --temp-dir (not every Ray, as `ray stop` does)")
+    p.add_argument("temp_dir", help="the --temp-dir given to `ray start` on this machine")
+    p.add_argument("--grace-s", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL")
+    p.set_defaults(func=cmd_ray_stop)
 
     p = sub.add_parser("probe", help="probe files and say why any would be rejected")
     p.add_argument("paths", nargs="+")

@@ -55,8 +55,9 @@ class Namespace:
                     "ip link set pv0 up", "ip link set pv1 up", "ip route add default dev pv0"):  # fmt: skip
             subprocess.run(self.cmd(cmd.split()), check=True, capture_output=True, timeout=30)
 
-    def cmd(self, argv: list[str]) -> list[str]:
-        return ["nsenter", "-t", str(self.holder.pid), "-n", "-m", "--", *argv]
+    def cmd(self, argv: list[str], cwd: Path | str | None = None) -> list[str]:
+        """`argv` run inside the namespace (nsenter would otherwise start it in `/`)."""
+        return ["nsenter", "-t", str(self.holder.pid), "-n", "-m", f"--wd={cwd or os.getcwd()}", "--", *argv]
 
     def path(self, inside: Path) -> Path:
         """Where a path of the namespace (a tmpfs mounted there, say) is seen from outside it."""
@@ -193,3 +194,14 @@ class Cluster:
             if "pipeline" in cmd and "run" in cmd and f"output.dir={out}" in cmd:
                 found.append(p)
         return found
+
+
+def listing(temp_dir: str) -> None:
+    """Print the Ray processes of a cluster (by its temp dir): the README test's view before it stops them."""
+    from pipeline.raystop import cluster_processes
+
+    for p in cluster_processes(temp_dir):
+        try:
+            print(p.pid, p.name())
+        except psutil.Error:
+            continue

@@ -1,0 +1,82 @@
+"""The README's command blocks, and how the README test runs each: as written, or in its CPU form.
+
+The user's paths (`/data/...`, `/shared/...`, `HEAD`) become small stand-ins;
+a few lines have a CPU form (a tiny model instead of a 7B one, a dry run of
+the suite that is running them, a quick benchmark); every rewrite is listed
+here with its reason, and every other line runs exactly as the README says.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+RUNNABLE = ("bash", "python", "console")
+
+# A tiny random model, 2 steps, one rank, on CPU: the stage presets load a 7B checkpoint onto 8 GPUs.
+CPU_TRAIN = ("--set model.tiny=true --set model.video_pool_size=4 --set data.image_size=64 --set data.num_workers=0 "
+             "--set optim.max_steps=2 --set output.save_every=2 --set nproc_per_node=1 --set optim.precision=fp32")  # fmt: skip
+
+REWRITES: list[tuple[str, str, str]] = [  # (pattern, replacement, why)
+    (r"^make test\b.*$", "make -n test", "the suite cannot run itself inside itself: the dry run resolves the target"),
+    (r"^(prolongvid train configs/train/stage\S+.*)$", r"\1 " + CPU_TRAIN, "no GPU and no 7B weights here"),
+    (r"--set filters\.clip\.arch=ViT-L-14 --set filters\.clip\.weights=openai", "{tiny_clip}",
+     "no downloads: a tiny random open_clip built by the test"),
+    (r"^(\.venv/bin/python bench/\S+\.py)\b.*$", r"\1 --quick", "the full benchmarks take hours on 2 CPUs"),
+]
+
+
+@dataclass
+class Block:
+    line: int  # where it starts in README.md
+    lang: str
+    text: str
+
+    @property
+    def commands(self) -> list[str]:
+        """Lines joined across trailing backslashes; blank and comment-only lines dropped."""
+        out, current = [], ""
+        for raw in self.text.splitlines():
+            if raw.rstrip().endswith("\\"):
+                current += raw.rstrip()[:-1].rstrip() + " "
+                continue
+            line = (current + raw.strip()).strip()
+            current = ""
+            if line and not line.startswith("#"):
+                out.append(line)
+        return out
+
+    @property
+    def kind(self) -> str:
+        """Which test runs it: every runnable block gets exactly one."""
+        if self.lang == "console":
+            return "console"
+        if "ray start" in self.text or "ray job submit" in self.text or "prolongvid ray-stop" in self.text:
+            return "cluster"
+        return "local"
+
+
+def readme_blocks() -> list[Block]:
+    blocks, lang, start, lines = [], None, 0, []
+    for n, line in enumerate(README.read_text().splitlines(), 1):
+        if line.startswith("```"):
+            if lang is None:
+                lang, start, lines = line[3:].strip() or "text", n, []
+            else:
+                blocks.append(Block(start, lang, "\n".join(lines)))
+                lang = None
+        elif lang is not None:
+            lines.append(line)
+    return [b for b in blocks if b.lang in RUNNABLE]
+
+
+def cpu_form(command: str, stand_ins: dict[str, str]) -> str:
+    """The command with the user's paths replaced and the CPU rewrites applied."""
+    for pattern, replacement, _ in REWRITES:
+        command = re.sub(pattern, replacement, command)
+    for placeholder, value in stand_ins.items():
+        command = command.replace(placeholder, value)
+    return command
