@@ -13,7 +13,8 @@ from pipeline.sampling import uniform_indices
 from shards.reader import iter_tar_samples
 from tests.conftest import pipeline_config
 from train.chat import IGNORE, ChatEncoder
-from train.data import DataConfig, build_dataset, frame_indices, shard_urls, training_items
+from train.data import DataConfig, build_dataset, shard_urls, training_items
+from train.frames import frame_indices
 from train.tiny import build_tokenizer
 
 TURNS = [
