@@ -48,7 +48,8 @@ def shards(tmp_path_factory, video, ray_local):
     return out
 
 
-def test_the_loss_mask_is_exactly_the_assistant_answers(encoder):
+def test_the_assistant_only_mask_is_exactly_the_assistant_answers(encoder):
+    encoder = ChatEncoder(encoder.tok, mask="assistant_only")
     enc = encoder.encode(TURNS, video_tokens=7)
     assert len(enc.input_ids) == len(enc.labels) and enc.video_positions == 7
     assert enc.input_ids.count(encoder.image_id) == 7
