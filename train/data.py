@@ -226,12 +226,18 @@ def worker_items(src: Iterator[dict[str, Any]], cfg: DataConfig, encoder: ChatEn
 
 
 def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0, skip: int | list[int] = 0) -> Any:
-    """A webdataset pipeline over the shards: split by node and worker, shuffled with a seed, items out.
+    """The items of this rank and loader worker: a webdataset pipeline over the shards (split by node and worker,
+    shuffled with a seed), or the epoch's permutation of the index (`order.py`).
 
     `skip`: items to pass over, per loader worker when a list.
     """
     import webdataset as wds
 
+    skips = list(skip) if isinstance(skip, (list, tuple)) else [skip]
+    if cfg.order == "permutation":
+        from train.order import build_permuted
+
+        return build_permuted(cfg, encoder, epoch, skips)
     urls = shard_urls(cfg.shards)
     if not urls:
         raise FileNotFoundError(f"no shards found at {cfg.shards}")
@@ -246,5 +252,4 @@ def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0, skip: i
     )
     if cfg.shuffle_buffer:
         dataset = dataset.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=cfg.seed + epoch)
-    skips = list(skip) if isinstance(skip, (list, tuple)) else [skip]
     return dataset.compose(lambda src: worker_items(src, cfg, encoder, skips))

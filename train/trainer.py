@@ -98,7 +98,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     accum = cfg.grad_accum(world)
     torch.manual_seed(cfg.seed + rank)
     tokenizer, model = load_parts(cfg)
-    data_cfg = cfg.data.model_copy(update={"tokens_per_frame": tokens_per_frame(model.config), "seed": cfg.seed + rank})
+    # One data seed on every rank: the ranks split one permutation (order: permutation) or one shard list.
+    data_cfg = cfg.data.model_copy(update={"tokens_per_frame": tokens_per_frame(model.config), "seed": cfg.seed})
     cfg = cfg.model_copy(update={"data": data_cfg})
     if cfg.model.activation_checkpointing and not cfg.model.tiny:
         model.gradient_checkpointing_enable()

@@ -111,3 +111,16 @@ def test_shards_without_the_union_and_the_papers_repetition_rule(tmp_path, encod
     samples = wds.WebDataset(shard_urls(str(run)), shardshuffle=False, empty_check=False)
     capped = {i["id"]: i for i in training_items(iter(samples), cfg, encoder)}
     assert capped["s000c0"]["frame_indices"] == list(range(6))
+
+
+def test_export_for_the_papers_trainer_writes_the_largest_stages_frames(union_run, tmp_path):
+    from shards.llava import export_llava
+    from shards.reader import iter_tar_samples
+
+    export_llava(union_run, tmp_path / "out.json", frames_dir=tmp_path / "frames")
+    for url in shard_urls(str(union_run)):
+        for key, members in iter_tar_samples(url):
+            meta = json.loads(members["json"])
+            positions = meta["decode"]["sets"]["shard"]["stages"]["192"]
+            written = sorted((tmp_path / "frames" / key).iterdir())
+            assert [p.read_bytes() for p in written] == [members[f"{p:04d}.jpg"] for p in positions]
