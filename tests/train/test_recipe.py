@@ -137,3 +137,33 @@ def test_global_batch_sets_accumulation_from_the_world_size(tmp_path):
     with pytest.raises(ConfigError, match="optim"):
         load_config(None, base + ["optim.global_batch_size=8", "optim.grad_accum=2"], model=TrainConfig)
     assert load_config(None, base, model=TrainConfig).grad_accum(4) == 1
+
+
+PAPER = {  # the paper's stage settings (its stage-2 script; frames per stage from its stage table)
+    "optim.lr.vision_tower": 0.0, "optim.lr.projector": 1e-5, "optim.lr.language_model": 1e-5,
+    "optim.weight_decay": 0.0, "optim.warmup_ratio": 0.03, "optim.warmup_rounding": "ceil",
+    "optim.global_batch_size": 256, "optim.loss_average": "sample", "optim.precision": "bf16",
+    "data.batch_size": 1, "data.model_max_length": 256000, "data.frame_count": "fixed", "data.mask": "paper",
+    "data.image_placement": "front", "data.order": "permutation", "model.video_pool_size": 12,
+    "model.activation_checkpointing": True,
+}
+
+
+@pytest.mark.parametrize("name,frames", [("stage1_32f", 32), ("stage2_128f", 128), ("stage3_192f", 192)])
+def test_stage_presets_carry_the_papers_recipe(name, frames):
+    from pathlib import Path
+
+    from pipeline.config import load_config
+    from train.config import TrainConfig
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "train" / f"{name}.yaml", model=TrainConfig)
+    dumped = cfg.model_dump()
+
+    def at(path):
+        node = dumped
+        for part in path.split("."):
+            node = node[part]
+        return node
+
+    assert {k: at(k) for k in PAPER} == PAPER
+    assert cfg.data.frames == frames and cfg.grad_accum(cfg.nproc_per_node) * cfg.nproc_per_node == 256
