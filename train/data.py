@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal
 
-import numpy as np
 from pydantic import Field
 
 from pipeline.config_base import _Strict
