@@ -29,7 +29,7 @@ def conversation_texts(meta: dict[str, Any]) -> list[list[str]]:
 
 class TokenBudget(Stage):
     name = "token_budget"
-    reads = ("frames", "meta.conversations")
+    reads = ("meta.num_frames", "meta.conversations")
     writes = ("meta.tokens",)
 
     def __init__(self, cfg: TokenBudgetConfig, frames_available_set: str, resources: StageResources | None = None):
@@ -50,7 +50,7 @@ class TokenBudget(Stage):
         return math.ceil(len(text) / self.cfg.chars_per_token)
 
     def process(self, task: VideoTask) -> VideoTask:
-        stored = len(task.frames.get(self.frame_set, []))
+        own = task.meta.get("num_frames")  # a per-sample count: the trainer feeds that many frames in every stage
         convs = conversation_texts(task.meta)
         # The longest conversation decides: the trainer packs one conversation per sequence.
         text = max(
@@ -60,7 +60,7 @@ class TokenBudget(Stage):
         tokens = {"text": text}
         over = []
         for stage in self.cfg.stages:
-            frames = min(stage.frames, stored)
+            frames = int(own) if own else stage.frames  # the trainer repeats frames of a short video (the paper)
             total = frames * self.cfg.tokens_per_frame + text
             tokens[stage.name] = total
             if total > stage.max_tokens:

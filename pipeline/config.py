@@ -121,12 +121,18 @@ class FrameSetConfig(_Strict):
     Modes: `uniform` (k frames over indices [0, N-1], the paper's linspace),
     `fps` (the paper's every-round(video_fps/fps)-th frame with min/max bounds),
     `time_uniform` / `time_fps` (the same in presentation time, right on
-    variable-frame-rate files).
+    variable-frame-rate files). With `stage_frames` a uniform set stores the
+    union of `linspace(0, N-1, k)` for every k listed and `num_frames`, and
+    records where each k's frames sit, so a k-frame training stage takes
+    exactly the paper's frames.
     """
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
     mode: Literal["uniform", "fps", "time_uniform", "time_fps"] = "uniform"
     num_frames: Annotated[int, Field(gt=0)] | None = None
+    stage_frames: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=list, description="frame counts of the training stages whose exact frames the set stores"
+    )
     fps: Annotated[float, Field(gt=0)] | None = None
     min_frames: Annotated[int, Field(ge=0)] = 0
     max_frames: Annotated[int, Field(ge=0)] = 0  # 0: no upper bound
@@ -145,12 +151,14 @@ class FrameSetConfig(_Strict):
             raise ValueError(f"mode {self.mode!r} needs fps")
         if self.max_frames and self.min_frames > self.max_frames:
             raise ValueError(f"min_frames ({self.min_frames}) exceeds max_frames ({self.max_frames})")
+        if self.stage_frames and (self.mode != "uniform" or self.seek != "exact"):
+            raise ValueError("stage_frames needs mode 'uniform' and seek 'exact' (the paper's frame indices)")
         return self
 
 
 def _default_sets() -> list[FrameSetConfig]:
     return [
-        FrameSetConfig(name="shard", mode="uniform", num_frames=192, min_distinct=1.0),
+        FrameSetConfig(name="shard", mode="uniform", num_frames=192, stage_frames=[32, 128, 192], min_distinct=1.0),
         FrameSetConfig(
             name="caption",
             mode="time_fps",

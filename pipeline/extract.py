@@ -159,11 +159,12 @@ def _check_degenerate(index: FrameIndex, specs: list[FrameSetConfig], plans: lis
     for spec, plan in zip(specs, plans):
         if spec.min_distinct <= 0 or len(plan.indices) == 0:
             continue
-        distinct = len(np.unique(plan.indices))
-        if distinct < spec.min_distinct * len(plan.indices):
+        picked = plan.picks(spec.num_frames)  # a union set: the num_frames stage's own frames
+        distinct = len(np.unique(picked))
+        if distinct < spec.min_distinct * len(picked):
             raise VideoError(
                 Reason.TOO_FEW_DISTINCT_FRAMES,
-                f"set {spec.name}: {distinct} distinct of {len(plan.indices)} frames from {index.num_frames} "
+                f"set {spec.name}: {distinct} distinct of {len(picked)} frames from {index.num_frames} "
                 f"(min_distinct {spec.min_distinct:g})",
             )
 
@@ -255,6 +256,7 @@ def _assemble(
             height=height,
             max_timestamp_error_s=float(errors.max()) if len(errors) else 0.0,
             mean_timestamp_error_s=float(errors.mean()) if len(errors) else 0.0,
+            stages={str(k): p.tolist() for k, p in plan.stages.items()} if plan.stages else None,
         )
     return sets
 

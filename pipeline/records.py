@@ -87,6 +87,9 @@ class FrameSet:
     height: int
     max_timestamp_error_s: float = 0.0
     mean_timestamp_error_s: float = 0.0
+    # A union set (`stage_frames`): for each stage's frame count k, the positions in `indices` of
+    # linspace(0, N-1, k) over the whole video; None for a set of one pick.
+    stages: dict[str, list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.jpegs)
@@ -95,6 +98,8 @@ class FrameSet:
         """Everything but the pixels: for json metadata and logs."""
         d = _as_dict(self)
         d.pop("jpegs")
+        if d["stages"] is None:
+            d.pop("stages")
         d["num_frames"] = len(self.jpegs)
         d["jpeg_bytes"] = sum(len(j) for j in self.jpegs)
         return d

@@ -51,6 +51,11 @@ class SetPlan:
     indices: np.ndarray  # int64, non-decreasing
     target_times_s: np.ndarray  # float64, same length
     mode: str = "uniform"  # the mode that made it (a per-sample frame count turns fps modes into uniform ones)
+    stages: dict[int, np.ndarray] | None = None  # k -> positions in `indices` of linspace(0, N-1, k) (a union set)
+
+    def picks(self, k: int | None) -> np.ndarray:
+        """The frame indices stage k takes (all of `indices` for a set without stages)."""
+        return self.indices[self.stages[k]] if self.stages and k in self.stages else self.indices
 
     def timestamps(self, index: FrameIndex) -> np.ndarray:
         return index.pts_s[self.indices]
@@ -132,6 +137,8 @@ def plan_frame_set(spec: FrameSetConfig, index: FrameIndex, num_frames_override:
             raise ValueError(f"num_frames_override must be positive, got {num_frames_override}")
         mode = "time_uniform" if spec.mode.startswith("time_") else "uniform"
         spec = spec.model_copy(update={"mode": mode, "num_frames": num_frames_override})
+    if mode == "uniform" and spec.stage_frames and num_frames_override is None:
+        return _union_plan(spec, index)
     if mode == "uniform":
         indices = uniform_indices(n, spec.num_frames or 0)
         targets = index.pts_s[indices]
@@ -149,3 +156,12 @@ def plan_frame_set(spec: FrameSetConfig, index: FrameIndex, num_frames_override:
     if spec.seek == "keyframe":
         indices = snap_to_keyframes(index, targets)
     return SetPlan(spec.name, np.asarray(indices, dtype=np.int64), np.asarray(targets, dtype=np.float64), mode)
+
+
+def _union_plan(spec: FrameSetConfig, index: FrameIndex) -> SetPlan:
+    """Every listed stage's (and num_frames') exact linspace frames, stored once each, with each stage's positions."""
+    counts = sorted(set(spec.stage_frames) | {spec.num_frames or 0} - {0})
+    picks = {k: uniform_indices(index.num_frames, k) for k in counts}
+    indices = np.unique(np.concatenate(list(picks.values())))
+    stages = {k: np.searchsorted(indices, p).astype(np.int64) for k, p in picks.items()}
+    return SetPlan(spec.name, indices, index.pts_s[indices], "uniform", stages)

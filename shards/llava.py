@@ -4,7 +4,8 @@ One record per conversation: `{"id", "video", "conversations"}` plus any other
 fields the record was imported with. `video` is the source path relative to
 the video root it was imported from (or absolute), or, with `frames_dir`, a
 folder of the sample's stored frames (`<key>/0000.jpg`...), which LLaVA-NeXT
-reads as a video given as frames.
+reads as a video given as frames. A sample storing several stages' exact
+frames (`stage_frames`) exports the largest stage's, in time order.
 """
 
 from __future__ import annotations
@@ -14,10 +15,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER, check_key
+from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER, check_key, frame_member
 from shards.reader import iter_samples, open_run
 
 log = logging.getLogger(__name__)
+
+
+def largest_stage(meta: dict[str, Any], names: list[str]) -> list[str]:
+    """The frame members of the largest stage a union sample records, else every stored frame."""
+    stages = (((meta.get("decode") or {}).get("sets") or {}).get(meta.get("frame_set") or "") or {}).get("stages")
+    if not stages:
+        return names
+    return [names[p] for p in stages[max(stages, key=int)]]
 
 
 def export_llava(run_dir: str | Path, out_json: str | Path, frames_dir: str | Path | None = None) -> int:
@@ -39,9 +48,9 @@ def export_llava(run_dir: str | Path, out_json: str | Path, frames_dir: str | Pa
                 log.warning("skipping sample %s: its folder would lie outside %s", key, root)
                 continue
             folder.mkdir(parents=True, exist_ok=True)
-            for name, data in sample.items():
-                if FRAME_MEMBER.match(name):
-                    (folder / name).write_bytes(data)
+            names = sorted(name for name in sample if FRAME_MEMBER.match(name))
+            for n, name in enumerate(largest_stage(meta, names)):
+                (folder / frame_member(n)).write_bytes(sample[name])
             video = key
         for n, record in enumerate(json.loads(sample[CONVERSATIONS_MEMBER])):
             records.append({"id": record.get("id") or f"{key}-{n}", "video": video,

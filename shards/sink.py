@@ -26,14 +26,17 @@ from shards.commit import commit_rejects, commit_shard, committed_in
 from shards.tarwriter import ShardFile
 
 
-def sample_meta(task: VideoTask) -> dict[str, Any]:
-    """The sample's `json` member: everything known about the video except conversations and timings."""
+def sample_meta(task: VideoTask, frame_set: str) -> dict[str, Any]:
+    """The sample's `json` member: everything known about the video except conversations and timings, and which
+    frame set the sample's frames are (its record under `decode.sets` tells a trainer each stage's frames)."""
     skip = ("conversations", "timings", "embedding")
-    return {"key": task.key, "source": task.source, **{k: v for k, v in task.meta.items() if k not in skip}}
+    return {"key": task.key, "source": task.source, "frame_set": frame_set,
+            **{k: v for k, v in task.meta.items() if k not in skip}}  # fmt: skip
 
 
 def index_row(task: VideoTask, shard: str, frame_set: str, nbytes: int) -> dict[str, Any]:
     video, decode, meta = task.meta.get("video", {}), task.meta.get("decode", {}), task.meta
+    stages = ((decode.get("sets") or {}).get(frame_set) or {}).get("stages") or {}
     row: dict[str, Any] = {
         "key": task.key,
         "shard": shard,
@@ -44,6 +47,8 @@ def index_row(task: VideoTask, shard: str, frame_set: str, nbytes: int) -> dict[
         "height": video.get("height"),
         "codec": video.get("codec"),
         "frames_stored": len(task.frames.get(frame_set, [])),
+        # what the largest stage takes: frames_stored / frames_needed is what storing every stage's exact frames costs
+        "frames_needed": max(map(int, stages), default=0) or len(task.frames.get(frame_set, [])),
         "decoder": decode.get("decoder"),
         "sample_bytes": nbytes,
         "num_conversations": len(meta.get("conversations") or []),
@@ -154,7 +159,8 @@ class ShardSink(Datasink):
                         summary["already_committed"] += 1
                         continue
                     frames = task.frames.get(self.cfg.frame_set, [])
-                    sample = build_sample(task.key, frames, sample_meta(task), task.meta.get("conversations") or [])
+                    sample = build_sample(task.key, frames, sample_meta(task, self.cfg.frame_set),
+                                          task.meta.get("conversations") or [])
                     if current is not None and (
                         current.samples >= self.cfg.max_samples or current.payload >= self.cfg.max_bytes
                     ):

@@ -32,6 +32,21 @@ def _column(rows: list[dict[str, Any]], name: str) -> list[float]:
     return [float(r[name]) for r in rows if r.get(name) is not None]
 
 
+def frame_cost(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Bytes per sample of the stored frames, and what storing every stage's exact frames costs against storing
+    only the largest stage's (`frames_needed`; rows of runs without it count as one pick)."""
+    have = [r for r in rows if r.get("sample_bytes") is not None and r.get("frames_stored")]
+    if not have:
+        return {}
+    stored = sum(int(r["frames_stored"]) for r in have)
+    needed = sum(int(r.get("frames_needed") or r["frames_stored"]) for r in have)
+    total = sum(int(r["sample_bytes"]) for r in have)
+    return {"bytes_per_sample": round(total / len(have), 1), "bytes_per_frame": round(total / stored, 1),
+            "frames_per_sample": round(stored / len(have), 2), "largest_stage_frames_per_sample": round(needed / len(have), 2),
+            "stored_over_largest_stage": round(stored / needed, 4),
+            "largest_stage_only_bytes_per_sample": round(total / stored * needed / len(have), 1)}  # fmt: skip
+
+
 def compute_stats(run: RunDir) -> dict[str, Any]:
     rows = read_index(run)
     rejects = read_rejects(run)
@@ -47,6 +62,8 @@ def compute_stats(run: RunDir) -> dict[str, Any]:
         "duration_s": _summary(durations),
         "duration_histogram": dict(zip(DURATION_LABELS, (int(h) for h in hist))),
         "frames_stored": _summary(_column(rows, "frames_stored")),
+        "sample_bytes": _summary(_column(rows, "sample_bytes")),
+        "frame_cost": frame_cost(rows),
         "tokens": {c[len("tokens_") :]: _summary(_column(rows, c)) for c in columns if c.startswith("tokens_")},
         "conversations": _summary(_column(rows, "num_conversations")),
         "qa_by_type": {c[len("qa_") :]: int(sum(_column(rows, c))) for c in columns if c.startswith("qa_")},
@@ -86,6 +103,13 @@ def stats_table(stats: dict[str, Any]) -> str:
         ["duration histogram", "  ".join(f"{k}:{v}" for k, v in stats["duration_histogram"].items() if v)],
         ["frames stored", _fmt(stats["frames_stored"])],
     ]
+    cost = stats.get("frame_cost") or {}
+    if cost:
+        rows += [["frame bytes per sample", f"{cost['bytes_per_sample'] / 2**20:.2f} MiB ({cost['frames_per_sample']:g} "
+                  f"frames, {cost['bytes_per_frame'] / 1024:.1f} KiB each)"],
+                 ["  vs the largest stage alone", f"{cost['stored_over_largest_stage']:.2f}x "
+                  f"({cost['largest_stage_only_bytes_per_sample'] / 2**20:.2f} MiB for "
+                  f"{cost['largest_stage_frames_per_sample']:g} frames)"]]  # fmt: skip
     rows += [[f"tokens {name}", _fmt(s)] for name, s in stats["tokens"].items()]
     rows += [["conversations per sample", _fmt(stats["conversations"])]]
     if stats["qa_per_sample"].get("count"):

@@ -37,7 +37,8 @@ def collate(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]
         n = len(item["input_ids"])
         ids[row, :n], labels[row, :n], mask[row, :n] = item["input_ids"], item["labels"], 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask,
-            "pixel_values_videos": torch.stack([i["pixel_values"] for i in items])}  # fmt: skip
+            "pixel_values_videos": torch.stack([i["pixel_values"] for i in items]),
+            "ids": [str(i.get("id", "")) for i in items]}  # fmt: skip
 
 
 class DataStream:

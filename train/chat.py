@@ -4,9 +4,17 @@ Layout (LLaVA-NeXT's qwen template, as the paper trained):
     <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
     <|im_start|>user\\n<image>\\n{question}<|im_end|>\\n
     <|im_start|>assistant\\n{answer}<|im_end|>\\n  ...
-`<image>` (first human turn) becomes `video_tokens` copies of the image token.
-Labels are -100 everywhere except each assistant answer and the `<|im_end|>`
-that closes it (so the model learns to stop).
+`<image>` (in a human turn) becomes `video_tokens` copies of the image token.
+
+Loss masks:
+- `paper` (LLaVA-NeXT's `preprocess_qwen`): every token of each assistant
+  message, its `<|im_start|>assistant\\n` header and trailing newline included,
+  plus every `<|im_start|>`, `<|im_end|>` and standalone newline token anywhere,
+  system and user turns included.
+- `assistant_only`: each answer and the `<|im_end|>` that closes it.
+Image placement: `front` moves a human turn's single `<image>` that follows
+some text to the front, followed by a newline (LLaVA-NeXT's
+`preprocess_multimodal`); `in_place` leaves it where it is.
 """
 
 from __future__ import annotations
@@ -18,6 +26,15 @@ IGNORE = -100
 SYSTEM = "You are a helpful assistant."
 VIDEO_PLACEHOLDER = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+MASKS = ("paper", "assistant_only")
+PLACEMENTS = ("front", "in_place")
+
+
+def place_image(value: str, placement: str) -> str:
+    """`front`: one `<image>` not already leading the turn moves to its front, then a newline (the paper's rule)."""
+    if placement == "front" and value.count(VIDEO_PLACEHOLDER) == 1 and not value.startswith(VIDEO_PLACEHOLDER):
+        return (VIDEO_PLACEHOLDER + "\n" + value.replace(VIDEO_PLACEHOLDER, "").strip()).strip()
+    return value
 
 
 @dataclass
@@ -33,9 +50,13 @@ class Encoded:
 class ChatEncoder:
     """Turns LLaVA conversations into (input_ids, labels) with a given tokenizer and video token count."""
 
-    def __init__(self, tokenizer: Any, image_token: str = VIDEO_PLACEHOLDER, system: str = SYSTEM):
+    def __init__(self, tokenizer: Any, image_token: str = VIDEO_PLACEHOLDER, system: str = SYSTEM,
+                 mask: str = "paper", image_placement: str = "front"):  # fmt: skip
+        if mask not in MASKS or image_placement not in PLACEMENTS:
+            raise ValueError(f"mask must be one of {MASKS}, image_placement one of {PLACEMENTS}")
         self.tok = tokenizer
         self.system = system
+        self.mask, self.placement = mask, image_placement
         self.image_id = tokenizer.convert_tokens_to_ids(image_token)
         self.im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
         self.im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -43,6 +64,9 @@ class ChatEncoder:
         for name, tid in (("image", self.image_id), ("<|im_start|>", self.im_start), ("<|im_end|>", self.im_end)):
             if tid is None or (unknown is not None and tid == unknown):
                 raise ValueError(f"tokenizer has no {name} token: add it as a special token")
+        newline = self._text("\n")
+        # The tokens the paper supervises wherever they are: its `unmask_tokens_idx` (Qwen's "\n" is one token).
+        self.always = {self.im_start, self.im_end} | ({newline[0]} if len(newline) == 1 else set())
 
     def _text(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
@@ -54,10 +78,11 @@ class ChatEncoder:
     def encode(self, turns: list[dict[str, str]], video_tokens: int) -> Encoded:
         ids: list[int] = []
         labels: list[int] = []
+        paper = self.mask == "paper"
 
         def add(tokens: list[int], supervised: bool) -> None:
             ids.extend(tokens)
-            labels.extend(tokens if supervised else [IGNORE] * len(tokens))
+            labels.extend(t if supervised or (paper and t in self.always) else IGNORE for t in tokens)
 
         nl = self._text("\n")
         add([self.im_start] + self._text("system") + nl + self._text(self.system) + [self.im_end] + nl, False)
@@ -67,15 +92,16 @@ class ChatEncoder:
             if role is None:
                 raise ValueError(f"unknown conversation role {turn.get('from')!r}")
             value = str(turn.get("value", ""))
+            if role == "assistant":
+                add([self.im_start] + self._text(role) + nl, paper)
+                add(self._text(value) + [self.im_end], True)
+                add(nl, paper)
+                continue
             add([self.im_start] + self._text(role) + nl, False)
-            if role == "user" and VIDEO_PLACEHOLDER in value:
-                before, _, after = value.partition(VIDEO_PLACEHOLDER)
+            if VIDEO_PLACEHOLDER in value:
+                before, _, after = place_image(value, self.placement).partition(VIDEO_PLACEHOLDER)
                 add(self._text(before) + [self.image_id] * video_tokens + self._text(after.replace(VIDEO_PLACEHOLDER, "")), False)
                 placed += video_tokens
-            elif role == "assistant":
-                add(self._text(value) + [self.im_end], True)
-                add(nl, False)
-                continue
             else:
                 add(self._text(value), False)
             add([self.im_end] + nl, False)

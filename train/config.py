@@ -39,10 +39,25 @@ class OptimConfig(_Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_ratio: Annotated[float, Field(ge=0, le=1)] = 0.03
+    warmup_rounding: Literal["ceil", "round"] = Field(
+        "ceil", description="ceil: the paper's (HF Trainer) warmup steps and lr step/warmup; round: rounded, one step ahead"
+    )
     max_steps: Annotated[int, Field(gt=0)]
-    grad_accum: Annotated[int, Field(gt=0)] = 1
+    global_batch_size: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="samples per optimizer step over all ranks; accumulation = it / (ranks x data.batch_size)"
+    )
+    grad_accum: Annotated[int, Field(gt=0)] | None = Field(None, description="set instead of global_batch_size (default 1)")
+    loss_average: Literal["sample", "token"] = Field(
+        "sample", description="sample: every sample weighs the same (the paper); token: every supervised token does"
+    )
     max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Literal["fp32", "bf16"] = Field("bf16", description="bf16: bf16 compute over fp32 master weights")
+
+    @model_validator(mode="after")
+    def _one_batch_rule(self) -> "OptimConfig":
+        if self.global_batch_size is not None and self.grad_accum is not None:
+            raise ValueError("set optim.global_batch_size or optim.grad_accum, not both")
+        return self
 
 
 class TrainData(DataConfig):
@@ -65,3 +80,13 @@ class TrainConfig(_Strict):
     parallel: Literal["ddp", "fsdp"] = "ddp"
     nproc_per_node: Annotated[int, Field(gt=0)] = 1
     seed: int = 0
+
+    def grad_accum(self, world: int) -> int:
+        """Micro-batches per optimizer step on each rank, from the global batch when one is set."""
+        if self.optim.global_batch_size is None:
+            return self.optim.grad_accum or 1
+        per_micro = world * self.data.batch_size
+        if self.optim.global_batch_size % per_micro:
+            raise ValueError(f"optim.global_batch_size {self.optim.global_batch_size} is not a multiple of "
+                             f"{world} ranks x data.batch_size {self.data.batch_size}")
+        return self.optim.global_batch_size // per_micro

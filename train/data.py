@@ -1,12 +1,15 @@
 """Training samples straight from the pipeline's shards: webdataset in, tensors out, never an mp4.
 
-Per sample: take k frames uniformly from the stored ones (the paper's
-linspace over what the shard holds), decode the JPEGs in one batched
-libjpeg-turbo call (torchvision), normalise as SigLIP expects, and encode each
-conversation with the Qwen template (`chat.py`): one training item per
-conversation. Items longer than `model_max_length` are dropped or given fewer
-frames, as configured, and counted. Shards are split across nodes/ranks and
-data-loader workers by webdataset, with a shuffle buffer and a seed.
+Per sample: take the stage's k frames (`frames.py`: the paper's exact frames
+where the shard recorded them), decode the JPEGs in one batched libjpeg-turbo
+call (torchvision), normalise as SigLIP expects, and encode each conversation
+with the Qwen template (`chat.py`): one training item per conversation. Every
+item gets k frames (`frame_count: fixed`, the paper's `fixed_num_frames`:
+short videos repeat frames) unless its record, or the sample, names its own
+count. Items longer than `model_max_length` are dropped or given fewer frames,
+as configured, and counted. Samples come in one of two orders (`order.py`):
+shards shuffled and split across ranks and loader workers by webdataset with
+a shuffle buffer, or a whole-epoch permutation of the sample keys.
 """
 
 from __future__ import annotations
@@ -20,13 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal
 
-import numpy as np
 from pydantic import Field
 
 from pipeline.config_base import _Strict
-from pipeline.sampling import uniform_indices
 from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER
 from train.chat import ChatEncoder
+from train.frames import pick_frames
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,18 @@ log = logging.getLogger(__name__)
 class DataConfig(_Strict):
     shards: str = Field(description="a pipeline output dir (its shards.json) or a folder / glob of .tar shards")
     frames: Annotated[int, Field(gt=0)] = 32  # the stage's frame count (32 / 128 / 192)
+    frame_count: Literal["fixed", "up_to_stored"] = Field(
+        "fixed", description="fixed: always `frames` (short videos repeat frames, the paper); up_to_stored: at most stored"
+    )
+    mask: Literal["paper", "assistant_only"] = Field(
+        "paper", description="paper: assistant messages whole + every <|im_start|>, <|im_end|>, newline token"
+    )
+    image_placement: Literal["front", "in_place"] = Field(
+        "front", description="front: a human turn's <image> after some text moves to its front (the paper)"
+    )
+    order: Literal["shard_shuffle", "permutation"] = Field(
+        "shard_shuffle", description="permutation: every epoch a full permutation of the index's samples"
+    )
     tokens_per_frame: Annotated[int, Field(gt=0)] = 156
     image_size: Annotated[int, Field(gt=0)] = 384
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # SigLIP normalisation
@@ -55,11 +69,6 @@ def shard_urls(spec: str) -> list[str]:
     if path.is_dir():
         return sorted(str(p) for p in path.glob("*.tar")) or sorted(str(p) for p in (path / "shards").glob("*.tar"))
     return sorted(glob.glob(spec)) if any(c in spec for c in "*?[") else [spec]  # absolute or relative patterns
-
-
-def frame_indices(stored: int, k: int) -> np.ndarray:
-    """The frames a k-frame stage takes from a sample that stores `stored` (uniform, in time order)."""
-    return uniform_indices(stored, k)
 
 
 _POOL: Any = None
@@ -123,7 +132,8 @@ def frames_problem(jpegs: list[bytes], max_pixels: int) -> str | None:
 class LoaderCounts:
     samples: int = 0
     items: int = 0
-    reasons: Counter = field(default_factory=Counter)  # no_conversations, dropped_overlong, fewer_frames, bad_frames
+    # no_conversations, dropped_overlong, fewer_frames, bad_frames, nearest_frames (a k the shard has no record of)
+    reasons: Counter = field(default_factory=Counter)
 
 
 def training_items(
@@ -149,9 +159,9 @@ def training_items(
         names = sorted(k for k in sample if FRAME_MEMBER.match(k))
         meta = json.loads(sample[META_MEMBER]) if META_MEMBER in sample else {}
         pixels: dict[int, Any] = {}  # frames decoded once per sample (and frame count), shared by its conversations
-        for record in conversations:
+        for number, record in enumerate(conversations):
             turns = record.get("conversations", [])
-            k = min(cfg.frames, len(names))
+            k = item_frames(cfg, record, meta, len(names))
             enc = encoder.encode(turns, k * cfg.tokens_per_frame)
             if len(enc) > cfg.model_max_length:
                 text = len(enc) - enc.video_positions
@@ -162,12 +172,14 @@ def training_items(
                 counts.reasons["fewer_frames"] += 1
                 k = fit
                 enc = encoder.encode(turns, k * cfg.tokens_per_frame)
-            picked = frame_indices(len(names), k)
+            pick = pick_frames(meta, len(names), k)
             counts.items += 1
             if counts.items <= skip:
                 continue
+            if not pick.exact:
+                counts.reasons["nearest_frames"] += 1
             if k not in pixels:
-                jpegs = [sample[names[i]] for i in picked]
+                jpegs = [sample[names[i]] for i in pick.positions]
                 problem = frames_problem(jpegs, cfg.max_frame_pixels)
                 if problem is None:
                     try:
@@ -183,13 +195,22 @@ def training_items(
             yield {
                 "_i": counts.items - 1,  # the item's place in this worker's stream (exact resume)
                 "key": sample["__key__"],
-                "id": record.get("id", ""),
-                "frame_indices": picked.tolist(),
+                "id": record.get("id") or f"{sample['__key__']}#{number}",
+                "frame_indices": pick.positions,
+                "frame_offset": pick.offset,
                 "pixel_values": pixels[k],
                 "input_ids": torch.tensor(enc.input_ids, dtype=torch.long),
                 "labels": torch.tensor(enc.labels, dtype=torch.long),
                 "meta": meta,
             }
+
+
+def item_frames(cfg: DataConfig, record: dict[str, Any], meta: dict[str, Any], stored: int) -> int:
+    """Frames an item gets: the record's own count, else the sample's (a manifest's per-video count), else the stage's."""
+    own = record.get("num_frames") or meta.get("num_frames")
+    if own:
+        return int(own)
+    return cfg.frames if cfg.frame_count == "fixed" else min(cfg.frames, stored)
 
 
 def worker_items(src: Iterator[dict[str, Any]], cfg: DataConfig, encoder: ChatEncoder, skips: list[int]) -> Iterator[dict[str, Any]]:
@@ -205,12 +226,18 @@ def worker_items(src: Iterator[dict[str, Any]], cfg: DataConfig, encoder: ChatEn
 
 
 def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0, skip: int | list[int] = 0) -> Any:
-    """A webdataset pipeline over the shards: split by node and worker, shuffled with a seed, items out.
+    """The items of this rank and loader worker: a webdataset pipeline over the shards (split by node and worker,
+    shuffled with a seed), or the epoch's permutation of the index (`order.py`).
 
     `skip`: items to pass over, per loader worker when a list.
     """
     import webdataset as wds
 
+    skips = list(skip) if isinstance(skip, (list, tuple)) else [skip]
+    if cfg.order == "permutation":
+        from train.order import build_permuted
+
+        return build_permuted(cfg, encoder, epoch, skips)
     urls = shard_urls(cfg.shards)
     if not urls:
         raise FileNotFoundError(f"no shards found at {cfg.shards}")
@@ -225,5 +252,4 @@ def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0, skip: i
     )
     if cfg.shuffle_buffer:
         dataset = dataset.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=cfg.seed + epoch)
-    skips = list(skip) if isinstance(skip, (list, tuple)) else [skip]
     return dataset.compose(lambda src: worker_items(src, cfg, encoder, skips))

@@ -3,8 +3,10 @@
 Every transformer block (the LM's decoder layers, the vision tower's encoder
 layers) is its own FSDP unit, then the whole model: parameters are sharded
 across ranks and gathered one block at a time. Frozen parameters (the vision
-tower) stay frozen inside the units. With bf16 the policy computes in bf16 and
-reduces gradients in fp32, so no autocast is needed. Checkpoints stay plain:
+tower) stay frozen inside the units. The trainable parameters arrive in fp32
+(`optim.set_precision`), so the shards are fp32 master weights; with bf16 the
+policy gathers them as bf16 for compute and reduces gradients in fp32, so no
+autocast is needed. Checkpoints stay plain:
 the full model state is gathered to rank 0 (on CPU) and saved as the same
 safetensors a DDP run writes (transformers loads them; the next stage starts
 from them in either mode); the optimizer state in `state.pt` is the full one,

@@ -1,8 +1,10 @@
 """The staged trainer: one process or many (torchrun), DDP by default or FSDP2 (`parallel: fsdp`), resume by default.
 
-A step takes `grad_accum` micro-batches (gradients synchronised only on the last one), clips, steps
-AdamW (learning rate per part, 0 = frozen) under a warmup + cosine schedule, and logs loss, learning
-rate, tokens/s, data-wait and step time to `<output.dir>/log.jsonl`. When the output dir holds a
+A step takes the micro-batches of one global batch (`optim.global_batch_size` over ranks x
+`data.batch_size`; gradients synchronised only on the last one), averages the loss per sample (the
+paper) or per supervised token, clips, steps AdamW over fp32 master weights (learning rate per part,
+0 = frozen; bf16 compute, see `train/optim.py`) under a warmup + cosine schedule, and logs loss,
+learning rate, tokens/s, data-wait, step time and the ids of the items trained to `<output.dir>/log.jsonl`. When the output dir holds a
 checkpoint, training resumes from it exactly: weights, optimizer, scheduler, step, RNG and data
 position (epoch, items consumed and the items still waiting in batch buckets, see `train/batching.py`;
 with or without loader workers). A new stage starts from the
@@ -14,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 from pipeline.config import write_resolved_config
-from train import checkpoint, fsdp
+from train import checkpoint, fsdp, optim
 from train.batching import DataStream
 from train.chat import IGNORE, ChatEncoder
 from train.config import TrainConfig
@@ -44,7 +45,8 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def load_parts(cfg: TrainConfig, run_dir: Path) -> tuple[Any, Any]:
+def load_parts(cfg: TrainConfig) -> tuple[Any, Any]:
+    """Tokenizer and model as stored (the checkpoint's own dtype); `prepare` sets what trains and its precision."""
     from train.tiny import build_model, build_tokenizer
 
     if cfg.model.tiny:
@@ -54,62 +56,63 @@ def load_parts(cfg: TrainConfig, run_dir: Path) -> tuple[Any, Any]:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or cfg.model.path)
-        model = VideoLlava.from_pretrained(cfg.model.path)
+        model = VideoLlava.from_pretrained(cfg.model.path, dtype="auto")
         model.config.video_pool_size = cfg.model.video_pool_size
-    if cfg.model.init_from:
-        checkpoint.load_weights(model, cfg.model.init_from)
     return tokenizer, model
 
 
-def lr_lambda(cfg: TrainConfig):
-    warmup = max(1, round(cfg.optim.warmup_ratio * cfg.optim.max_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, cfg.optim.max_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+def prepare(cfg: TrainConfig, model: VideoLlava, resume: Path | None) -> None:
+    """Freeze the parts with no learning rate, set fp32 master weights, then load earlier weights into them."""
+    optim.freeze(model, cfg.optim.lr.model_dump())
+    optim.set_precision(model, cfg.optim.precision)
+    if cfg.model.init_from:
+        checkpoint.load_weights(model, cfg.model.init_from)
+    if resume is not None:
+        checkpoint.load_weights(model, resume)  # full weights on every rank, before any sharding
 
 
-def build_optimizer(cfg: TrainConfig, model: VideoLlava) -> torch.optim.Optimizer:
-    rates = cfg.optim.lr.model_dump()
-    for part, rate in rates.items():
-        if rate == 0:
-            prefix = {"vision_tower": "vision_tower", "projector": "multi_modal_projector"}.get(part)
-            for name, p in model.named_parameters():
-                if (prefix and prefix in name) or (part == "language_model" and ("language_model" in name or "lm_head" in name)):
-                    p.requires_grad_(False)
-    groups = [{"params": ps, "lr": rates[part], "name": part} for part, ps in model.parameter_groups().items() if ps]
-    return torch.optim.AdamW(groups, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+def count_units(labels: torch.Tensor, average: str) -> int:
+    """What the loss averages over in a micro-batch: supervised tokens, or samples with any supervised token."""
+    supervised = labels[:, 1:] != IGNORE
+    return int(supervised.sum()) if average == "token" else int(supervised.any(dim=1).sum())
 
 
-def summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy summed over supervised tokens (the caller divides by the global count)."""
-    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-    return torch.nn.functional.cross_entropy(shift_logits, labels[:, 1:].reshape(-1), ignore_index=IGNORE,
-                                             reduction="sum")
+def summed_loss(logits: torch.Tensor, labels: torch.Tensor, average: str = "token") -> torch.Tensor:
+    """Next-token cross-entropy summed over units (the caller divides by the step's global unit count).
+
+    token: the sum over supervised tokens; sample: the sum over samples of each sample's mean token loss.
+    """
+    target = labels[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                                  target.reshape(-1), ignore_index=IGNORE,
+                                                  reduction="none").view(target.shape)  # fmt: skip
+    if average == "token":
+        return per_token.sum()
+    counts = (target != IGNORE).sum(dim=1)
+    return (per_token.sum(dim=1)[counts > 0] / counts[counts > 0]).sum()
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     rank, world, device = setup_distributed()
     run_dir = Path(cfg.output.dir)
+    accum = cfg.grad_accum(world)
     torch.manual_seed(cfg.seed + rank)
-    tokenizer, model = load_parts(cfg, run_dir)
-    data_cfg = cfg.data.model_copy(update={"tokens_per_frame": tokens_per_frame(model.config), "seed": cfg.seed + rank})
+    tokenizer, model = load_parts(cfg)
+    # One data seed on every rank: the ranks split one permutation (order: permutation) or one shard list.
+    data_cfg = cfg.data.model_copy(update={"tokens_per_frame": tokens_per_frame(model.config), "seed": cfg.seed})
     cfg = cfg.model_copy(update={"data": data_cfg})
     if cfg.model.activation_checkpointing and not cfg.model.tiny:
         model.gradient_checkpointing_enable()
     fsdp_on = cfg.parallel == "fsdp" and world > 1
     resume = checkpoint.latest(run_dir)
-    if resume is not None:
-        checkpoint.load_weights(model, resume)  # full weights on every rank, before any sharding
+    prepare(cfg, model, resume)
     model.to(device).train()
     if fsdp_on:
         model = fsdp.shard(model, world, device, bf16=cfg.optim.precision == "bf16")
-    optimizer = build_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    rates = cfg.optim.lr.model_dump()
+    optimizer = optim.build_optimizer(model, rates, cfg.optim.betas, cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, optim.lr_lambda(cfg.optim.warmup_ratio, cfg.optim.max_steps, cfg.optim.warmup_rounding))
     step, epoch, consumed, pending, next_worker = 0, 0, 0, [], 0
     if resume is not None:
         state = checkpoint.load_state(resume)
@@ -125,33 +128,37 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if rank == 0:
         write_resolved_config(cfg, run_dir, "train.resolved.yaml")
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 and not fsdp_on else model
-    stream = DataStream(cfg, ChatEncoder(tokenizer, image_token=cfg.model.video_token), tokenizer.pad_token_id, epoch,
-                        consumed, pending, next_worker)
+    encoder = ChatEncoder(tokenizer, image_token=cfg.model.video_token, mask=cfg.data.mask,
+                          image_placement=cfg.data.image_placement)
+    stream = DataStream(cfg, encoder, tokenizer.pad_token_id, epoch, consumed, pending, next_worker)
     batches = stream.batches()
-    bf16_autocast = cfg.optim.precision == "bf16" and not fsdp_on  # FSDP's policy casts to bf16 itself
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16_autocast else contextlib.nullcontext()
+    autocast = optim.autocast(device, cfg.optim.precision, fsdp_on)
+    average = cfg.optim.loss_average
     history = []
     logf = open(run_dir / "log.jsonl", "a") if rank == 0 else None
     while step < cfg.optim.max_steps:
         start, tokens, total = time.perf_counter(), 0, 0.0
         t0 = time.perf_counter()
-        micro_batches = [{k: v.to(device) for k, v in next(batches).items()} for _ in range(cfg.optim.grad_accum)]
+        micro_batches = [next(batches) for _ in range(accum)]
+        ids = [i for b in micro_batches for i in b.pop("ids")]
+        micro_batches = [{k: v.to(device) for k, v in b.items()} for b in micro_batches]
         wait = time.perf_counter() - t0
-        # The loss is the mean over every supervised token of the step, across micro-batches and ranks, so
-        # N ranks x batch b gives the same update as one rank with batch N x b (DDP then averages gradients).
-        supervised = torch.tensor([float(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro_batches))], device=device)
+        # The loss is the mean over every unit (sample or supervised token) of the step, across micro-batches and
+        # ranks, so N ranks x batch b gives the same update as one rank with batch N x b (DDP averages gradients).
+        units = torch.tensor([float(sum(count_units(b["labels"], average) for b in micro_batches))], device=device)
         if world > 1:
-            torch.distributed.all_reduce(supervised)
-        scale = world / max(float(supervised.item()), 1.0)
+            torch.distributed.all_reduce(units)
+        denominator = max(float(units.item()), 1.0)
         for micro, batch in enumerate(micro_batches):
-            sync = micro == cfg.optim.grad_accum - 1 or world == 1
+            sync = micro == accum - 1 or world == 1
             if fsdp_on:
                 fsdp.set_gradient_sync(model, sync)
             no_sync = contextlib.nullcontext() if sync or fsdp_on else wrapped.no_sync()
             with no_sync, autocast:
-                token_sum = summed_loss(wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"])
-            (token_sum * scale).backward()
-            total += token_sum.item() / max(float(supervised.item()), 1.0)
+                unit_sum = summed_loss(wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits,
+                                       batch["labels"], average)  # fmt: skip
+            (unit_sum * (world / denominator)).backward()
+            total += unit_sum.item() / denominator
             tokens += int(batch["attention_mask"].sum())
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm)
         optimizer.step()
@@ -160,11 +167,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step += 1
         if world > 1:
             t = torch.tensor([total], device=device)
-            torch.distributed.all_reduce(t)  # per-rank shares of the global token mean add up to it
+            torch.distributed.all_reduce(t)  # per-rank shares of the global mean add up to it
             total = t.item()
         elapsed = time.perf_counter() - start
-        record = {"step": step, "loss": round(total, 6), "lr": scheduler.get_last_lr()[-1], "tokens_per_s": round(tokens * world / elapsed, 1),
-                  "data_wait_s": round(wait, 4), "step_s": round(elapsed, 4), "epoch": stream.epoch}
+        record = {"step": step, "loss": round(total, 6), "lr": scheduler.get_last_lr()[-1],
+                  "tokens_per_s": round(tokens * world / elapsed, 1), "data_wait_s": round(wait, 4),
+                  "step_s": round(elapsed, 4), "epoch": stream.epoch,
+                  "items": [i for rank_ids in _gather(ids, world) for i in rank_ids]}  # fmt: skip
         history.append(record)
         if logf and (step % cfg.output.log_every == 0 or step == 1 or step == cfg.optim.max_steps):
             logf.write(json.dumps(record) + "\n")

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from filters.visual import first_failure, visual_scores
@@ -73,7 +74,10 @@ def test_one_frame_and_half_a_second_are_rejected_not_repeated(files):
         extract_frames(info, SamplingConfig(), DecodeConfig(isolate=False))
     assert err.value.reason is Reason.TOO_FEW_DISTINCT_FRAMES and "15 distinct of 192" in err.value.detail
     relaxed = load_config(None, ["input.path=.", "output.dir=.", "sampling.sets.0.min_distinct=0"]).sampling
-    assert len(extract_frames(info, relaxed, DecodeConfig(isolate=False)).sets["shard"]) == 192
+    kept = extract_frames(info, relaxed, DecodeConfig(isolate=False)).sets["shard"]
+    # every stage's frames stored once each (15), each stage's 192 / 128 / 32 picks repeating them
+    assert len(kept) == 15 and [len(kept.stages[k]) for k in ("32", "128", "192")] == [32, 128, 192]
+    assert [kept.indices[p] for p in kept.stages["192"]] == np.linspace(0, 14, 192, dtype=int).tolist()
 
 
 def test_every_folder_entry_is_accounted_for(files, tmp_path):

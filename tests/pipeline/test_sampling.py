@@ -148,3 +148,27 @@ def test_split_positions_keeps_every_position_once_in_whole_keyframe_groups(n, k
     groups = [set((np.searchsorted(keyframes, s, side="right") - 1).tolist()) for s in spans]
     for a, b in zip(groups, groups[1:]):
         assert max(a) < min(b)  # no keyframe group is decoded by two workers
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 20000), st.lists(st.integers(1, 300), min_size=1, max_size=4))
+def test_a_union_set_holds_every_stages_paper_frames(n, stage_frames):
+    spec = FrameSetConfig(name="shard", mode="uniform", num_frames=max(stage_frames), stage_frames=stage_frames)
+    plan = plan_frame_set(spec, FrameIndex.constant_rate(n, 30.0))
+    assert (np.diff(plan.indices) > 0).all()  # each stored frame once, in time order
+    for k in set(stage_frames):
+        assert plan.indices[plan.stages[k]].tolist() == paper_indices(n, 30.0, 1.0, 0, 0, fixed_num_frames=k)
+    union = set().union(*(paper_indices(n, 30.0, 1.0, 0, 0, fixed_num_frames=k) for k in stage_frames))
+    assert sorted(union) == plan.indices.tolist()
+    # a per-sample frame count overrides the set: one pick, no stages (the paper's per-sample count)
+    assert plan_frame_set(spec, FrameIndex.constant_rate(n, 30.0), num_frames_override=7).stages is None
+
+
+def test_stage_frames_need_the_uniform_exact_mode():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="stage_frames"):
+        FrameSetConfig(name="shard", mode="time_uniform", num_frames=192, stage_frames=[32])
+    with pytest.raises(ValidationError, match="stage_frames"):
+        FrameSetConfig(name="shard", mode="uniform", num_frames=192, stage_frames=[32], seek="keyframe")

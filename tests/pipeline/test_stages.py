@@ -136,8 +136,11 @@ def test_token_budget_counts_frames_and_text_per_stage():
     task = run_stage(TokenBudget(cfg, "shard"), _task(convs=conv))
     text = 100 + 5 + 10 + 5  # 4 characters a token plus Qwen markup per turn
     assert task.meta["tokens"] == {"text": text, "stage1": 32 * 156 + text, "stage2": 128 * 156 + text, "stage3": 192 * 156 + text}
-    few = run_stage(TokenBudget(cfg, "shard"), _task(stored=50))  # a stage cannot use more frames than stored
-    assert few.meta["tokens"]["stage2"] == 50 * 156
+    few = run_stage(TokenBudget(cfg, "shard"), _task(stored=50))  # the trainer repeats frames: still 128
+    assert few.meta["tokens"]["stage2"] == 128 * 156
+    own = _task(stored=50)
+    own.meta["num_frames"] = 50  # the sample names its own count: every stage feeds that many
+    assert run_stage(TokenBudget(cfg, "shard"), own).meta["tokens"]["stage2"] == 50 * 156
     tight = cfg.model_copy(update={"stages": [s.model_copy(update={"max_tokens": 1000}) for s in cfg.stages]})
     assert run_stage(TokenBudget(tight, "shard"), _task()).error["reason"] == "token_budget"
     any_over = tight.model_copy(update={"drop": "any_over", "stages": [tight.stages[0], cfg.stages[2]]})

@@ -18,7 +18,8 @@ RUNNABLE = ("bash", "python", "console")
 
 # A tiny random model, 2 steps, one rank, on CPU: the stage presets load a 7B checkpoint onto 8 GPUs.
 CPU_TRAIN = ("--set model.tiny=true --set model.video_pool_size=4 --set data.image_size=64 --set data.num_workers=0 "
-             "--set optim.max_steps=2 --set output.save_every=2 --set nproc_per_node=1 --set optim.precision=fp32")  # fmt: skip
+             "--set optim.max_steps=2 --set output.save_every=2 --set nproc_per_node=1 --set parallel=ddp "
+             "--set optim.global_batch_size=1")  # fmt: skip
 
 REWRITES: list[tuple[str, str, str]] = [  # (pattern, replacement, why)
     (r"^make test\b.*$", "make -n test", "the suite cannot run itself inside itself: the dry run resolves the target"),

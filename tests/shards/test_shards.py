@@ -119,7 +119,8 @@ def test_llava_import_then_export_gives_the_conversations_back(tmp_path, video, 
     out = tmp_path / "imported"
     cli = [sys.executable, "-m", "pipeline"]
     done = subprocess.run(cli + ["import-llava", str(ann), str(root), str(out), "--set", "ray.progress=false",
-                                 "--set", "sampling.sets.0.num_frames=32", "--set", "filters.token_budget.enabled=false"],
+                                 "--set", "sampling.sets.0.num_frames=32", "--set", "filters.token_budget.enabled=false",
+                                 "--set", "sampling.sets.0.stage_frames=[]"],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     run = open_run(out)

@@ -13,7 +13,8 @@ from pipeline.sampling import uniform_indices
 from shards.reader import iter_tar_samples
 from tests.conftest import pipeline_config
 from train.chat import IGNORE, ChatEncoder
-from train.data import DataConfig, build_dataset, frame_indices, shard_urls, training_items
+from train.data import DataConfig, build_dataset, shard_urls, training_items
+from train.frames import frame_indices
 from train.tiny import build_tokenizer
 
 TURNS = [
@@ -47,7 +48,8 @@ def shards(tmp_path_factory, video, ray_local):
     return out
 
 
-def test_the_loss_mask_is_exactly_the_assistant_answers(encoder):
+def test_the_assistant_only_mask_is_exactly_the_assistant_answers(encoder):
+    encoder = ChatEncoder(encoder.tok, mask="assistant_only")
     enc = encoder.encode(TURNS, video_tokens=7)
     assert len(enc.input_ids) == len(enc.labels) and enc.video_positions == 7
     assert enc.input_ids.count(encoder.image_id) == 7

@@ -62,6 +62,8 @@ def test_resume_continues_the_same_loss_trajectory(shards, tmp_path, workers, ba
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step-000012")
     resumed = train(config(shards, tmp_path / "cut", *extra))["history"]
     assert [h["step"] for h in resumed] == [9, 10, 11, 12]
+    assert [h["items"] for h in resumed] == [h["items"] for h in full[8:]]  # the same conversations, step by step
+    assert len({i for h in full for i in h["items"]}) == 6  # six different conversations in turn
     for a, b in zip(resumed, full[8:]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), (resumed, full[8:])
 

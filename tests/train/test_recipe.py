@@ -1,0 +1,169 @@
+"""The paper's recipe, checked against its rules written out here: loss mask, <image> placement, loss averaging,
+warmup, global batch and the frames each item gets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from train.chat import IGNORE, ChatEncoder
+from train.tiny import build_tokenizer
+
+SYSTEM = "You are a helpful assistant."
+TURNS = [
+    {"from": "human", "value": "Look closely. <image> What happens in the video?"},
+    {"from": "gpt", "value": "A person walks across the room."},
+    {"from": "human", "value": "How many objects are visible?\nCount them."},
+    {"from": "gpt", "value": "Two.\n\nBoth are cars."},
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def layout(turns, image_front: bool) -> tuple[str, list[tuple[int, int, int, int]]]:
+    """The prompt text by the Qwen template, and for each assistant message (message start, answer start,
+    answer end incl. <|im_end|>, message end incl. the newline after it) as character offsets."""
+    text = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
+    spans = []
+    for turn in turns:
+        role = "user" if turn["from"] == "human" else "assistant"
+        value = turn["value"]
+        if image_front and value.count("<image>") == 1 and not value.startswith("<image>"):
+            value = "<image>\n" + value.replace("<image>", "").strip()  # the paper's placement rule
+        start = len(text)
+        text += f"<|im_start|>{role}\n"
+        answer = len(text)
+        text += f"{value}<|im_end|>"
+        answer_end = len(text)
+        text += "\n"
+        if role == "assistant":
+            spans.append((start, answer, answer_end, len(text)))
+    return text, spans
+
+
+def expected_supervision(tok, ids, text, spans, mode) -> list[bool]:
+    """Walk the tokens over the text; say, from the rules alone, which ones the loss sees."""
+    out, at = [], 0
+    for tid in ids:
+        piece = tok.decode([tid])
+        assert text[at:at + len(piece)] == piece, (text[at:at + 40], piece)
+        lo, hi = at, at + len(piece)
+        at = hi
+        if mode == "paper":
+            in_message = any(s <= lo and hi <= e for s, _, _, e in spans)
+            out.append(in_message or piece in ("<|im_start|>", "<|im_end|>", "\n"))
+        else:
+            out.append(any(a <= lo and hi <= ae for _, a, ae, _ in spans))
+    assert at == len(text)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["paper", "assistant_only"])
+def test_every_supervised_position_follows_the_rules(tok, mode):
+    encoder = ChatEncoder(tok, mask=mode)
+    enc = encoder.encode(TURNS, video_tokens=1)
+    text, spans = layout(TURNS, image_front=True)
+    want = expected_supervision(tok, enc.input_ids, text, spans, mode)
+    got = [label != IGNORE for label in enc.labels]
+    assert got == want
+    assert all(label in (IGNORE, tid) for label, tid in zip(enc.labels, enc.input_ids))
+    assert enc.labels[enc.input_ids.index(encoder.image_id)] == IGNORE
+    system = [label for tid, label in zip(enc.input_ids, enc.labels)][:len(tok(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n")["input_ids"])]
+    assert (sum(label != IGNORE for label in system) > 0) == (mode == "paper")  # the system turn's markers
+
+
+def test_supervised_counts_per_mode(tok):
+    counts = {m: sum(label != IGNORE for label in ChatEncoder(tok, mask=m).encode(TURNS, 3).labels)
+              for m in ("paper", "assistant_only")}
+    answers = sum(len(tok(t["value"], add_special_tokens=False)["input_ids"]) + 1 for t in TURNS if t["from"] == "gpt")
+    assert counts["assistant_only"] == answers  # each answer and its <|im_end|>
+    assert counts["paper"] > counts["assistant_only"]
+
+
+def test_image_placement(tok):
+    front = ChatEncoder(tok, image_placement="front").encode(TURNS[:2], 1)
+    in_place = ChatEncoder(tok, image_placement="in_place").encode(TURNS[:2], 1)
+    # the text around it is stripped, not re-spaced (LLaVA-NeXT leaves the double space)
+    assert "<|im_start|>user\n<image>\nLook closely.  What happens" in tok.decode(front.input_ids)
+    assert "<|im_start|>user\nLook closely. <image> What happens" in tok.decode(in_place.input_ids)
+    two = [{"from": "human", "value": "a <image> b <image>"}, {"from": "gpt", "value": "x"}]
+    assert tok.decode(ChatEncoder(tok).encode(two, 1).input_ids).count("<image>") == 1  # only a single one moves
+
+
+def test_loss_per_sample_weighs_samples_equally_and_per_token_weighs_tokens():
+    from train.trainer import count_units, summed_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 11)
+    labels = torch.full((2, 6), IGNORE)
+    labels[0, 1:3] = torch.tensor([1, 2])  # 2 supervised tokens
+    labels[1, 1:6] = torch.tensor([3, 4, 5, 6, 7])  # 5
+    per_token = [torch.nn.functional.cross_entropy(logits[r, :-1], labels[r, 1:], ignore_index=IGNORE, reduction="sum")
+                 for r in range(2)]  # fmt: skip
+    assert count_units(labels, "token") == 7 and count_units(labels, "sample") == 2
+    assert float(summed_loss(logits, labels, "token")) == pytest.approx(float(per_token[0] + per_token[1]))
+    assert float(summed_loss(logits, labels, "sample")) == pytest.approx(float(per_token[0] / 2 + per_token[1] / 5))
+
+
+def test_warmup_ceil_is_the_hugging_face_schedule_and_round_starts_a_step_ahead():
+    import math
+
+    from transformers import get_cosine_schedule_with_warmup
+
+    from train.optim import lr_lambda, warmup_steps
+
+    steps, ratio = 1010, 0.03
+    assert warmup_steps(ratio, steps, "ceil") == 31 and warmup_steps(ratio, steps, "round") == 30
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    hf = get_cosine_schedule_with_warmup(opt, math.ceil(ratio * steps), steps).lr_lambdas[0]
+    ours = lr_lambda(ratio, steps, "ceil")
+    assert [ours(s) for s in range(steps)] == pytest.approx([hf(s) for s in range(steps)])
+    ahead = lr_lambda(ratio, steps, "round")
+    assert ahead(0) == pytest.approx(1 / 30) and ahead(29) == pytest.approx(1.0)
+
+
+def test_global_batch_sets_accumulation_from_the_world_size(tmp_path):
+    from pipeline.config import ConfigError, load_config
+    from train.config import TrainConfig
+
+    base = [f"data.shards={tmp_path}", f"output.dir={tmp_path}", "model.tiny=true", "optim.max_steps=1"]
+    cfg = load_config(None, base + ["optim.global_batch_size=256"], model=TrainConfig)
+    assert cfg.grad_accum(8) == 32 and cfg.grad_accum(32) == 8 and cfg.grad_accum(1) == 256
+    with pytest.raises(ValueError, match="optim.global_batch_size"):
+        cfg.grad_accum(3)
+    with pytest.raises(ConfigError, match="optim"):
+        load_config(None, base + ["optim.global_batch_size=8", "optim.grad_accum=2"], model=TrainConfig)
+    assert load_config(None, base, model=TrainConfig).grad_accum(4) == 1
+
+
+PAPER = {  # the paper's stage settings (its stage-2 script; frames per stage from its stage table)
+    "optim.lr.vision_tower": 0.0, "optim.lr.projector": 1e-5, "optim.lr.language_model": 1e-5,
+    "optim.weight_decay": 0.0, "optim.warmup_ratio": 0.03, "optim.warmup_rounding": "ceil",
+    "optim.global_batch_size": 256, "optim.loss_average": "sample", "optim.precision": "bf16",
+    "data.batch_size": 1, "data.model_max_length": 256000, "data.frame_count": "fixed", "data.mask": "paper",
+    "data.image_placement": "front", "data.order": "permutation", "model.video_pool_size": 12,
+    "model.activation_checkpointing": True,
+}
+
+
+@pytest.mark.parametrize("name,frames", [("stage1_32f", 32), ("stage2_128f", 128), ("stage3_192f", 192)])
+def test_stage_presets_carry_the_papers_recipe(name, frames):
+    from pathlib import Path
+
+    from pipeline.config import load_config
+    from train.config import TrainConfig
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "train" / f"{name}.yaml", model=TrainConfig)
+    dumped = cfg.model_dump()
+
+    def at(path):
+        node = dumped
+        for part in path.split("."):
+            node = node[part]
+        return node
+
+    assert {k: at(k) for k in PAPER} == PAPER
+    assert cfg.data.frames == frames and cfg.grad_accum(cfg.nproc_per_node) * cfg.nproc_per_node == 256

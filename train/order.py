@@ -1,0 +1,124 @@
+"""`data.order: permutation`: every epoch a full permutation of the run's samples, read by key across shards.
+
+The paper's trainer draws its whole dataset in a new random order each epoch;
+a shard shuffle with a buffer only mixes samples that are near each other in
+the shards. Here the sample keys come from the run's `index.parquet`, sorted,
+then permuted with `seed + epoch`; rank r takes every world-th key from r, and
+loader worker w every workers-th of those. Each worker's stream depends only on
+(seed, epoch, rank, worker), so the item numbering `batching.py` resumes by is
+the same after a restart. Samples are read from their tar by member offsets
+(one header scan per shard and worker), and a frame is read only when a
+stage takes it.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Mapping
+from typing import Any, Iterator
+
+import numpy as np
+
+from shards.layout import RunDir
+
+
+def epoch_keys(keys: list[str], seed: int, epoch: int) -> list[str]:
+    """The epoch's order: the sorted keys permuted by (seed, epoch), the same on every rank."""
+    ordered = sorted(keys)
+    return [ordered[i] for i in np.random.default_rng([seed, epoch]).permutation(len(ordered))]
+
+
+def run_samples(spec: str) -> list[tuple[str, str]]:
+    """(key, shard path) of every sample of a pipeline output dir, from its index."""
+    from shards.reader import read_index
+
+    run = RunDir(spec)
+    if not run.index.exists():
+        raise FileNotFoundError(f"data.order permutation reads the sample index: {run.index} does not exist "
+                                "(point data.shards at a pipeline output dir, or use data.order shard_shuffle)")
+    return [(row["key"], str(run.shards / row["shard"])) for row in read_index(run)]
+
+
+class TarMembers:
+    """Where each sample's members sit in the tars it has opened: (offset, size) by key and member suffix."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, dict[str, dict[str, tuple[int, int]]]] = {}
+        self._files: dict[str, Any] = {}
+
+    def members(self, path: str, key: str) -> dict[str, tuple[int, int]]:
+        if path not in self._tables:
+            table: dict[str, dict[str, tuple[int, int]]] = {}
+            with tarfile.open(path, "r:") as tar:  # headers only: tarfile seeks over the payloads
+                for info in tar:
+                    base, _, suffix = info.name.partition(".")
+                    table.setdefault(base, {})[suffix] = (info.offset_data, info.size)
+            self._tables[path] = table
+        found = self._tables[path].get(key)
+        if found is None:
+            raise KeyError(f"sample {key} is not in {path} (the index and the shards disagree)")
+        return found
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        f = self._files.get(path)
+        if f is None:
+            f = self._files[path] = open(path, "rb")
+        f.seek(offset)
+        return f.read(size)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+class LazySample(Mapping):
+    """One sample as a webdataset dict whose members are read from the tar when first looked up."""
+
+    def __init__(self, key: str, path: str, tars: TarMembers):
+        self._key, self._path, self._tars = key, path, tars
+        self._where = tars.members(path, key)
+        self._cache: dict[str, bytes] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name == "__key__":
+            return self._key
+        if name not in self._cache:
+            offset, size = self._where[name]
+            self._cache[name] = self._tars.read(self._path, offset, size)
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield "__key__"
+        yield from self._where
+
+    def __len__(self) -> int:
+        return len(self._where) + 1
+
+
+def permuted_samples(spec: str, seed: int, epoch: int) -> Iterator[LazySample]:
+    """This rank's and loader worker's share of the epoch's permutation, in order."""
+    from webdataset.utils import pytorch_worker_info
+
+    rank, world, worker, workers = pytorch_worker_info()
+    where = dict(run_samples(spec))
+    mine = epoch_keys(list(where), seed, epoch)[rank::world][worker::workers]
+    tars = TarMembers()
+    try:
+        for key in mine:
+            yield LazySample(key, where[key], tars)
+    finally:
+        tars.close()
+
+
+def build_permuted(cfg: Any, encoder: Any, epoch: int, skips: list[int]) -> Any:
+    """An iterable dataset of this worker's items (tagged for exact resume, see `data.worker_items`)."""
+    import torch.utils.data
+
+    from train.data import worker_items
+
+    class _Permuted(torch.utils.data.IterableDataset):
+        def __iter__(self) -> Iterator[dict[str, Any]]:
+            return worker_items(permuted_samples(cfg.shards, cfg.seed, epoch), cfg, encoder, skips)
+
+    return _Permuted()
