@@ -20,6 +20,7 @@ from pipeline.probe import ToolMissing
 from dense_caption.http_backend import ServerUnavailable
 from pipeline.run import RunLocked
 from shards.reader import NotARunDir
+from train.cli import cmd_train
 
 log = logging.getLogger("prolongvid")
 
@@ -196,33 +197,6 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    import os
-    import subprocess
-
-    from train.config import TrainConfig
-
-    from train.preflight import check_training_data, world_size
-
-    cfg = load_config(args.config, args.set or [], model=TrainConfig)
-    data = check_training_data(cfg.data.shards, world_size(cfg.nproc_per_node))  # before anything is written
-    if os.environ.get("RANK", "0") == "0":
-        print(f"training on {cfg.data.shards}: {data}", file=sys.stderr)
-    if cfg.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # launch the ranks; a multi-node launcher sets WORLD_SIZE
-        sets = [x for s in args.set or [] for x in ("--set", s)]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cfg.nproc_per_node}",
-               "-m", "pipeline", "train", args.config, *sets]
-        return subprocess.call(cmd)
-    from train.trainer import train
-
-    result = train(cfg)
-    last = result["history"][-1] if result["history"] else {}
-    if os.environ.get("RANK", "0") == "0":
-        print(f"trained to step {result['steps']}: loss {last.get('loss')}, {last.get('tokens_per_s')} tokens/s; "
-              f"checkpoints in {Path(cfg.output.dir) / 'checkpoints'}")
-    return 0
-
-
 def cmd_export_llava(args: argparse.Namespace) -> int:
     from shards.llava import export_llava
 
@@ -291,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the video LLM on a run's shards (configs/train/*.yaml)")
     p.add_argument("config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. output.dir=out/train/x")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train)  # train/cli.py
 
     p = sub.add_parser("export-llava", help="write LLaVA-format records from a run's shards")
     p.add_argument("run_dir")

@@ -70,6 +70,7 @@ class RunOutput(_Strict):
     log_every: Annotated[int, Field(gt=0)] = 10
     save_every: Annotated[int, Field(gt=0)] = 500
     keep: Annotated[int, Field(gt=0)] = 2  # checkpoints kept
+    console: bool = True  # a progress bar and the log line on stderr (rank 0); the same records go to log.jsonl
 
 
 class TrainConfig(_Strict):

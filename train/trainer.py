@@ -28,6 +28,7 @@ from train import checkpoint, fsdp, optim
 from train.batching import DataStream
 from train.chat import IGNORE, ChatEncoder
 from train.config import TrainConfig
+from train.console import Console
 from train.model import VideoLlava, tokens_per_frame
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     average = cfg.optim.loss_average
     history = []
     logf = open(run_dir / "log.jsonl", "a") if rank == 0 else None
+    console = Console(cfg.optim.max_steps, step, enabled=rank == 0 and cfg.output.console)
     while step < cfg.optim.max_steps:
         start, tokens, total = time.perf_counter(), 0, 0.0
         t0 = time.perf_counter()
@@ -172,17 +174,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         elapsed = time.perf_counter() - start
         record = {"step": step, "loss": round(total, 6), "lr": scheduler.get_last_lr()[-1],
                   "tokens_per_s": round(tokens * world / elapsed, 1), "data_wait_s": round(wait, 4),
-                  "step_s": round(elapsed, 4), "epoch": stream.epoch,
+                  "step_s": round(elapsed, 4), "epoch": stream.epoch, "tokens": tokens * world,
                   "items": [i for rank_ids in _gather(ids, world) for i in rank_ids]}  # fmt: skip
         history.append(record)
-        if logf and (step % cfg.output.log_every == 0 or step == 1 or step == cfg.optim.max_steps):
+        logged = step % cfg.output.log_every == 0 or step == 1 or step == cfg.optim.max_steps
+        if logf and logged:
             logf.write(json.dumps(record) + "\n")
             logf.flush()
+        console.step(record, logged)
         if step % cfg.output.save_every == 0 or step == cfg.optim.max_steps:
             _save(cfg, run_dir, step, model, tokenizer, optimizer, scheduler, stream, rank, world)
+    console.close()
     if logf:
         logf.close()
-    return {"steps": step, "history": history}
+    last = checkpoint.latest(run_dir)
+    final_loss = history[-1]["loss"] if history else None
+    return {"steps": step, "history": history, "summary": console.summary(step, final_loss, str(last) if last else None)}
 
 
 def _gather(value: Any, world: int) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -104,6 +105,11 @@ def test_two_ranks_under_torchrun_through_the_cli(shards, tmp_path):
                            *[x for s in sets for x in ("--set", s)]], capture_output=True, text=True, cwd=root, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained to step 4") == 1  # rank 0 reports
+    summary = done.stdout.strip().splitlines()[-1]  # steps, time, tokens, final loss and the checkpoint
+    assert re.fullmatch(r"trained to step 4 in [\d.]+s: \d+ tokens, final loss [\d.]+; checkpoint \S+step-000004", summary)
+    lines = done.stderr.splitlines()
+    assert sum(bool(re.match(r"step [14]/4  loss [\d.]+  lr \S+  tokens/s \d+  data wait", x)) for x in lines) == 2
+    assert "train:" in done.stderr and "Writing model shards" not in done.stderr  # the bar, not the libraries' bars
     state = checkpoint.load_state(checkpoint.latest(out))
     assert state["step"] == 4 and len(state["consumed"]) == 2  # each rank's data position is kept
 

@@ -1,0 +1,32 @@
+"""`prolongvid train CONFIG`: check the data, launch the ranks (torchrun) or train here, print the summary."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from pipeline.config import load_config
+from train.config import TrainConfig
+from train.preflight import check_training_data, world_size
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.set or [], model=TrainConfig)
+    data = check_training_data(cfg.data.shards, world_size(cfg.nproc_per_node))  # before anything is written
+    if os.environ.get("RANK", "0") == "0":
+        print(f"training on {cfg.data.shards}: {data}", file=sys.stderr)
+    if cfg.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # launch the ranks; a multi-node launcher sets WORLD_SIZE
+        sets = [x for s in args.set or [] for x in ("--set", s)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cfg.nproc_per_node}",
+               "-m", "pipeline", "train", args.config, *sets]
+        return subprocess.call(cmd)
+    from train.console import quiet_libraries
+    from train.trainer import train
+
+    quiet_libraries()
+    result = train(cfg)
+    if os.environ.get("RANK", "0") == "0":
+        print(result["summary"])
+    return 0
