@@ -62,7 +62,7 @@ def test_captions_and_qa_from_a_real_server(real_videos, vllm_server, ray_local,
     summary = run_pipeline(external(real_videos, out, vllm_server, "llm.http.max_concurrency=4"))
     run = open_run(out)
     rejects, index = read_rejects(run), read_index(run)
-    assert len(index) + len(rejects) == 3
+    assert len(index) + len(rejects) == 3 and len(index) >= 1  # every video rejected would prove nothing below
     assert all(r["reason"].startswith("llm_") and r["stage"] in ("caption", "qa") for r in rejects), rejects
     assert verify_run(run) == []
 
@@ -102,8 +102,7 @@ def test_video_parts_reach_the_server(one_video, vllm_server, ray_local, tmp_pat
     out = tmp_path / "out"
     summary = run_pipeline(external(one_video, out, vllm_server, "llm.captions.media=video", "llm.qa.enabled=false"))
     rejects = read_rejects(open_run(out))
-    assert summary.accepted + len(rejects) == 1
-    assert not [r for r in rejects if r["reason"] == "llm_http_error"], rejects  # the server took the MP4 parts
+    assert summary.accepted == 1 and not rejects, rejects  # the server took the MP4 parts and captioned them
     for sample in samples(out):
         assert sample["json"]["captions"]["clips"] and sample["json"]["llm"]["prompt_tokens"] > 0
 
@@ -116,7 +115,7 @@ def test_managed_server_is_started_and_stopped_by_the_run(one_video, vllm_python
                           f"llm.http.managed.port={port}", "llm.qa.types=[count]")  # fmt: skip
     assert cfg.llm.http.mode == "managed" and cfg.llm.http.managed.host == "127.0.0.1"
     summary = run_pipeline(cfg)
-    assert summary.llm["requests"] > 0 and summary.accepted + summary.rejects_total == 1
+    assert summary.llm["requests"] > 0 and summary.accepted == 1 and summary.rejects_total == 0
     log = (out / "logs" / "llm-server.log").read_text()
     assert "/v1/chat/completions" in log
     with socket.socket() as s:
@@ -166,7 +165,7 @@ def test_managed_server_killed_mid_run_is_restarted_and_nothing_is_lost(real_vid
     assert text.count("Application startup complete") >= 2  # it came back on the same port
     rejects = read_rejects(open_run(out))
     assert not [r for r in rejects if r["reason"] in ("llm_unavailable", "llm_timeout", "llm_http_error")], rejects
-    assert summary.accepted + len(rejects) == 3 and summary.llm["retries"] >= 1
+    assert summary.accepted + len(rejects) == 3 and summary.accepted >= 1 and summary.llm["retries"] >= 1
     assert verify_run(open_run(out)) == []
 
 
@@ -235,8 +234,7 @@ def test_ray_engine_backend_serves_from_ray_actors(one_video, vllm_python, tiny_
         done.set()
         watcher.join(30)
     rejects = read_rejects(open_run(out))
-    assert summary.llm["requests"] > 0 and summary.accepted + len(rejects) == 1
-    assert not [r for r in rejects if r["reason"] in ("llm_unavailable", "llm_http_error", "llm_timeout")], rejects
+    assert summary.llm["requests"] > 0 and summary.accepted == 1 and not rejects, rejects
     assert set(engine_servers()) - set(before) == set()  # the replica's server was stopped with the run
 
     assert seen.get("without_key") == 401 and seen.get("with_key") == 200, seen
