@@ -9,6 +9,7 @@ why it would be rejected), `sample` (one video's frame sets to JPEG files),
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -299,6 +300,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def disk_full(error: BaseException) -> OSError | str | None:
+    """The ENOSPC behind an error, however Ray wrapped it (cause chains, a task error carrying only text)."""
+    seen, todo = set(), [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return "" if "[Errno 28]" in str(error) or "No space left on device" in str(error) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -319,3 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     except ServerUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 5
+    except Exception as e:
+        full = disk_full(e)
+        if full is None or args.log_level == "DEBUG":
+            raise
+        where = f" writing {full.filename}" if isinstance(full, OSError) and full.filename else ""
+        print(f"error: no space left on device{where}: free space where output.dir lives and rerun (the run "
+              "resumes where it stopped; --log-level DEBUG shows the traceback)", file=sys.stderr)
+        return 6

@@ -6,13 +6,19 @@ set -euo pipefail
 venv="${1:-.venv}"
 python="${PYTHON:-python3}"
 
-if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
-  echo "ffmpeg not found: installing the Debian package"
+# ffmpeg for video; iproute2 and util-linux (ip, unshare, nsenter) for the tests that run a Ray cluster in its
+# own network namespace (the chaos suite, the README's cluster commands).
+missing=""
+command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing="$missing ffmpeg"
+command -v ip >/dev/null || missing="$missing iproute2"
+command -v unshare >/dev/null && command -v nsenter >/dev/null || missing="$missing util-linux"
+if [ -n "$missing" ]; then
+  echo "installing Debian packages:$missing"
   if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
-    echo "error: ffmpeg is missing and this user cannot install packages; install ffmpeg and rerun" >&2; exit 1
+    echo "error: missing$missing and this user cannot install packages; install them and rerun" >&2; exit 1
   fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq ffmpeg >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

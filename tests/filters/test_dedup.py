@@ -14,7 +14,6 @@ import pytest
 from filters.dedup import choose_survivors, exact_pairs, find_duplicates, normalise
 from pipeline.config_run import DedupConfig
 from pipeline.run import run_pipeline
-from shards.dedup_apply import finish_journal
 from shards.layout import RunDir
 from shards.reader import open_run, read_index, read_rejects
 from shards.verify import verify_run
@@ -91,7 +90,7 @@ def test_dedup_command_removes_a_reencoded_copy_and_keeps_other_content(tiny_cli
     assert again.accepted == 0 and len(read_index(open_run(out))) == 2
 
 
-def test_an_interrupted_dedup_is_finished_by_the_next_command(tiny_clip, video, tmp_path, ray_local):  # noqa: F811
+def test_an_interrupted_dedup_is_finished_by_the_next_run(tiny_clip, video, tmp_path, ray_local):  # noqa: F811
     videos = tmp_path / "videos"
     videos.mkdir()
     for name in ("testsrc2_20s", "mandelbrot_10s"):
@@ -105,7 +104,8 @@ def test_an_interrupted_dedup_is_finished_by_the_next_command(tiny_clip, video, 
     # A dedup that died right after writing its decision: the journal exists, nothing else changed.
     journal = {"threshold": 0.9, "removed": {victim["key"]: {"kept": "other", "cosine": 0.93, "source": victim["source"]}}}
     (run.ledger / "dedup-journal.json").write_text(json.dumps(journal))
-    assert finish_journal(run) == 1
+    again = run_pipeline(pipeline_config(videos, out, *sets))  # the next run finishes it before anything else
+    assert again.accepted == 0 and again.samples_total == 1
     assert victim["key"] not in {r["key"] for r in read_index(open_run(out))} and verify_run(open_run(out)) == []
     assert any(r["key"] == victim["key"] and r["reason"] == "near_duplicate" for r in read_rejects(open_run(out)))
     assert not (run.ledger / "dedup-journal.json").exists()
