@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from pipeline.config import ConfigError, RunConfig, config_record, write_resolved_config
 from pipeline.sources import Sources, load_sources
-from shards.commit import begin_generation, commit_rejects
+from shards.commit import begin_generation, commit_lock, commit_rejects
 from shards import ledger
 from shards.dedup_apply import finish_journal
 from shards.layout import RunDir
@@ -209,6 +209,13 @@ def _run(cfg: RunConfig, run: RunDir, sources: Sources, force: bool, retry_reaso
 
         init_ray(cfg)
         results = run_graph(cfg, todo, started.strftime("%Y%m%d%H%M%S"), generation)
+        # Every write of this attempt is done, but a writer on a lost node may outlive its node for a moment: closing
+        # the generation turns any late commit of its into a refusal, and the sweep removes what it left half-written.
+        begin_generation(run)
+        with commit_lock(run):
+            late = ledger.clean(run)
+        if any(late.values()):
+            log.info("left by writers of lost nodes, removed: %s", late)
     samples_total, rejects_total = ledger.write_tables(run)
     deduped = 0
     if cfg.filters.dedup.enabled and run.embeddings.exists():
