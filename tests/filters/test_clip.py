@@ -49,7 +49,8 @@ def tiny_clip(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def decoded(video):
-    cfg = load_config(None, ["input.path=.", "output.dir=.", "decode.isolate=false", "sampling.sets.0.num_frames=12"])
+    cfg = load_config(None, ["input.path=.", "output.dir=.", "decode.isolate=false", "sampling.sets.0.num_frames=12",
+                                 "sampling.sets.0.stage_frames=[]"])  # 12 frames, not the stages' union
     decode = DecodeStage(cfg.sampling, cfg.decode)
     task = run_stage(ProbeStage(cfg.probe, cfg.limits), VideoTask("v", str(video("testsrc2_20s"))))
     return run_stage(decode, task)
