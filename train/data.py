@@ -25,7 +25,7 @@ from typing import Annotated, Any, Iterator, Literal
 
 from pydantic import Field
 
-from pipeline.config_base import _Strict
+from pipeline.config_base import Strict
 from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER
 from train.chat import ChatEncoder
 from train.frames import pick_frames
@@ -33,7 +33,7 @@ from train.frames import pick_frames
 log = logging.getLogger(__name__)
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     shards: str = Field(description="a pipeline output dir (its shards.json) or a folder / glob of .tar shards")
     frames: Annotated[int, Field(gt=0)] = 32  # the stage's frame count (32 / 128 / 192)
     frame_count: Literal["fixed", "up_to_stored"] = Field(
@@ -237,7 +237,7 @@ def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0, skip: i
     if cfg.order == "permutation":
         from train.order import build_permuted
 
-        return build_permuted(cfg, encoder, epoch, skips)
+        return build_permuted(cfg, epoch, lambda src: worker_items(src, cfg, encoder, skips))
     urls = shard_urls(cfg.shards)
     if not urls:
         raise FileNotFoundError(f"no shards found at {cfg.shards}")
