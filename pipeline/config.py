@@ -57,6 +57,12 @@ class RunConfig(Strict):
                 f"filters.visual.frame_set {visual.frame_set!r} names no sampling set (have {sorted(sets)}); "
                 "point it at one or set filters.visual.enabled=false"
             )
+        clip = self.filters.clip
+        if clip.enabled and clip.frame_set is not None and clip.frame_set not in sets:
+            raise ValueError(
+                f"filters.clip.frame_set {clip.frame_set!r} names no sampling set (have {sorted(sets)}); "
+                "point it at one or leave it unset (the shard set)"
+            )
         if self.llm.enabled and self.llm.captions.enabled and self.llm.captions.frame_set not in sets:
             raise ValueError(
                 f"llm.captions.frame_set {self.llm.captions.frame_set!r} names no sampling set (have {sorted(sets)})"

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from pipeline.config_base import Strict
+from pipeline.video_tokens import TOKENS_PER_FRAME
 
 
 class LengthFilterConfig(Strict):
@@ -48,7 +49,7 @@ class TokenBudgetConfig(Strict):
     """Tokens a sample costs per training stage: frames x tokens_per_frame + its text."""
 
     enabled: bool = True
-    tokens_per_frame: Annotated[int, Field(gt=0)] = 156  # 12x12 pooled patches + 12 newline tokens
+    tokens_per_frame: Annotated[int, Field(gt=0)] = TOKENS_PER_FRAME  # 12x12 pooled patches + 12 newline tokens
     tokenizer: str | None = Field(None, description="tokenizer id or path for exact text counts (default: estimate)")
     chars_per_token: Annotated[float, Field(gt=0)] = 4.0
     template_tokens_per_turn: Annotated[int, Field(ge=0)] = 5  # Qwen chat markup around each turn

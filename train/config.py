@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from pipeline.config_base import Strict
+from pipeline.video_tokens import VIDEO_POOL
 from train.data import DataConfig
 
 
@@ -15,7 +16,7 @@ class ModelConfig(Strict):
     tiny: bool = Field(False, description="build the tiny random model (tests, CPU debug) instead of loading one")
     tokenizer: str | None = Field(None, description="tokenizer dir or id (default: model.path)")
     video_token: str = "<video>"
-    video_pool_size: Annotated[int, Field(gt=0)] = 12  # 12x12 + a newline per row = 156 tokens a frame
+    video_pool_size: Annotated[int, Field(gt=0)] = VIDEO_POOL  # 12x12 + a newline per row = 156 tokens a frame
     init_from: str | None = Field(None, description="a previous stage's run dir or checkpoint: its weights only")
     activation_checkpointing: bool = True
 

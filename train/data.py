@@ -26,6 +26,7 @@ from typing import Annotated, Any, Iterator, Literal
 from pydantic import Field
 
 from pipeline.config_base import Strict
+from pipeline.video_tokens import TOKENS_PER_FRAME
 from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER
 from train.chat import ChatEncoder
 from train.frames import pick_frames
@@ -48,7 +49,7 @@ class DataConfig(Strict):
     order: Literal["shard_shuffle", "permutation"] = Field(
         "shard_shuffle", description="permutation: every epoch a full permutation of the index's samples"
     )
-    tokens_per_frame: Annotated[int, Field(gt=0)] = 156
+    tokens_per_frame: Annotated[int, Field(gt=0)] = TOKENS_PER_FRAME
     image_size: Annotated[int, Field(gt=0)] = 384
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # SigLIP normalisation
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
