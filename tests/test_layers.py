@@ -13,6 +13,7 @@ that points up is still a dependency on the layer above.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,3 +151,21 @@ def test_the_checks_see_lazy_imports_and_cycles(tmp_path):
     assert imports_of("pipeline.m", src, known) == {"pipeline.run", "shards.ledger"}
     assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
     assert layer_of("pipeline.run") == 3 and layer_of("pipeline.stage") == 0 and layer_of("train.model") == 2
+
+
+def test_the_readme_architecture_table_places_modules_as_this_test_does():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Architecture\n"):]
+    section = section[: section.index("\n## ", 1)]
+    checked = 0
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[0] not in LAYER_NAMES:
+            continue
+        layer = LAYER_NAMES.index(cells[0])
+        for path in re.findall(r"`([a-z_]+/(?:[a-z_*]+\.py)?)`", cells[1]):
+            modules = [m for m, f in module_files().items() if f.relative_to(ROOT).match(path)] if path.endswith(".py") \
+                else [m for m in module_files() if m.startswith(path.rstrip("/") + ".")]
+            assert modules and all(layer_of(m) == layer for m in modules), f"README puts {path} in {cells[0]}"
+            checked += len(modules)
+    assert checked > 30
