@@ -14,14 +14,20 @@ from pydantic import BaseModel, Field, model_validator
 
 from dense_caption.config import LLMConfig
 from pipeline.config_base import Strict
-from pipeline.config_load import (  # noqa: F401  (re-exported)
+from pipeline.config_load import (
     ConfigError, apply_override, config_record, dump_config, parse_override, write_resolved_config,
 )
 from pipeline.config_load import load_config as load_model
 from pipeline.config_run import FiltersConfig, RayConfig, ResourcesConfig, ShardsConfig, default_budget_stages
-from pipeline.config_video import (  # noqa: F401  (re-exported)
+from pipeline.config_video import (
     DecodeConfig, FrameSetConfig, InputConfig, LimitsConfig, ProbeConfig, ResizeConfig, SamplingConfig, default_sets,
 )
+
+__all__ = [
+    "ConfigError", "DecodeConfig", "FrameSetConfig", "InputConfig", "LimitsConfig", "OutputConfig", "ProbeConfig",
+    "ResizeConfig", "RunConfig", "SamplingConfig", "apply_override", "config_record", "default_sets", "dump_config",
+    "load_config", "parse_override", "write_resolved_config",
+]
 
 
 class OutputConfig(Strict):
