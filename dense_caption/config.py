@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from pipeline.config_base import _Strict
+from pipeline.config_base import Strict
 
 QA_TYPES = (
     "temporal",
@@ -33,7 +33,7 @@ QA_TYPES = (
 )
 
 
-class ManagedServerConfig(_Strict):
+class ManagedServerConfig(Strict):
     """`mode: managed`: the run starts `vllm` itself for this model and stops it at the end."""
 
     model: str = Field("", description="model id or local path the server loads")
@@ -46,7 +46,7 @@ class ManagedServerConfig(_Strict):
     max_restarts: Annotated[int, Field(ge=0)] = 3  # a server that dies mid-run is started again this many times
 
 
-class HttpBackendConfig(_Strict):
+class HttpBackendConfig(Strict):
     """An OpenAI-compatible server (vLLM's): a running one (`external`) or one the run starts (`managed`)."""
 
     mode: Literal["external", "managed"] = "external"
@@ -69,7 +69,7 @@ class HttpBackendConfig(_Strict):
         return self
 
 
-class EngineBackendConfig(_Strict):
+class EngineBackendConfig(Strict):
     """vLLM's engine inside Ray Data (`ray.data.llm`): one model replica per GPU actor, for cluster runs."""
 
     model: str = Field("", description="model id or local path each engine loads")
@@ -86,7 +86,7 @@ class EngineBackendConfig(_Strict):
     run_key: SecretStr | None = Field(None, exclude=True, description="made by the run; leave empty")
 
 
-class RetryConfig(_Strict):
+class RetryConfig(Strict):
     """How hard a request is retried before its video is rejected with an `llm_*` reason."""
 
     attempts: Annotated[int, Field(ge=1)] = 4  # tries per request for bad output (bad JSON, schema, empty, endless)
@@ -96,7 +96,7 @@ class RetryConfig(_Strict):
     retry_temperature: Annotated[float, Field(ge=0, le=2)] = 0.7  # resample, not repeat, a bad greedy answer
 
 
-class CaptionConfig(_Strict):
+class CaptionConfig(Strict):
     """Hierarchical dense captions: clips -> segment summaries -> one video caption."""
 
     enabled: bool = True
@@ -122,7 +122,7 @@ class CaptionConfig(_Strict):
         return self
 
 
-class QAConfig(_Strict):
+class QAConfig(Strict):
     """Long-video QA from the dense caption (text only): one pair per type, multiple choice, a detailed description."""
 
     enabled: bool = True
@@ -155,7 +155,7 @@ class QAConfig(_Strict):
         return self
 
 
-class LLMConfig(_Strict):
+class LLMConfig(Strict):
     """Captions and QA from a vLLM-served model. Off unless `captions.enabled` or `qa.enabled` and a model is named."""
 
     enabled: bool = False

@@ -14,12 +14,12 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from pydantic import SecretStr
 
 from dense_caption.http_backend import ServerUnavailable, check_server
-from pipeline.config import RunConfig
+from dense_caption.config import LLMConfig
 
 if TYPE_CHECKING:
     from dense_caption.managed import ManagedServer
@@ -27,32 +27,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _with(cfg: RunConfig, **llm_updates: object) -> RunConfig:
-    return cfg.model_copy(update={"llm": cfg.llm.model_copy(update=llm_updates)})
-
-
 @contextmanager
-def llm_service(cfg: RunConfig, log_dir: Path) -> Iterator[RunConfig]:
-    """Yield the config the stages run with (it carries the URLs of servers started here)."""
-    llm = cfg.llm
+def llm_service(llm: LLMConfig, log_dir: Path, start_ray: Callable[[], None]) -> Iterator[LLMConfig]:
+    """Yield the LLM config the stages run with (it carries the URLs of servers started here).
+
+    `start_ray` connects to the run's Ray cluster; the engine backend calls it before placing its replicas.
+    """
     if not llm.enabled or not (llm.captions.enabled or llm.qa.enabled):
-        yield cfg
+        yield llm
         return
     if llm.backend == "ray_engine":
         from dense_caption.ray_engine import start_replicas, stop_replicas
-        from pipeline.run import init_ray
 
-        init_ray(cfg)
+        start_ray()
         handles, urls, key = start_replicas(llm)
         try:
-            yield _with(cfg, engine=llm.engine.model_copy(update={"urls": urls, "run_key": SecretStr(key)}))
+            engine = llm.engine.model_copy(update={"urls": urls, "run_key": SecretStr(key)})
+            yield llm.model_copy(update={"engine": engine})
         finally:
             stop_replicas(handles)
         return
     if llm.http.mode == "external":
         served = check_server(llm.http.url, llm.model, llm.http)
         log.info("LLM server %s serves %s", llm.http.url, served)
-        yield cfg
+        yield llm
         return
     from dense_caption.managed import ManagedServer, ServerStartError
 
@@ -71,7 +69,7 @@ def llm_service(cfg: RunConfig, log_dir: Path) -> Iterator[RunConfig]:
     try:
         check_server(url, llm.model, llm.http)
         keeper.start()
-        yield _with(cfg, http=llm.http.model_copy(update={"url": url}))
+        yield llm.model_copy(update={"http": llm.http.model_copy(update={"url": url})})
     finally:
         keeper.stop()
         server.stop()

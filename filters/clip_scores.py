@@ -1,15 +1,16 @@
 """CLIP scores with open_clip: per-video embedding (for dedup), aesthetic score, frame-text agreement.
 
 The model loads once per Ray actor (`setup`), on a GPU when one is there, and
-encodes a video's frames in batches. Scores:
-- `embedding`: the mean of the L2-normalised frame embeddings, normalised again
-  (what near-duplicate removal compares across the corpus);
-- `aesthetic`: the LAION aesthetic predictor design, a small MLP head on CLIP
-  image embeddings, averaged over frames; the head's weights load from
-  `aesthetic_head` (no head configured: no score);
-- `frame_text_min` / `frame_text_mean`: cosine agreement of each caption with
+encodes a video's frames in batches. Two stages use it:
+- `ClipScores`, before the LLM stages:
+  `embedding`, the mean of the L2-normalised frame embeddings, normalised again
+  (what near-duplicate removal compares across the corpus); `aesthetic`, the
+  LAION aesthetic predictor design, a small MLP head on CLIP image embeddings,
+  averaged over frames, its weights from `aesthetic_head` (none: no score);
+- `CaptionAgreement`, after the caption stage (it needs the captions):
+  `frame_text_min` / `frame_text_mean`, the cosine agreement of each caption with
   the frames it describes (a clip caption with the frames inside its time span,
-  the whole-video caption with all frames), once captions exist in
+  the whole-video caption with all frames), from
   `meta['captions']` = {"clips": [{"start_s", "end_s", "text"}], "video": {"text"}}.
   A low minimum points at a caption that describes something the frames do not show.
 """
@@ -133,10 +134,8 @@ def caption_agreement(
     return [float(np.dot(t, v)) for t, (_, v) in zip(texts, items)]
 
 
-class ClipScores(Stage):
-    name = "clip_scores"
-    reads = ("frames", "meta.captions")
-    writes = ("meta.scores", "meta.embedding")
+class _ClipStage(Stage):
+    """What both CLIP stages share: the model per actor, and the frames of the set they encode."""
 
     def __init__(self, cfg: ClipFilterConfig, frame_set: str, resources: StageResources | None = None):
         super().__init__(resources)
@@ -146,30 +145,53 @@ class ClipScores(Stage):
     def setup(self) -> None:
         self._model = ClipModel(self.cfg)
 
-    def process(self, task: VideoTask) -> VideoTask:
+    def encode_frames(self, task: VideoTask) -> tuple[np.ndarray, list[float]]:
+        """Embeddings of at most `max_frames` frames spread over the set, and their times (empty when unknown)."""
         jpegs = task.frames.get(self.frame_set, [])
         if not jpegs:
             raise VideoError(Reason.NO_FRAMES, f"frame set {self.frame_set!r} is empty")
         times = task.meta.get("decode", {}).get("sets", {}).get(self.frame_set, {}).get("timestamps_s") or []
         pick = np.linspace(0, len(jpegs) - 1, min(len(jpegs), self.cfg.max_frames), dtype=int)
-        frame_emb = self._model.encode_images([jpegs[i] for i in pick])
+        return self._model.encode_images([jpegs[i] for i in pick]), [times[i] for i in pick] if times else []
+
+
+class ClipScores(_ClipStage):
+    name = "clip_scores"
+    reads = ("frames",)
+    writes = ("meta.scores", "meta.embedding")
+
+    def process(self, task: VideoTask) -> VideoTask:
+        frame_emb, _ = self.encode_frames(task)
         task.meta["embedding"] = [round(float(x), 6) for x in video_embedding(frame_emb)]
         scores = task.meta.setdefault("scores", {})
         aesthetic = self._model.aesthetic(frame_emb)
-        if aesthetic is not None:
-            scores["aesthetic"] = round(aesthetic, 4)
-        if times and task.meta.get("captions"):
-            agree = caption_agreement(frame_emb, [times[i] for i in pick], task.meta["captions"], self._model.encode_texts)
-            if agree:
-                scores["frame_text_min"] = round(min(agree), 4)
-                scores["frame_text_mean"] = round(float(np.mean(agree)), 4)
-        return apply_verdict(task, self._failure(scores), self.cfg.score_only)
+        if aesthetic is None:
+            return task
+        scores["aesthetic"] = round(aesthetic, 4)
+        low = self.cfg.min_aesthetic
+        failure = (Reason.LOW_AESTHETIC, f"aesthetic {aesthetic:.3f} < min_aesthetic {low:g}") \
+            if low is not None and scores["aesthetic"] < low else None
+        return apply_verdict(task, failure, self.cfg.score_only)
 
-    def _failure(self, scores: dict[str, float]) -> tuple[Reason, str] | None:
-        c = self.cfg
-        if c.min_aesthetic is not None and "aesthetic" in scores and scores["aesthetic"] < c.min_aesthetic:
-            return Reason.LOW_AESTHETIC, f"aesthetic {scores['aesthetic']:.3f} < min_aesthetic {c.min_aesthetic:g}"
-        low = scores.get("frame_text_min")
-        if c.min_frame_text is not None and low is not None and low < c.min_frame_text:
-            return Reason.CAPTION_MISMATCH, f"frame_text_min {low:.3f} < min_frame_text {c.min_frame_text:g}"
-        return None
+
+class CaptionAgreement(_ClipStage):
+    """Caption-frame agreement: runs after the caption stage, so the captions it checks exist."""
+
+    name = "caption_agreement"
+    reads = ("frames", "meta.captions")
+    writes = ("meta.scores",)
+
+    def process(self, task: VideoTask) -> VideoTask:
+        if not task.meta.get("captions"):
+            return task
+        frame_emb, times = self.encode_frames(task)
+        agree = caption_agreement(frame_emb, times, task.meta["captions"], self._model.encode_texts) if times else []
+        if not agree:
+            return task
+        scores = task.meta.setdefault("scores", {})
+        scores["frame_text_min"] = round(min(agree), 4)
+        scores["frame_text_mean"] = round(float(np.mean(agree)), 4)
+        low, floor = scores["frame_text_min"], self.cfg.min_frame_text
+        failure = (Reason.CAPTION_MISMATCH, f"frame_text_min {low:.3f} < min_frame_text {floor:g}") \
+            if floor is not None and low < floor else None
+        return apply_verdict(task, failure, self.cfg.score_only)

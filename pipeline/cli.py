@@ -20,6 +20,7 @@ from pipeline.errors import VideoError
 from pipeline.probe import ToolMissing
 from dense_caption.http_backend import ServerUnavailable
 from pipeline.run import RunLocked
+from pipeline.run_summary import print_run_summary
 from shards.reader import NotARunDir
 from train.cli import cmd_train
 
@@ -81,25 +82,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(cfg)
 
 
-def print_run_summary(summary) -> None:
-    from pipeline.report import table
-
-    rows = [["accepted", summary.accepted]] + [[f"rejected: {r}", n] for r, n in sorted(summary.rejected.items())]
-    rows += [["skipped (already done)", summary.skipped]]
-    if summary.skipped_by_extension:
-        kinds = ", ".join(f"{n} {s}" for s, n in sorted(summary.skipped_suffixes.items(), key=lambda kv: -kv[1])[:5])
-        rows += [["skipped (not a video name)", f"{summary.skipped_by_extension} ({kinds})"]]
-    rows += [["samples in shards (total)", summary.samples_total]]
-    rows += [["rejects (total)", summary.rejects_total], ["wall time", f"{summary.wall_s:.1f}s"]]
-    rows += [["videos/hour", f"{summary.videos_per_hour:.0f}"]]
-    llm = summary.llm
-    if llm:
-        rows += [["LLM requests (retries, failed)", f"{llm.get('requests', 0)} ({llm.get('retries', 0)}, {llm.get('failures', 0)})"]]
-        rows += [["LLM tokens prompt / completion", f"{llm.get('prompt_tokens', 0)} / {llm.get('completion_tokens', 0)}"]]
-        rows += [["LLM tokens/s", llm.get("tokens_per_s", 0)]]
-    print(table(["run " + summary.out_dir, ""], rows))
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run import run_pipeline
 
@@ -137,7 +119,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from pipeline.audit import audit_report, run_audit
-    from pipeline.report import table
+    from pipeline.tables import table
 
     results = run_audit(args.run_dir, samples=args.samples, seed=args.seed, max_frames=args.frames, keys=args.key)
     report = audit_report(results, args.min_psnr)
@@ -168,7 +150,7 @@ def cmd_import_llava(args: argparse.Namespace) -> int:
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
-    from pipeline.report import table
+    from pipeline.tables import table
     from shards.dedup_apply import dedup_run
 
     config = args.config or str(Path(args.run_dir) / "config.resolved.yaml")

@@ -3,5 +3,5 @@
 from pydantic import BaseModel, ConfigDict
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

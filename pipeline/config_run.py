@@ -6,10 +6,11 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config_base import _Strict
+from pipeline.config_base import Strict
+from pipeline.video_tokens import TOKENS_PER_FRAME
 
 
-class LengthFilterConfig(_Strict):
+class LengthFilterConfig(Strict):
     """Duration bucket and frame-count limits (the paper's stage-2 data: 2-5 minute videos)."""
 
     enabled: bool = True
@@ -27,7 +28,7 @@ class LengthFilterConfig(_Strict):
         return self
 
 
-class BudgetStage(_Strict):
+class BudgetStage(Strict):
     """One training stage: frames it samples from the shard and the sequence length it trains at."""
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
@@ -44,11 +45,11 @@ def default_budget_stages() -> list[BudgetStage]:
     ]
 
 
-class TokenBudgetConfig(_Strict):
+class TokenBudgetConfig(Strict):
     """Tokens a sample costs per training stage: frames x tokens_per_frame + its text."""
 
     enabled: bool = True
-    tokens_per_frame: Annotated[int, Field(gt=0)] = 156  # 12x12 pooled patches + 12 newline tokens
+    tokens_per_frame: Annotated[int, Field(gt=0)] = TOKENS_PER_FRAME  # 12x12 pooled patches + 12 newline tokens
     tokenizer: str | None = Field(None, description="tokenizer id or path for exact text counts (default: estimate)")
     chars_per_token: Annotated[float, Field(gt=0)] = 4.0
     template_tokens_per_turn: Annotated[int, Field(ge=0)] = 5  # Qwen chat markup around each turn
@@ -67,7 +68,7 @@ class TokenBudgetConfig(_Strict):
         return self
 
 
-class VisualFilterConfig(_Strict):
+class VisualFilterConfig(Strict):
     """Cheap visual checks on already-sampled frames. Scores are 0-255 luma units on small grey frames."""
 
     enabled: bool = True
@@ -88,7 +89,7 @@ class VisualFilterConfig(_Strict):
     min_sharpness: Annotated[float, Field(ge=0)] = 100.0  # variance of the Laplacian below: blurry
 
 
-class ClipFilterConfig(_Strict):
+class ClipFilterConfig(Strict):
     """open_clip scores: video embedding (dedup), aesthetic head, caption-frame agreement. Off until weights are set."""
 
     enabled: bool = False
@@ -105,7 +106,7 @@ class ClipFilterConfig(_Strict):
     min_frame_text: float | None = Field(None, description="cosine: the lowest caption-frame agreement allowed")
 
 
-class DedupConfig(_Strict):
+class DedupConfig(Strict):
     """Near-duplicate removal across the corpus from the CLIP video embeddings: at the end of every run when
     enabled, or on demand with `prolongvid dedup RUN_DIR`."""
 
@@ -119,7 +120,7 @@ class DedupConfig(_Strict):
     nprobe: Annotated[int, Field(gt=0)] = 8  # ANN: lists searched per video
 
 
-class FiltersConfig(_Strict):
+class FiltersConfig(Strict):
     length: LengthFilterConfig = LengthFilterConfig()
     visual: VisualFilterConfig = VisualFilterConfig()
     clip: ClipFilterConfig = ClipFilterConfig()
@@ -127,7 +128,7 @@ class FiltersConfig(_Strict):
     token_budget: TokenBudgetConfig = Field(default_factory=TokenBudgetConfig)
 
 
-class ShardsConfig(_Strict):
+class ShardsConfig(Strict):
     frame_set: str = Field("shard", description="the sampling set whose frames the shards store")
     max_samples: Annotated[int, Field(gt=0)] = 100
     max_bytes: Annotated[int, Field(gt=0)] = 1 << 30
@@ -135,7 +136,7 @@ class ShardsConfig(_Strict):
     fsync: bool = Field(True, description="flush each shard to disk before it becomes visible")
 
 
-class StageResources(_Strict):
+class StageResources(Strict):
     """What one worker of a stage reserves from Ray, and how many run at once (None: as many as fit)."""
 
     num_cpus: Annotated[float, Field(ge=0)] = 1.0
@@ -144,7 +145,7 @@ class StageResources(_Strict):
     concurrency: Annotated[int, Field(gt=0)] | None = None
 
 
-class ResourcesConfig(_Strict):
+class ResourcesConfig(Strict):
     """Per-stage resources. Probe, filters and decode share one Ray task per video when their resources match."""
 
     video: StageResources = Field(
@@ -164,7 +165,7 @@ class ResourcesConfig(_Strict):
     )
 
 
-class RayConfig(_Strict):
+class RayConfig(Strict):
     address: str | None = Field(None, description="cluster address; None: RAY_ADDRESS if set, else embedded local Ray")
     num_cpus: Annotated[int, Field(gt=0)] | None = Field(None, description="CPUs of the embedded local Ray")
     temp_dir: str | None = Field(None, description="temp/session folder of the embedded local Ray")

@@ -80,8 +80,8 @@ def prepare_tiny_llm(cfg: RunConfig) -> RunConfig:
 
 def run_demo(cfg: RunConfig) -> int:
     """Generate the examples under input.path, run the real pipeline on them (embedded Ray), print the stats."""
-    from pipeline.cli import print_run_summary
     from pipeline.run import run_pipeline
+    from pipeline.run_summary import print_run_summary
     from shards.reader import open_run
     from shards.stats import compute_stats, stats_table
 

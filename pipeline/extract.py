@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import DecodeConfig, FrameSetConfig, SamplingConfig
+from pipeline.config_video import DecodeConfig, FrameSetConfig, SamplingConfig
 from pipeline.decode_log import DecoderLog, captured
 from pipeline.decoders import Backend, DecordBackend, PyAVBackend
 from pipeline.errors import NotExact, Reason, VideoError

@@ -1,16 +1,18 @@
-"""The stage graph on Ray Data: sources -> probe -> length -> decode -> visual -> CLIP -> captions -> QA -> token budget -> shards.
+"""The stage graph on Ray Data: sources -> probe -> length -> decode -> visual -> CLIP -> captions -> QA
+-> caption-frame agreement -> token budget -> shards.
 
 Stages with the same resources run fused in one actor per CPU slot, so a
 video's frames go from the decoder to the writer as JPEG bytes without an
-extra hop; CLIP scoring and the LLM stages (captions, QA) have pools of
-their own; the writer is a Ray Data sink.
+extra hop; CLIP scoring, the LLM stages (captions, QA) and caption-frame
+agreement (CLIP again, once captions exist) have pools of their own; the
+writer is a Ray Data sink.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from filters.clip_scores import ClipScores
+from filters.clip_scores import CaptionAgreement, ClipScores
 from filters.length import LengthFilter
 from filters.token_budget import TokenBudget
 from filters.visual import VisualFilter
@@ -35,13 +37,15 @@ def build_groups(cfg: RunConfig, extra_stages: list[Stage] | None = None) -> lis
         visual = cfg.filters.visual.model_copy(update={"frame_set": cfg.visual_frame_set})
         video.append(VisualFilter(visual, res))
     groups: list[tuple[list[Stage], StageResources]] = [(video, res)]
-    if cfg.filters.clip.enabled:
-        clip = cfg.filters.clip
-        groups.append(([ClipScores(clip, clip.frame_set or cfg.shards.frame_set, cfg.resources.clip)], cfg.resources.clip))
+    clip, clip_set, clip_res = cfg.filters.clip, cfg.filters.clip.frame_set or cfg.shards.frame_set, cfg.resources.clip
+    if clip.enabled:
+        groups.append(([ClipScores(clip, clip_set, clip_res)], clip_res))
     if cfg.llm.enabled and (cfg.llm.captions.enabled or cfg.llm.qa.enabled):  # captions and QA: their own pool of I/O-bound workers, many videos each
         from dense_caption.stages import llm_stages
 
         groups.append((llm_stages(cfg.llm, cfg.resources.llm), cfg.resources.llm))
+        if clip.enabled and cfg.llm.captions.enabled:  # agreement needs the captions: a CLIP pool after the LLM's
+            groups.append(([CaptionAgreement(clip, clip_set, clip_res)], clip_res))
     groups[-1][0].extend(extra_stages or [])
     if cfg.filters.token_budget.enabled:
         groups[-1][0].append(TokenBudget(cfg.filters.token_budget, cfg.shards.frame_set, groups[-1][1]))

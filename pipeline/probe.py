@@ -15,7 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import LimitsConfig, ProbeConfig
+from pipeline.config_video import LimitsConfig, ProbeConfig
 from pipeline.errors import Reason, VideoError
 from pipeline.paths import PROTOCOL_WHITELIST, check_readable, indirect_format
 from pipeline.records import VideoInfo

@@ -7,15 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.records import DecodeResult, VideoInfo
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    """A plain aligned text table."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+from pipeline.tables import table
 
 
 def probe_table(rows: list[dict[str, Any]]) -> str:

@@ -140,8 +140,8 @@ def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] |
     created = not root.exists()
     try:
         with run_lock(run):  # the lock comes first: no server starts and nothing changes without it
-            with llm_service(cfg, root / "logs") as served:
-                return _run(served, run, sources, force, retry_reasons, repair)
+            with llm_service(cfg.llm, root / "logs", lambda: init_ray(cfg)) as served:
+                return _run(cfg.model_copy(update={"llm": served}), run, sources, force, retry_reasons, repair)
     except ServerUnavailable:
         if created:  # the LLM was unusable before anything was written: leave no trace of the run
             run.lock.unlink(missing_ok=True)

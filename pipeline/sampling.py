@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import FrameSetConfig
+from pipeline.config_video import FrameSetConfig
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, InputConfig
+from pipeline.config_load import ConfigError
+from pipeline.config_video import InputConfig
 from pipeline.errors import Reason, VideoError
 from pipeline.manifests import LOADERS
 from pipeline.paths import check_path_text, check_regular_file

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.config import DecodeConfig, LimitsConfig, ProbeConfig, SamplingConfig
+from pipeline.config_video import DecodeConfig, LimitsConfig, ProbeConfig, SamplingConfig
 from pipeline.config_run import StageResources
 from pipeline.errors import Reason, VideoError
 from pipeline.extract import available_cpus, extract_frames

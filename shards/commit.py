@@ -19,7 +19,6 @@ the commits are what make them safe.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -28,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from shards.layout import RunDir
-from shards.ledger import fsync_dir, write_atomic, write_rejects_part
+from shards.ledger import fsync_dir, key_marker, write_atomic, write_rejects_part
 from shards.reader import iter_tar_samples
 from shards.tarwriter import ShardFile, ShardInfo
 
 GENERATION_FILE = "generation"
 COMMIT_LOCK = "commit.lock"
-KEYS_DIR = "keys"
 
 
 class StaleWriter(RuntimeError):
@@ -66,10 +64,6 @@ def begin_generation(run: RunDir) -> int:
         generation = current_generation(run) + 1
         write_atomic(run.ledger / GENERATION_FILE, str(generation).encode())
         return generation
-
-
-def key_marker(run: RunDir, key: str) -> Path:
-    return run.ledger / KEYS_DIR / hashlib.sha1(key.encode()).hexdigest()[:2] / key
 
 
 def committed_in(run: RunDir, key: str) -> str | None:
@@ -129,12 +123,6 @@ def commit_shard(run: RunDir, generation: int, info: ShardInfo, rows: list[dict[
         if fsync:
             fsync_dir(tar.parent)
         return info, rows
-
-
-def forget_keys(run: RunDir, keys: list[str]) -> None:
-    """Drop the markers of keys whose shard is being removed (repair, dedup): they will be committed anew."""
-    for key in keys:
-        key_marker(run, key).unlink(missing_ok=True)
 
 
 def commit_rejects(run: RunDir, generation: int, rows: list[dict[str, Any]]) -> bool:

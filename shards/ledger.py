@@ -12,6 +12,7 @@ removed (their videos are simply redone); `index.parquet` and
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 
 import json
 import os
@@ -26,6 +27,18 @@ import pyarrow.parquet as pq
 from shards.layout import TMP_SUFFIX, RunDir
 
 REJECT_COLUMNS = ["key", "source", "stage", "reason", "detail"]
+KEYS_DIR = "keys"
+
+
+def key_marker(run: RunDir, key: str) -> Path:
+    """Where the commit of `key` records its shard (one small file per key, fanned out over 256 folders)."""
+    return run.ledger / KEYS_DIR / hashlib.sha1(key.encode()).hexdigest()[:2] / key
+
+
+def forget_keys(run: RunDir, keys: list[str]) -> None:
+    """Drop the markers of keys whose shard is being removed (repair, dedup): they will be committed anew."""
+    for key in keys:
+        key_marker(run, key).unlink(missing_ok=True)
 
 
 def fsync_dir(path: Path) -> None:
@@ -175,8 +188,6 @@ def damaged_shards(run: RunDir, checksums: bool = False) -> dict[str, str]:
 
 def drop_shards(run: RunDir, names: list[str]) -> list[str]:
     """Remove shards and their records (and key markers) so their samples are redone; returns their keys."""
-    from shards.commit import forget_keys
-
     by_name = {r["name"]: r for r in shard_records(run)}
     keys: list[str] = []
     for name in names:

@@ -94,7 +94,7 @@ def _fmt(s: dict[str, float], unit: str = "", scale: float = 1.0) -> str:
 
 
 def stats_table(stats: dict[str, Any]) -> str:
-    from pipeline.report import table
+    from pipeline.tables import table
 
     rows: list[list[Any]] = [
         ["samples", stats["samples"]],

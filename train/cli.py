@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from pipeline.config import load_config
+from pipeline.config_load import load_config
 from train.config import TrainConfig
 from train.preflight import check_training_data, world_size
 

@@ -6,16 +6,17 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config_base import _Strict
+from pipeline.config_base import Strict
+from pipeline.video_tokens import VIDEO_POOL
 from train.data import DataConfig
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     path: str | None = Field(None, description="a LLaVA-OneVision checkpoint (transformers format): dir or hub id")
     tiny: bool = Field(False, description="build the tiny random model (tests, CPU debug) instead of loading one")
     tokenizer: str | None = Field(None, description="tokenizer dir or id (default: model.path)")
     video_token: str = "<video>"
-    video_pool_size: Annotated[int, Field(gt=0)] = 12  # 12x12 + a newline per row = 156 tokens a frame
+    video_pool_size: Annotated[int, Field(gt=0)] = VIDEO_POOL  # 12x12 + a newline per row = 156 tokens a frame
     init_from: str | None = Field(None, description="a previous stage's run dir or checkpoint: its weights only")
     activation_checkpointing: bool = True
 
@@ -26,7 +27,7 @@ class ModelConfig(_Strict):
         return self
 
 
-class LearningRates(_Strict):
+class LearningRates(Strict):
     """Per part; 0 freezes the part (the paper freezes the vision tower)."""
 
     vision_tower: Annotated[float, Field(ge=0)] = 0.0
@@ -34,7 +35,7 @@ class LearningRates(_Strict):
     language_model: Annotated[float, Field(ge=0)] = 1e-5
 
 
-class OptimConfig(_Strict):
+class OptimConfig(Strict):
     lr: LearningRates = LearningRates()
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
@@ -65,7 +66,7 @@ class TrainData(DataConfig):
     num_workers: Annotated[int, Field(ge=0)] = 2
 
 
-class RunOutput(_Strict):
+class RunOutput(Strict):
     dir: str
     log_every: Annotated[int, Field(gt=0)] = 10
     save_every: Annotated[int, Field(gt=0)] = 500
@@ -73,7 +74,7 @@ class RunOutput(_Strict):
     console: bool = True  # a progress bar and the log line on stderr (rank 0); the same records go to log.jsonl
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     model: ModelConfig
     data: TrainData
     optim: OptimConfig

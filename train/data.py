@@ -25,7 +25,8 @@ from typing import Annotated, Any, Iterator, Literal
 
 from pydantic import Field
 
-from pipeline.config_base import _Strict
+from pipeline.config_base import Strict
+from pipeline.video_tokens import TOKENS_PER_FRAME
 from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER
 from train.chat import ChatEncoder
 from train.frames import pick_frames
@@ -33,7 +34,7 @@ from train.frames import pick_frames
 log = logging.getLogger(__name__)
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     shards: str = Field(description="a pipeline output dir (its shards.json) or a folder / glob of .tar shards")
     frames: Annotated[int, Field(gt=0)] = 32  # the stage's frame count (32 / 128 / 192)
     frame_count: Literal["fixed", "up_to_stored"] = Field(
@@ -48,7 +49,7 @@ class DataConfig(_Strict):
     order: Literal["shard_shuffle", "permutation"] = Field(
         "shard_shuffle", description="permutation: every epoch a full permutation of the index's samples"
     )
-    tokens_per_frame: Annotated[int, Field(gt=0)] = 156
+    tokens_per_frame: Annotated[int, Field(gt=0)] = TOKENS_PER_FRAME
     image_size: Annotated[int, Field(gt=0)] = 384
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # SigLIP normalisation
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -237,7 +238,7 @@ def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0, skip: i
     if cfg.order == "permutation":
         from train.order import build_permuted
 
-        return build_permuted(cfg, encoder, epoch, skips)
+        return build_permuted(cfg, epoch, lambda src: worker_items(src, cfg, encoder, skips))
     urls = shard_urls(cfg.shards)
     if not urls:
         raise FileNotFoundError(f"no shards found at {cfg.shards}")

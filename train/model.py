@@ -17,7 +17,7 @@ from torch import nn
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-DEFAULT_POOL = 12
+from pipeline.video_tokens import VIDEO_POOL, frame_tokens
 
 
 def pool_frames(features: torch.Tensor, pool: int) -> torch.Tensor:
@@ -32,8 +32,7 @@ def pool_frames(features: torch.Tensor, pool: int) -> torch.Tensor:
 
 
 def tokens_per_frame(config: LlavaOnevisionConfig) -> int:
-    pool = getattr(config, "video_pool_size", DEFAULT_POOL)
-    return pool * (pool + 1)
+    return frame_tokens(getattr(config, "video_pool_size", VIDEO_POOL))
 
 
 class _PaperVideoPooling(LlavaOnevisionModel):
@@ -54,7 +53,7 @@ class _PaperVideoPooling(LlavaOnevisionModel):
             hidden = torch.cat([out.hidden_states[i] for i in layer], dim=-1)
         if strategy == "default":
             hidden = hidden[:, 1:]
-        pool = getattr(cfg, "video_pool_size", DEFAULT_POOL)
+        pool = getattr(cfg, "video_pool_size", VIDEO_POOL)
         grid = pool_frames(self.multi_modal_projector(hidden), pool)  # (B*F, pool, pool, D)
         newline = self.image_newline.to(grid.dtype).view(1, 1, 1, -1).expand(grid.shape[0], pool, 1, -1)
         tokens = torch.cat([grid, newline], dim=2).reshape(batch, frames * pool * (pool + 1), -1)

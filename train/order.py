@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tarfile
 from collections.abc import Mapping
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -111,14 +111,13 @@ def permuted_samples(spec: str, seed: int, epoch: int) -> Iterator[LazySample]:
         tars.close()
 
 
-def build_permuted(cfg: Any, encoder: Any, epoch: int, skips: list[int]) -> Any:
-    """An iterable dataset of this worker's items (tagged for exact resume, see `data.worker_items`)."""
+def build_permuted(cfg: Any, epoch: int, items: Callable[[Iterator[LazySample]], Iterator[dict[str, Any]]]) -> Any:
+    """An iterable dataset of this worker's items: `items` turns the epoch's samples into training items
+    (`data.worker_items`, which tags them for exact resume)."""
     import torch.utils.data
-
-    from train.data import worker_items
 
     class _Permuted(torch.utils.data.IterableDataset):
         def __iter__(self) -> Iterator[dict[str, Any]]:
-            return worker_items(permuted_samples(cfg.shards, cfg.seed, epoch), cfg, encoder, skips)
+            return items(permuted_samples(cfg.shards, cfg.seed, epoch))
 
     return _Permuted()

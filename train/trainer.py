@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config import write_resolved_config
+from pipeline.config_load import write_resolved_config
 from train import checkpoint, fsdp, optim
 from train.batching import DataStream
 from train.chat import IGNORE, ChatEncoder

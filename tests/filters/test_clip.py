@@ -10,15 +10,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from filters.clip_scores import ClipModel, ClipScores, build_aesthetic_head, caption_agreement
+from filters.clip_scores import CaptionAgreement, ClipModel, ClipScores, build_aesthetic_head, caption_agreement
 from pipeline.config import load_config
+from pipeline.graph import build_stages
 from pipeline.config_run import ClipFilterConfig
 from pipeline.run import run_pipeline
 from pipeline.stage import run_stage
 from pipeline.stages import DecodeStage, ProbeStage
 from pipeline.task import VideoTask
-from shards.reader import open_run, read_index
+from shards.reader import open_run, read_index, read_rejects
 from tests.conftest import pipeline_config
+from tests.dense_caption.fake_llm import FakeLLM
 
 TINY = {
     "embed_dim": 32,
@@ -50,7 +52,7 @@ def tiny_clip(tmp_path_factory):
 @pytest.fixture(scope="module")
 def decoded(video):
     cfg = load_config(None, ["input.path=.", "output.dir=.", "decode.isolate=false", "sampling.sets.0.num_frames=12",
-                                 "sampling.sets.0.stage_frames=[]"])  # 12 frames, not the stages' union
+                           "sampling.sets.0.stage_frames=[]"])
     decode = DecodeStage(cfg.sampling, cfg.decode)
     task = run_stage(ProbeStage(cfg.probe, cfg.limits), VideoTask("v", str(video("testsrc2_20s"))))
     return run_stage(decode, task)
@@ -94,10 +96,49 @@ def test_caption_agreement_uses_the_frames_inside_each_span(tiny_clip):
 def test_frame_text_threshold_rejects_a_mismatched_caption(tiny_clip, decoded):
     meta = dict(decoded.meta)
     meta["captions"] = {"clips": [{"start_s": 0, "end_s": 10, "text": "a test pattern"}], "video": {"text": "colour bars"}}
-    task = run_stage(ClipScores(_cfg(tiny_clip, min_frame_text=1.01), "shard"), VideoTask("v", "s", meta, dict(decoded.frames)))
+    task = run_stage(CaptionAgreement(_cfg(tiny_clip, min_frame_text=1.01), "shard"),
+                     VideoTask("v", "s", meta, dict(decoded.frames)))
     assert task.error["reason"] == "caption_mismatch"
-    scored = run_stage(ClipScores(_cfg(tiny_clip), "shard"), VideoTask("v", "s", meta, dict(decoded.frames)))
+    scored = run_stage(CaptionAgreement(_cfg(tiny_clip), "shard"), VideoTask("v", "s", meta, dict(decoded.frames)))
     assert -1 <= scored.meta["scores"]["frame_text_min"] <= scored.meta["scores"]["frame_text_mean"] <= 1
+    fresh = dict(decoded.meta, captions=meta["captions"])
+    before = run_stage(ClipScores(_cfg(tiny_clip, min_frame_text=1.01), "shard"), VideoTask("v", "s", fresh, dict(decoded.frames)))
+    assert not before.rejected and "frame_text_min" not in before.meta["scores"]  # the CLIP pass before captions
+
+
+CAPTIONS = ("sampling.sets=[{name: shard, mode: uniform, num_frames: 8, resize: {size: 64}},"
+            " {name: caption, mode: time_fps, fps: 1.0, resize: {policy: short_side, size: 64}}]")
+
+
+def _caption_run(videos, out, url, tiny, *extra):
+    clip = [f"filters.clip.{k}={v}" for k, v in tiny.items()] + ["filters.clip.enabled=true"]
+    llm = ["llm.enabled=true", "llm.model=fake", f"llm.http.url={url}", "llm.http.mode=external", "llm.qa.enabled=false",
+           "llm.captions.text_pattern=null", "llm.retry.attempts=2", "llm.retry.backoff_s=0.05"]
+    return run_pipeline(pipeline_config(videos, out, CAPTIONS, *clip, *llm, *extra))
+
+
+def test_caption_agreement_runs_after_the_captions_and_rejects_the_mismatch(tiny_clip, video, tmp_path, ray_local):
+    """Through the graph: captions from the fake server, then CLIP agreement. A first run scores every video;
+    a second, with the bar between the two scores, rejects the caption that agrees least with its frames."""
+    cfg = pipeline_config(".", ".", "filters.clip.enabled=true", "llm.enabled=true", "llm.qa.enabled=false")
+    names = [s.name for s in build_stages(cfg)]
+    assert names.index("caption_agreement") > names.index("caption") > names.index("clip_scores")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("testsrc2_20s", "h264_10s"):
+        shutil.copy(video(name), videos)
+    with FakeLLM(deterministic=True) as fake:  # the same captions in both runs
+        _caption_run(videos, tmp_path / "scored", fake.url, tiny_clip)
+        scored = {r["key"]: r["score_frame_text_min"] for r in read_index(open_run(tmp_path / "scored"))}
+        assert len(scored) == 2 and all(s is not None for s in scored.values()), scored
+        (low_key, low), (_, high) = sorted(scored.items(), key=lambda kv: kv[1])
+        assert low < high
+        summary = _caption_run(videos, tmp_path / "gated", fake.url, tiny_clip,
+                               f"filters.clip.min_frame_text={(low + high) / 2}")
+    run = open_run(tmp_path / "gated")
+    rejects = read_rejects(run)
+    assert [(r["key"], r["stage"], r["reason"]) for r in rejects] == [(low_key, "caption_agreement", "caption_mismatch")]
+    assert [r["key"] for r in read_index(run)] != [low_key] and summary.accepted == 1
 
 
 def test_a_run_with_clip_writes_embeddings_parquet(tiny_clip, video, tmp_path, ray_local):

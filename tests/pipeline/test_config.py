@@ -147,3 +147,23 @@ def test_a_missing_key_says_how_to_give_it():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["output.dir=/o"])
     assert "input: Field required [set it in the file or with --set input=...]" in str(e.value)
+
+
+def test_every_frame_set_name_is_checked_at_load():
+    """A typo in a stage's frame set fails at load naming the field, not as `no_frames` rejects at run time."""
+    for field in ("filters.clip.frame_set", "filters.visual.frame_set", "shards.frame_set"):
+        with pytest.raises(ConfigError, match=f"{field} 'shrad' names no sampling set"):
+            load_config(None, BASE + [f"{field}=shrad", "filters.clip.enabled=true"])
+    with pytest.raises(ConfigError, match="llm.captions.frame_set 'captoin' names no sampling set"):
+        load_config(None, BASE + ["llm.captions.frame_set=captoin", "llm.enabled=true", "llm.model=m"])
+    assert load_config(None, BASE + ["filters.clip.frame_set=caption", "filters.clip.enabled=true"])
+
+
+def test_tokens_per_frame_has_one_definition():
+    from pipeline.video_tokens import TOKENS_PER_FRAME, frame_tokens
+    from train.config import ModelConfig
+    from train.data import DataConfig
+
+    assert TOKENS_PER_FRAME == frame_tokens(ModelConfig(tiny=True).video_pool_size) == 12 * 13
+    assert load_config(None, BASE).filters.token_budget.tokens_per_frame == TOKENS_PER_FRAME
+    assert DataConfig(shards=".").tokens_per_frame == TOKENS_PER_FRAME
