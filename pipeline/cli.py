@@ -3,7 +3,8 @@
 Subcommands: `run` (videos -> shards), `stats` (what a run produced;
 `--verify`), `import-llava` / `export-llava`, `probe` (what is this file, or
 why it would be rejected), `sample` (one video's frame sets to JPEG files),
-`demo` (generate example videos, run the pipeline on them, print the stats).
+`demo` (generate example videos, run the pipeline on them, print the stats),
+`view` (a static site of a run's samples).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pipeline.probe import ToolMissing
 from dense_caption.http_backend import ServerUnavailable
 from pipeline.run import RunLocked
 from shards.reader import NotARunDir
+from shards.viewer import cmd_view
 from train.cli import cmd_train
 
 log = logging.getLogger("prolongvid")
@@ -234,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", metavar="DIR", help="write PNG charts and report.html (one file) into DIR")
     p.add_argument("--verify", action="store_true", help="check sha256, samples and index; exit 1 on any problem")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("view", help="write a static site to look at a run's samples and rejects (opens from disk)")
+    p.add_argument("run_dir", help="a run's output directory (holds shards/ and index.parquet)")
+    p.add_argument("--out", help="site folder (default RUN_DIR/viewer; replaced when it exists)")
+    p.add_argument("--sample", type=int, default=200, help="videos given a page, stratified by duration and reject reason")
+    p.add_argument("--filter", metavar="EXPR", help="keep rows matching e.g. 'duration_s>60, qa_temporal>0' or 'reason=truncated'")
+    p.add_argument("--seed", type=int, default=0, help="which samples the stratified pick takes")
+    p.set_defaults(func=cmd_view)  # shards/viewer.py
 
     p = sub.add_parser("audit", help="re-decode stored frames from the sources with ffmpeg; exit 1 on a mismatch")
     p.add_argument("run_dir")

@@ -1,0 +1,117 @@
+"""`prolongvid view`: the site's pages, the stratified pick, the filter, escaping, and reading only sampled members."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from shards.viewer import FilterError, build_site, index_entries, parse_filter, read_members, stratified_sample
+from tests.shards.viewer_run import PLANTED, make_run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def site_data(out: Path) -> dict:
+    text = (out / "data.js").read_text()
+    return json.loads(text[text.index("=") + 1 : text.rindex(";")])
+
+
+def test_site_has_an_index_of_every_row_and_pages_with_strip_timeline_and_evidence(tmp_path):
+    run = make_run(tmp_path / "run")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "view", str(run.root)], capture_output=True, text=True,
+                          cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = run.root / "viewer"
+    assert "8 rows, 8 sample pages" in done.stdout and str(out / "index.html") in done.stdout
+    data = site_data(out)
+    assert len(data["rows"]) == 8 and {r["st"] for r in data["rows"]} == {"ok", "reject"}
+    page = (out / "pages" / "vid003.html").read_text()
+    assert page.count('class="frame"') == 8 and (out / "frames" / "vid003" / "0007.jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert 'data-i="1" data-t="38.75"' in page and "<figcaption>0:38.8</figcaption>" in page  # 310 s / 8: its time
+    for level in ("video", "segment", "clip"):
+        assert f'class="cap cap-{level}"' in page
+    # temporal QA spans 0.6..0.9 of 310 s: frames at 5/8 and 6/8 and 7/8 of it lie inside -> 5, 6, 7 (7/8=0.875)
+    assert 'data-frames="5 6 7"' in page and 'class="evidence" style="left:60.0%' in page
+    assert 'data-frames="0 1"' in page  # multiple choice: 0..0.2 holds frames 0 and 1 (0.125)
+    reject = (out / "pages" / "reject-bad002.html").read_text()
+    assert "llm_bad_json" in reject and "no JSON" in reject and "caption" in reject
+    thumbs = sorted(p.name for p in (out / "thumbs").iterdir())
+    assert thumbs == [f"vid{i:03d}.jpg" for i in range(6)]
+    assert all(r.get("t") == f"thumbs/{r['k']}.jpg" for r in data["rows"] if r["st"] == "ok")
+    # A second build replaces the first; a folder it did not write is refused.
+    assert subprocess.run([sys.executable, "-m", "pipeline", "view", str(run.root), "--sample", "2"], cwd=ROOT,
+                          capture_output=True).returncode == 0  # fmt: skip
+    assert len(list((out / "pages").iterdir())) == 2
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    refused = subprocess.run([sys.executable, "-m", "pipeline", "view", str(run.root), "--out", str(tmp_path / "mine")],
+                             cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode == 2 and "no earlier site" in refused.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_every_text_from_a_model_or_a_file_name_is_escaped(tmp_path):
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "site"
+    build_site(run, out, sample=50)
+    for page in (out / "pages").iterdir():
+        text = page.read_text()
+        assert "<script>window" not in text and "<img src=x" not in text, page.name
+    sample = (out / "pages" / "vid000.html").read_text()
+    assert "&lt;script&gt;window.PWNED=1&lt;/script&gt;" in sample  # caption, question and source, all shown as text
+    assert sample.count("&lt;script&gt;window.PWNED=1") >= 4
+    assert "&lt;script&gt;" in (out / "pages" / "reject-bad001.html").read_text()
+    data_js = (out / "data.js").read_text()
+    assert "</script>" not in data_js and "<img" not in data_js  # ensure_ascii JSON in a script file: no markup
+
+
+def test_stratified_pick_covers_every_bucket_and_reason_and_is_stable(tmp_path):
+    entries = index_entries(make_run(tmp_path / "run"))
+    # durations 10, 110, 210, 310, 410, 510 s: buckets <1m, 1-2m, 2-5m (x2), 5-10m (x2); rejects: two reasons
+    picked = stratified_sample(entries, 6)
+    strata = {(e["status"], e["bucket"] if e["status"] == "ok" else e["reason"]) for e in picked}
+    assert strata == {("ok", "<1m"), ("ok", "1-2m"), ("ok", "2-5m"), ("ok", "5-10m"), ("reject", "truncated"),
+                      ("reject", "llm_bad_json")}  # fmt: skip
+    assert [e["key"] for e in stratified_sample(entries, 6)] == [e["key"] for e in picked]
+    assert len(stratified_sample(entries, 100)) == 8
+
+
+def test_filter_expressions():
+    keep = parse_filter("duration_s>=100, status=ok")
+    assert keep({"duration_s": 110, "status": "ok"}) and not keep({"duration_s": 10, "status": "ok"})
+    assert not keep({"status": "ok"})  # a row without the field fails
+    assert parse_filter("reason=truncated")({"reason": "truncated"})
+    assert parse_filter("source~clip_1")({"source": "/v/clip_12s.mp4"})
+    assert parse_filter("")({"anything": 1})
+    with pytest.raises(FilterError, match="FIELD OP VALUE"):
+        parse_filter("duration_s")
+
+
+def test_filter_limits_the_site_and_bad_filters_exit_2(tmp_path):
+    run = make_run(tmp_path / "run")
+    done = build_site(run, tmp_path / "site", filter_expr="score_aesthetic>=0.3")
+    assert done["rows"] == 3 and {r["k"] for r in site_data(tmp_path / "site")["rows"]} == {"vid003", "vid004", "vid005"}
+    bad = subprocess.run([sys.executable, "-m", "pipeline", "view", str(run.root), "--filter", "nonsense"], cwd=ROOT,
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "bad filter term" in bad.stderr
+
+
+def test_only_the_sampled_samples_members_are_read(tmp_path, monkeypatch):
+    run = make_run(tmp_path / "run")
+    shard = run.shards / "w0-001.tar"
+    extracted: list[str] = []
+    original = tarfile.TarFile.extractfile
+
+    def spy(self, member):
+        extracted.append(member.name)
+        return original(self, member)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", spy)
+    got = read_members(shard, {"vid003"})
+    assert set(got) == {"vid003"} and {n.split(".")[0] for n in extracted} == {"vid003"}
+    assert len(got["vid003"]) == 10  # 8 frames, json, conversations.json
