@@ -18,12 +18,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER, RunDir, check_key
+from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER, RunDir, check_key, frame_member
 from shards.reader import read_index, read_rejects
 from shards.stats import DURATION_BINS_S, DURATION_LABELS
 
-THUMB_WIDTH = 160
-FRAME_WIDTH = 320  # strip frames: stored JPEGs wider than this are downscaled once, smaller ones copied as they are
+FRAME_WIDTH = 192  # strip frames (and thumbnails): stored JPEGs wider are downscaled once, smaller ones copied
+STRIP_MAX = 32  # frames on a page
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<=": operator.le, ">=": operator.ge, "!=": operator.ne, "==": operator.eq,
@@ -130,13 +130,22 @@ def stratified_sample(entries: list[dict[str, Any]], n: int, seed: int = 0) -> l
     return picked
 
 
-def read_members(shard: Path, keys: set[str]) -> dict[str, dict[str, bytes]]:
-    """The members of `keys` in one shard; other samples' data is seeked over, never read."""
+def strip_members(frames_stored: int | None, limit: int) -> set[str]:
+    """The frame members a page shows: all, or `limit` spread evenly over the video (a long strip says no more)."""
+    n = int(frames_stored or 0)
+    picks = range(n) if n <= limit else {round(i * (n - 1) / (limit - 1)) for i in range(limit)}
+    return {frame_member(i) for i in picks} | {META_MEMBER, CONVERSATIONS_MEMBER}
+
+
+def read_members(shard: Path, wanted: dict[str, set[str] | None]) -> dict[str, dict[str, bytes]]:
+    """The wanted members (None: all) of the wanted keys in one shard; every other member's data is seeked over."""
     found: dict[str, dict[str, bytes]] = defaultdict(dict)
     with tarfile.open(shard, "r:") as tar:
         for info in tar:
             key, dot, suffix = info.name.partition(".")
-            if key in keys and dot and info.isfile():
+            if key not in wanted or not dot or not info.isfile():
+                continue
+            if wanted[key] is None or suffix in wanted[key]:  # type: ignore[operator]
                 f = tar.extractfile(info)
                 found[key][suffix] = f.read() if f else b""
     return dict(found)
@@ -162,8 +171,10 @@ def load_sample(members: dict[str, bytes]) -> dict[str, Any]:
     names = sorted((s for s in members if FRAME_MEMBER.match(s)), key=lambda s: int(s.split(".")[0]))
     fs = ((meta.get("decode") or {}).get("sets") or {}).get(meta.get("frame_set") or "") or {}
     times = list(fs.get("timestamps_s") or [])
-    frames = [{"name": s, "jpeg": members[s], "t": float(times[i]) if i < len(times) else None}
-              for i, s in enumerate(names)]  # fmt: skip
+    frames = []
+    for name in names:
+        pos = int(name.split(".")[0])  # the frame's place in the stored set, whose timestamps the meta lists
+        frames.append({"name": name, "pos": pos, "jpeg": members[name], "t": float(times[pos]) if pos < len(times) else None})
     return {"meta": meta, "conversations": conversations, "frames": frames}
 
 
@@ -195,13 +206,13 @@ def build_site(run: RunDir, out: Path, sample: int = 200, filter_expr: str | Non
         if not (out / "data.js").exists():  # never wipe a folder this command did not write
             raise ViewError(f"{out} is not empty and holds no earlier site: give another --out")
         shutil.rmtree(out)
-    for d in ("pages", "frames", "thumbs"):
+    for d in ("pages", "frames"):
         (out / d).mkdir(parents=True, exist_ok=True)
     thresholds = score_thresholds(run)
-    by_shard: dict[str, set[str]] = defaultdict(set)
+    by_shard: dict[str, dict[str, set[str] | None]] = defaultdict(dict)
     for e in picked:
         if e["status"] == "ok" and e.get("shard"):
-            by_shard[e["shard"]].add(e["key"])
+            by_shard[e["shard"]][e["key"]] = strip_members(e.get("frames_stored"), STRIP_MAX)
     loaded: dict[str, dict[str, bytes]] = {}
     for shard, keys in sorted(by_shard.items()):
         path = run.shards / shard
@@ -218,10 +229,8 @@ def build_site(run: RunDir, out: Path, sample: int = 200, filter_expr: str | Non
             frame_dir.mkdir()
             for f in s["frames"]:
                 (frame_dir / f["name"]).write_bytes(_scaled_jpeg(f["jpeg"], FRAME_WIDTH))
-            if s["frames"]:
-                mid = s["frames"][len(s["frames"]) // 2]["jpeg"]
-                (out / "thumbs" / f"{e['key']}.jpg").write_bytes(_scaled_jpeg(mid, THUMB_WIDTH))
-                e["thumb"] = f"thumbs/{e['key']}.jpg"
+            if s["frames"]:  # the index's thumbnail is the middle strip frame: one small file, used twice
+                e["thumb"] = f"frames/{e['key']}/{s['frames'][len(s['frames']) // 2]['name']}"
             (out / "pages" / page).write_text(sample_page(e, s, thresholds))
         else:
             continue

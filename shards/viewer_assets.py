@@ -108,7 +108,7 @@ INDEX_JS = r"""
       cell(tr, key);
       cell(tr, r.st === "ok" ? "ok" : "rejected: " + r.r + " (" + (r.sg || "?") + ")");
       cell(tr, r.d == null ? "" : r.d.toFixed(1) + "s (" + r.b + ")");
-      cell(tr, r.nq == null ? "" : r.nq + " " + Object.keys(r.q || {}).join(" "));
+      cell(tr, r.nq == null ? "" : String(r.nq)).title = Object.keys(r.q || {}).join(" ");
       cell(tr, Object.entries(r.sc || {}).map(([k, v]) => k + " " + v).join(", "));
       cell(tr, r.src || "");
       body.appendChild(tr);
@@ -129,7 +129,8 @@ INDEX_JS = r"""
   }
   [["f-reason", "reason"], ["f-bucket", "bucket"], ["f-qa", "qa"], ["f-score", "score"], ["f-min", "min"],
    ["f-max", "max"], ["f-text", "text"]].forEach(([id, k]) => {
-    $(id).addEventListener("input", () => { state[k] = $(id).value; shown = LIMIT; save(); render(); });
+    const update = () => { state[k] = $(id).value; shown = LIMIT; save(); render(); };
+    $(id).addEventListener("input", update); $(id).addEventListener("change", update);
   });
   $("f-pages").addEventListener("change", () => { state.pages = $("f-pages").checked ? "1" : ""; save(); render(); });
   document.querySelectorAll("th[data-sort]").forEach((th) => th.addEventListener("click", () => {

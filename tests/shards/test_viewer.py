@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shards.viewer import FilterError, build_site, index_entries, parse_filter, read_members, stratified_sample
+from shards.viewer import FilterError, build_site, index_entries, parse_filter, read_members, strip_members, stratified_sample
 from tests.shards.viewer_run import PLANTED, make_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,9 +40,8 @@ def test_site_has_an_index_of_every_row_and_pages_with_strip_timeline_and_eviden
     assert 'data-frames="0 1"' in page  # multiple choice: 0..0.2 holds frames 0 and 1 (0.125)
     reject = (out / "pages" / "reject-bad002.html").read_text()
     assert "llm_bad_json" in reject and "no JSON" in reject and "caption" in reject
-    thumbs = sorted(p.name for p in (out / "thumbs").iterdir())
-    assert thumbs == [f"vid{i:03d}.jpg" for i in range(6)]
-    assert all(r.get("t") == f"thumbs/{r['k']}.jpg" for r in data["rows"] if r["st"] == "ok")
+    thumbs = {r["k"]: r.get("t") for r in data["rows"] if r["st"] == "ok"}
+    assert thumbs == {f"vid{i:03d}": f"frames/vid{i:03d}/0004.jpg" for i in range(6)}  # the middle strip frame, reused
     # A second build replaces the first; a folder it did not write is refused.
     assert subprocess.run([sys.executable, "-m", "pipeline", "view", str(run.root), "--sample", "2"], cwd=ROOT,
                           capture_output=True).returncode == 0  # fmt: skip
@@ -112,6 +111,22 @@ def test_only_the_sampled_samples_members_are_read(tmp_path, monkeypatch):
         return original(self, member)
 
     monkeypatch.setattr(tarfile.TarFile, "extractfile", spy)
-    got = read_members(shard, {"vid003"})
+    got = read_members(shard, {"vid003": None})
     assert set(got) == {"vid003"} and {n.split(".")[0] for n in extracted} == {"vid003"}
     assert len(got["vid003"]) == 10  # 8 frames, json, conversations.json
+    extracted.clear()
+    got = read_members(shard, {"vid005": strip_members(8, 3)})
+    assert sorted(got["vid005"]) == ["0000.jpg", "0004.jpg", "0007.jpg", "conversations.json", "json"]
+    assert sorted(extracted) == sorted(f"vid005.{m}" for m in got["vid005"])
+
+
+def test_a_long_strip_shows_frames_spread_over_the_video_with_their_own_timestamps(tmp_path, monkeypatch):
+    import shards.viewer
+
+    monkeypatch.setattr(shards.viewer, "STRIP_MAX", 3)
+    run = make_run(tmp_path / "run")
+    build_site(run, tmp_path / "site")
+    page = (tmp_path / "site" / "pages" / "vid001.html").read_text()  # 110 s, frames every 13.75 s
+    assert page.count('class="frame"') == 3
+    assert sorted(p.name for p in (tmp_path / "site" / "frames" / "vid001").iterdir()) == ["0000.jpg", "0004.jpg", "0007.jpg"]
+    assert 'data-i="1" data-t="55.0"' in page and 'data-i="2" data-t="96.25"' in page
