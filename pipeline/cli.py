@@ -126,7 +126,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         from shards.plots import write_html, write_plots
 
         charts = write_plots(stats, args.plots)
-        report = write_html(stats, text, charts, Path(args.plots) / "report.html")
+        viewer = run.root / "viewer" / "index.html"  # `prolongvid view`'s default site
+        report = write_html(stats, text, charts, Path(args.plots) / "report.html", viewer if viewer.exists() else None)
         print(f"charts and {report} written", file=sys.stderr)
     if args.verify:
         for p in problems:

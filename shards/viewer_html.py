@@ -81,6 +81,17 @@ def _evidence_frames(frames: list[dict[str, Any]], start: float, end: float) -> 
     return [min(timed, key=lambda it: abs(it[1] - mid))[0]]
 
 
+def _ranges(idx: list[int]) -> str:
+    """`[3, 4, 5, 9]` -> `3-5, 9`."""
+    runs: list[list[int]] = []
+    for i in idx:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
 def _qa(pairs: list[dict[str, Any]], frames: list[dict[str, Any]], duration: float) -> str:
     out = []
     for n, p in enumerate(pairs):
@@ -92,7 +103,7 @@ def _qa(pairs: list[dict[str, Any]], frames: list[dict[str, Any]], duration: flo
             ev = f' data-start="{_e(start)}" data-end="{_e(end)}" data-frames="{" ".join(map(str, idx))}"'
             axis = (f'<div class="qa-axis"><div class="evidence" style="{_place(start, end, duration)}"></div></div>'
                     f'<span class="span">evidence {clock(start)}-{clock(end)}'
-                    f'{" (frames " + ", ".join(map(str, idx)) + ")" if idx else ""}</span>')  # fmt: skip
+                    f'{" (frames " + _ranges(idx) + ")" if idx else ""}</span>')  # fmt: skip
         options = "".join(f"<li>{_e(o)}</li>" for o in p.get("options") or [])
         out.append(f'<div class="qa" id="qa-{n}"{ev}><div class="qa-head"><span class="type">{_e(p.get("type"))}</span>'
                    f' <span class="fmt">{_e(p.get("format"))}</span> {axis}</div>'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -130,3 +131,19 @@ def test_a_long_strip_shows_frames_spread_over_the_video_with_their_own_timestam
     assert page.count('class="frame"') == 3
     assert sorted(p.name for p in (tmp_path / "site" / "frames" / "vid001").iterdir()) == ["0000.jpg", "0004.jpg", "0007.jpg"]
     assert 'data-i="1" data-t="55.0"' in page and 'data-i="2" data-t="96.25"' in page
+
+
+def test_the_stats_report_links_to_the_viewer_once_it_exists(tmp_path):
+    run = make_run(tmp_path / "run")
+    plots = tmp_path / "my plots"
+
+    def report() -> str:
+        done = subprocess.run([sys.executable, "-m", "pipeline", "stats", str(run.root), "--plots", str(plots)],
+                              cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return (plots / "report.html").read_text()
+
+    assert 'id="viewer"' not in report()
+    build_site(run, run.root / "viewer")
+    href = re.search(r'<p id="viewer"><a href="([^"]+)">', report()).group(1)
+    assert href == "../run/viewer/index.html" and (plots / href).resolve() == (run.root / "viewer" / "index.html").resolve()
