@@ -21,6 +21,7 @@ from typing import Any, Callable
 from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER, RunDir, check_key, frame_member
 from shards.reader import read_index, read_rejects
 from shards.stats import DURATION_BINS_S, DURATION_LABELS
+from shards.tarformat import BLOCK
 
 FRAME_WIDTH = 192  # strip frames (and thumbnails): stored JPEGs wider are downscaled once, smaller ones copied
 STRIP_MAX = 32  # frames on a page
@@ -138,14 +139,42 @@ def strip_members(frames_stored: int | None, limit: int) -> set[str]:
 
 
 def read_members(shard: Path, wanted: dict[str, set[str] | None]) -> dict[str, dict[str, bytes]]:
-    """The wanted members (None: all) of the wanted keys in one shard; every other member's data is seeked over."""
+    """The wanted members (None: all) of the wanted keys in one shard; every other member's data is seeked over.
+
+    Shards are plain USTAR (shards/tarformat.py) with each sample's members together, so headers are parsed
+    here (tarfile spends ~50 us on each) and the scan stops once the last wanted sample is behind it; any other
+    header kind (pax, GNU long names) leaves the shard to tarfile.
+    """
+    found: dict[str, dict[str, bytes]] = defaultdict(dict)
+    left, current = set(wanted), None
+    with open(shard, "rb") as f:
+        while left:
+            header = f.read(BLOCK)
+            if len(header) < BLOCK or not header.strip(b"\0"):
+                break
+            if header[156:157] not in (b"0", b"\0") or header[345:500].strip(b"\0") or header[124] & 0x80:
+                return _read_members_tarfile(shard, wanted)
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+            size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            key, dot, suffix = name.partition(".")
+            if key != current:
+                left.discard(current)  # type: ignore[arg-type]
+                current = key
+            want = wanted.get(key, set()) if dot else set()
+            if want is None or suffix in want:
+                found[key][suffix] = f.read(size)
+                f.seek(-size % BLOCK, 1)
+            else:
+                f.seek(size + (-size % BLOCK), 1)
+    return dict(found)
+
+
+def _read_members_tarfile(shard: Path, wanted: dict[str, set[str] | None]) -> dict[str, dict[str, bytes]]:
     found: dict[str, dict[str, bytes]] = defaultdict(dict)
     with tarfile.open(shard, "r:") as tar:
         for info in tar:
             key, dot, suffix = info.name.partition(".")
-            if key not in wanted or not dot or not info.isfile():
-                continue
-            if wanted[key] is None or suffix in wanted[key]:  # type: ignore[operator]
+            if key in wanted and dot and info.isfile() and (wanted[key] is None or suffix in wanted[key]):  # type: ignore[operator]
                 f = tar.extractfile(info)
                 found[key][suffix] = f.read() if f else b""
     return dict(found)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -102,23 +103,54 @@ def test_filter_limits_the_site_and_bad_filters_exit_2(tmp_path):
 
 
 def test_only_the_sampled_samples_members_are_read(tmp_path, monkeypatch):
+    import builtins
+
+    import shards.viewer
+
     run = make_run(tmp_path / "run")
-    shard = run.shards / "w0-001.tar"
-    extracted: list[str] = []
-    original = tarfile.TarFile.extractfile
+    shard = run.shards / "w0-001.tar"  # vid001, vid003, vid005 in that order
+    with tarfile.open(shard) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar}
+    read: list[int] = []
 
-    def spy(self, member):
-        extracted.append(member.name)
-        return original(self, member)
+    class Counting:
+        def __init__(self, f):
+            self.f = f
 
-    monkeypatch.setattr(tarfile.TarFile, "extractfile", spy)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read(self, n):
+            data = self.f.read(n)
+            read.append(len(data))
+            return data
+
+        def seek(self, *a):
+            return self.f.seek(*a)
+
+    monkeypatch.setattr(shards.viewer, "open", lambda *a: Counting(builtins.open(*a)), raising=False)
     got = read_members(shard, {"vid003": None})
-    assert set(got) == {"vid003"} and {n.split(".")[0] for n in extracted} == {"vid003"}
-    assert len(got["vid003"]) == 10  # 8 frames, json, conversations.json
-    extracted.clear()
+    assert got == {"vid003": {n.split(".", 1)[1]: v for n, v in members.items() if n.startswith("vid003.")}}
+    headers = sum(1 for n in members if not n.startswith("vid005.")) + 1  # stops at vid005's first header
+    assert sum(read) == 512 * headers + sum(len(v) for v in got["vid003"].values())
+    read.clear()
     got = read_members(shard, {"vid005": strip_members(8, 3)})
     assert sorted(got["vid005"]) == ["0000.jpg", "0004.jpg", "0007.jpg", "conversations.json", "json"]
-    assert sorted(extracted) == sorted(f"vid005.{m}" for m in got["vid005"])
+    assert sum(read) == 512 * (len(members) + 1) + sum(len(v) for v in got["vid005"].values())  # + the end block
+
+
+def test_shards_with_other_header_kinds_are_read_through_tarfile(tmp_path):
+    key = "k" * 100  # "<key>.json" needs a GNU long-name header
+    path = tmp_path / "gnu.tar"
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for suffix, data in (("json", b"{}"), ("0000.jpg", b"jpg")):
+            info = tarfile.TarInfo(f"{key}.{suffix}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert read_members(path, {key: None}) == {key: {"json": b"{}", "0000.jpg": b"jpg"}}
 
 
 def test_a_long_strip_shows_frames_spread_over_the_video_with_their_own_timestamps(tmp_path, monkeypatch):
