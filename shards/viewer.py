@@ -207,21 +207,24 @@ def load_sample(members: dict[str, bytes]) -> dict[str, Any]:
     return {"meta": meta, "conversations": conversations, "frames": frames}
 
 
-def score_thresholds(run: RunDir) -> dict[str, float]:
-    """`filters.<name>.min_score`-style limits from the run's resolved config, shown beside the scores."""
+def score_thresholds(run: RunDir) -> dict[str, list[str]]:
+    """Per score, the limits the run's resolved config sets on it (`filters.visual.min_brightness` -> brightness:
+    `min 25 (visual)`), marked when the filter only scored (`score_only`) and rejected nothing."""
     path = run.root / "config.resolved.yaml"
     if not path.exists():
         return {}
     import yaml
 
     filters = (yaml.safe_load(path.read_text()) or {}).get("filters") or {}
-    out = {}
+    out: dict[str, list[str]] = defaultdict(list)
     for name, cfg in filters.items():
-        if isinstance(cfg, dict) and cfg.get("enabled", True):
-            for k, v in cfg.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k.startswith(("min_", "max_")):
-                    out[f"{name}.{k}"] = float(v)
-    return out
+        if not isinstance(cfg, dict) or not cfg.get("enabled", True):
+            continue
+        for k, v in cfg.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k.startswith(("min_", "max_")):
+                note = ", score only" if cfg.get("score_only") else ""
+                out[k[4:]].append(f"{k[:3]} {v:g} ({name}{note})")
+    return dict(out)
 
 
 def build_site(run: RunDir, out: Path, sample: int = 200, filter_expr: str | None = None, seed: int = 0) -> dict[str, Any]:

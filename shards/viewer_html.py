@@ -112,18 +112,18 @@ def _qa(pairs: list[dict[str, Any]], frames: list[dict[str, Any]], duration: flo
     return "".join(out) or '<p class="none">no QA pairs in this sample</p>'
 
 
-def _scores(entry: dict[str, Any], meta: dict[str, Any], thresholds: dict[str, float]) -> str:
+def _scores(entry: dict[str, Any], meta: dict[str, Any], thresholds: dict[str, list[str]]) -> str:
     scores = {**(meta.get("scores") or {}), **entry.get("scores", {})}
     if not scores:
         return '<p class="none">no scores</p>'
     rows = []
     for name, value in sorted(scores.items()):
-        limits = ", ".join(f"{_e(k.split('.', 1)[1])} {v:g}" for k, v in thresholds.items() if k.split(".")[0] == name)
-        rows.append(f"<tr><td>{_e(name)}</td><td>{_e(value)}</td><td>{limits}</td></tr>")
+        limits = "; ".join(thresholds.get(name, []))
+        rows.append(f"<tr><td>{_e(name)}</td><td>{_e(value)}</td><td>{_e(limits)}</td></tr>")
     return f'<table class="scores"><tr><th>score</th><th>value</th><th>threshold</th></tr>{"".join(rows)}</table>'
 
 
-def sample_page(entry: dict[str, Any], sample: dict[str, Any], thresholds: dict[str, float]) -> str:
+def sample_page(entry: dict[str, Any], sample: dict[str, Any], thresholds: dict[str, list[str]]) -> str:
     meta, frames = sample["meta"], sample["frames"]
     duration = float((meta.get("video") or {}).get("duration_s") or entry.get("duration_s") or 0)
     if duration <= 0 and frames and frames[-1]["t"] is not None:

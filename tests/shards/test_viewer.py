@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from shards.viewer import FilterError, build_site, index_entries, parse_filter, read_members, strip_members, stratified_sample
-from tests.shards.viewer_run import PLANTED, make_run
+from shards.viewer import (FilterError, build_site, index_entries, parse_filter, read_members, score_thresholds,
+                           stratified_sample, strip_members)
+from tests.shards.viewer_run import make_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,6 +26,10 @@ def site_data(out: Path) -> dict:
 
 def test_site_has_an_index_of_every_row_and_pages_with_strip_timeline_and_evidence(tmp_path):
     run = make_run(tmp_path / "run")
+    (run.root / "config.resolved.yaml").write_text(
+        "filters:\n  clip: {enabled: true, score_only: false, min_aesthetic: 0.25}\n"
+        "  visual: {enabled: true, score_only: true, min_brightness: 25.0}\n  length: {enabled: false, min_aesthetic: 9}\n"
+    )
     done = subprocess.run([sys.executable, "-m", "pipeline", "view", str(run.root)], capture_output=True, text=True,
                           cwd=ROOT)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -40,6 +45,8 @@ def test_site_has_an_index_of_every_row_and_pages_with_strip_timeline_and_eviden
     # temporal QA spans 0.6..0.9 of 310 s: frames at 5/8 and 6/8 and 7/8 of it lie inside -> 5, 6, 7 (7/8=0.875)
     assert 'data-frames="5 6 7"' in page and 'class="evidence" style="left:60.0%' in page
     assert 'data-frames="0 1"' in page  # multiple choice: 0..0.2 holds frames 0 and 1 (0.125)
+    assert "<tr><td>aesthetic</td><td>0.3</td><td>min 0.25 (clip)</td></tr>" in page  # index score, its threshold
+    assert score_thresholds(run) == {"aesthetic": ["min 0.25 (clip)"], "brightness": ["min 25 (visual, score only)"]}
     reject = (out / "pages" / "reject-bad002.html").read_text()
     assert "llm_bad_json" in reject and "no JSON" in reject and "caption" in reject
     thumbs = {r["k"]: r.get("t") for r in data["rows"] if r["st"] == "ok"}
