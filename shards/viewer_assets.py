@@ -13,6 +13,7 @@ table{border-collapse:collapse}
 #samples td,#samples th{border-bottom:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:middle}
 #samples th[data-sort]{cursor:pointer;text-decoration:underline dotted}
 #samples img{width:96px;display:block}
+#samples td.sc{font-size:12px;max-width:22em}
 .reject{color:#a02020}
 .strip{display:flex;gap:4px;overflow-x:auto;padding-bottom:4px}
 .frame{margin:0;flex:0 0 auto;border:3px solid transparent}
@@ -109,7 +110,7 @@ INDEX_JS = r"""
       cell(tr, r.st === "ok" ? "ok" : "rejected: " + r.r + " (" + (r.sg || "?") + ")");
       cell(tr, r.d == null ? "" : r.d.toFixed(1) + "s (" + r.b + ")");
       cell(tr, r.nq == null ? "" : String(r.nq)).title = Object.keys(r.q || {}).join(" ");
-      cell(tr, Object.entries(r.sc || {}).map(([k, v]) => k + " " + v).join(", "));
+      cell(tr, Object.entries(r.sc || {}).map(([k, v]) => k + " " + +Number(v).toPrecision(3)).join(", ")).className = "sc";
       cell(tr, r.src || "");
       body.appendChild(tr);
     });
