@@ -3,7 +3,8 @@
 Subcommands: `run` (videos -> shards), `stats` (what a run produced;
 `--verify`), `import-llava` / `export-llava`, `probe` (what is this file, or
 why it would be rejected), `sample` (one video's frame sets to JPEG files),
-`demo` (generate example videos, run the pipeline on them, print the stats).
+`demo` (generate example videos, run the pipeline on them, print the stats),
+`view` (a static site of a run's samples).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dense_caption.http_backend import ServerUnavailable
 from pipeline.run import RunLocked
 from pipeline.run_summary import print_run_summary
 from shards.reader import NotARunDir
+from shards.viewer import cmd_view
 from train.cli import cmd_train
 
 log = logging.getLogger("prolongvid")
@@ -107,7 +109,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         from shards.plots import write_html, write_plots
 
         charts = write_plots(stats, args.plots)
-        report = write_html(stats, text, charts, Path(args.plots) / "report.html")
+        viewer = run.root / "viewer" / "index.html"  # `prolongvid view`'s default site
+        report = write_html(stats, text, charts, Path(args.plots) / "report.html", viewer if viewer.exists() else None)
         print(f"charts and {report} written", file=sys.stderr)
     if args.verify:
         for p in problems:
@@ -217,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", metavar="DIR", help="write PNG charts and report.html (one file) into DIR")
     p.add_argument("--verify", action="store_true", help="check sha256, samples and index; exit 1 on any problem")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("view", help="write a static site to look at a run's samples and rejects (opens from disk)")
+    p.add_argument("run_dir", help="a run's output directory (holds shards/ and index.parquet)")
+    p.add_argument("--out", help="site folder (default RUN_DIR/viewer; replaced when it exists)")
+    p.add_argument("--sample", type=int, default=200, help="videos given a page, stratified by duration and reject reason")
+    p.add_argument("--filter", metavar="EXPR", help="keep rows matching e.g. 'duration_s>60, qa_temporal>0' or 'reason=truncated'")
+    p.add_argument("--seed", type=int, default=0, help="which samples the stratified pick takes")
+    p.set_defaults(func=cmd_view)  # shards/viewer.py
 
     p = sub.add_parser("audit", help="re-decode stored frames from the sources with ffmpeg; exit 1 on a mismatch")
     p.add_argument("run_dir")

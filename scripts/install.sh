@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
 # Install everything `make demo` / `make test` need on a fresh Debian machine:
-# ffmpeg (Debian package, when missing) and a virtual environment with the
+# ffmpeg and Chromium (Debian packages, when missing) and a virtual environment with the
 # project, its dev, train and filters extras, pinned by constraints.txt.
 set -euo pipefail
 venv="${1:-.venv}"
 python="${PYTHON:-python3}"
 
-# ffmpeg for video; iproute2 and util-linux (ip, unshare, nsenter) for the tests that run a Ray cluster in its
-# own network namespace (the chaos suite, the README's cluster commands).
-missing=""
-command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing="$missing ffmpeg"
-command -v ip >/dev/null || missing="$missing iproute2"
-command -v unshare >/dev/null && command -v nsenter >/dev/null || missing="$missing util-linux"
-if [ -n "$missing" ]; then
-  echo "installing Debian packages:$missing"
+# Debian packages a fresh machine lacks: ffmpeg (decoding, probing); Chromium with its driver (the viewer's
+# browser test drives headless Chromium through selenium); iproute2 and util-linux (ip, unshare, nsenter) for
+# the tests that run a Ray cluster in its own network namespace (the chaos suite, the README's cluster commands).
+missing=()
+if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then missing+=(ffmpeg); fi
+if ! command -v chromium >/dev/null; then missing+=(chromium); fi
+if ! command -v chromedriver >/dev/null; then missing+=(chromium-driver); fi
+if ! command -v ip >/dev/null; then missing+=(iproute2); fi
+if ! command -v unshare >/dev/null || ! command -v nsenter >/dev/null; then missing+=(util-linux); fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "not found: ${missing[*]}: installing the Debian packages"
   if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
-    echo "error: missing$missing and this user cannot install packages; install them and rerun" >&2; exit 1
+    echo "error: ${missing[*]} missing and this user cannot install packages; install them and rerun" >&2; exit 1
   fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 
 def _bar(ax: Any, labels: list[str], values: list[float], title: str, xlabel: str = "") -> None:
@@ -47,7 +49,14 @@ def write_plots(stats: dict[str, Any], out_dir: str | Path) -> list[Path]:
     return paths
 
 
-def write_html(stats: dict[str, Any], table_text: str, charts: list[Path], target: str | Path) -> Path:
+def write_html(stats: dict[str, Any], table_text: str, charts: list[Path], target: str | Path,
+               viewer: str | Path | None = None) -> Path:
+    """The report; `viewer` (the site of `prolongvid view`, when one was built) is linked relative to the report."""
+    path = Path(target)
+    link = ""
+    if viewer is not None:
+        href = os.path.relpath(Path(viewer).resolve(), path.parent.resolve())
+        link = f'<p id="viewer"><a href="{html.escape(quote(Path(href).as_posix()))}">look at the samples</a> (the run\'s viewer)</p>'
     images = "".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></figure>'
         for p in charts
@@ -55,9 +64,8 @@ def write_html(stats: dict[str, Any], table_text: str, charts: list[Path], targe
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>prolongvid stats</title>
 <style>body{{font-family:sans-serif;margin:2em}} figure{{display:inline-block;margin:.5em}}
 pre{{background:#f4f4f4;padding:1em}}</style></head><body>
-<h1>Run statistics</h1><pre>{html.escape(table_text)}</pre>{images}
+<h1>Run statistics</h1>{link}<pre>{html.escape(table_text)}</pre>{images}
 <h2>All numbers</h2><pre>{html.escape(json.dumps(stats, indent=1))}</pre></body></html>"""
-    path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(doc)
     return path
