@@ -23,6 +23,8 @@ CPU_TRAIN = ("--set model.tiny=true --set model.video_pool_size=4 --set data.ima
 
 REWRITES: list[tuple[str, str, str]] = [  # (pattern, replacement, why)
     (r"^make test\b.*$", "make -n test", "the suite cannot run itself inside itself: the dry run resolves the target"),
+    (r"^make demo\b", "make -o .venv/.installed -o .venv-vllm/.installed demo",
+     "the scratch copy borrows this checkout's environments: never reinstall them from the copy"),
     (r"^(prolongvid train configs/train/stage\S+.*)$", r"\1 " + CPU_TRAIN, "no GPU and no 7B weights here"),
     (r"--set filters\.clip\.arch=ViT-L-14 --set filters\.clip\.weights=openai", "{tiny_clip}",
      "no downloads: a tiny random open_clip built by the test"),
