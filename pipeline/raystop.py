@@ -49,19 +49,25 @@ def cluster_processes(temp_dir: str | Path) -> list[psutil.Process]:
     return list(found.values())
 
 
+def signal_all(procs: list[psutil.Process], kill: bool = False) -> None:
+    """SIGTERM (or SIGKILL) each process; one already gone is no error."""
+    for p in procs:
+        try:
+            p.kill() if kill else p.terminate()
+        except psutil.Error:
+            pass
+
+
+def kill_now(procs: list[psutil.Process], timeout_s: float = 10.0) -> None:
+    """SIGKILL every process and wait for it to be gone."""
+    signal_all(procs, kill=True)
+    psutil.wait_procs(procs, timeout=timeout_s)
+
+
 def stop_cluster(temp_dir: str | Path, grace_s: float = 15.0) -> int:
     """SIGTERM, then SIGKILL after `grace_s`, every process of the cluster; returns how many there were."""
     procs = cluster_processes(temp_dir)
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
+    signal_all(procs)
     _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=10)
+    kill_now(alive)
     return len(procs)

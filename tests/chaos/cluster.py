@@ -23,6 +23,8 @@ from pathlib import Path
 
 import psutil
 
+from pipeline.raystop import kill_now
+
 NODE_IP = "10.77.0.1"
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
@@ -76,13 +78,7 @@ class Namespace:
 
     def close(self) -> None:
         for _ in range(3):  # processes started while we kill (a raylet restarting a worker) are caught next round
-            procs = self.members()
-            for p in procs:
-                try:
-                    p.kill()
-                except psutil.Error:
-                    pass
-            psutil.wait_procs(procs, timeout=10)
+            kill_now(self.members())
         self.holder.kill()
         self.holder.wait(10)
 
@@ -166,13 +162,7 @@ class Cluster:
         os.kill(self.raylet(name).pid, signal.SIGKILL)
 
     def kill_node(self, name: str) -> None:
-        procs = self.node_processes(name)
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(procs, timeout=30)
+        kill_now(self.node_processes(name), timeout_s=30)
 
     def submit(self, entrypoint: list[str], wait: bool = True) -> subprocess.Popen:
         """`ray job submit` of the project (its folder as the working dir); the client tails the job until it ends."""
