@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 
 from filters.dedup import find_duplicates  # noqa: E402
 from filters.visual import visual_scores  # noqa: E402
-from pipeline.config_run import ClipFilterConfig, DedupConfig  # noqa: E402
+from filters.config import ClipFilterConfig, DedupConfig  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.extract import extract_frames  # noqa: E402
 from pipeline.probe import preflight  # noqa: E402

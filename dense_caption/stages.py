@@ -142,6 +142,7 @@ class QAStage(_LLMStage):
 
     name = "qa"
     reads = ("meta.captions", "meta.video")
+    may_read = ("meta.conversations",)
     writes = ("meta.qa", "meta.conversations", "meta.counts", "meta.llm")
 
     def process(self, task: VideoTask) -> VideoTask:

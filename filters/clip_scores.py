@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config_run import ClipFilterConfig, StageResources
+from pipeline.config_run import StageResources
+from filters.config import ClipFilterConfig
 from pipeline.errors import Reason, VideoError
 from pipeline.stage import Stage, apply_verdict
 from pipeline.task import VideoTask
@@ -158,6 +159,7 @@ class _ClipStage(Stage):
 class ClipScores(_ClipStage):
     name = "clip_scores"
     reads = ("frames",)
+    may_read = ("meta.decode",)
     writes = ("meta.scores", "meta.embedding")
 
     def process(self, task: VideoTask) -> VideoTask:
@@ -178,7 +180,7 @@ class CaptionAgreement(_ClipStage):
     """Caption-frame agreement: runs after the caption stage, so the captions it checks exist."""
 
     name = "caption_agreement"
-    reads = ("frames", "meta.captions")
+    reads = ("frames", "meta.decode", "meta.captions")
     writes = ("meta.scores",)
 
     def process(self, task: VideoTask) -> VideoTask:

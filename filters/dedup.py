@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config_run import DedupConfig
+from filters.config import DedupConfig
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.config_run import LengthFilterConfig, StageResources
+from pipeline.config_run import StageResources
+from filters.config import LengthFilterConfig
 from pipeline.errors import Reason, VideoError
 from pipeline.stage import Stage
 from pipeline.task import VideoTask

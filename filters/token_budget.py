@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pipeline.config_run import StageResources, TokenBudgetConfig
+from pipeline.config_run import StageResources
+from filters.config import TokenBudgetConfig
 from pipeline.errors import Reason, VideoError
 from pipeline.stage import Stage
 from pipeline.task import VideoTask
@@ -29,7 +30,7 @@ def conversation_texts(meta: dict[str, Any]) -> list[list[str]]:
 
 class TokenBudget(Stage):
     name = "token_budget"
-    reads = ("meta.num_frames", "meta.conversations")
+    may_read = ("meta.num_frames", "meta.conversations")
     writes = ("meta.tokens",)
 
     def __init__(self, cfg: TokenBudgetConfig, frames_available_set: str, resources: StageResources | None = None):

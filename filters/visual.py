@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipeline.config_run import StageResources, VisualFilterConfig
+from pipeline.config_run import StageResources
+from filters.config import VisualFilterConfig
 from pipeline.errors import Reason, VideoError
 from pipeline.stage import Stage, apply_verdict
 from pipeline.task import VideoTask

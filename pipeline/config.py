@@ -1,7 +1,7 @@
 """The run config: every section of a pipeline run composed into one typed model.
 
-The sections live beside what reads them (`config_video`, `config_run`, `dense_caption.config`); loading,
-overrides and the resolved file are `config_load`'s. This module re-exports them, so `pipeline.config` stays
+The sections live beside what reads them (`config_video`, `config_run`, `filters.config`, `shards.config`,
+`dense_caption.config`); loading, overrides and the resolved file are `config_load`'s. This module re-exports them, so `pipeline.config` stays
 the one import for code above the stages (the CLI, a run, the benchmarks, the tests).
 """
 
@@ -13,15 +13,17 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, model_validator
 
 from dense_caption.config import LLMConfig
+from filters.config import FiltersConfig, default_budget_stages
 from pipeline.config_base import Strict
 from pipeline.config_load import (
     ConfigError, apply_override, config_record, dump_config, parse_override, write_resolved_config,
 )
 from pipeline.config_load import load_config as load_model
-from pipeline.config_run import FiltersConfig, RayConfig, ResourcesConfig, ShardsConfig, default_budget_stages
+from pipeline.config_run import RayConfig, ResourcesConfig
 from pipeline.config_video import (
     DecodeConfig, FrameSetConfig, InputConfig, LimitsConfig, ProbeConfig, ResizeConfig, SamplingConfig, default_sets,
 )
+from shards.config import ShardsConfig
 
 __all__ = [
     "ConfigError", "DecodeConfig", "FrameSetConfig", "InputConfig", "LimitsConfig", "OutputConfig", "ProbeConfig",
@@ -73,12 +75,20 @@ class RunConfig(Strict):
             raise ValueError(
                 f"llm.captions.frame_set {self.llm.captions.frame_set!r} names no sampling set (have {sorted(sets)})"
             )
+        self._resolve_frame_sets(set(sets))
         return self
+
+    def _resolve_frame_sets(self, names: set[str]) -> None:
+        """Each stage's frame set, decided once here and written into config.resolved.yaml: the visual filter
+        checks the 1 fps `caption` set when there is one, CLIP encodes the shard set, unless set otherwise."""
+        if self.filters.visual.frame_set is None:
+            self.filters.visual.frame_set = "caption" if "caption" in names else self.shards.frame_set
+        if self.filters.clip.frame_set is None:
+            self.filters.clip.frame_set = self.shards.frame_set
 
     @property
     def visual_frame_set(self) -> str:
-        names = {s.name for s in self.sampling.sets}
-        return self.filters.visual.frame_set or ("caption" if "caption" in names else self.shards.frame_set)
+        return self.filters.visual.frame_set or self.shards.frame_set
 
     @classmethod
     def prefill(cls, data: dict[str, Any]) -> dict[str, Any]:

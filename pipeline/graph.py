@@ -16,8 +16,10 @@ from filters.clip_scores import CaptionAgreement, ClipScores
 from filters.length import LengthFilter
 from filters.token_budget import TokenBudget
 from filters.visual import VisualFilter
-from pipeline.config import RunConfig
+from pipeline.config import ConfigError, RunConfig
 from pipeline.config_run import StageResources
+from pipeline.meta import SOURCE_WRITES, check_data_flow
+from pipeline.records import WriteTotals
 from pipeline.stage import Stage, apply_stages, ray_args
 from pipeline.stages import DecodeStage, ProbeStage
 from pipeline.task import VideoTask
@@ -27,29 +29,53 @@ MAX_BLOCKS = 50_000  # beyond this, a block holds a few videos: fewer objects fo
 
 
 def build_groups(cfg: RunConfig, extra_stages: list[Stage] | None = None) -> list[tuple[list[Stage], StageResources]]:
-    """Stages in order, grouped by the resources they run on: each group is one Ray actor pool."""
+    """Stages in order, grouped by the resources they run on: each group is one Ray actor pool.
+
+    Each stage is tagged with the config field that put it in the graph, so a read no earlier stage writes
+    (`check_graph`) is reported against the field the user set.
+    """
     res = cfg.resources.video
-    video: list[Stage] = [ProbeStage(cfg.probe, cfg.limits, res)]
+    video: list[Stage] = [_tag(ProbeStage(cfg.probe, cfg.limits, res), "probe")]
     if cfg.filters.length.enabled:
-        video.append(LengthFilter(cfg.filters.length, res))
-    video.append(DecodeStage(cfg.sampling, cfg.decode, res))
+        video.append(_tag(LengthFilter(cfg.filters.length, res), "filters.length.enabled"))
+    video.append(_tag(DecodeStage(cfg.sampling, cfg.decode, res), "sampling"))
     if cfg.filters.visual.enabled:  # cheap checks first: expensive stages never see what they drop
-        visual = cfg.filters.visual.model_copy(update={"frame_set": cfg.visual_frame_set})
-        video.append(VisualFilter(visual, res))
+        video.append(_tag(VisualFilter(cfg.filters.visual, res), "filters.visual.enabled"))
     groups: list[tuple[list[Stage], StageResources]] = [(video, res)]
-    clip, clip_set, clip_res = cfg.filters.clip, cfg.filters.clip.frame_set or cfg.shards.frame_set, cfg.resources.clip
+    clip, clip_res = cfg.filters.clip, cfg.resources.clip
     if clip.enabled:
-        groups.append(([ClipScores(clip, clip_set, clip_res)], clip_res))
+        groups.append(([_tag(ClipScores(clip, clip.frame_set, clip_res), "filters.clip.enabled")], clip_res))
+    captions = cfg.llm.enabled and cfg.llm.captions.enabled
     if cfg.llm.enabled and (cfg.llm.captions.enabled or cfg.llm.qa.enabled):  # captions and QA: their own pool of I/O-bound workers, many videos each
         from dense_caption.stages import llm_stages
 
-        groups.append((llm_stages(cfg.llm, cfg.resources.llm), cfg.resources.llm))
-        if clip.enabled and cfg.llm.captions.enabled:  # agreement needs the captions: a CLIP pool after the LLM's
-            groups.append(([CaptionAgreement(clip, clip_set, clip_res)], clip_res))
+        stages = llm_stages(cfg.llm, cfg.resources.llm)
+        for stage in stages:
+            _tag(stage, "llm.captions.enabled" if stage.name == "caption" else "llm.qa.enabled")
+        groups.append((stages, cfg.resources.llm))
+    if clip.enabled and (captions or clip.min_frame_text is not None):  # after the captions it checks: a CLIP pool of its own
+        field = "filters.clip.min_frame_text" if clip.min_frame_text is not None else "filters.clip.enabled"
+        groups.append(([_tag(CaptionAgreement(clip, clip.frame_set, clip_res), field)], clip_res))
     groups[-1][0].extend(extra_stages or [])
     if cfg.filters.token_budget.enabled:
-        groups[-1][0].append(TokenBudget(cfg.filters.token_budget, cfg.shards.frame_set, groups[-1][1]))
+        budget = TokenBudget(cfg.filters.token_budget, cfg.shards.frame_set, groups[-1][1])
+        groups[-1][0].append(_tag(budget, "filters.token_budget.enabled"))
     return groups
+
+
+def _tag(stage: Stage, field: str) -> Stage:
+    stage.config_field = field
+    return stage
+
+
+def check_graph(cfg: RunConfig, extra_stages: list[Stage] | None = None) -> None:
+    """ConfigError naming the field when a stage the config asks for reads data no source or earlier stage writes."""
+    fmt = cfg.input.format
+    provided = set(SOURCE_WRITES["manifest"]) | set(SOURCE_WRITES["llava"]) if fmt == "auto" else \
+        set(SOURCE_WRITES["folder" if fmt == "folder" else "llava" if fmt == "llava" else "manifest"])
+    problems = check_data_flow(build_stages(cfg, extra_stages), provided)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def build_stages(cfg: RunConfig, extra_stages: list[Stage] | None = None) -> list[Stage]:
@@ -83,7 +109,7 @@ def llm_placement(cfg: RunConfig) -> dict[str, Any] | None:
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)}
 
 
-def run_graph(cfg: RunConfig, tasks: list[VideoTask], run_stamp: str, generation: int) -> list[dict[str, Any]]:
+def run_graph(cfg: RunConfig, tasks: list[VideoTask], run_stamp: str, generation: int) -> list[WriteTotals]:
     """Push `tasks` through the graph into shards; returns the write tasks' summaries."""
     import ray.data
 

@@ -1,4 +1,5 @@
-"""Record types shared by every package: what a probe learns, what a decode returns, why a video was dropped.
+"""Record types shared by every package: what a probe learns, what a decode returns, why a video was dropped,
+what writing did.
 
 Plain frozen dataclasses with `to_dict()` so they cross process (Ray) and file
 (json, parquet) boundaries unchanged.
@@ -7,8 +8,9 @@ Plain frozen dataclasses with `to_dict()` so they cross process (Ray) and file
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
@@ -54,7 +56,7 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class Rejection:
-    """One rejected video: the row of the rejects table."""
+    """One rejected video, whoever rejected it (a source entry or a stage): the row of the rejects table."""
 
     source: str
     stage: str
@@ -64,6 +66,10 @@ class Rejection:
 
     def to_dict(self) -> dict[str, Any]:
         return _as_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Rejection":
+        return cls(**{k: str(d.get(k) or "") for k in ("source", "stage", "reason", "detail", "key")})
 
 
 @dataclass(frozen=True)
@@ -124,3 +130,68 @@ class DecodeResult:
         d = {k: v for k, v in _as_dict(self).items() if k != "sets"}
         d["sets"] = {name: s.meta() for name, s in self.sets.items()}
         return d
+
+
+def add_llm_usage(total: Counter, usage: dict[str, Any]) -> None:
+    """Sum request/token counts; keep the earliest start and the latest finish of the LLM's working window."""
+    for name, value in usage.items():
+        if name == "first_at" and value:
+            total[name] = min(total[name] or value, value)
+        elif name in ("last_at", "peak_in_flight"):
+            total[name] = max(total[name], value)
+        elif isinstance(value, (int, float)):
+            total[name] += value
+
+
+@dataclass
+class StageTime:
+    """Worker seconds a stage spent and the videos it saw."""
+
+    seconds: float = 0.0
+    videos: int = 0
+
+
+@dataclass
+class WriteTotals:
+    """What writing did: one per write task (the sink's summary), and their sum (a run's totals, `total`)."""
+
+    samples: int = 0  # committed to shards
+    frames: int = 0  # frames those samples store
+    already_committed: int = 0  # a retried task's second copy, dropped
+    rejects: Counter = field(default_factory=Counter)  # reason -> videos
+    timings: dict[str, StageTime] = field(default_factory=dict)
+    shards: list[dict[str, Any]] = field(default_factory=list)  # the committed shards' records
+    llm: Counter = field(default_factory=Counter)  # LLM usage of every video written or rejected
+
+    def add_video(self, meta_timings: dict[str, float], llm_usage: dict[str, Any]) -> None:
+        for stage, seconds in meta_timings.items():
+            self.add_time(stage, seconds, 1)
+        add_llm_usage(self.llm, llm_usage)
+
+    def add_time(self, stage: str, seconds: float, videos: int) -> None:
+        spent = self.timings.setdefault(stage, StageTime())
+        spent.seconds += seconds
+        spent.videos += videos
+
+    def add(self, other: "WriteTotals") -> None:
+        self.samples += other.samples
+        self.frames += other.frames
+        self.already_committed += other.already_committed
+        self.rejects.update(other.rejects)
+        for stage, spent in other.timings.items():
+            self.add_time(stage, spent.seconds, spent.videos)
+        self.shards.extend(other.shards)
+        add_llm_usage(self.llm, dict(other.llm))
+
+    @classmethod
+    def total(cls, parts: Iterable["WriteTotals"]) -> "WriteTotals":
+        out = cls()
+        for part in parts:
+            out.add(part)
+        return out
+
+    def stage_rates(self) -> dict[str, dict[str, float]]:
+        """Per stage: worker seconds, videos and videos per worker-second (run.json's `stages`)."""
+        return {stage: {"seconds": round(t.seconds, 3), "videos": int(t.videos),
+                        "videos_per_worker_s": round(t.videos / t.seconds, 3) if t.seconds > 0 else 0.0}
+                for stage, t in self.timings.items()}  # fmt: skip

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.config import ConfigError, RunConfig, config_record, write_resolved_config
+from pipeline.records import WriteTotals
 from pipeline.sources import Sources, load_sources
 from shards.commit import begin_generation, commit_lock, commit_rejects
 from shards import ledger
@@ -131,7 +132,9 @@ def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] |
     """
     from dense_caption.http_backend import ServerUnavailable
     from dense_caption.service import llm_service
+    from pipeline.graph import check_graph
 
+    check_graph(cfg)  # a stage that reads what nothing before it writes: ConfigError naming the field
     root = check_output_dir(cfg.output.dir)
     sources = load_sources(cfg.input)  # a bad input fails before anything in the output dir changes
     if logging.getLogger().getEffectiveLevel() <= logging.DEBUG and cfg.decode.log_dir is None:
@@ -197,13 +200,13 @@ def _run(cfg: RunConfig, run: RunDir, sources: Sources, force: bool, retry_reaso
     rejected = ledger.reject_rows(run)
     done |= {r["key"] for r in rejected if r["key"]}
     rejected_sources = {r["source"] for r in rejected}
-    fresh_rejects = [r.to_dict() for r in sources.rejects if r.key not in done and r.source not in rejected_sources]
+    fresh_rejects = [r for r in sources.rejects if r.key not in done and r.source not in rejected_sources]
     commit_rejects(run, generation, fresh_rejects)
     todo = [t for t in sources.tasks if t.key not in done and t.source not in rejected_sources]
     skipped = len(sources.tasks) - len(todo)
     log.info("%d sources (%s): %d to do, %d already done", len(sources.tasks), sources.kind, len(todo), skipped)
 
-    results: list[dict[str, Any]] = []
+    results: list[WriteTotals] = []
     if todo:
         from pipeline.graph import run_graph
 
@@ -224,54 +227,35 @@ def _run(cfg: RunConfig, run: RunDir, sources: Sources, force: bool, retry_reaso
         deduped = len(dedup_run(run.root, cfg.filters.dedup).removed)
         samples_total, rejects_total = len(ledger.index_rows(run)), len(ledger.reject_rows(run))
 
-    accepted = sum(r["samples"] for r in results)
-    by_reason: Counter[str] = Counter()
-    for r in results:
-        by_reason.update(r["rejects"])
-    by_reason.update(Counter(r["reason"] for r in fresh_rejects))
+    written = WriteTotals.total(results)
+    by_reason: Counter[str] = Counter(written.rejects)
+    by_reason.update(Counter(r.reason for r in fresh_rejects))
     if deduped:
         by_reason["near_duplicate"] += deduped
     summary = RunSummary(
         out_dir=str(run.root),
         sources=len(sources.tasks) + len(sources.rejects),
         skipped=skipped,
-        accepted=accepted,
+        accepted=written.samples,
         rejected=dict(by_reason),
         samples_total=samples_total,
         rejects_total=rejects_total,
         wall_s=time.perf_counter() - start,
-        stages=_stage_times(results),
+        stages=written.stage_rates(),
         skipped_by_extension=sources.skipped_by_extension,
         skipped_suffixes=sources.skipped_suffixes,
     )
-    summary.llm = _llm_totals(results, summary.wall_s)
-    _write_run_json(run, cfg, summary, started, results, cleaned, dropped, sources.kind)
+    summary.llm = _llm_totals(written, summary.wall_s)
+    _write_run_json(run, cfg, summary, started, written, cleaned, dropped, sources.kind)
     return summary
 
 
-def _stage_times(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    total: dict[str, list[float]] = {}
-    for r in results:
-        for stage, (seconds, count) in r["timings"].items():
-            acc = total.setdefault(stage, [0.0, 0])
-            acc[0] += seconds
-            acc[1] += count
-    return {
-        stage: {"seconds": round(s, 3), "videos": int(n), "videos_per_worker_s": round(n / s, 3) if s > 0 else 0.0}
-        for stage, (s, n) in total.items()
-    }
-
-
-def _llm_totals(results: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+def _llm_totals(written: WriteTotals, wall_s: float) -> dict[str, Any]:
     """Requests, tokens, retries and failures of the caption/QA stages.
 
     Tokens/s are over `active_s`, from the first request sent to the last answer received in this run.
     """
-    from shards.sink import add_llm_usage
-
-    total: Counter[str] = Counter()
-    for r in results:
-        add_llm_usage(total, r.get("llm") or {})
+    total: Counter[str] = Counter(written.llm)
     if not total:
         return {}
     first, last = total.pop("first_at", 0), total.pop("last_at", 0)
@@ -289,7 +273,7 @@ def _write_run_json(
     cfg: RunConfig,
     summary: RunSummary,
     started: datetime,
-    results: list[dict[str, Any]],
+    written: WriteTotals,
     cleaned: dict[str, int],
     dropped: int,
     kind: str,
@@ -301,7 +285,7 @@ def _write_run_json(
             previous = old.get("previous_runs", []) + [old.get("this_run", {})]
         except (json.JSONDecodeError, OSError):
             previous = []
-    shards = [s for r in results for s in r["shards"]]
+    shards = written.shards
     doc = {
         "config": config_record(cfg),
         "versions": versions(),
@@ -317,7 +301,7 @@ def _write_run_json(
             "rejected": summary.rejected,
             "shards_written": len(shards),
             "bytes_written": sum(s["bytes"] for s in shards),
-            "frames_written": sum(r["frames"] for r in results),
+            "frames_written": written.frames,
             "videos_per_hour": round(summary.videos_per_hour, 1),
             "stages": summary.stages,
             "resume": {"cleaned": cleaned, "retried_rejects": dropped},

@@ -11,6 +11,7 @@ once, either as a sample or as a reject.
 
 from __future__ import annotations
 
+import copy
 import logging
 from abc import ABC, abstractmethod
 import threading
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 
 from pipeline.config_run import StageResources
 from pipeline.errors import Reason, VideoError
+from pipeline.meta import check_names, check_written, strict
 from pipeline.task import VideoTask
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,17 @@ class Stage(ABC):
     """Base class of every pipeline step. Subclasses set `name` and implement `process`."""
 
     name: ClassVar[str] = "stage"
-    reads: ClassVar[tuple[str, ...]] = ()  # task fields it needs (documentation and graph checks)
+    # Task data, as `frames` or `meta.<section>` (pipeline/meta.py): what must be there, what is used when there,
+    # what the stage writes. The graph checks at build time that every read is written earlier.
+    reads: ClassVar[tuple[str, ...]] = ()
+    may_read: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ()
     thread_safe: ClassVar[bool] = False  # may `process` run on several threads of one worker at once?
+    config_field: str = ""  # the config path that put the stage in the graph (named when its reads are missing)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_names(cls.__name__, (*cls.reads, *cls.may_read, *cls.writes))
 
     def __init__(self, resources: StageResources | None = None):
         self.resources = resources or StageResources()
@@ -81,9 +91,13 @@ def run_stage(stage: Stage, task: VideoTask) -> VideoTask:
     if task.rejected:
         return task
     start = time.perf_counter()
+    before = copy.deepcopy(task.meta) if strict(stage) else None
     try:
         stage.ensure_setup()
         task = stage.process(task)
+        problem = check_written(stage, before, task.meta) if before is not None else None
+        if problem:
+            raise RuntimeError(problem)
     except VideoError as e:
         task.reject(stage.name, e.reason.value, e.detail)
     except Exception as e:  # a bug must not stop the run: record it where the user will see it

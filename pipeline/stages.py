@@ -34,8 +34,9 @@ class DecodeStage(Stage):
     """Decode each video once into every configured frame set (JPEG bytes), in a watched child process."""
 
     name = "decode"
-    reads = ("meta.video", "meta.num_frames")
-    writes = ("frames", "meta.decode")
+    reads = ("meta.video",)
+    may_read = ("meta.num_frames",)
+    writes = ("frames", "meta.decode", "meta.video")  # the decoder's frame count and duration replace the header's
 
     def __init__(self, sampling: SamplingConfig, decode: DecodeConfig, resources: StageResources | None = None):
         super().__init__(resources)

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.records import Rejection
+
 FRAMES_PREFIX = "frames_"
 
 
@@ -21,7 +23,7 @@ class VideoTask:
     source: str
     meta: dict[str, Any] = field(default_factory=dict)  # JSON-able: manifest fields, probe, decode, tokens, timings
     frames: dict[str, list[bytes]] = field(default_factory=dict, repr=False)  # frame set name -> JPEGs in time order
-    error: dict[str, str] | None = None  # {"stage", "reason", "detail"} once rejected
+    error: Rejection | None = None  # once rejected: the same record a source's reject is
 
     @property
     def rejected(self) -> bool:
@@ -29,7 +31,7 @@ class VideoTask:
 
     def reject(self, stage: str, reason: str, detail: str = "") -> "VideoTask":
         """Mark the video rejected; later stages pass it through untouched and it ends in the rejects table."""
-        self.error = {"stage": stage, "reason": str(reason), "detail": detail[:2000]}
+        self.error = Rejection(self.source, stage, str(reason), detail[:2000], self.key)
         self.frames = {name: [] for name in self.frames}
         return self
 
@@ -41,7 +43,7 @@ class VideoTask:
         row: dict[str, Any] = {
             "key": self.key,
             "source": self.source,
-            "error": json.dumps(self.error) if self.error else "",
+            "error": json.dumps(self.error.to_dict()) if self.error else "",
             "meta": json.dumps(self.meta),
         }
         for name in set_names:
@@ -61,5 +63,5 @@ class VideoTask:
             source=str(row["source"]),
             meta=json.loads(row.get("meta") or "{}"),
             frames=frames,
-            error=json.loads(error) if error else None,
+            error=Rejection.from_dict(json.loads(error)) if error else None,
         )

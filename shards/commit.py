@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.records import Rejection
 from shards.layout import RunDir
 from shards.ledger import fsync_dir, key_marker, write_atomic, write_rejects_part
 from shards.reader import iter_tar_samples
@@ -125,12 +126,12 @@ def commit_shard(run: RunDir, generation: int, info: ShardInfo, rows: list[dict[
         return info, rows
 
 
-def commit_rejects(run: RunDir, generation: int, rows: list[dict[str, Any]]) -> bool:
+def commit_rejects(run: RunDir, generation: int, rejects: list[Rejection]) -> bool:
     """Record a writer's rejects unless it belongs to an older run attempt (then nothing is written)."""
-    if not rows:
+    if not rejects:
         return True
     with commit_lock(run):
         if current_generation(run) != generation:
             return False
-        write_rejects_part(run, rows)
+        write_rejects_part(run, [r.to_dict() for r in rejects])
         return True

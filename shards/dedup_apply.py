@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from filters.dedup import Duplicate, find_duplicates
-from pipeline.config_run import DedupConfig
+from filters.config import DedupConfig
 from pipeline.errors import Reason
 from shards import ledger
 from shards.layout import RunDir

@@ -13,14 +13,14 @@ import os
 import signal
 import time
 import uuid
-from collections import Counter
 from typing import Any, Iterable
 
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
-from pipeline.config_run import ShardsConfig
+from pipeline.records import Rejection, WriteTotals
 from pipeline.task import VideoTask
+from shards.config import ShardsConfig
 from shards.layout import RunDir, build_sample
 from shards.commit import commit_rejects, commit_shard, committed_in
 from shards.tarwriter import ShardFile
@@ -64,17 +64,6 @@ def index_row(task: VideoTask, shard: str, frame_set: str, nbytes: int) -> dict[
     return row
 
 
-def add_llm_usage(total: Counter, usage: dict[str, Any]) -> None:
-    """Sum request/token counts; keep the earliest start and the latest finish of the LLM's working window."""
-    for name, value in usage.items():
-        if name == "first_at" and value:
-            total[name] = min(total[name] or value, value)
-        elif name in ("last_at", "peak_in_flight"):
-            total[name] = max(total[name], value)
-        elif isinstance(value, (int, float)):
-            total[name] += value
-
-
 FAULT_KILL_AFTER_COMMIT = "fault-kill-writer-after-commit"
 
 
@@ -107,7 +96,7 @@ class ShardSink(Datasink):
         self.cfg = shards
         self.run_stamp = run_stamp
         self.generation = generation  # the run attempt this sink writes for: commits of any other are refused
-        self.results: list[dict[str, Any]] = []
+        self.results: list[WriteTotals] = []
 
     @property
     def min_rows_per_write(self) -> int:
@@ -116,12 +105,11 @@ class ShardSink(Datasink):
     def get_name(self) -> str:
         return "WriteShards"
 
-    def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
+    def write(self, blocks: Iterable[Any], ctx: Any) -> WriteTotals:
         run = RunDir(self.out_dir).make()
         writer_id = f"{self.cfg.prefix}-{self.run_stamp}-{getattr(ctx, 'task_idx', 0):05d}-{uuid.uuid4().hex[:8]}"
-        summary: dict[str, Any] = {"samples": 0, "rejects": Counter(), "timings": {}, "shards": [], "frames": 0,
-                                   "llm": Counter(), "already_committed": 0}
-        rejects: list[dict[str, Any]] = []
+        summary = WriteTotals()
+        rejects: list[Rejection] = []
         current: ShardFile | None = None
         rows: list[dict[str, Any]] = []
         seq = 0
@@ -137,26 +125,22 @@ class ShardSink(Datasink):
             committed, kept = commit_shard(run, self.generation, info, rows, fsync=self.cfg.fsync)
             current, rows = None, []
             if committed is not None:
-                summary["shards"].append(committed.__dict__)
+                summary.shards.append(committed.__dict__)
             _injected_kill(run)
-            summary["samples"] += len(kept)
-            summary["frames"] += sum(r["frames_stored"] for r in kept)
+            summary.samples += len(kept)
+            summary.frames += sum(r["frames_stored"] for r in kept)
 
         try:
             for block in blocks:
                 for raw in BlockAccessor.for_block(block).iter_rows(public_row_format=True):
                     task = VideoTask.from_row(dict(raw))
-                    for stage, seconds in (task.meta.get("timings") or {}).items():
-                        spent = summary["timings"].setdefault(stage, [0.0, 0])
-                        spent[0] += seconds
-                        spent[1] += 1
-                    add_llm_usage(summary["llm"], task.meta.get("llm") or {})  # kept and rejected videos
-                    if task.rejected:
-                        rejects.append({"key": task.key, "source": task.source, **task.error})
-                        summary["rejects"][task.error["reason"]] += 1
+                    summary.add_video(task.meta.get("timings") or {}, task.meta.get("llm") or {})  # kept and rejected
+                    if task.error is not None:
+                        rejects.append(task.error)
+                        summary.rejects[task.error.reason] += 1
                         continue
                     if committed_in(run, task.key):  # a retried task's second copy: the first is in the run
-                        summary["already_committed"] += 1
+                        summary.already_committed += 1
                         continue
                     frames = task.frames.get(self.cfg.frame_set, [])
                     sample = build_sample(task.key, frames, sample_meta(task, self.cfg.frame_set),
@@ -177,9 +161,7 @@ class ShardSink(Datasink):
                 current.abort()
             raise
         commit_rejects(run, self.generation, rejects)
-        summary["rejects"] = dict(summary["rejects"])
-        summary["llm"] = dict(summary["llm"])
-        summary["timings"]["write"] = [time.perf_counter() - start, summary["samples"]]
+        summary.add_time("write", time.perf_counter() - start, summary.samples)
         return summary
 
     def on_write_complete(self, write_result: Any) -> None:

@@ -21,7 +21,7 @@ PACKAGES = ("pipeline", "dense_caption", "filters", "shards", "train")
 LAYER_NAMES = ["contract", "video I/O", "stages", "orchestration"]
 
 PIPELINE_LAYERS = {
-    0: ["config_base", "config_errors", "config_load", "config_run", "errors", "records", "redact", "stage",
+    0: ["config_base", "config_errors", "config_load", "config_run", "errors", "meta", "records", "redact", "stage",
         "tables", "task", "video_tokens"],
     1: ["codec_corpus", "config_video", "decode_decord", "decode_log", "decode_pyav", "decoders", "extract",
         "framecode", "frames", "imageops", "manifests", "paths", "probe", "report", "sampling", "sources", "synth",

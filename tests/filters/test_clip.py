@@ -13,7 +13,7 @@ import torch
 from filters.clip_scores import CaptionAgreement, ClipModel, ClipScores, build_aesthetic_head, caption_agreement
 from pipeline.config import load_config
 from pipeline.graph import build_stages
-from pipeline.config_run import ClipFilterConfig
+from filters.config import ClipFilterConfig
 from pipeline.run import run_pipeline
 from pipeline.stage import run_stage
 from pipeline.stages import DecodeStage, ProbeStage
@@ -78,7 +78,7 @@ def test_stage_writes_embedding_and_aesthetic_and_thresholds(tiny_clip, decoded)
     aesthetic = task.meta["scores"]["aesthetic"]
     strict = ClipScores(_cfg(tiny_clip, min_aesthetic=aesthetic + 1), "shard")
     rejected = run_stage(strict, VideoTask("v", "s", dict(decoded.meta), dict(decoded.frames)))
-    assert rejected.error["reason"] == "low_aesthetic" and "min_aesthetic" in rejected.error["detail"]
+    assert rejected.error.reason == "low_aesthetic" and "min_aesthetic" in rejected.error.detail
     kept = run_stage(ClipScores(_cfg(tiny_clip, min_aesthetic=aesthetic + 1, score_only=True), "shard"),
                      VideoTask("v", "s", dict(decoded.meta), dict(decoded.frames)))
     assert not kept.rejected and kept.meta["would_reject"][0].startswith("low_aesthetic")
@@ -98,7 +98,7 @@ def test_frame_text_threshold_rejects_a_mismatched_caption(tiny_clip, decoded):
     meta["captions"] = {"clips": [{"start_s": 0, "end_s": 10, "text": "a test pattern"}], "video": {"text": "colour bars"}}
     task = run_stage(CaptionAgreement(_cfg(tiny_clip, min_frame_text=1.01), "shard"),
                      VideoTask("v", "s", meta, dict(decoded.frames)))
-    assert task.error["reason"] == "caption_mismatch"
+    assert task.error.reason == "caption_mismatch"
     scored = run_stage(CaptionAgreement(_cfg(tiny_clip), "shard"), VideoTask("v", "s", meta, dict(decoded.frames)))
     assert -1 <= scored.meta["scores"]["frame_text_min"] <= scored.meta["scores"]["frame_text_mean"] <= 1
     fresh = dict(decoded.meta, captions=meta["captions"])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from filters.dedup import choose_survivors, exact_pairs, find_duplicates, normalise
-from pipeline.config_run import DedupConfig
+from filters.config import DedupConfig
 from pipeline.run import run_pipeline
 from shards.layout import RunDir
 from shards.reader import open_run, read_index, read_rejects

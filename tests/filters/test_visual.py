@@ -53,15 +53,15 @@ def test_each_cheap_filter_catches_its_video_and_passes_the_normal_one(decoded, 
         scores = task.meta["scores"]
         assert scores["sharpness"] > cfg.min_sharpness and scores["motion"] > cfg.min_motion and scores["blank_ratio"] == 0
     else:
-        assert task.error["reason"] == want and task.error["stage"] == "visual_filter"
-        assert "<" in task.error["detail"] or ">" in task.error["detail"]  # the score and its threshold
+        assert task.error.reason == want and task.error.stage == "visual_filter"
+        assert "<" in task.error.detail or ">" in task.error.detail  # the score and its threshold
 
 
 def test_reject_detail_names_the_score_and_the_threshold(decoded):
     cfg = load_config(None, ["input.path=.", "output.dir=."]).filters.visual.model_copy(update={"frame_set": "caption"})
     task = run_stage(VisualFilter(cfg), _copy(decoded["blurred_20s"]))
     score = task.meta["scores"]["sharpness"]
-    assert task.error["detail"] == f"sharpness {score:.1f} < min_sharpness 100"
+    assert task.error.detail == f"sharpness {score:.1f} < min_sharpness 100"
 
 
 def test_score_only_keeps_the_video_and_records_what_would_have_happened(decoded):

@@ -10,7 +10,7 @@ import pytest
 from filters.length import LengthFilter
 from filters.token_budget import TokenBudget
 from pipeline.config import load_config
-from pipeline.config_run import LengthFilterConfig, TokenBudgetConfig
+from filters.config import LengthFilterConfig, TokenBudgetConfig
 from pipeline.errors import Reason, VideoError
 from pipeline.stage import Stage, run_chain, run_stage
 from pipeline.stages import DecodeStage, ProbeStage
@@ -38,7 +38,7 @@ class Counting(Stage):
 
 def test_a_stage_that_raises_rejects_the_video_instead_of_stopping_the_run():
     task = run_stage(Exploding(), VideoTask("k", "/v.mp4"))
-    assert task.error == {"stage": "exploding", "reason": "internal_error", "detail": "RuntimeError: boom"}
+    assert (task.error.stage, task.error.reason, task.error.detail) == ("exploding", "internal_error", "RuntimeError: boom")
     after = run_stage(Counting(), task)
     assert "seen" not in after.meta  # rejected tasks pass later stages untouched
     assert set(after.meta["timings"]) == {"exploding"}
@@ -102,7 +102,7 @@ def test_decode_stage_rejects_a_decode_that_hangs_or_balloons(video):
         cfg, task = _probed(video("h264_10s"), setting)
         stage = DecodeStage(cfg.sampling, cfg.decode)
         out = run_stage(stage, task)
-        assert out.error["reason"] == reason and out.error["stage"] == "decode", out.error
+        assert out.error.reason == reason and out.error.stage == "decode", out.error
         stage.teardown()
 
 
@@ -125,9 +125,9 @@ def _task(duration=150.0, frames=4500, convs=None, stored=192):
 def test_length_filter_buckets():
     stage = LengthFilter(LengthFilterConfig(min_duration_s=120, max_duration_s=300, max_frames=9000))
     assert not run_stage(stage, _task()).rejected
-    assert run_stage(stage, _task(duration=60)).error["reason"] == "too_short"
-    assert run_stage(stage, _task(duration=400)).error["reason"] == "outside_duration_bucket"
-    assert run_stage(stage, _task(frames=9001)).error["reason"] == "too_many_frames"
+    assert run_stage(stage, _task(duration=60)).error.reason == "too_short"
+    assert run_stage(stage, _task(duration=400)).error.reason == "outside_duration_bucket"
+    assert run_stage(stage, _task(frames=9001)).error.reason == "too_many_frames"
 
 
 def test_token_budget_counts_frames_and_text_per_stage():
@@ -142,8 +142,8 @@ def test_token_budget_counts_frames_and_text_per_stage():
     own.meta["num_frames"] = 50  # the sample names its own count: every stage feeds that many
     assert run_stage(TokenBudget(cfg, "shard"), own).meta["tokens"]["stage2"] == 50 * 156
     tight = cfg.model_copy(update={"stages": [s.model_copy(update={"max_tokens": 1000}) for s in cfg.stages]})
-    assert run_stage(TokenBudget(tight, "shard"), _task()).error["reason"] == "token_budget"
+    assert run_stage(TokenBudget(tight, "shard"), _task()).error.reason == "token_budget"
     any_over = tight.model_copy(update={"drop": "any_over", "stages": [tight.stages[0], cfg.stages[2]]})
-    assert run_stage(TokenBudget(any_over, "shard"), _task()).error["reason"] == "token_budget"
+    assert run_stage(TokenBudget(any_over, "shard"), _task()).error.reason == "token_budget"
     none_fit = any_over.model_copy(update={"drop": "none_fit"})
     assert not run_stage(TokenBudget(none_fit, "shard"), _task()).rejected

@@ -1,0 +1,17 @@
+"""The shard writer's config: which frame set the shards store and how big a shard grows."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from pipeline.config_base import Strict
+
+
+class ShardsConfig(Strict):
+    frame_set: str = Field("shard", description="the sampling set whose frames the shards store")
+    max_samples: Annotated[int, Field(gt=0)] = 100
+    max_bytes: Annotated[int, Field(gt=0)] = 1 << 30
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = "shard"
+    fsync: bool = Field(True, description="flush each shard to disk before it becomes visible")
