@@ -42,13 +42,13 @@ import av
 import numpy as np
 import PIL
 
+from fixtures.videos import SynthError, SynthVideo, make_video
 from pipeline.config import ConfigError, DecodeConfig, FrameSetConfig, ResizeConfig, SamplingConfig, load_config
 from pipeline.decoders import import_decord
 from pipeline.errors import VideoError
 from pipeline.extract import available_cpus, extract_frames
 from pipeline.probe import preflight
 from pipeline.records import VideoInfo
-from pipeline.synth import SynthError, SynthVideo, make_video
 
 log = logging.getLogger("bench.decode")
 decord = import_decord()  # the project's guarded import (decord2 preloads CUDA libraries otherwise)

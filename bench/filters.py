@@ -33,10 +33,10 @@ import numpy as np  # noqa: E402
 from filters.dedup import find_duplicates  # noqa: E402
 from filters.visual import visual_scores  # noqa: E402
 from filters.config import ClipFilterConfig, DedupConfig  # noqa: E402
+from fixtures.videos import SynthVideo, make_video  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.extract import extract_frames  # noqa: E402
 from pipeline.probe import preflight  # noqa: E402
-from pipeline.synth import SynthVideo, make_video  # noqa: E402
 
 
 def cpu_median(fn, repeats: int) -> float:

@@ -38,7 +38,7 @@ SETS = (
 
 
 def make_videos(folder: Path, count: int, duration: float) -> Path:
-    from pipeline.synth import SynthVideo, make_video
+    from fixtures.videos import SynthVideo, make_video
 
     for n in range(count):
         make_video(SynthVideo(f"llm_{n:02d}", duration_s=duration + n, width=320, height=180, fps=10, audio=False), folder)
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         url, model = args.url, args.model or parser.error("--model is needed with --url")
     else:
-        from dense_caption.local_server import CPU_SERVER_ARGS, CPU_SERVER_ENV, SERVED_NAME, ensure_tiny_vlm, vllm_python
         from dense_caption.managed import ManagedServer
+        from fixtures.local_vllm import CPU_SERVER_ARGS, CPU_SERVER_ENV, SERVED_NAME, ensure_tiny_vlm, vllm_python
 
         log = args.workdir / "llm-bench-server.log"
         env = dict(CPU_SERVER_ENV)

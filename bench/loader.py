@@ -27,10 +27,10 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import machine, table, target, targets_table  # noqa: E402
+from fixtures.videos import SynthVideo, make_video  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.decoders import import_decord  # noqa: E402
 from pipeline.run import run_pipeline  # noqa: E402
-from pipeline.synth import SynthVideo, make_video  # noqa: E402
 
 FRAMES = 128
 TURNS = [{"from": "human", "value": "<image>\nWhat happens in the video?"},
@@ -59,9 +59,9 @@ def make_shards(work: Path, n: int, seconds: int) -> tuple[list[Path], Path]:
 def ours(run_dir: Path) -> tuple[float, int]:
     import webdataset as wds
 
+    from fixtures.tiny_train_model import build_tokenizer
     from train.chat import ChatEncoder
     from train.data import DataConfig, shard_urls, training_items
-    from train.tiny import build_tokenizer
 
     encoder = ChatEncoder(build_tokenizer(), image_token="<video>")
     cfg = DataConfig(shards=str(run_dir), frames=FRAMES, shuffle_buffer=0)

@@ -38,9 +38,9 @@ from pathlib import Path
 import av
 
 from bench.common import machine, table, target, targets_table  # noqa: E402
+from fixtures.videos import SynthVideo, make_video  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.run import init_ray, run_pipeline  # noqa: E402
-from pipeline.synth import SynthVideo, make_video  # noqa: E402
 
 log = logging.getLogger("bench.pipeline")
 

@@ -32,9 +32,9 @@ TURNS = [{"from": "human", "value": "<image>\nWhat happens in the video?"},
 
 
 def make_shards(work: Path, n: int) -> Path:
+    from fixtures.videos import SynthVideo, make_video
     from pipeline.config import load_config
     from pipeline.run import run_pipeline
-    from pipeline.synth import SynthVideo, make_video
 
     out = work / "out"
     if (out / "index.parquet").exists():

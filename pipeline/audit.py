@@ -26,8 +26,7 @@ from pipeline.extract import available_cpus
 from pipeline.frames import swscale_rgb
 from pipeline.imageops import decode_jpeg
 from pipeline.paths import PROTOCOL_WHITELIST
-from pipeline.probe import ffprobe_binary, run_ffprobe
-from pipeline.synth import ffmpeg_binary
+from pipeline.probe import ffmpeg_binary, ffprobe_binary, run_ffprobe
 from shards.layout import FRAME_MEMBER, META_MEMBER
 from shards.reader import iter_tar_samples, open_run, read_index, read_run_json
 

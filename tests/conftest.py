@@ -11,8 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["PROLONGVID_STRICT_META"] = "1"  # every product stage's writes are checked against pipeline/meta.py
 
+from fixtures.videos import CATALOGUE, can_encode, make_bad_file, make_video  # noqa: E402
 from pipeline.config import RunConfig, load_config  # noqa: E402
-from pipeline.synth import CATALOGUE, can_encode, make_bad_file, make_video  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,12 @@ Layers, bottom to top (a module may import its own layer and those below):
   2 stages         the stage packages (filters/, dense_caption/, shards/), train/, the video stages
   3 orchestration  the stage graph, a run, the CLI, the demo, the Ray cluster helpers
 
+Beside them, not part of the pipeline:
+  4 fixtures       synthetic videos, the codec corpus, tiny random models, the local vLLM server (fixtures/):
+                   for the demo, the tests and the benches. Fixtures may import contract, video I/O and
+                   stages; a product module imports fixtures only if FIXTURE_USERS lists it, and only the
+                   fixtures listed there (the demo's examples and tiny VLM, the trainer's `model.tiny` switch).
+
 Imports inside functions count as much as those at the top of a file: a lazy import
 that points up is still a dependency on the layer above.
 """
@@ -17,19 +23,26 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("pipeline", "dense_caption", "filters", "shards", "train")
-LAYER_NAMES = ["contract", "video I/O", "stages", "orchestration"]
+PACKAGES = ("pipeline", "dense_caption", "filters", "fixtures", "shards", "train")
+LAYER_NAMES = ["contract", "video I/O", "stages", "orchestration", "fixtures"]
+FIXTURES = LAYER_NAMES.index("fixtures")
 
 PIPELINE_LAYERS = {
     0: ["config_base", "config_errors", "config_load", "config_run", "errors", "meta", "records", "redact", "stage",
         "tables", "task", "video_tokens"],
-    1: ["codec_corpus", "config_video", "decode_decord", "decode_log", "decode_pyav", "decoders", "extract",
-        "framecode", "frames", "imageops", "manifests", "paths", "probe", "report", "sampling", "sources", "synth",
-        "watchdog"],
+    1: ["config_video", "decode_decord", "decode_log", "decode_pyav", "decoders", "extract", "frames",
+        "imageops", "manifests", "paths", "probe", "report", "sampling", "sources", "watchdog"],
     2: ["stages"],
     3: ["__init__", "__main__", "audit", "cli", "config", "demo", "graph", "run", "run_summary", "raystop"],
 }
 STAGE_PACKAGES = ("dense_caption", "filters", "shards", "train")  # every module of these sits in layer 2
+
+# The only product modules that may import fixtures, and which fixtures each may import: the entry points that
+# run on made-up inputs (the demo's example videos and tiny VLM) and the trainer's `model.tiny: true` switch.
+FIXTURE_USERS = {
+    "pipeline.demo": {"fixtures.videos", "fixtures.local_vllm"},
+    "train.trainer": {"fixtures.tiny_train_model"},
+}
 
 
 def module_files() -> dict[str, Path]:
@@ -43,6 +56,8 @@ def module_files() -> dict[str, Path]:
 
 def layer_of(module: str) -> int | None:
     pkg, _, rest = module.partition(".")
+    if pkg == "fixtures":
+        return FIXTURES
     if pkg in STAGE_PACKAGES:
         return 2
     for layer, names in PIPELINE_LAYERS.items():
@@ -128,14 +143,42 @@ def test_no_layer_list_names_a_missing_module():
 
 
 def test_no_import_points_up():
+    """Within the product; imports of fixtures have their own rule below."""
     upward = []
     for mod, deps in sorted(import_graph().items()):
         mine = layer_of(mod)
         for dep in sorted(deps):
             theirs = layer_of(dep)
+            if theirs == FIXTURES:
+                continue
             if mine is not None and theirs is not None and theirs > mine:
                 upward.append(f"{mod} ({LAYER_NAMES[mine]}) -> {dep} ({LAYER_NAMES[theirs]})")
     assert not upward, "imports that point up a layer:\n" + "\n".join(upward)
+
+
+def test_product_imports_fixtures_only_from_entry_points():
+    files = module_files()
+    stale = sorted({name for mod, allowed in FIXTURE_USERS.items() for name in {mod, *allowed}} - set(files))
+    assert not stale, f"FIXTURE_USERS names modules that do not exist: {stale}"
+    wrong = []
+    for mod, deps in sorted(import_graph().items()):
+        if layer_of(mod) == FIXTURES:
+            continue
+        for dep in sorted(d for d in deps if layer_of(d) == FIXTURES):
+            if dep not in FIXTURE_USERS.get(mod, set()):
+                wrong.append(f"{mod} -> {dep}")
+    assert not wrong, (
+        "product modules that import fixtures (synthetic inputs, tiny models: never the pipeline's real data path);\n"
+        "move what they need into the product, or, for an entry point that runs on made-up inputs, add the import\n"
+        "to FIXTURE_USERS:\n" + "\n".join(wrong))
+
+
+def test_fixtures_import_no_orchestration():
+    """Fixtures build on the contract, video I/O and the stages, never on a run, the graph or the CLI."""
+    wrong = [f"{mod} -> {dep} ({LAYER_NAMES[layer_of(dep)]})"
+             for mod, deps in sorted(import_graph().items()) if layer_of(mod) == FIXTURES
+             for dep in sorted(deps) if layer_of(dep) not in (0, 1, 2, FIXTURES)]
+    assert not wrong, "fixtures importing orchestration:\n" + "\n".join(wrong)
 
 
 def test_no_import_cycle():
@@ -151,6 +194,7 @@ def test_the_checks_see_lazy_imports_and_cycles(tmp_path):
     assert imports_of("pipeline.m", src, known) == {"pipeline.run", "shards.ledger"}
     assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
     assert layer_of("pipeline.run") == 3 and layer_of("pipeline.stage") == 0 and layer_of("train.model") == 2
+    assert layer_of("fixtures.videos") == FIXTURES
 
 
 def test_the_readme_architecture_table_places_modules_as_this_test_does():

@@ -48,7 +48,7 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 
 def load_parts(cfg: TrainConfig) -> tuple[Any, Any]:
     """Tokenizer and model as stored (the checkpoint's own dtype); `prepare` sets what trains and its precision."""
-    from train.tiny import build_model, build_tokenizer
+    from fixtures.tiny_train_model import build_model, build_tokenizer
 
     if cfg.model.tiny:
         tokenizer = build_tokenizer()

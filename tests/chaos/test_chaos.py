@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.synth import SynthVideo, make_video
+from fixtures.videos import SynthVideo, make_video
 from shards.layout import CONVERSATIONS_MEMBER
 from shards.reader import iter_tar_samples
 from shards.sink import FAULT_KILL_AFTER_COMMIT, FAULT_PAUSE_BEFORE_COMMIT

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dense_caption.local_server import (
+from dense_caption.managed import ManagedServer
+from fixtures.local_vllm import (
     CPU_SERVER_ARGS as VLLM_CPU_ARGS,
     CPU_SERVER_ENV as VLLM_CPU_ENV,
     SERVED_NAME as SERVED_MODEL_NAME,
@@ -21,8 +22,7 @@ from dense_caption.local_server import (
     NoVLLM,
     ensure_tiny_vlm,
 )
-from dense_caption.local_server import vllm_python as find_vllm_python
-from dense_caption.managed import ManagedServer
+from fixtures.local_vllm import vllm_python as find_vllm_python
 
 
 

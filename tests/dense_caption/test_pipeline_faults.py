@@ -14,8 +14,8 @@ import webdataset as wds
 
 from dense_caption.config import QA_TYPES
 from dense_caption.http_backend import ServerUnavailable
+from fixtures.videos import SynthVideo, make_video
 from pipeline.run import run_pipeline
-from pipeline.synth import SynthVideo, make_video
 from shards.reader import open_run, read_index, read_rejects
 from shards.verify import verify_run
 from tests.conftest import pipeline_config

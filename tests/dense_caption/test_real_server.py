@@ -20,9 +20,9 @@ from dense_caption.captions import windows
 from dense_caption.config import QA_TYPES
 from dense_caption.http_backend import ServerUnavailable
 from dense_caption.managed import free_port
-from dense_caption.local_server import SERVED_NAME
+from fixtures.local_vllm import SERVED_NAME
+from fixtures.videos import SynthVideo, make_video
 from pipeline.run import run_pipeline
-from pipeline.synth import SynthVideo, make_video
 from shards.reader import open_run, read_index, read_rejects
 from shards.verify import verify_run
 from tests.conftest import pipeline_config
@@ -181,7 +181,7 @@ def test_ray_engine_backend_serves_from_ray_actors(one_video, vllm_python, tiny_
     import psutil
     import ray
 
-    from dense_caption.local_server import CPU_SERVER_ENV
+    from fixtures.local_vllm import CPU_SERVER_ENV
 
     def engine_servers() -> dict[int, psutil.Process]:
         return {p.pid: p for p in psutil.process_iter(["cmdline"])

@@ -8,8 +8,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from pipeline import framecode
-from pipeline.codec_corpus import CodedVideo
+from fixtures import framecode
+from fixtures.codec_corpus import CodedVideo
 from pipeline.config import FrameSetConfig, ResizeConfig, SamplingConfig
 from pipeline.records import DecodeResult
 from pipeline.sampling import uniform_indices

@@ -8,8 +8,8 @@ import tarfile
 
 import pytest
 
+from fixtures.codec_corpus import CORPUS, make_coded
 from pipeline.cli import main
-from pipeline.codec_corpus import CORPUS, make_coded
 from pipeline.run import run_pipeline
 from shards.reader import open_run, read_index
 from tests.conftest import pipeline_config

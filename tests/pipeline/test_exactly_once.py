@@ -19,8 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fixtures.videos import SynthVideo, make_video
 from pipeline.run import run_pipeline
-from pipeline.synth import SynthVideo, make_video
 from shards.sink import FAULT_KILL_AFTER_COMMIT
 from tests.conftest import pipeline_config
 from tests.contents import assert_clean, content

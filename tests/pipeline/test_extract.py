@@ -5,12 +5,12 @@ import subprocess
 import numpy as np
 import pytest
 
+from fixtures.videos import BAD_KINDS, CLOCK_RATE, ffmpeg_binary
 from pipeline.config import DecodeConfig, FrameSetConfig, ProbeConfig, ResizeConfig, SamplingConfig
 from pipeline.errors import Reason, VideoError
 from pipeline.extract import extract_frames
 from pipeline.imageops import decode_jpeg
 from pipeline.probe import preflight
-from pipeline.synth import BAD_KINDS, CLOCK_RATE, ffmpeg_binary
 
 NATIVE = ResizeConfig(policy="none")
 BACKENDS = ["decord", "pyav"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.codec_corpus import CORPUS, can_make, encoder_of, make_coded
+from fixtures.codec_corpus import CORPUS, can_make, encoder_of, make_coded
 from pipeline.config import DecodeConfig
 from pipeline.extract import extract_frames
 from pipeline.probe import preflight

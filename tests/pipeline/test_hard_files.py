@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from filters.visual import first_failure, visual_scores
-from pipeline.codec_corpus import CORPUS, CodedVideo, make_coded
+from fixtures.codec_corpus import CORPUS, CodedVideo, make_coded
+from fixtures.videos import SynthVideo, make_video
 from pipeline.config import DecodeConfig, ProbeConfig, SamplingConfig, load_config
 from pipeline.errors import Reason, VideoError
 from pipeline.extract import extract_frames
 from pipeline.probe import probe_video
 from pipeline.sources import load_sources
-from pipeline.synth import SynthVideo, make_video
 from tests.pipeline.identity import read_jpeg
 
 ROOT = Path(__file__).resolve().parents[2]

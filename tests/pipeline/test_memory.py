@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from pipeline.synth import SynthVideo, make_video
+from fixtures.videos import SynthVideo, make_video
 
 LONG = SynthVideo("long_2h_lowres", duration_s=7200, width=128, height=72, fps=4, audio=False, keyint=40)
 BOUND_MB = 300

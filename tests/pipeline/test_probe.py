@@ -1,9 +1,9 @@
 import pytest
 
+from fixtures.videos import SynthVideo, make_video
 from pipeline.config import LimitsConfig, ProbeConfig
 from pipeline.errors import Reason, VideoError
 from pipeline.probe import check_limits, preflight, probe_video
-from pipeline.synth import SynthVideo, make_video
 
 
 def test_h264_with_audio_is_described_fully(video):

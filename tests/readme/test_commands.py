@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.synth import SynthVideo, make_video
+from fixtures.videos import SynthVideo, make_video
 from tests.chaos.cluster import NODE_IP, Namespace, namespaces_available
 from tests.readme.blocks import ROOT, cpu_form, readme_blocks
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.videos import SynthVideo, make_video
 from pipeline.run import run_pipeline
-from pipeline.synth import SynthVideo, make_video
 from shards.reader import open_run
 from shards.viewer import build_site
 from tests.dense_caption.fake_llm import FakeLLM, text_of

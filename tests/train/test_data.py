@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from fixtures.tiny_train_model import build_tokenizer
 from pipeline.run import run_pipeline
 from pipeline.sampling import uniform_indices
 from shards.reader import iter_tar_samples
@@ -15,7 +16,6 @@ from tests.conftest import pipeline_config
 from train.chat import IGNORE, ChatEncoder
 from train.data import DataConfig, build_dataset, shard_urls, training_items
 from train.frames import frame_indices
-from train.tiny import build_tokenizer
 
 TURNS = [
     {"from": "human", "value": "<image>\nWhat happens in the video?"},

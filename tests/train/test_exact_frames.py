@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import webdataset as wds
 
+from fixtures.tiny_train_model import build_tokenizer
+from fixtures.videos import CLOCK_RATE
 from pipeline.run import run_pipeline
 from pipeline.sampling import uniform_indices
-from pipeline.synth import CLOCK_RATE
 from tests.conftest import pipeline_config
 from tests.train.synth import write_run
 from train.chat import ChatEncoder
 from train.data import DataConfig, LoaderCounts, shard_urls, training_items
-from train.tiny import build_tokenizer
 
-SOURCE_FRAMES = {"clock_10s": 300, "h264_2min": 1800}  # 10 s at 30 fps, 120 s at 15 fps (pipeline/synth.py)
+SOURCE_FRAMES = {"clock_10s": 300, "h264_2min": 1800}  # 10 s at 30 fps, 120 s at 15 fps (fixtures/videos.py)
 TURNS = [{"from": "human", "value": "<image>\nWhat happens?"}, {"from": "gpt", "value": "Time passes."}]
 
 

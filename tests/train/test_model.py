@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fixtures.tiny_train_model import build_model, build_tokenizer
 from train.chat import ChatEncoder
 from train.model import VideoLlava, pool_frames, tokens_per_frame
-from train.tiny import build_model, build_tokenizer
 
 TURNS = [{"from": "human", "value": "<image>\nWhat happens in the video?"},
          {"from": "gpt", "value": "A person walks across the room."}]

@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fixtures.tiny_train_model import build_model, build_tokenizer
 from pipeline.config import load_config
 from tests.train.synth import write_run
 from train import checkpoint
 from train.config import TrainConfig
-from train.tiny import build_model, build_tokenizer
 from train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fixtures.tiny_train_model import build_tokenizer
 from train.chat import IGNORE, ChatEncoder
-from train.tiny import build_tokenizer
 
 SYSTEM = "You are a helpful assistant."
 TURNS = [
