@@ -63,7 +63,7 @@ def ours(run_dir: Path) -> tuple[float, int]:
     from train.chat import ChatEncoder
     from train.data import DataConfig, shard_urls, training_items
 
-    encoder = ChatEncoder(build_tokenizer(), image_token="<video>")
+    encoder = ChatEncoder(build_tokenizer(), video_token="<video>")
     cfg = DataConfig(shards=str(run_dir), frames=FRAMES, shuffle_buffer=0)
     start = time.perf_counter()
     samples = wds.WebDataset(shard_urls(str(run_dir)), shardshuffle=False, empty_check=False)

@@ -82,7 +82,8 @@ def compute_only(shards: Path, steps: int, frames: int) -> dict:
     from train.model import tokens_per_frame
     from train.batching import DataStream
     from train import optim
-    from train.trainer import load_parts, prepare, summed_loss
+    from train.loss import summed_loss
+    from train.trainer import load_parts, prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(ROOT / "configs/train/tiny_debug.yaml", train_sets(shards, Path(tmp), steps, frames),
@@ -91,7 +92,7 @@ def compute_only(shards: Path, steps: int, frames: int) -> dict:
         tokenizer, model = load_parts(cfg)
         prepare(cfg, model, None)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"tokens_per_frame": tokens_per_frame(model.config)})})
-        batch = next(DataStream(cfg, ChatEncoder(tokenizer, image_token=cfg.model.video_token), tokenizer.pad_token_id).batches())
+        batch = next(DataStream(cfg, ChatEncoder(tokenizer, video_token=cfg.model.video_token), tokenizer.pad_token_id).batches())
         batch.pop("ids")
         model.train()
         optimizer = optim.build_optimizer(model, cfg.optim.lr.model_dump(), cfg.optim.betas, cfg.optim.weight_decay)

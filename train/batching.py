@@ -13,17 +13,21 @@ epoch, the items taken from each worker, the next worker and the items still
 waiting in buckets; a resumed stream restarts each worker at its first item
 not yet trained, restores the waiting ones into their buckets, and continues
 the round robin, so the batches are the ones an uninterrupted run makes.
+The records involved (`WorkerItem`, `WorkerEnd`, `DataPosition`) are in
+`train/position.py`.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 
 from train.chat import IGNORE, ChatEncoder
 from train.data import build_dataset
+from train.position import DataPosition, WorkerEnd, WorkerItem
 
 def collate(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     frames = {tuple(i["pixel_values"].shape) for i in items}
@@ -41,31 +45,53 @@ def collate(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]
             "ids": [str(i.get("id", "")) for i in items]}  # fmt: skip
 
 
-class DataStream:
-    """Endless batches over epochs; `state()` is what a checkpoint keeps to continue them exactly."""
+@dataclass
+class Taken:
+    """An item in the stream's canonical order; `restored`: it was waiting in a bucket at the checkpoint."""
 
-    def __init__(self, cfg: Any, encoder: ChatEncoder, pad_id: int, epoch: int = 0, consumed: Any = 0,
-                 pending: list[Any] | None = None, next_worker: int = 0):  # fmt: skip
+    source: WorkerItem
+    restored: bool = False
+
+
+@dataclass
+class EpochEnd:
+    """Every worker's stream of the epoch has ended: partial buckets go out."""
+
+    epoch: int
+
+
+class DataStream:
+    """Endless batches over epochs; `position` (`state()` as plain data) is what a checkpoint keeps to continue them
+    exactly, `restore` (or the constructor's `position` / `**state`) continues from it."""
+
+    def __init__(self, cfg: Any, encoder: ChatEncoder, pad_id: int, position: DataPosition | None = None,
+                 **state: Any):  # fmt: skip
         self.cfg, self.encoder, self.pad_id = cfg, encoder, pad_id
         self.workers = max(1, cfg.data.num_workers)
-        self.epoch = epoch
-        counts = consumed if isinstance(consumed, list) else [consumed]
-        self.consumed = (list(counts) + [0] * self.workers)[: self.workers]  # items taken from each worker's stream
-        self.next_worker = next_worker % self.workers
-        self._replay = [tuple(p) for p in (pending or []) if isinstance(p, (list, tuple))]  # (worker, item) in bucket order
-        self._buckets: dict[tuple[int, int], list[tuple[tuple[int, int], dict[str, Any]]]] = {}
+        self._buckets: dict[tuple[int, int], list[WorkerItem]] = {}
+        self.restore(position if position is not None else DataPosition.from_state(state))
+
+    def restore(self, position: DataPosition) -> None:
+        """Continue from `position` (before the first batch is drawn)."""
+        self.epoch = position.epoch
+        self.consumed = (list(position.consumed) + [0] * self.workers)[: self.workers]  # items taken from each worker
+        self.next_worker = position.next_worker % self.workers
+        self._replay = [tuple(p) for p in position.pending]  # (worker, index) in bucket order
 
     @property
-    def pending(self) -> list[list[int]]:
-        """(worker, item) of everything waiting in buckets, in the order it arrived."""
-        return [list(key) for bucket in self._buckets.values() for key, _ in bucket]
+    def pending(self) -> list[tuple[int, int]]:
+        """(worker, index) of everything waiting in buckets, in the order it arrived."""
+        return [waiting.key for bucket in self._buckets.values() for waiting in bucket]
+
+    @property
+    def position(self) -> DataPosition:
+        return DataPosition(self.epoch, list(self.consumed), self.pending, self.next_worker)
 
     def state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "consumed": list(self.consumed), "pending": self.pending,
-                "next_worker": self.next_worker}  # fmt: skip
+        return self.position.to_state()
 
-    def _items(self) -> Iterator[tuple[str, tuple[int, int], dict[str, Any]] | None]:
-        """('restore' | 'new', (worker, item), item) in one canonical order: round robin over the loader workers.
+    def _items(self) -> Iterator[Taken | EpochEnd]:
+        """Items in one canonical order, round robin over the loader workers, then the epoch's end; epoch after epoch.
 
         The canonical order depends only on the workers' streams, so an uninterrupted run and a resumed one
         agree whatever order the DataLoader delivers in; items from before the checkpoint are dropped, except
@@ -76,43 +102,42 @@ class DataStream:
             skips = [min([i for w, i in replay if w == worker] + [before[worker]]) for worker in range(self.workers)]
             dataset = build_dataset(self.cfg.data, self.encoder, epoch=self.epoch, skip=skips)
             loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.cfg.data.num_workers)
-            queues: list[deque] = [deque() for _ in range(self.workers)]
-            restored: dict[tuple[int, int], dict[str, Any]] = {}
+            queues: list[deque[WorkerItem | WorkerEnd]] = [deque() for _ in range(self.workers)]
+            restored: dict[tuple[int, int], WorkerItem] = {}
             active, seen = [True] * self.workers, 0
-            for item in loader:
-                worker = item["_w"]
-                if item.get("_end"):
-                    queues[worker].append(None)
-                elif item["_i"] < before[worker]:  # from before the checkpoint
-                    if (worker, item["_i"]) in replay:
-                        restored[(worker, item["_i"])] = item
+            for got in loader:
+                if isinstance(got, WorkerEnd):
+                    queues[got.worker].append(got)
+                elif got.index < before[got.worker]:  # from before the checkpoint
+                    if got.key in replay:
+                        restored[got.key] = got
                     continue
                 else:
-                    queues[worker].append(item)
+                    queues[got.worker].append(got)
                 if replay and len(restored) == len(replay):
                     for key in replay:
-                        yield "restore", key, restored.pop(key)
+                        yield Taken(restored.pop(key), restored=True)
                     replay = []
                 if not replay:
-                    for entry in self._round_robin(queues, active):
+                    for taken in self._round_robin(queues, active):
                         seen += 1
-                        yield entry
+                        yield taken
             for key in replay:  # the loader ended: whatever could be restored, then the rest of the queues
                 if key in restored:
-                    yield "restore", key, restored.pop(key)
-            for entry in self._round_robin(queues, active):
+                    yield Taken(restored.pop(key), restored=True)
+            for taken in self._round_robin(queues, active):
                 seen += 1
-                yield entry
+                yield taken
             if seen == 0 and self.epoch_is_empty(before):
                 raise RuntimeError(f"no training items in {self.cfg.data.shards} for this rank (fewer shards than ranks?)")
             self._replay = []
-            yield None  # the epoch ends: partial buckets go out
+            yield EpochEnd(self.epoch)
             self.epoch, self.consumed, self.next_worker = self.epoch + 1, [0] * self.workers, 0
 
     def epoch_is_empty(self, before: list[int]) -> bool:
         return not any(before) and not self._buckets
 
-    def _round_robin(self, queues: list[deque], active: list[bool]) -> Iterator[tuple[str, tuple[int, int], dict[str, Any]]]:
+    def _round_robin(self, queues: list[deque[WorkerItem | WorkerEnd]], active: list[bool]) -> Iterator[Taken]:
         while any(active):
             worker = self.next_worker
             if not active[worker]:
@@ -120,13 +145,13 @@ class DataStream:
                 continue
             if not queues[worker]:
                 return  # wait for the loader to deliver this worker's next item
-            item = queues[worker].popleft()
+            got = queues[worker].popleft()
             self.next_worker = (worker + 1) % self.workers
-            if item is None:
+            if isinstance(got, WorkerEnd):
                 active[worker] = False
                 continue
-            self.consumed[worker] = item["_i"] + 1
-            yield "new", (worker, item["_i"]), item
+            self.consumed[worker] = got.index + 1
+            yield Taken(got)
 
     def _key(self, item: dict[str, Any]) -> tuple[int, int]:
         width = self.cfg.data.length_bucket_tokens
@@ -135,13 +160,13 @@ class DataStream:
     def batches(self) -> Iterator[dict[str, torch.Tensor]]:
         size = self.cfg.data.batch_size
         for entry in self._items():
-            if entry is None:  # partial buckets go out in the order their first item came
-                for key in sorted(self._buckets, key=lambda k: self._buckets[k][0][0]):
-                    yield collate([item for _, item in self._buckets.pop(key)], self.pad_id)
+            if isinstance(entry, EpochEnd):  # partial buckets go out, ordered by their first item's (worker, index)
+                for key in sorted(self._buckets, key=lambda k: self._buckets[k][0].key):
+                    yield collate([waiting.item for waiting in self._buckets.pop(key)], self.pad_id)
                 continue
-            kind, tag, item = entry
-            bucket = self._buckets.setdefault(self._key(item), [])
-            bucket.append((tag, item))
-            if kind == "new" and len(bucket) == size:
-                del self._buckets[self._key(item)]
-                yield collate([x for _, x in bucket], self.pad_id)
+            key = self._key(entry.source.item)
+            bucket = self._buckets.setdefault(key, [])
+            bucket.append(entry.source)
+            if not entry.restored and len(bucket) == size:
+                del self._buckets[key]
+                yield collate([waiting.item for waiting in bucket], self.pad_id)

@@ -4,7 +4,8 @@ Layout (LLaVA-NeXT's qwen template, as the paper trained):
     <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
     <|im_start|>user\\n<image>\\n{question}<|im_end|>\\n
     <|im_start|>assistant\\n{answer}<|im_end|>\\n  ...
-`<image>` (in a human turn) becomes `video_tokens` copies of the image token.
+`<image>` (in a human turn; LLaVA data writes it for a video too) becomes `video_tokens` copies of the video
+token (`model.video_token`, `<video>` in LLaVA-OneVision).
 
 Loss masks:
 - `paper` (LLaVA-NeXT's `preprocess_qwen`): every token of each assistant
@@ -24,16 +25,17 @@ from typing import Any
 
 IGNORE = -100
 SYSTEM = "You are a helpful assistant."
-VIDEO_PLACEHOLDER = "<image>"
+# The media placeholder in a LLaVA conversation's text: LLaVA data writes "<image>" for a video too.
+MEDIA_PLACEHOLDER = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 MASKS = ("paper", "assistant_only")
 PLACEMENTS = ("front", "in_place")
 
 
-def place_image(value: str, placement: str) -> str:
+def place_placeholder(value: str, placement: str) -> str:
     """`front`: one `<image>` not already leading the turn moves to its front, then a newline (the paper's rule)."""
-    if placement == "front" and value.count(VIDEO_PLACEHOLDER) == 1 and not value.startswith(VIDEO_PLACEHOLDER):
-        return (VIDEO_PLACEHOLDER + "\n" + value.replace(VIDEO_PLACEHOLDER, "").strip()).strip()
+    if placement == "front" and value.count(MEDIA_PLACEHOLDER) == 1 and not value.startswith(MEDIA_PLACEHOLDER):
+        return (MEDIA_PLACEHOLDER + "\n" + value.replace(MEDIA_PLACEHOLDER, "").strip()).strip()
     return value
 
 
@@ -41,27 +43,31 @@ def place_image(value: str, placement: str) -> str:
 class Encoded:
     input_ids: list[int]
     labels: list[int]
-    video_positions: int  # how many image tokens were inserted
+    video_positions: int  # how many video tokens were inserted
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
 class ChatEncoder:
-    """Turns LLaVA conversations into (input_ids, labels) with a given tokenizer and video token count."""
+    """Turns LLaVA conversations into (input_ids, labels) with a given tokenizer and video token count.
 
-    def __init__(self, tokenizer: Any, image_token: str = VIDEO_PLACEHOLDER, system: str = SYSTEM,
+    `video_token`: the token the placeholder expands to (the trainer passes `model.video_token`); the default is
+    the placeholder's own `<image>` token.
+    """
+
+    def __init__(self, tokenizer: Any, video_token: str = MEDIA_PLACEHOLDER, system: str = SYSTEM,
                  mask: str = "paper", image_placement: str = "front"):  # fmt: skip
         if mask not in MASKS or image_placement not in PLACEMENTS:
             raise ValueError(f"mask must be one of {MASKS}, image_placement one of {PLACEMENTS}")
         self.tok = tokenizer
         self.system = system
         self.mask, self.placement = mask, image_placement
-        self.image_id = tokenizer.convert_tokens_to_ids(image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(video_token)
         self.im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
         self.im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         unknown = getattr(tokenizer, "unk_token_id", None)
-        for name, tid in (("image", self.image_id), ("<|im_start|>", self.im_start), ("<|im_end|>", self.im_end)):
+        for name, tid in ((video_token, self.video_token_id), ("<|im_start|>", self.im_start), ("<|im_end|>", self.im_end)):
             if tid is None or (unknown is not None and tid == unknown):
                 raise ValueError(f"tokenizer has no {name} token: add it as a special token")
         newline = self._text("\n")
@@ -98,9 +104,10 @@ class ChatEncoder:
                 add(nl, paper)
                 continue
             add([self.im_start] + self._text(role) + nl, False)
-            if VIDEO_PLACEHOLDER in value:
-                before, _, after = place_image(value, self.placement).partition(VIDEO_PLACEHOLDER)
-                add(self._text(before) + [self.image_id] * video_tokens + self._text(after.replace(VIDEO_PLACEHOLDER, "")), False)
+            if MEDIA_PLACEHOLDER in value:
+                before, _, after = place_placeholder(value, self.placement).partition(MEDIA_PLACEHOLDER)
+                video = [self.video_token_id] * video_tokens
+                add(self._text(before) + video + self._text(after.replace(MEDIA_PLACEHOLDER, "")), False)
                 placed += video_tokens
             else:
                 add(self._text(value), False)

@@ -30,6 +30,7 @@ from pipeline.video_tokens import TOKENS_PER_FRAME
 from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER
 from train.chat import ChatEncoder
 from train.frames import pick_frames
+from train.position import WorkerEnd, WorkerItem
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,8 @@ def training_items(
 ) -> Iterator[dict[str, Any]]:
     """webdataset samples (raw bytes) -> one item per conversation: pixel_values, input_ids, labels.
 
-    `skip` items are passed over without decoding their frames (resuming mid-epoch).
+    `skip` items are passed over without decoding their frames (resuming mid-epoch); `counts.items` counts every
+    item made, so while an item is yielded, `counts.items - 1` is its place in the stream.
     """
     import torch
 
@@ -193,8 +195,7 @@ def training_items(
                     log.warning("skipping sample %s: %s", sample.get("__key__"), problem)
             if pixels[k] is None:
                 continue
-            yield {
-                "_i": counts.items - 1,  # the item's place in this worker's stream (exact resume)
+            yield {  # its place in this stream (exact resume) is counts.items - 1, as `worker_items` reads it
                 "key": sample["__key__"],
                 "id": record.get("id") or f"{sample['__key__']}#{number}",
                 "frame_indices": pick.positions,
@@ -214,16 +215,17 @@ def item_frames(cfg: DataConfig, record: dict[str, Any], meta: dict[str, Any], s
     return cfg.frames if cfg.frame_count == "fixed" else min(cfg.frames, stored)
 
 
-def worker_items(src: Iterator[dict[str, Any]], cfg: DataConfig, encoder: ChatEncoder, skips: list[int]) -> Iterator[dict[str, Any]]:
-    """One loader worker's items, tagged with the worker (`_w`), then an end marker so the reader knows it is done."""
+def worker_items(src: Iterator[dict[str, Any]], cfg: DataConfig, encoder: ChatEncoder,
+                 skips: list[int]) -> Iterator[WorkerItem | WorkerEnd]:  # fmt: skip
+    """One loader worker's items, each with its worker and place in the stream, then the end of the stream."""
     import torch.utils.data
 
     info = torch.utils.data.get_worker_info()
     worker = info.id if info is not None else 0
-    for item in training_items(src, cfg, encoder, skip=skips[worker] if worker < len(skips) else 0):
-        item["_w"] = worker
-        yield item
-    yield {"_w": worker, "_end": True}
+    counts = LoaderCounts()
+    for item in training_items(src, cfg, encoder, counts, skip=skips[worker] if worker < len(skips) else 0):
+        yield WorkerItem(worker, counts.items - 1, item)  # items dropped after counting keep their places
+    yield WorkerEnd(worker)
 
 
 def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0, skip: int | list[int] = 0) -> Any:

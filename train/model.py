@@ -73,18 +73,10 @@ class VideoLlava(LlavaOnevisionForConditionalGeneration):
             p.requires_grad_(False)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters by part, for per-part learning rates."""
-        groups: dict[str, list[nn.Parameter]] = {"vision_tower": [], "projector": [], "language_model": []}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            if "vision_tower" in name:
-                groups["vision_tower"].append(p)
-            elif "multi_modal_projector" in name or "image_newline" in name:
-                groups["projector"].append(p)
-            else:
-                groups["language_model"].append(p)
-        return groups
+        """Trainable parameters by part, for per-part learning rates (`optim.parameter_groups`)."""
+        from train.optim import parameter_groups
+
+        return parameter_groups(self)
 
 
 def tiny_config(vocab_size: int, video_token_id: int, image_token_id: int, pool: int = 4) -> LlavaOnevisionConfig:

@@ -1,4 +1,5 @@
-"""What is trained and in which precision: frozen parts, fp32 master weights, AdamW, the warmup + cosine schedule.
+"""What is trained and how: the parts and their parameter groups, frozen parts, fp32 master weights, AdamW with a
+learning rate per part, and the warmup + cosine schedule.
 
 Precision follows the paper's bf16 training with fp32 master weights: every
 trainable parameter (and so AdamW's state and every update) is fp32, whatever
@@ -26,6 +27,15 @@ def part_of(name: str) -> str:
     return "language_model"
 
 
+def parameter_groups(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
+    """Trainable parameters by part (every part present, maybe empty), for per-part learning rates."""
+    groups: dict[str, list[torch.nn.Parameter]] = {part: [] for part in PART_PREFIXES}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups[part_of(name)].append(p)
+    return groups
+
+
 def freeze(model: torch.nn.Module, rates: dict[str, float]) -> None:
     """Parts whose learning rate is 0 get no gradients (the paper freezes the vision tower)."""
     for name, p in model.named_parameters():
@@ -51,12 +61,15 @@ def autocast(device: torch.device, precision: str, fsdp_on: bool) -> Any:
 
 def build_optimizer(model: torch.nn.Module, rates: dict[str, float], betas: tuple[float, float],
                     weight_decay: float) -> torch.optim.Optimizer:  # fmt: skip
-    groups: dict[str, list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            groups.setdefault(part_of(name), []).append(p)
+    groups = parameter_groups(model)
     return torch.optim.AdamW([{"params": groups[part], "lr": rates[part], "name": part} for part in PART_PREFIXES
-                              if part in groups], betas=betas, weight_decay=weight_decay)
+                              if groups[part]], betas=betas, weight_decay=weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any) -> torch.optim.lr_scheduler.LambdaLR:
+    """The warmup + cosine schedule of `cfg` (the `optim` section: warmup_ratio, max_steps, warmup_rounding)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                             lr_lambda(cfg.warmup_ratio, cfg.max_steps, cfg.warmup_rounding))
 
 
 def warmup_steps(ratio: float, max_steps: int, rounding: str) -> int:

@@ -111,13 +111,13 @@ def permuted_samples(spec: str, seed: int, epoch: int) -> Iterator[LazySample]:
         tars.close()
 
 
-def build_permuted(cfg: Any, epoch: int, items: Callable[[Iterator[LazySample]], Iterator[dict[str, Any]]]) -> Any:
+def build_permuted(cfg: Any, epoch: int, items: Callable[[Iterator[LazySample]], Iterator[Any]]) -> Any:
     """An iterable dataset of this worker's items: `items` turns the epoch's samples into training items
-    (`data.worker_items`, which tags them for exact resume)."""
+    (`data.worker_items`, which tags them with their worker and place for exact resume: `train/position.py`)."""
     import torch.utils.data
 
     class _Permuted(torch.utils.data.IterableDataset):
-        def __iter__(self) -> Iterator[dict[str, Any]]:
+        def __iter__(self) -> Iterator[Any]:
             return items(permuted_samples(cfg.shards, cfg.seed, epoch))
 
     return _Permuted()

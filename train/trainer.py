@@ -1,14 +1,18 @@
 """The staged trainer: one process or many (torchrun), DDP by default or FSDP2 (`parallel: fsdp`), resume by default.
 
+`Trainer` reads top to bottom: `setup` (process group, model, what trains and in which precision, the parallel
+wrapper, optimizer and schedule, the data stream), `resume` (the latest checkpoint's state), `train_step` (one
+optimizer step), `save` and `fit` (the loop); `train(cfg)` runs them all.
+
 A step takes the micro-batches of one global batch (`optim.global_batch_size` over ranks x
 `data.batch_size`; gradients synchronised only on the last one), averages the loss per sample (the
-paper) or per supervised token, clips, steps AdamW over fp32 master weights (learning rate per part,
-0 = frozen; bf16 compute, see `train/optim.py`) under a warmup + cosine schedule, and logs loss,
-learning rate, tokens/s, data-wait, step time and the ids of the items trained to `<output.dir>/log.jsonl`. When the output dir holds a
-checkpoint, training resumes from it exactly: weights, optimizer, scheduler, step, RNG and data
-position (epoch, items consumed and the items still waiting in batch buckets, see `train/batching.py`;
-with or without loader workers). A new stage starts from the
-previous one's weights with `model.init_from`.
+paper) or per supervised token (`train/loss.py`), clips, steps AdamW over fp32 master weights (learning rate per
+part, 0 = frozen; bf16 compute, see `train/optim.py`) under a warmup + cosine schedule, and logs loss,
+learning rate, tokens/s, data-wait, step time and the ids of the items trained to `<output.dir>/log.jsonl`. When the
+output dir holds a checkpoint, training resumes from it exactly: weights, optimizer, scheduler, step, RNG and data
+position (`DataPosition`: epoch, items consumed and the items still waiting in batch buckets, see
+`train/batching.py`; with or without loader workers). A new stage starts from the previous one's weights with
+`model.init_from`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,24 +29,15 @@ import torch
 from pipeline.config_load import write_resolved_config
 from train import checkpoint, fsdp, optim
 from train.batching import DataStream
-from train.chat import IGNORE, ChatEncoder
+from train.chat import ChatEncoder
 from train.config import TrainConfig
 from train.console import Console
+from train.distributed import all_reduce_sum, gather, setup_distributed
+from train.loss import count_units, summed_loss
 from train.model import VideoLlava, tokens_per_frame
+from train.position import DataPosition
 
 log = logging.getLogger(__name__)
-
-
-def setup_distributed() -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = torch.device("cpu")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
 
 
 def load_parts(cfg: TrainConfig) -> tuple[Any, Any]:
@@ -72,144 +66,145 @@ def prepare(cfg: TrainConfig, model: VideoLlava, resume: Path | None) -> None:
         checkpoint.load_weights(model, resume)  # full weights on every rank, before any sharding
 
 
-def count_units(labels: torch.Tensor, average: str) -> int:
-    """What the loss averages over in a micro-batch: supervised tokens, or samples with any supervised token."""
-    supervised = labels[:, 1:] != IGNORE
-    return int(supervised.sum()) if average == "token" else int(supervised.any(dim=1).sum())
+class Trainer:
+    """One training run: `run()` is `setup()`, `resume()`, then `fit()`."""
 
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.output.dir)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self._batches: Any = None
 
-def summed_loss(logits: torch.Tensor, labels: torch.Tensor, average: str = "token") -> torch.Tensor:
-    """Next-token cross-entropy summed over units (the caller divides by the step's global unit count).
+    def setup(self) -> None:
+        """Process group, model (with any checkpoint's weights), parallel wrapper, optimizer, schedule, data stream."""
+        cfg = self.cfg
+        self.rank, self.world, self.device = setup_distributed()
+        self.accum = cfg.grad_accum(self.world)
+        torch.manual_seed(cfg.seed + self.rank)
+        self.tokenizer, model = load_parts(cfg)
+        # One data seed on every rank: the ranks split one permutation (order: permutation) or one shard list.
+        data_cfg = cfg.data.model_copy(update={"tokens_per_frame": tokens_per_frame(model.config), "seed": cfg.seed})
+        self.cfg = cfg = cfg.model_copy(update={"data": data_cfg})
+        if cfg.model.activation_checkpointing and not cfg.model.tiny:
+            model.gradient_checkpointing_enable()
+        self.fsdp_on = cfg.parallel == "fsdp" and self.world > 1
+        self.checkpoint = checkpoint.latest(self.run_dir)  # resume from it
+        prepare(cfg, model, self.checkpoint)
+        model.to(self.device).train()
+        if self.fsdp_on:
+            model = fsdp.shard(model, self.world, self.device, bf16=cfg.optim.precision == "bf16")
+        self.model = model
+        self.optimizer = optim.build_optimizer(model, cfg.optim.lr.model_dump(), cfg.optim.betas, cfg.optim.weight_decay)
+        self.scheduler = optim.build_scheduler(self.optimizer, cfg.optim)
+        if self.rank == 0:
+            write_resolved_config(cfg, self.run_dir, "train.resolved.yaml")
+        ddp = self.world > 1 and not self.fsdp_on
+        self.wrapped = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+        encoder = ChatEncoder(self.tokenizer, video_token=cfg.model.video_token, mask=cfg.data.mask,
+                              image_placement=cfg.data.image_placement)  # fmt: skip
+        self.stream = DataStream(cfg, encoder, self.tokenizer.pad_token_id)
+        self.autocast = optim.autocast(self.device, cfg.optim.precision, self.fsdp_on)
 
-    token: the sum over supervised tokens; sample: the sum over samples of each sample's mean token loss.
-    """
-    target = labels[:, 1:]
-    per_token = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                                  target.reshape(-1), ignore_index=IGNORE,
-                                                  reduction="none").view(target.shape)  # fmt: skip
-    if average == "token":
-        return per_token.sum()
-    counts = (target != IGNORE).sum(dim=1)
-    return (per_token.sum(dim=1)[counts > 0] / counts[counts > 0]).sum()
-
-
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    rank, world, device = setup_distributed()
-    run_dir = Path(cfg.output.dir)
-    accum = cfg.grad_accum(world)
-    torch.manual_seed(cfg.seed + rank)
-    tokenizer, model = load_parts(cfg)
-    # One data seed on every rank: the ranks split one permutation (order: permutation) or one shard list.
-    data_cfg = cfg.data.model_copy(update={"tokens_per_frame": tokens_per_frame(model.config), "seed": cfg.seed})
-    cfg = cfg.model_copy(update={"data": data_cfg})
-    if cfg.model.activation_checkpointing and not cfg.model.tiny:
-        model.gradient_checkpointing_enable()
-    fsdp_on = cfg.parallel == "fsdp" and world > 1
-    resume = checkpoint.latest(run_dir)
-    prepare(cfg, model, resume)
-    model.to(device).train()
-    if fsdp_on:
-        model = fsdp.shard(model, world, device, bf16=cfg.optim.precision == "bf16")
-    rates = cfg.optim.lr.model_dump()
-    optimizer = optim.build_optimizer(model, rates, cfg.optim.betas, cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, optim.lr_lambda(cfg.optim.warmup_ratio, cfg.optim.max_steps, cfg.optim.warmup_rounding))
-    step, epoch, consumed, pending, next_worker = 0, 0, 0, [], 0
-    if resume is not None:
-        state = checkpoint.load_state(resume)
-        if fsdp_on:
-            fsdp.load_optimizer_state(model, optimizer, state["optimizer"])
+    def resume(self) -> None:
+        """The latest checkpoint's optimizer, schedule, step, this rank's data position and RNG (weights: `setup`)."""
+        if self.checkpoint is None:
+            return
+        state = checkpoint.load_state(self.checkpoint)
+        if self.fsdp_on:
+            fsdp.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         else:
-            optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, epoch, consumed = state["step"], state["epoch"][rank], state["consumed"][rank]
-        pending, next_worker = state["pending"][rank], state["next_worker"][rank]
-        checkpoint.set_rng_state(state["rng"][rank])
-        log.info("resumed from %s at step %d", resume, step)
-    if rank == 0:
-        write_resolved_config(cfg, run_dir, "train.resolved.yaml")
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 and not fsdp_on else model
-    encoder = ChatEncoder(tokenizer, image_token=cfg.model.video_token, mask=cfg.data.mask,
-                          image_placement=cfg.data.image_placement)
-    stream = DataStream(cfg, encoder, tokenizer.pad_token_id, epoch, consumed, pending, next_worker)
-    batches = stream.batches()
-    autocast = optim.autocast(device, cfg.optim.precision, fsdp_on)
-    average = cfg.optim.loss_average
-    history = []
-    logf = open(run_dir / "log.jsonl", "a") if rank == 0 else None
-    console = Console(cfg.optim.max_steps, step, enabled=rank == 0 and cfg.output.console)
-    while step < cfg.optim.max_steps:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        self.stream.restore(DataPosition.from_state(state, self.rank))
+        checkpoint.set_rng_state(state["rng"][self.rank])
+        log.info("resumed from %s at step %d", self.checkpoint, self.step)
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over the micro-batches of one global batch; returns its log record."""
+        world, device, average = self.world, self.device, self.cfg.optim.loss_average
+        if self._batches is None:
+            self._batches = self.stream.batches()
         start, tokens, total = time.perf_counter(), 0, 0.0
         t0 = time.perf_counter()
-        micro_batches = [next(batches) for _ in range(accum)]
+        micro_batches = [next(self._batches) for _ in range(self.accum)]
         ids = [i for b in micro_batches for i in b.pop("ids")]
         micro_batches = [{k: v.to(device) for k, v in b.items()} for b in micro_batches]
         wait = time.perf_counter() - t0
         # The loss is the mean over every unit (sample or supervised token) of the step, across micro-batches and
         # ranks, so N ranks x batch b gives the same update as one rank with batch N x b (DDP averages gradients).
-        units = torch.tensor([float(sum(count_units(b["labels"], average) for b in micro_batches))], device=device)
-        if world > 1:
-            torch.distributed.all_reduce(units)
-        denominator = max(float(units.item()), 1.0)
+        units = float(sum(count_units(b["labels"], average) for b in micro_batches))
+        denominator = max(all_reduce_sum(units, device, world), 1.0)
         for micro, batch in enumerate(micro_batches):
-            sync = micro == accum - 1 or world == 1
-            if fsdp_on:
-                fsdp.set_gradient_sync(model, sync)
-            no_sync = contextlib.nullcontext() if sync or fsdp_on else wrapped.no_sync()
-            with no_sync, autocast:
-                unit_sum = summed_loss(wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits,
+            sync = micro == self.accum - 1 or world == 1
+            if self.fsdp_on:
+                fsdp.set_gradient_sync(self.model, sync)
+            no_sync = contextlib.nullcontext() if sync or self.fsdp_on else self.wrapped.no_sync()
+            with no_sync, self.autocast:
+                unit_sum = summed_loss(self.wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits,
                                        batch["labels"], average)  # fmt: skip
             (unit_sum * (world / denominator)).backward()
             total += unit_sum.item() / denominator
             tokens += int(batch["attention_mask"].sum())
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if world > 1:
-            t = torch.tensor([total], device=device)
-            torch.distributed.all_reduce(t)  # per-rank shares of the global mean add up to it
-            total = t.item()
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(trainable, self.cfg.optim.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        total = all_reduce_sum(total, device, world)  # per-rank shares of the global mean add up to it
         elapsed = time.perf_counter() - start
-        record = {"step": step, "loss": round(total, 6), "lr": scheduler.get_last_lr()[-1],
-                  "tokens_per_s": round(tokens * world / elapsed, 1), "data_wait_s": round(wait, 4),
-                  "step_s": round(elapsed, 4), "epoch": stream.epoch, "tokens": tokens * world,
-                  "items": [i for rank_ids in _gather(ids, world) for i in rank_ids]}  # fmt: skip
-        history.append(record)
-        logged = step % cfg.output.log_every == 0 or step == 1 or step == cfg.optim.max_steps
-        if logf and logged:
-            logf.write(json.dumps(record) + "\n")
-            logf.flush()
-        console.step(record, logged)
-        if step % cfg.output.save_every == 0 or step == cfg.optim.max_steps:
-            _save(cfg, run_dir, step, model, tokenizer, optimizer, scheduler, stream, rank, world)
-    console.close()
-    if logf:
-        logf.close()
-    last = checkpoint.latest(run_dir)
-    final_loss = history[-1]["loss"] if history else None
-    return {"steps": step, "history": history, "summary": console.summary(step, final_loss, str(last) if last else None)}
+        return {"step": self.step, "loss": round(total, 6), "lr": self.scheduler.get_last_lr()[-1],
+                "tokens_per_s": round(tokens * world / elapsed, 1), "data_wait_s": round(wait, 4),
+                "step_s": round(elapsed, 4), "epoch": self.stream.epoch, "tokens": tokens * world,
+                "items": [i for rank_ids in gather(ids, world) for i in rank_ids]}  # fmt: skip
+
+    def save(self) -> None:
+        """A checkpoint of this step: full weights, optimizer, schedule, and every rank's data position and RNG."""
+        sharded = self.fsdp_on
+        weights = fsdp.full_model_state(self.model) if sharded else None  # collectives: every rank takes part
+        optim_state = fsdp.full_optimizer_state(self.model, self.optimizer) if sharded else self.optimizer.state_dict()
+        state = {
+            "step": self.step, "optimizer": optim_state, "scheduler": self.scheduler.state_dict(),
+            **{name: gather(value, self.world) for name, value in self.stream.state().items()},  # per rank
+            "rng": gather(checkpoint.rng_state(), self.world),
+        }  # fmt: skip
+        if self.rank == 0:
+            checkpoint.save(self.run_dir, self.step, self.model, self.tokenizer, state, self.cfg.output.keep, weights)
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def fit(self) -> dict[str, Any]:
+        """Steps until `optim.max_steps`, logging and saving as configured; the run's steps, history and summary."""
+        cfg = self.cfg
+        max_steps = cfg.optim.max_steps
+        logf = open(self.run_dir / "log.jsonl", "a") if self.rank == 0 else None
+        console = Console(max_steps, self.step, enabled=self.rank == 0 and cfg.output.console)
+        while self.step < max_steps:
+            record = self.train_step()
+            self.history.append(record)
+            logged = self.step % cfg.output.log_every == 0 or self.step == 1 or self.step == max_steps
+            if logf and logged:
+                logf.write(json.dumps(record) + "\n")
+                logf.flush()
+            console.step(record, logged)
+            if self.step % cfg.output.save_every == 0 or self.step == max_steps:
+                self.save()
+        console.close()
+        if logf:
+            logf.close()
+        last = checkpoint.latest(self.run_dir)
+        final_loss = self.history[-1]["loss"] if self.history else None
+        return {"steps": self.step, "history": self.history,
+                "summary": console.summary(self.step, final_loss, str(last) if last else None)}  # fmt: skip
+
+    def run(self) -> dict[str, Any]:
+        self.setup()
+        self.resume()
+        return self.fit()
 
 
-def _gather(value: Any, world: int) -> list[Any]:
-    if world == 1:
-        return [value]
-    out: list[Any] = [None] * world
-    torch.distributed.all_gather_object(out, value)
-    return out
-
-
-def _save(cfg, run_dir, step, model, tokenizer, optimizer, scheduler, stream, rank, world) -> None:
-    sharded = cfg.parallel == "fsdp" and world > 1
-    weights = fsdp.full_model_state(model) if sharded else None  # collectives: every rank takes part
-    optim_state = fsdp.full_optimizer_state(model, optimizer) if sharded else optimizer.state_dict()
-    state = {
-        "step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
-        **{name: _gather(value, world) for name, value in stream.state().items()},  # each rank's data position
-        "rng": _gather(checkpoint.rng_state(), world),
-    }
-    if rank == 0:
-        checkpoint.save(run_dir, step, model, tokenizer, state, cfg.output.keep, weights)
-    if world > 1:
-        torch.distributed.barrier()
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train `cfg` to `optim.max_steps` (resuming from the output dir's latest checkpoint): steps, history, summary."""
+    return Trainer(cfg).run()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from train import batching
+from train.position import WorkerEnd, WorkerItem
 
 FRAMES = [4, 2, 4, 2, 4, 4, 2, 4, 2, 2, 4]  # an overlong sample got 2 frames instead of 4
 LENGTHS = [10, 12, 30, 11, 12, 31, 13, 10, 33, 12, 14]
@@ -16,9 +17,9 @@ LENGTHS = [10, 12, 30, 11, 12, 31, 13, 10, 33, 12, 14]
 
 def items(skip):
     """One worker's stream as build_dataset gives it: items tagged with worker and index, then an end marker."""
-    made = [{"pixel_values": torch.zeros(f, 3, 2, 2), "input_ids": torch.full((n,), i), "labels": torch.full((n,), i),
-             "_w": 0, "_i": i} for i, (f, n) in enumerate(zip(FRAMES, LENGTHS))]  # fmt: skip
-    return made[skip[0]:] + [{"_w": 0, "_end": True}]
+    made = [WorkerItem(0, i, {"pixel_values": torch.zeros(f, 3, 2, 2), "input_ids": torch.full((n,), i),
+                              "labels": torch.full((n,), i)}) for i, (f, n) in enumerate(zip(FRAMES, LENGTHS))]  # fmt: skip
+    return made[skip[0]:] + [WorkerEnd(0)]
 
 
 @pytest.fixture(autouse=True)

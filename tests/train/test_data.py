@@ -16,6 +16,7 @@ from tests.conftest import pipeline_config
 from train.chat import IGNORE, ChatEncoder
 from train.data import DataConfig, build_dataset, shard_urls, training_items
 from train.frames import frame_indices
+from train.position import WorkerEnd
 
 TURNS = [
     {"from": "human", "value": "<image>\nWhat happens in the video?"},
@@ -52,7 +53,7 @@ def test_the_assistant_only_mask_is_exactly_the_assistant_answers(encoder):
     encoder = ChatEncoder(encoder.tok, mask="assistant_only")
     enc = encoder.encode(TURNS, video_tokens=7)
     assert len(enc.input_ids) == len(enc.labels) and enc.video_positions == 7
-    assert enc.input_ids.count(encoder.image_id) == 7
+    assert enc.input_ids.count(encoder.video_token_id) == 7
     spans, current = [], []
     for tid, label in zip(enc.input_ids, enc.labels):
         if label != IGNORE:
@@ -79,16 +80,17 @@ def test_frame_subsampling_is_the_papers_uniform_linspace(stored, k):
 
 def test_items_from_pipeline_shards(shards, encoder):
     cfg = DataConfig(shards=str(shards), frames=8, image_size=64, tokens_per_frame=10, shuffle_buffer=0)
-    *items, end = list(build_dataset(cfg, encoder))
-    assert end == {"_w": 0, "_end": True}  # the end marker of the (only) worker's stream
+    *tagged, end = list(build_dataset(cfg, encoder))
+    assert end == WorkerEnd(0)  # the end marker of the (only) worker's stream
+    items = [t.item for t in tagged]
     assert sorted(i["id"] for i in items) == ["c0", "c1", "h0"]  # one item per conversation
-    assert sorted(i["_i"] for i in items) == [0, 1, 2] and {i["_w"] for i in items} == {0}
+    assert sorted(t.index for t in tagged) == [0, 1, 2] and {t.worker for t in tagged} == {0}
     raw = {key: members for url in shard_urls(str(shards)) for key, members in iter_tar_samples(url)}
     for item in items:
         assert item["pixel_values"].shape == (8, 3, 64, 64) and item["pixel_values"].dtype == torch.float32
         assert -1.0 <= float(item["pixel_values"].min()) and float(item["pixel_values"].max()) <= 1.0
         assert item["frame_indices"] == uniform_indices(40, 8).tolist()
-        assert int((item["input_ids"] == encoder.image_id).sum()) == 8 * 10
+        assert int((item["input_ids"] == encoder.video_token_id).sum()) == 8 * 10
         members = raw[item["key"]]
         from torchvision.io import decode_jpeg
 

@@ -17,7 +17,7 @@ TURNS = [{"from": "human", "value": "<image>\nWhat happens in the video?"},
 def parts():
     tok = build_tokenizer()
     model = build_model(tok)
-    return tok, model, ChatEncoder(tok, image_token="<video>")
+    return tok, model, ChatEncoder(tok, video_token="<video>")
 
 
 def batch(encoder, model, frames=3, seed=0):

@@ -70,7 +70,7 @@ def test_every_supervised_position_follows_the_rules(tok, mode):
     got = [label != IGNORE for label in enc.labels]
     assert got == want
     assert all(label in (IGNORE, tid) for label, tid in zip(enc.labels, enc.input_ids))
-    assert enc.labels[enc.input_ids.index(encoder.image_id)] == IGNORE
+    assert enc.labels[enc.input_ids.index(encoder.video_token_id)] == IGNORE
     system = [label for tid, label in zip(enc.input_ids, enc.labels)][:len(tok(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n")["input_ids"])]
     assert (sum(label != IGNORE for label in system) > 0) == (mode == "paper")  # the system turn's markers
 
@@ -94,7 +94,7 @@ def test_image_placement(tok):
 
 
 def test_loss_per_sample_weighs_samples_equally_and_per_token_weighs_tokens():
-    from train.trainer import count_units, summed_loss
+    from train.loss import count_units, summed_loss
 
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 11)
