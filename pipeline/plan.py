@@ -172,7 +172,7 @@ def plan_table(pilot: dict[str, Any], plan: dict[str, Any]) -> str:
             ["wall time", _hms(plan["wall_s"])],
             ["CPU-hours", f"{plan['cpu_hours']:.2f}"], ["GPU-hours", f"{plan['gpu_hours']:.2f}"],
             ["output", _bytes(plan["output_bytes"])],
-            ["LLM tokens", f"{plan['prompt_tokens']} prompt, {plan['completion_tokens']} completion"],
+            ["LLM tokens", f"{plan['prompt_tokens']:,} prompt, {plan['completion_tokens']:,} completion"],
             ["bottleneck", plan["bottleneck"]]]  # fmt: skip
     return table(["projection", ""], rows) + "\n\nassumptions:\n" + "\n".join(f"  {a}" for a in assumptions(pilot, plan))
 
