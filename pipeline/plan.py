@@ -75,7 +75,8 @@ def read_pilot(run_dir: str) -> dict[str, Any]:
         "bytes_per_sample": sum(s["bytes"] for s in shards) / samples if samples else this.get("bytes_written", 0) / accepted,
     }  # fmt: skip
     cpu_s, gpu_s = _pool_work(pilot, 1.0)
-    pilot["overhead_s"] = max(0.0, pilot["wall_s"] - max(cpu_s / pilot["cpus"], gpu_s / max(pilot["gpus"], 1) + pilot["llm_active_s"]))
+    longest = max(cpu_s / pilot["cpus"], gpu_s / max(pilot["gpus"], 1) + pilot["llm_active_s"])
+    pilot["overhead_s"] = max(0.0, pilot["wall_s"] - longest)
     return pilot
 
 
