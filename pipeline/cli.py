@@ -4,7 +4,7 @@ Subcommands: `run` (videos -> shards), `stats` (what a run produced;
 `--verify`), `import-llava` / `export-llava`, `probe` (what is this file, or
 why it would be rejected), `sample` (one video's frame sets to JPEG files),
 `demo` (generate example videos, run the pipeline on them, print the stats),
-`view` (a static site of a run's samples).
+`view` (a static site of a run's samples), `plan` (a large run's cost from a pilot).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig, load_config, write_resolved_config
 from pipeline.errors import VideoError
+from pipeline.plan import add_plan_command
 from pipeline.probe import ToolMissing
 from dense_caption.http_backend import ServerUnavailable
 from pipeline.run import RunLocked
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", metavar="DIR", help="write PNG charts and report.html (one file) into DIR")
     p.add_argument("--verify", action="store_true", help="check sha256, samples and index; exit 1 on any problem")
     p.set_defaults(func=cmd_stats)
+    add_plan_command(sub)  # pipeline/plan.py
 
     p = sub.add_parser("view", help="write a static site to look at a run's samples and rejects (opens from disk)")
     p.add_argument("run_dir", help="a run's output directory (holds shards/ and index.parquet)")

@@ -50,6 +50,7 @@ class RunSummary:
     wall_s: float
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     llm: dict[str, Any] = field(default_factory=dict)  # LLM requests, tokens, retries, failures, tokens/s
+    cluster: dict[str, float] = field(default_factory=dict)  # the Ray cluster's CPUs and GPUs (what `plan` scales from)
     skipped_by_extension: int = 0  # folder entries that are not videos by name
     skipped_suffixes: dict[str, int] = field(default_factory=dict)
 
@@ -207,10 +208,14 @@ def _run(cfg: RunConfig, run: RunDir, sources: Sources, force: bool, retry_reaso
     log.info("%d sources (%s): %d to do, %d already done", len(sources.tasks), sources.kind, len(todo), skipped)
 
     results: list[WriteTotals] = []
+    cluster: dict[str, float] = {}
     if todo:
+        import ray
+
         from pipeline.graph import run_graph
 
         init_ray(cfg)
+        cluster = {"cpus": float(ray.cluster_resources().get("CPU", 0)), "gpus": float(ray.cluster_resources().get("GPU", 0))}
         results = run_graph(cfg, todo, started.strftime("%Y%m%d%H%M%S"), generation)
         # Every write of this attempt is done, but a writer on a lost node may outlive its node for a moment: closing
         # the generation turns any late commit of its into a refusal, and the sweep removes what it left half-written.
@@ -244,6 +249,7 @@ def _run(cfg: RunConfig, run: RunDir, sources: Sources, force: bool, retry_reaso
         stages=written.stage_rates(),
         skipped_by_extension=sources.skipped_by_extension,
         skipped_suffixes=sources.skipped_suffixes,
+        cluster=cluster,
     )
     summary.llm = _llm_totals(written, summary.wall_s)
     _write_run_json(run, cfg, summary, started, written, cleaned, dropped, sources.kind)
@@ -306,6 +312,7 @@ def _write_run_json(
             "stages": summary.stages,
             "resume": {"cleaned": cleaned, "retried_rejects": dropped},
             "llm": summary.llm,
+            "cluster": summary.cluster,
         },
         "totals": {"samples": summary.samples_total, "rejects": summary.rejects_total},
         "previous_runs": previous,

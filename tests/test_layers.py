@@ -33,7 +33,7 @@ PIPELINE_LAYERS = {
     1: ["config_video", "decode_decord", "decode_log", "decode_pyav", "decoders", "extract", "frames",
         "imageops", "manifests", "paths", "probe", "report", "sampling", "sources", "watchdog"],
     2: ["stages"],
-    3: ["__init__", "__main__", "audit", "cli", "config", "demo", "graph", "run", "run_summary", "raystop"],
+    3: ["__init__", "__main__", "audit", "cli", "config", "demo", "graph", "plan", "run", "run_summary", "raystop"],
 }
 STAGE_PACKAGES = ("dense_caption", "filters", "shards", "train")  # every module of these sits in layer 2
 
