@@ -85,8 +85,8 @@ class SourceStream:
     conversations may be anywhere in the file), so its tasks are all built before the first chunk is handed on.
     """
 
-    def __init__(self, cfg: InputConfig, chunk: int = CHUNK):
-        self.cfg, self.chunk, self.kind = cfg, chunk, input_kind(cfg)
+    def __init__(self, cfg: InputConfig, chunk: int | None = None):
+        self.cfg, self.chunk, self.kind = cfg, chunk or CHUNK, input_kind(cfg)
         self.root = Path(cfg.path).resolve()
         if self.kind == "folder" and not self.root.is_dir():
             raise ConfigError(f"input.path: {cfg.path} is not a folder")
@@ -120,11 +120,8 @@ class SourceStream:
         records = self._folder() if self.kind == "folder" else LOADERS[self.kind](self.root)
         n, batch, early = 0, [], []
         for rec in records:
-            if isinstance(rec, Rejection):
-                early.append(rec)
-                continue
-            batch.append(rec)
-            if len(batch) >= self.chunk:
+            (early if isinstance(rec, Rejection) else batch).append(rec)
+            if len(batch) + len(early) >= self.chunk:
                 tasks, rejects = _to_tasks(batch, self.base, self.allowed, False, max_frames, start=n, seen=seen)
                 yield SourceChunk(tasks, early + rejects)
                 n, batch, early = n + len(batch), [], []
@@ -140,7 +137,7 @@ class SourceStream:
                 yield item
 
 
-def open_sources(cfg: InputConfig, chunk: int = CHUNK) -> SourceStream:
+def open_sources(cfg: InputConfig, chunk: int | None = None) -> SourceStream:
     return SourceStream(cfg, chunk)
 
 

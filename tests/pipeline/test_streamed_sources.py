@@ -81,3 +81,34 @@ def test_waves_feed_the_graph_chunk_by_chunk(tmp_path, monkeypatch):
     stream = open_sources(cfg_for(tmp_path / "m.jsonl"), chunk=4)
     out = waves.dispatch(None, run, 1, stream.chunks(), state, "stamp", lambda: None)
     assert sizes == [3, 8, 10, 3] and out.skipped == 1 and out.dispatched == 24 and out.waves == 4
+
+
+def test_a_run_in_several_waves_writes_every_video_once_and_resumes(tmp_path, video, bad_file, ray_local, monkeypatch):
+    import shutil
+
+    import pipeline.graph
+    import pipeline.sources
+    import pipeline.waves as waves
+    from pipeline.run import run_pipeline
+    from shards.reader import open_run, read_index, read_rejects
+    from tests.conftest import pipeline_config
+
+    src = tmp_path / "videos"
+    src.mkdir()
+    for i in range(4):
+        shutil.copy(video("h264_10s"), src / f"v{i}.mp4")
+    shutil.copy(bad_file("truncated"), src / "z_bad.mp4")
+    (src / "notes.txt").write_text("x")
+    monkeypatch.setattr(pipeline.sources, "CHUNK", 2)
+    monkeypatch.setattr(waves, "CHUNK", 2)
+    graphs = []
+    real = pipeline.graph.run_graph
+    monkeypatch.setattr(pipeline.graph, "run_graph", lambda cfg, tasks, *a: graphs.append(len(tasks)) or real(cfg, tasks, *a))
+    out = tmp_path / "out"
+    first = run_pipeline(pipeline_config(src, out))
+    assert graphs == [2, 3] and first.sources == 5 and first.accepted == 4 and sum(first.rejected.values()) == 1
+    assert first.skipped_by_extension == 1 and first.skipped_suffixes == {".txt": 1}
+    assert sorted(r["source"].rsplit("/", 1)[1] for r in read_index(open_run(out))) == [f"v{i}.mp4" for i in range(4)]
+    again = run_pipeline(pipeline_config(src, out))
+    assert graphs == [2, 3] and again.skipped == 5 and again.accepted == 0 and again.sources == 5  # 4 done, 1 rejected
+    assert len(read_index(open_run(out))) == 4 and len(read_rejects(open_run(out))) == 1
