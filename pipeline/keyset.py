@@ -43,15 +43,14 @@ class KeySet:
     def __len__(self) -> int:
         return len(self.hashes)
 
-    def find(self, keys: list[str]) -> np.ndarray:
-        """For each key, its position in this set, or -1."""
+    def find(self, keys: list[str], asked: tuple[np.ndarray, pa.Array] | None = None) -> np.ndarray:
+        """For each key, its position in this set, or -1 (`asked`: the keys' hashes and Arrow array, if made)."""
         out = np.full(len(keys), -1, dtype=np.int64)
         if not len(self.hashes) or not keys:
             return out
-        wanted = _hashes(keys)
+        wanted, asked = asked or (_hashes(keys), pa.array(keys, pa.string()))
         lo = np.searchsorted(self.hashes, wanted, side="left")
         hi = np.searchsorted(self.hashes, wanted, side="right")
-        asked = pa.array(keys, pa.string())
         span = hi - lo
         for step in range(int(span.max())):  # almost always one candidate per key: one vectorised pass
             idx = np.nonzero((span > step) & (out < 0))[0]
@@ -83,8 +82,9 @@ class GrowingKeySet:
     def value_of(self, keys: list[str]) -> np.ndarray:
         """For each key, the value it was added with, or -1 if it was never added."""
         out = np.full(len(keys), -1, dtype=np.int64)
+        asked = (_hashes(keys), pa.array(keys, pa.string())) if self.sets and keys else None
         for s in self.sets:
-            pos = s.find(keys)
+            pos = s.find(keys, asked)
             hit = (pos >= 0) & (out < 0)
             out[hit] = s.values[pos[hit]]
         return out
