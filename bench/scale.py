@@ -151,7 +151,7 @@ def measure_ledger(rows: int, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2K / 20K / 40K sources, a 20K-row ledger")
+    parser.add_argument("--quick", action="store_true", help="10K / 20K / 40K sources (the smallest is one chunk), a 20K-row ledger")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", nargs=2, metavar=("MANIFEST", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, default=None)
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child_dispatch(Path(args.child[0]), Path(args.child[1]))))
         return 0
-    sizes = [2_000, 20_000, 40_000] if args.quick else [10_000, 100_000, 1_000_000]
+    sizes = [10_000, 20_000, 40_000] if args.quick else [10_000, 100_000, 1_000_000]
     ledger_rows = 20_000 if args.quick else 1_000_000
     work = Path(tempfile.mkdtemp(prefix="scale-", dir=args.workdir))
     try:
