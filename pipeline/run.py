@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import Path
 from itertools import chain, islice
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from pipeline.config import ConfigError, RunConfig, config_record, write_resolved_config
