@@ -18,13 +18,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
+from itertools import chain, islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from pipeline.config import ConfigError, RunConfig, config_record, write_resolved_config
 from pipeline.records import WriteTotals
-from pipeline.sources import Sources, load_sources
-from shards.commit import begin_generation, commit_lock, commit_rejects
+from pipeline.resume import resume_state
+from pipeline.sources import SourceChunk, SourceStream, open_sources
+from pipeline.waves import dispatch
+from shards.commit import begin_generation, commit_lock
 from shards import ledger
 from shards.dedup_apply import finish_journal
 from shards.layout import RunDir
@@ -137,7 +140,9 @@ def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] |
 
     check_graph(cfg)  # a stage that reads what nothing before it writes: ConfigError naming the field
     root = check_output_dir(cfg.output.dir)
-    sources = load_sources(cfg.input)  # a bad input fails before anything in the output dir changes
+    sources = open_sources(cfg.input)
+    chunks = sources.chunks()
+    head = list(islice(chunks, 1))  # the first chunk read now: a bad input fails before anything in the output dir changes
     if logging.getLogger().getEffectiveLevel() <= logging.DEBUG and cfg.decode.log_dir is None:
         cfg = cfg.model_copy(update={"decode": cfg.decode.model_copy(update={"log_dir": str(root / "logs")})})
     run = RunDir(root)
@@ -145,7 +150,8 @@ def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] |
     try:
         with run_lock(run):  # the lock comes first: no server starts and nothing changes without it
             with llm_service(cfg.llm, root / "logs", lambda: init_ray(cfg)) as served:
-                return _run(cfg.model_copy(update={"llm": served}), run, sources, force, retry_reasons, repair)
+                return _run(cfg.model_copy(update={"llm": served}), run, sources, chain(head, chunks), force, retry_reasons,
+                            repair)
     except ServerUnavailable:
         if created:  # the LLM was unusable before anything was written: leave no trace of the run
             run.lock.unlink(missing_ok=True)
@@ -175,8 +181,8 @@ def check_output_dir(text: str) -> Path:
     return path
 
 
-def _run(cfg: RunConfig, run: RunDir, sources: Sources, force: bool, retry_reasons: list[str] | tuple[str, ...],
-         repair: bool = False) -> RunSummary:
+def _run(cfg: RunConfig, run: RunDir, sources: SourceStream, chunks: Iterable[SourceChunk], force: bool,
+         retry_reasons: list[str] | tuple[str, ...], repair: bool = False) -> RunSummary:
     start = time.perf_counter()
     started = datetime.now(timezone.utc)
     if force:
@@ -186,37 +192,19 @@ def _run(cfg: RunConfig, run: RunDir, sources: Sources, force: bool, retry_reaso
     if cfg.decode.log_dir:
         Path(cfg.decode.log_dir).mkdir(parents=True, exist_ok=True)
     finish_journal(run)  # a dedup that was interrupted is completed before anything else
-    cleaned = ledger.clean(run)
-    damaged = ledger.damaged_shards(run, checksums=repair)
-    if damaged:
-        for name, why in sorted(damaged.items()):
-            log.warning("shard %s is damaged (%s): its samples are redone", name, why)
-        redo = ledger.drop_shards(run, sorted(damaged))
-        cleaned["damaged_shards"] = len(damaged)
-        cleaned["samples_redone"] = len(redo)
-    dropped = ledger.drop_rejects(run, list(retry_reasons)) if retry_reasons else 0
+    state = resume_state(run, retry_reasons, repair)
+    cleaned, dropped = state.cleaned, state.dropped
     write_resolved_config(cfg, run.root)
 
-    done = {r["key"] for r in ledger.index_rows(run)}
-    rejected = ledger.reject_rows(run)
-    done |= {r["key"] for r in rejected if r["key"]}
-    rejected_sources = {r["source"] for r in rejected}
-    fresh_rejects = [r for r in sources.rejects if r.key not in done and r.source not in rejected_sources]
-    commit_rejects(run, generation, fresh_rejects)
-    todo = [t for t in sources.tasks if t.key not in done and t.source not in rejected_sources]
-    skipped = len(sources.tasks) - len(todo)
-    log.info("%d sources (%s): %d to do, %d already done", len(sources.tasks), sources.kind, len(todo), skipped)
-
-    results: list[WriteTotals] = []
+    done = dispatch(cfg, run, generation, chunks, state, started.strftime("%Y%m%d%H%M%S"), lambda: init_ray(cfg))
+    log.info("%d sources (%s): %d dispatched, %d already done", sources.tasks_seen, sources.kind, done.dispatched,
+             done.skipped)
     cluster: dict[str, float] = {}
-    if todo:
+    if done.waves:
         import ray
 
-        from pipeline.graph import run_graph
-
-        init_ray(cfg)
-        cluster = {"cpus": float(ray.cluster_resources().get("CPU", 0)), "gpus": float(ray.cluster_resources().get("GPU", 0))}
-        results = run_graph(cfg, todo, started.strftime("%Y%m%d%H%M%S"), generation)
+        resources = ray.cluster_resources()  # what the run had: `prolongvid plan` scales from it
+        cluster = {"cpus": float(resources.get("CPU", 0)), "gpus": float(resources.get("GPU", 0))}
         # Every write of this attempt is done, but a writer on a lost node may outlive its node for a moment: closing
         # the generation turns any late commit of its into a refusal, and the sweep removes what it left half-written.
         begin_generation(run)
@@ -232,15 +220,15 @@ def _run(cfg: RunConfig, run: RunDir, sources: Sources, force: bool, retry_reaso
         deduped = len(dedup_run(run.root, cfg.filters.dedup).removed)
         samples_total, rejects_total = len(ledger.index_rows(run)), len(ledger.reject_rows(run))
 
-    written = WriteTotals.total(results)
+    written = WriteTotals.total(done.results)
     by_reason: Counter[str] = Counter(written.rejects)
-    by_reason.update(Counter(r.reason for r in fresh_rejects))
+    by_reason.update(done.source_rejects)
     if deduped:
         by_reason["near_duplicate"] += deduped
     summary = RunSummary(
         out_dir=str(run.root),
-        sources=len(sources.tasks) + len(sources.rejects),
-        skipped=skipped,
+        sources=sources.tasks_seen + sources.rejects_seen,
+        skipped=done.skipped,
         accepted=written.samples,
         rejected=dict(by_reason),
         samples_total=samples_total,
@@ -248,7 +236,7 @@ def _run(cfg: RunConfig, run: RunDir, sources: Sources, force: bool, retry_reaso
         wall_s=time.perf_counter() - start,
         stages=written.stage_rates(),
         skipped_by_extension=sources.skipped_by_extension,
-        skipped_suffixes=sources.skipped_suffixes,
+        skipped_suffixes=dict(sources.skipped_suffixes),
         cluster=cluster,
     )
     summary.llm = _llm_totals(written, summary.wall_s)

@@ -16,11 +16,12 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from pipeline.config_load import ConfigError
 from pipeline.config_video import InputConfig
 from pipeline.errors import Reason, VideoError
+from pipeline.keyset import GrowingKeySet
 from pipeline.manifests import LOADERS
 from pipeline.paths import check_path_text, check_regular_file
 from pipeline.records import Rejection
@@ -43,6 +44,9 @@ def key_for_path(rel: str) -> str:
     return f"{sanitize_key(stem, 70)}-{digest}"
 
 
+CHUNK = 10_000  # sources read, checked and handed on at a time
+
+
 @dataclass
 class Sources:
     tasks: list[VideoTask]
@@ -50,6 +54,12 @@ class Sources:
     kind: str
     skipped_by_extension: int = 0  # folder entries that are not videos by their name (counted, not rejected)
     skipped_suffixes: dict[str, int] = field(default_factory=dict)  # how many of each suffix were skipped
+
+
+@dataclass
+class SourceChunk:
+    tasks: list[VideoTask]
+    rejects: list[Rejection]
 
 
 def input_kind(cfg: InputConfig) -> str:
@@ -67,22 +77,78 @@ def input_kind(cfg: InputConfig) -> str:
     raise ConfigError(f"input.path: {cfg.path} is not a folder, .jsonl, .csv, .parquet or LLaVA .json file")
 
 
-def load_sources(cfg: InputConfig) -> Sources:
-    kind = input_kind(cfg)
-    root = Path(cfg.path).resolve()
-    if kind == "folder":
-        if not root.is_dir():
+class SourceStream:
+    """The sources of an input, read lazily: `chunks()` yields CHUNK sources at a time (tasks and rejects, with
+    their record numbers), so the driver never holds every task. The counters are complete once it is exhausted.
+
+    Manifests and folders stream; a LLaVA JSON is parsed streaming but its records are grouped per video (a video's
+    conversations may be anywhere in the file), so its tasks are all built before the first chunk is handed on.
+    """
+
+    def __init__(self, cfg: InputConfig, chunk: int | None = None):
+        self.cfg, self.chunk, self.kind = cfg, chunk or CHUNK, input_kind(cfg)
+        self.root = Path(cfg.path).resolve()
+        if self.kind == "folder" and not self.root.is_dir():
             raise ConfigError(f"input.path: {cfg.path} is not a folder")
-        records, folder_rejects, skipped = _folder_records(root, cfg)
-        base = root
-    else:
-        if not root.is_file():
+        if self.kind != "folder" and not self.root.is_file():
             raise ConfigError(f"input.path: {cfg.path} is not a file")
-        base = Path(cfg.video_root).resolve() if cfg.video_root else root.parent
-        records, folder_rejects, skipped = LOADERS[kind](root), [], Counter()  # streamed, one record at a time
-    allowed = [Path(r).resolve() for r in cfg.allowed_roots]
-    tasks, rejects = _to_tasks(records, base, allowed, group=(kind == "llava"), max_frames=cfg.max_frames_per_sample)
-    return Sources(tasks, folder_rejects + rejects, kind, sum(skipped.values()), dict(skipped))
+        self.base = self.root if self.kind == "folder" else \
+            Path(cfg.video_root).resolve() if cfg.video_root else self.root.parent
+        self.allowed = [Path(r).resolve() for r in cfg.allowed_roots]
+        self.tasks_seen = self.rejects_seen = 0
+        self.skipped_suffixes: Counter[str] = Counter()
+
+    @property
+    def skipped_by_extension(self) -> int:
+        return sum(self.skipped_suffixes.values())
+
+    def chunks(self) -> Iterator[SourceChunk]:
+        for chunk in self._chunks():
+            self.tasks_seen += len(chunk.tasks)
+            self.rejects_seen += len(chunk.rejects)
+            yield chunk
+
+    def _chunks(self) -> Iterator[SourceChunk]:
+        max_frames = self.cfg.max_frames_per_sample
+        if self.kind == "llava":
+            tasks, rejects = _to_tasks(LOADERS["llava"](self.root), self.base, self.allowed, True, max_frames)
+            yield SourceChunk([], rejects)
+            for i in range(0, len(tasks), self.chunk):
+                yield SourceChunk(tasks[i:i + self.chunk], [])
+            return
+        seen = GrowingKeySet()  # every key handed on so far: a later source with one is a duplicate_key reject
+        records = self._folder() if self.kind == "folder" else LOADERS[self.kind](self.root)
+        n, batch, early = 0, [], []
+        for rec in records:
+            (early if isinstance(rec, Rejection) else batch).append(rec)
+            if len(batch) + len(early) >= self.chunk:
+                tasks, rejects = _to_tasks(batch, self.base, self.allowed, False, max_frames, start=n, seen=seen)
+                yield SourceChunk(tasks, early + rejects)
+                n, batch, early = n + len(batch), [], []
+        if batch or early:
+            tasks, rejects = _to_tasks(batch, self.base, self.allowed, False, max_frames, start=n, seen=seen)
+            yield SourceChunk(tasks, early + rejects)
+
+    def _folder(self) -> Iterator[dict[str, Any] | Rejection]:
+        for item in _folder_records(self.root, self.cfg):
+            if isinstance(item, str):
+                self.skipped_suffixes[item] += 1
+            else:
+                yield item
+
+
+def open_sources(cfg: InputConfig, chunk: int | None = None) -> SourceStream:
+    return SourceStream(cfg, chunk)
+
+
+def load_sources(cfg: InputConfig) -> Sources:
+    """Every source at once (tests and small inputs); a run streams them with `open_sources`."""
+    stream = open_sources(cfg)
+    tasks, rejects = [], []
+    for chunk in stream.chunks():
+        tasks += chunk.tasks
+        rejects += chunk.rejects
+    return Sources(tasks, rejects, stream.kind, stream.skipped_by_extension, dict(stream.skipped_suffixes))
 
 
 def printable(path: str) -> str:
@@ -90,58 +156,61 @@ def printable(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _walk(root: Path, recursive: bool):
-    """(path, is a folder) for every entry under root, folders followed through symlinks but each real one once."""
+def _walk(root: Path, recursive: bool) -> Iterator[tuple[str, bool | None, OSError | None]]:
+    """(path, is a folder, error) for every entry under root, each folder's entries in name order and a folder's
+    contents right after it; folders followed through symlinks but each real one once."""
     seen: set[tuple[int, int]] = set()
-    stack = [str(root)]
+    stack = [_listing(str(root), seen)]
     while stack:
-        folder = stack.pop()
-        try:
-            st = os.stat(folder)
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as e:
-            yield folder, None, e
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
             continue
-        for entry in entries:
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir and recursive:
-                stack.append(entry.path)
-            yield entry.path, is_dir, None
+        yield item
+        if item[1] and recursive:
+            stack.append(_listing(item[0], seen))
 
 
-def _folder_records(root: Path, cfg: InputConfig) -> tuple[list[dict[str, Any]], list[Rejection], Counter]:
-    """Video candidates by extension; every candidate that cannot be a file is a reject, every other entry counted."""
+def _listing(folder: str, seen: set[tuple[int, int]]) -> Iterator[tuple[str, bool | None, OSError | None]]:
+    try:
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            return
+        seen.add((st.st_dev, st.st_ino))
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        yield folder, None, e
+        return
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        yield entry.path, is_dir, None
+
+
+def _folder_records(root: Path, cfg: InputConfig) -> Iterator[dict[str, Any] | Rejection | str]:
+    """Video candidates by extension as records; every candidate that cannot be a file as a reject; every other
+    entry that is not a folder as its suffix (counted, not rejected)."""
     exts = {e.lower() for e in cfg.extensions}
-    records, rejects, skipped = [], [], Counter()
     for path, is_dir, error in _walk(root, cfg.recursive):
         rel = os.path.relpath(path, root)
         if error is not None:
-            rejects.append(Rejection(printable(path), "source", Reason.UNREADABLE.value,
-                                     f"folder cannot be listed: {error.strerror or error}", key_for_path(rel)))
+            yield Rejection(printable(path), "source", Reason.UNREADABLE.value,
+                            f"folder cannot be listed: {error.strerror or error}", key_for_path(rel))
             continue
         suffix = os.path.splitext(path)[1].lower()
         if suffix not in exts:
             if not is_dir:
-                skipped[suffix or "(none)"] += 1
+                yield suffix or "(none)"
             continue
         try:
             check_regular_file(path)
         except VideoError as e:
-            rejects.append(Rejection(printable(path), "source", e.reason.value, e.detail if e.reason is not Reason.BAD_PATH
-                                     else f"path is not valid UTF-8: {printable(path)}", key_for_path(rel)))
+            yield Rejection(printable(path), "source", e.reason.value, e.detail if e.reason is not Reason.BAD_PATH
+                            else f"path is not valid UTF-8: {printable(path)}", key_for_path(rel))
             continue
-        records.append({"path": rel})
-    records.sort(key=lambda r: r["path"])
-    return records, rejects, skipped
-
-
-
+        yield {"path": rel}
 
 
 def _video_field(rec: dict[str, Any]) -> str | None:
@@ -167,12 +236,15 @@ def _rel(path: Path, raw: str, base: Path) -> str:
 
 
 def _to_tasks(
-    records: list[dict[str, Any]], base: Path, allowed: list[Path], group: bool, max_frames: int = 1024
+    records: Iterable[dict[str, Any]], base: Path, allowed: list[Path], group: bool, max_frames: int = 1024,
+    start: int = 0, seen: GrowingKeySet | None = None,
 ) -> tuple[list[VideoTask], list[Rejection]]:
+    """Tasks and rejects of records numbered from `start`; `seen` holds the keys of earlier chunks (and gets these)."""
     tasks: dict[str, VideoTask] = {}
     by_source: dict[str, str] = {}
+    numbers: dict[str, int] = {}
     rejects: list[Rejection] = []
-    for n, rec in enumerate(records):
+    for n, rec in enumerate(records, start):
         raw = _video_field(rec) if isinstance(rec, dict) else None
         if raw is None:
             why = rec.get("_bad") if isinstance(rec, dict) else None
@@ -206,8 +278,16 @@ def _to_tasks(
             continue
         try:
             tasks[key] = VideoTask(key, source, _manifest_meta(rec, rel, max_frames))
+            numbers[key] = n
         except (ValueError, TypeError) as e:
             rejects.append(Rejection(source, "source", Reason.BAD_SOURCE.value, f"record {n}: {e}", key))
+    if seen is not None and tasks:
+        for key, first in zip(list(tasks), seen.value_of(list(tasks))):
+            if first >= 0:
+                task = tasks.pop(key)
+                rejects.append(Rejection(task.source, "source", Reason.DUPLICATE_KEY.value,
+                                         f"record {numbers[key]}: key {key} already taken by record {first}", key))
+        seen.add(list(tasks), [numbers[k] for k in tasks])
     return list(tasks.values()), rejects
 
 

@@ -19,7 +19,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -97,6 +97,15 @@ def shard_records(run: RunDir) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: r["name"])
 
 
+def iter_shard_records(run: RunDir) -> Iterator[dict[str, Any]]:
+    """The shard records in name order, one parsed at a time (a million index rows are never all held)."""
+    if run.ledger_shards.is_dir():
+        for p in sorted(run.ledger_shards.glob("*.json"), key=lambda p: p.name[: -len(".json")]):
+            record = _read_record(p)
+            if record is not None:
+                yield record
+
+
 def reject_rows(run: RunDir) -> list[dict[str, Any]]:
     if not run.ledger_rejects.is_dir():
         return []
@@ -112,19 +121,44 @@ def reject_rows(run: RunDir) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def clean(run: RunDir) -> dict[str, int]:
-    """Remove what an interrupted run left half-done; return what was removed."""
+def ledger_keys(run: RunDir, keys: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """The keys a rerun skips (committed, unless `keys` already holds them, or rejected) and the rejected sources;
+    records are read one at a time and only the key and source columns of the reject parts, no row is kept."""
+    keys = [row["key"] for rec in iter_shard_records(run) for row in rec["rows"]] if keys is None else keys
+    sources: list[str] = []
+    for part in sorted(run.ledger_rejects.glob("*.parquet")) if run.ledger_rejects.is_dir() else []:
+        try:
+            table = pq.read_table(part, columns=["key", "source"])
+        except (OSError, ValueError, pa.ArrowException):
+            continue  # cut by a power loss: its videos are redone (clean removes it)
+        keys += [k for k in table.column("key").to_pylist() if k]
+        sources += table.column("source").to_pylist()
+    return keys, sources
+
+
+def clean(run: RunDir, each_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, int]:
+    """Remove what an interrupted run left half-done; return what was removed.
+
+    `each_record` is called with every record that stays (readable, its shard present), in name order: a caller
+    that needs them all (resume) reads a million index rows once, here, and never holds them all.
+    """
     removed = {"partial_files": 0, "unrecorded_shards": 0, "records_without_shard": 0, "unreadable_ledger_parts": 0}
     for d in (run.shards, run.ledger_shards, run.ledger_rejects, run.root):
         if d.is_dir():
             for p in d.glob("*" + TMP_SUFFIX):
                 p.unlink()
                 removed["partial_files"] += 1
+    recorded: set[str] = set()  # each record parsed once: a million index rows are read in one pass
     if run.ledger_shards.is_dir():
-        for p in run.ledger_shards.glob("*.json"):
-            if _read_record(p) is None:
+        for p in sorted(run.ledger_shards.glob("*.json"), key=lambda p: p.name[: -len(".json")]):
+            record = _read_record(p)
+            if record is None:
                 p.unlink()
                 removed["unreadable_ledger_parts"] += 1
+                continue
+            recorded.add(record["name"])
+            if each_record is not None and (run.shards / record["name"]).exists():
+                each_record(record)
     if run.ledger_rejects.is_dir():
         for p in run.ledger_rejects.glob("*.parquet"):
             try:
@@ -132,7 +166,6 @@ def clean(run: RunDir) -> dict[str, int]:
             except (OSError, ValueError, pa.ArrowException):
                 p.unlink()
                 removed["unreadable_ledger_parts"] += 1
-    recorded = {r["name"] for r in shard_records(run)}
     if run.shards.is_dir():
         for tar in run.shards.glob("*.tar"):
             if tar.name not in recorded:
@@ -152,38 +185,39 @@ class DuplicateKeys(RuntimeError):
 def damaged_shards(run: RunDir, checksums: bool = False) -> dict[str, str]:
     """Committed shards that no longer match their record (size; with `checksums` also sha256 and parse), and
     shards holding a key an earlier shard already holds: {shard name: why}."""
+    owner: dict[str, str] = {}
+    found = ((rec["name"], record_damage(run, rec, owner, checksums)) for rec in shard_records(run))
+    return {name: why for name, why in found if why}
+
+
+def record_damage(run: RunDir, rec: dict[str, Any], owner: dict[str, str], checksums: bool = False) -> str | None:
+    """Why the shard of `rec` is damaged, or None; `owner` (key -> shard) holds the keys of the records seen before
+    it, in name order, and gets this record's."""
     from shards.reader import HashingReader, iter_tar_samples
 
-    damaged: dict[str, str] = {}
-    owner: dict[str, str] = {}
-    for rec in shard_records(run):
-        name, path = rec["name"], run.shards / rec["name"]
-        dupes = [r["key"] for r in rec["rows"] if r["key"] in owner]
-        for r in rec["rows"]:
-            owner.setdefault(r["key"], name)
-        if dupes:
-            damaged[name] = f"holds {len(dupes)} key(s) shard {owner[dupes[0]]} already holds, e.g. {dupes[0]}"
-            continue
-        try:
-            size = path.stat().st_size
-        except OSError:
-            damaged[name] = "missing"
-            continue
-        if size != rec["bytes"]:
-            damaged[name] = f"{size} bytes, {rec['bytes']} recorded"
-            continue
-        if checksums:
-            with open(path, "rb") as raw:
-                stream = HashingReader(raw)
-                try:
-                    for _ in iter_tar_samples(stream):
-                        pass
-                except (OSError, EOFError, ValueError) as e:
-                    damaged[name] = f"unreadable tar ({e})"
-                    continue
-                if stream.hexdigest() != rec["sha256"]:
-                    damaged[name] = "sha256 differs from the record"
-    return damaged
+    name, path = rec["name"], run.shards / rec["name"]
+    dupes = [r["key"] for r in rec["rows"] if r["key"] in owner]
+    for r in rec["rows"]:
+        owner.setdefault(r["key"], name)
+    if dupes:
+        return f"holds {len(dupes)} key(s) shard {owner[dupes[0]]} already holds, e.g. {dupes[0]}"
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "missing"
+    if size != rec["bytes"]:
+        return f"{size} bytes, {rec['bytes']} recorded"
+    if checksums:
+        with open(path, "rb") as raw:
+            stream = HashingReader(raw)
+            try:
+                for _ in iter_tar_samples(stream):
+                    pass
+            except (OSError, EOFError, ValueError) as e:
+                return f"unreadable tar ({e})"
+            if stream.hexdigest() != rec["sha256"]:
+                return "sha256 differs from the record"
+    return None
 
 
 def drop_shards(run: RunDir, names: list[str]) -> list[str]:
@@ -254,8 +288,7 @@ def write_tables(run: RunDir) -> tuple[int, int]:
             raise DuplicateKeys(f"key {row['key']} is committed in {seen[row['key']]} and {row['shard']}: "
                                 "the run directory is corrupt; `prolongvid run CONFIG --repair` redoes those samples")
     embedded = [(r["key"], r["embedding"]) for r in rows if r.get("embedding")]
-    rows = [{k: v for k, v in r.items() if k != "embedding"} for r in rows]
-    write_parquet_atomic(run.index, _index_table(rows))
+    write_parquet_atomic(run.index, _index_table(rows))  # without the embeddings: they go to their own table
     if embedded:
         keys, vectors = zip(*embedded)
         table = pa.table({"key": pa.array(keys, pa.string()), "embedding": pa.array(vectors, pa.list_(pa.float32()))})
@@ -271,9 +304,9 @@ def write_tables(run: RunDir) -> tuple[int, int]:
 
 
 def _index_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Every row's columns but `embedding`, in first-seen order, built column by column (a million rows:
+    the same table `Table.from_pylist` makes, without a dict per row)."""
     if not rows:
         return pa.table({"key": pa.array([], pa.string()), "shard": pa.array([], pa.string())})
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(c for c in row if c not in columns)
-    return pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
+    columns = [c for c in dict.fromkeys(c for row in rows for c in row) if c != "embedding"]
+    return pa.table({c: [row.get(c) for row in rows] for c in columns})

@@ -6,16 +6,18 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from shards.layout import RunDir
-from shards.reader import read_index, read_rejects, read_run_json, read_shard_list
+from shards.reader import read_rejects, read_run_json, read_shard_list
 
 DURATION_BINS_S = [0, 60, 120, 300, 600, 1800, 3600, float("inf")]
 DURATION_LABELS = ["<1m", "1-2m", "2-5m", "5-10m", "10-30m", "30-60m", ">60m"]
 
 
-def _summary(values: list[float]) -> dict[str, float]:
-    if not values:
+def _summary(values: "np.ndarray | list[float]") -> dict[str, float]:
+    if not len(values):
         return {"count": 0}
     a = np.asarray(values, dtype=float)
     return {
@@ -28,51 +30,71 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def _column(rows: list[dict[str, Any]], name: str) -> list[float]:
-    return [float(r[name]) for r in rows if r.get(name) is not None]
+class Columns:
+    """The index read column-wise (Arrow): a million rows are never turned into a Python dict each."""
+
+    def __init__(self, table: pa.Table):
+        self.table, self.names, self.rows = table, table.column_names, table.num_rows
+
+    def values(self, name: str) -> np.ndarray:
+        """The column as floats, NaN where it is empty (absent column: all NaN)."""
+        if name not in self.names:
+            return np.full(self.rows, np.nan)
+        col = self.table.column(name)
+        if pa.types.is_boolean(col.type):
+            col = col.cast(pa.int8())
+        return col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+
+    def present(self, name: str) -> np.ndarray:
+        v = self.values(name)
+        return v[~np.isnan(v)]
 
 
-def frame_cost(rows: list[dict[str, Any]]) -> dict[str, float]:
+def frame_cost(cols: Columns) -> dict[str, float]:
     """Bytes per sample of the stored frames, and what storing every stage's exact frames costs against storing
     only the largest stage's (`frames_needed`; rows of runs without it count as one pick)."""
-    have = [r for r in rows if r.get("sample_bytes") is not None and r.get("frames_stored")]
-    if not have:
+    sample_bytes, stored_col, needed_col = cols.values("sample_bytes"), cols.values("frames_stored"), cols.values("frames_needed")
+    have = ~np.isnan(sample_bytes) & ~np.isnan(stored_col) & (np.nan_to_num(stored_col) != 0)
+    if not have.any():
         return {}
-    stored = sum(int(r["frames_stored"]) for r in have)
-    needed = sum(int(r.get("frames_needed") or r["frames_stored"]) for r in have)
-    total = sum(int(r["sample_bytes"]) for r in have)
-    return {"bytes_per_sample": round(total / len(have), 1), "bytes_per_frame": round(total / stored, 1),
-            "frames_per_sample": round(stored / len(have), 2), "largest_stage_frames_per_sample": round(needed / len(have), 2),
+    n = int(have.sum())
+    stored = int(stored_col[have].sum())
+    needed_each = needed_col[have]
+    needed = int(np.where(np.isnan(needed_each) | (needed_each == 0), stored_col[have], needed_each).sum())
+    total = int(sample_bytes[have].sum())
+    return {"bytes_per_sample": round(total / n, 1), "bytes_per_frame": round(total / stored, 1),
+            "frames_per_sample": round(stored / n, 2), "largest_stage_frames_per_sample": round(needed / n, 2),
             "stored_over_largest_stage": round(stored / needed, 4),
-            "largest_stage_only_bytes_per_sample": round(total / stored * needed / len(have), 1)}  # fmt: skip
+            "largest_stage_only_bytes_per_sample": round(total / stored * needed / n, 1)}  # fmt: skip
 
 
 def compute_stats(run: RunDir) -> dict[str, Any]:
-    rows = read_index(run)
+    cols = Columns(pq.read_table(run.index))
     rejects = read_rejects(run)
     shards = read_shard_list(run)
     run_json = read_run_json(run)
-    durations = _column(rows, "duration_s")
-    hist, _ = np.histogram(durations, bins=DURATION_BINS_S) if durations else (np.zeros(len(DURATION_LABELS)), None)
-    columns = sorted({c for r in rows for c in r})
+    durations = cols.present("duration_s")
+    hist, _ = np.histogram(durations, bins=DURATION_BINS_S) if len(durations) else (np.zeros(len(DURATION_LABELS)), None)
+    columns = sorted(cols.names)
+    decoders = cols.table.column("decoder").to_pylist() if "decoder" in cols.names else [None] * cols.rows
     stats: dict[str, Any] = {
         "run_dir": str(run.root),
-        "samples": len(rows),
-        "hours_of_video": round(sum(durations) / 3600, 4),
+        "samples": cols.rows,
+        "hours_of_video": round(float(durations.sum()) / 3600, 4),
         "duration_s": _summary(durations),
         "duration_histogram": dict(zip(DURATION_LABELS, (int(h) for h in hist))),
-        "frames_stored": _summary(_column(rows, "frames_stored")),
-        "sample_bytes": _summary(_column(rows, "sample_bytes")),
-        "frame_cost": frame_cost(rows),
-        "tokens": {c[len("tokens_") :]: _summary(_column(rows, c)) for c in columns if c.startswith("tokens_")},
-        "conversations": _summary(_column(rows, "num_conversations")),
-        "qa_by_type": {c[len("qa_") :]: int(sum(_column(rows, c))) for c in columns if c.startswith("qa_")},
-        "captions": {c: _summary(_column(rows, c)) for c in columns if c.startswith("caption_")},
-        "qa_per_sample": _summary(_column(rows, "num_qa")),
-        "llm_tokens": {c[len("llm_") :]: int(sum(_column(rows, c))) for c in columns if c.startswith("llm_") and "tokens" in c},
-        "scores": {c[len("score_") :]: _summary(_column(rows, c)) for c in columns if c.startswith("score_")},
-        "filter_counts": {c[len("visual_") :]: _summary(_column(rows, c)) for c in columns if c.startswith("visual_")},
-        "decoders": dict(Counter(r.get("decoder") or "?" for r in rows)),
+        "frames_stored": _summary(cols.present("frames_stored")),
+        "sample_bytes": _summary(cols.present("sample_bytes")),
+        "frame_cost": frame_cost(cols),
+        "tokens": {c[len("tokens_") :]: _summary(cols.present(c)) for c in columns if c.startswith("tokens_")},
+        "conversations": _summary(cols.present("num_conversations")),
+        "qa_by_type": {c[len("qa_") :]: int(cols.present(c).sum()) for c in columns if c.startswith("qa_")},
+        "captions": {c: _summary(cols.present(c)) for c in columns if c.startswith("caption_")},
+        "qa_per_sample": _summary(cols.present("num_qa")),
+        "llm_tokens": {c[len("llm_") :]: int(cols.present(c).sum()) for c in columns if c.startswith("llm_") and "tokens" in c},
+        "scores": {c[len("score_") :]: _summary(cols.present(c)) for c in columns if c.startswith("score_")},
+        "filter_counts": {c[len("visual_") :]: _summary(cols.present(c)) for c in columns if c.startswith("visual_")},
+        "decoders": dict(Counter(d or "?" for d in decoders)),
         "rejects": len(rejects),
         "rejects_by_reason": dict(Counter(r["reason"] for r in rejects).most_common()),
         "rejects_by_stage": dict(Counter(r["stage"] for r in rejects).most_common()),

@@ -1,0 +1,69 @@
+"""Feed streamed sources to the stage graph in waves: the driver holds one wave of tasks, never all of them.
+
+Each chunk of sources is checked against the resume state as it arrives: its rejects are committed at once
+and its tasks not done yet join the current wave. A wave is one Ray Data pipeline (`run_graph`) of the same
+run attempt; the first wave starts after the first chunk (the first video is dispatched without reading the
+rest of the input), later ones double in size up to WAVE_MAX tasks, one block per video.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from pipeline.config import RunConfig
+from pipeline.records import WriteTotals
+from pipeline.resume import ResumeState
+from pipeline.sources import CHUNK, SourceChunk
+from pipeline.task import VideoTask
+from shards.commit import commit_rejects
+from shards.layout import RunDir
+
+log = logging.getLogger(__name__)
+
+WAVE_MAX = 50_000  # the graph's MAX_BLOCKS: up to this many tasks a wave keeps one block per video
+
+
+@dataclass
+class Dispatched:
+    results: list[WriteTotals] = field(default_factory=list)
+    source_rejects: Counter[str] = field(default_factory=Counter)  # reasons of the rejects committed from sources
+    skipped: int = 0  # tasks already done (in a finished shard or in the rejects)
+    dispatched: int = 0
+    waves: int = 0
+
+
+def dispatch(cfg: RunConfig, run: RunDir, generation: int, chunks: Iterable[SourceChunk], state: ResumeState,
+             run_stamp: str, start_ray: Callable[[], None]) -> Dispatched:
+    """Run every task of `chunks` that is not done through the graph; commit every fresh source reject."""
+    out = Dispatched()
+    wave: list[VideoTask] = []
+    limit = 1  # the first wave goes as soon as one chunk has something to do
+
+    def flush(n: int) -> None:
+        nonlocal wave, limit
+        from pipeline.graph import run_graph
+
+        if out.waves == 0:
+            start_ray()
+        out.results += run_graph(cfg, wave[:n], run_stamp, generation)
+        out.dispatched += len(wave[:n])
+        out.waves += 1
+        log.info("wave %d: %d videos (%d so far)", out.waves, len(wave[:n]), out.dispatched)
+        wave, limit = wave[n:], min(WAVE_MAX, max(limit, CHUNK) * 2)
+
+    for chunk in chunks:
+        fresh = state.fresh(chunk.rejects)
+        if fresh:
+            commit_rejects(run, generation, fresh)
+            out.source_rejects.update(r.reason for r in fresh)
+        todo = state.todo(chunk.tasks)
+        out.skipped += len(chunk.tasks) - len(todo)
+        wave += todo
+        while wave and len(wave) >= limit:
+            flush(min(len(wave), WAVE_MAX))
+    if wave:
+        flush(len(wave))
+    return out
