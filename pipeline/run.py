@@ -203,8 +203,9 @@ def _run(cfg: RunConfig, run: RunDir, sources: SourceStream, chunks: Iterable[So
     if done.waves:
         import ray
 
-        resources = ray.cluster_resources()  # what the run had: `prolongvid plan` scales from it
-        cluster = {"cpus": float(resources.get("CPU", 0)), "gpus": float(resources.get("GPU", 0))}
+        if ray.is_initialized():  # what the run had: `prolongvid plan` scales from it
+            resources = ray.cluster_resources()
+            cluster = {"cpus": float(resources.get("CPU", 0)), "gpus": float(resources.get("GPU", 0))}
         # Every write of this attempt is done, but a writer on a lost node may outlive its node for a moment: closing
         # the generation turns any late commit of its into a refusal, and the sweep removes what it left half-written.
         begin_generation(run)
