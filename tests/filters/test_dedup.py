@@ -42,6 +42,20 @@ def test_planted_duplicates_are_found_and_the_original_is_kept(method):
     assert all(d.cosine >= 0.95 for d in found)
 
 
+def test_the_approximate_path_keeps_its_recall_where_it_is_approximate():
+    """Many more lists than probes (204 lists of ~100 videos, 4 searched: 2% of the corpus per query), unlike the
+    test above where every list is searched. Against the exact pairs: nearly all found, none invented."""
+    keys, emb, _ = planted(n=20000, dups=400, seed=1)
+    cfg = DedupConfig(method="ann", threshold=0.95, list_size=100, nprobe=4)
+    assert len(keys) // cfg.list_size >= 50 * cfg.nprobe  # the approximate regime
+    ann = {(d.removed, d.kept) for d in find_duplicates(keys, emb, cfg)}
+    exact = {(d.removed, d.kept) for d in find_duplicates(keys, emb, cfg.model_copy(update={"method": "exact"}))}
+    assert len(exact) >= 400
+    recall = len(ann & exact) / len(exact)
+    assert recall >= 0.95, f"ANN recall {recall:.3f} of {len(exact)} exact pairs"
+    assert ann <= exact, sorted(ann - exact)[:5]
+
+
 def test_blocked_products_match_one_big_product():
     keys, emb, _ = planted(n=500, dups=40)
     emb = normalise(emb)
