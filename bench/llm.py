@@ -45,7 +45,8 @@ def make_videos(folder: Path, count: int, duration: float) -> Path:
     return folder
 
 
-def run_pipeline_stage(videos: Path, out: Path, url: str, model: str, concurrency: int, record: Path) -> dict:
+def run_pipeline_stage(videos: Path, out: Path, url: str, model: str, concurrency: int, record: Path,
+                       extra: tuple[str, ...] = ()) -> dict:
     import ray
 
     from pipeline.config import load_config
@@ -55,7 +56,7 @@ def run_pipeline_stage(videos: Path, out: Path, url: str, model: str, concurrenc
         f"input.path={videos}", "input.format=auto", f"output.dir={out}", "ray.progress=false", SETS,
         "llm.enabled=true", "llm.http.mode=external", f"llm.http.url={url}", f"llm.model={model}",
         f"llm.http.max_concurrency={concurrency}", "llm.videos_in_flight=64", f"llm.http.record_requests={record}",
-        "filters.visual.enabled=false",
+        "filters.visual.enabled=false", *extra,
     ]  # fmt: skip
     cfg = load_config(ROOT / "configs" / "demo.yaml", overrides)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -160,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["", "requests", "seconds", "tokens", "tokens/s"], rows))
     print(f"pipeline: {pipeline['accepted']} accepted, rejected {pipeline['rejected']}, "
           f"{pipeline.get('retries', 0)} retries, peak {pipeline.get('peak_in_flight', 0)} in flight")  # fmt: skip
+    print()
+    p = pipeline
+    economy = [[f"{p.get('video_minutes', 0):.2f}", f"{p.get('prompt_tokens_per_video_minute', 0):.0f}",
+                f"{p.get('prefilled_tokens_per_video_minute', 0):.0f}", f"{p.get('completion_tokens_per_video_minute', 0):.0f}",
+                f"{100 * p.get('prefix_cache_hit_rate', 0):.1f}%"]]  # fmt: skip
+    print("token economy of (b), per video-minute (prefilled: prompt tokens not served from the server's prefix cache):")
+    print(table(["video min", "prompt", "prefilled", "completion", "cache hits"], economy))
     print()
     print(targets_table(targets))
     return 0

@@ -54,6 +54,7 @@ class ChatResult:
     prompt_tokens: int
     completion_tokens: int
     parsed: Any = None
+    cached_tokens: int = 0  # prompt tokens the server took from its prefix cache (prompt_tokens_details)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Usage:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, served from the server's prefix cache, not prefilled
     retries: int = 0
     failures: int = 0  # requests that failed for good
     seconds: float = 0.0  # wall time spent in requests (overlapping requests add up)
@@ -72,7 +74,8 @@ class Usage:
     by_reason: dict[str, int] = field(default_factory=dict)  # failed attempts per reason
 
     def add(self, other: "Usage") -> None:
-        for name in ("requests", "prompt_tokens", "completion_tokens", "retries", "failures", "seconds"):
+        for name in ("requests", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "retries", "failures",
+                     "seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.window(other.first_at, other.last_at)
         self.peak_in_flight = max(self.peak_in_flight, other.peak_in_flight)
@@ -143,6 +146,7 @@ async def complete(
             result = await backend.chat(current)
             usage.prompt_tokens += result.prompt_tokens
             usage.completion_tokens += result.completion_tokens
+            usage.cached_prompt_tokens += result.cached_tokens
             value = parse_answer(result, request.schema)
             if validate is not None:
                 validate(value)

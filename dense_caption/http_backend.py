@@ -138,6 +138,7 @@ def parse_envelope(raw: bytes, name: str) -> ChatResult:
             finish_reason=str(choice.get("finish_reason") or ""),
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
+            cached_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
         )
     except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError):
         raise LLMFailure(Reason.LLM_HTTP_ERROR, f"{name}: malformed response body {raw[:120]!r}", True) from None

@@ -140,7 +140,8 @@ class ManagedServer:
             self.python, "-m", "vllm.entrypoints.openai.api_server",
             "--model", self.model_path, "--served-model-name", self.model,
             "--host", self.host, "--port", str(self.port), *self.extra_args,
-        ]
+            *([] if "--enable-prompt-tokens-details" in self.extra_args else ["--enable-prompt-tokens-details"]),
+        ]  # prompt_tokens_details: how many prompt tokens the prefix cache served (run.json's cache hit rate)
 
     def start(self) -> Self:
         """Start the server and wait until /health answers 200."""

@@ -163,10 +163,12 @@ class WriteTotals:
     shards: list[dict[str, Any]] = field(default_factory=list)  # the committed shards' records
     llm: Counter = field(default_factory=Counter)  # LLM usage of every video written or rejected
 
-    def add_video(self, meta_timings: dict[str, float], llm_usage: dict[str, Any]) -> None:
+    def add_video(self, meta_timings: dict[str, float], llm_usage: dict[str, Any], duration_s: float = 0.0) -> None:
+        """One video's stage times and LLM use; `video_s` sums the length of the videos the LLM saw."""
         for stage, seconds in meta_timings.items():
             self.add_time(stage, seconds, 1)
-        add_llm_usage(self.llm, llm_usage)
+        if llm_usage:
+            add_llm_usage(self.llm, {**llm_usage, "video_s": float(duration_s or 0.0)})
 
     def add_time(self, stage: str, seconds: float, videos: int) -> None:
         spent = self.timings.setdefault(stage, StageTime())
@@ -188,6 +190,27 @@ class WriteTotals:
         out = cls()
         for part in parts:
             out.add(part)
+        return out
+
+    def llm_summary(self, wall_s: float) -> dict[str, Any]:
+        """run.json's `llm`: requests, tokens, retries, failures; tokens/s over `active_s` (first request sent to
+        last answer received); the prefix cache's share of prompt tokens; tokens per minute of video captioned."""
+        total = Counter(self.llm)
+        if not total:
+            return {}
+        first, last, video_s = total.pop("first_at", 0), total.pop("last_at", 0), total.pop("video_s", 0.0)
+        out: dict[str, Any] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in total.items()}
+        active = max(0.0, last - first) if first else wall_s
+        prompt, completion, cached = total["prompt_tokens"], total["completion_tokens"], total["cached_prompt_tokens"]
+        out["active_s"] = round(active, 3)
+        out["tokens_per_s"] = round((prompt + completion) / active, 1) if active > 0 else 0.0
+        out["completion_tokens_per_s"] = round(completion / active, 1) if active > 0 else 0.0
+        out["prefilled_prompt_tokens"] = prompt - cached  # what the server computed: cached tokens cost ~nothing
+        out["prefix_cache_hit_rate"] = round(cached / prompt, 4) if prompt else 0.0
+        minutes = video_s / 60.0
+        out["video_minutes"] = round(minutes, 3)
+        for name, value in (("prompt", prompt), ("prefilled", prompt - cached), ("completion", completion)):
+            out[f"{name}_tokens_per_video_minute"] = round(value / minutes, 1) if minutes > 0 else 0.0
         return out
 
     def stage_rates(self) -> dict[str, dict[str, float]]:

@@ -240,27 +240,9 @@ def _run(cfg: RunConfig, run: RunDir, sources: SourceStream, chunks: Iterable[So
         skipped_suffixes=dict(sources.skipped_suffixes),
         cluster=cluster,
     )
-    summary.llm = _llm_totals(written, summary.wall_s)
+    summary.llm = written.llm_summary(summary.wall_s)
     _write_run_json(run, cfg, summary, started, written, cleaned, dropped, sources.kind)
     return summary
-
-
-def _llm_totals(written: WriteTotals, wall_s: float) -> dict[str, Any]:
-    """Requests, tokens, retries and failures of the caption/QA stages.
-
-    Tokens/s are over `active_s`, from the first request sent to the last answer received in this run.
-    """
-    total: Counter[str] = Counter(written.llm)
-    if not total:
-        return {}
-    first, last = total.pop("first_at", 0), total.pop("last_at", 0)
-    out: dict[str, Any] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in total.items()}
-    active = max(0.0, last - first) if first else wall_s
-    tokens = total["prompt_tokens"] + total["completion_tokens"]
-    out["active_s"] = round(active, 3)
-    out["tokens_per_s"] = round(tokens / active, 1) if active > 0 else 0.0
-    out["completion_tokens_per_s"] = round(total["completion_tokens"] / active, 1) if active > 0 else 0.0
-    return out
 
 
 def _write_run_json(

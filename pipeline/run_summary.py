@@ -25,4 +25,8 @@ def print_run_summary(summary: RunSummary) -> None:
         rows += [["LLM requests (retries, failed)", f"{llm.get('requests', 0)} ({llm.get('retries', 0)}, {llm.get('failures', 0)})"]]
         rows += [["LLM tokens prompt / completion", f"{llm.get('prompt_tokens', 0)} / {llm.get('completion_tokens', 0)}"]]
         rows += [["LLM tokens/s", llm.get("tokens_per_s", 0)]]
+        if llm.get("video_minutes"):
+            rows += [["LLM tokens per video-minute", f"{llm.get('prefilled_tokens_per_video_minute', 0)} prefilled, "
+                      f"{llm.get('completion_tokens_per_video_minute', 0)} completion "
+                      f"(prefix cache {100 * llm.get('prefix_cache_hit_rate', 0):.1f}% of prompt)"]]  # fmt: skip
     print(table(["run " + summary.out_dir, ""], rows))

@@ -134,7 +134,8 @@ class ShardSink(Datasink):
             for block in blocks:
                 for raw in BlockAccessor.for_block(block).iter_rows(public_row_format=True):
                     task = VideoTask.from_row(dict(raw))
-                    summary.add_video(task.meta.get("timings") or {}, task.meta.get("llm") or {})  # kept and rejected
+                    summary.add_video(task.meta.get("timings") or {}, task.meta.get("llm") or {},  # kept and rejected
+                                      (task.meta.get("video") or {}).get("duration_s") or 0.0)
                     if task.error is not None:
                         rejects.append(task.error)
                         summary.rejects[task.error.reason] += 1

@@ -153,5 +153,9 @@ def stats_table(stats: dict[str, Any]) -> str:
             llm = lr["llm"]
             rows += [["last run LLM", f"{llm.get('requests', 0)} requests ({llm.get('retries', 0)} retried, "
                       f"{llm.get('failures', 0)} failed)  {llm.get('tokens_per_s', 0)} tokens/s"]]  # fmt: skip
+            if llm.get("video_minutes"):
+                rows += [["last run LLM per video-minute", f"{llm.get('prefilled_tokens_per_video_minute', 0)} prefilled "
+                          f"+ {llm.get('completion_tokens_per_video_minute', 0)} completion tokens; prefix cache served "
+                          f"{100 * llm.get('prefix_cache_hit_rate', 0):.1f}% of prompt tokens"]]  # fmt: skip
     rows += [[f"LLM {name.replace('_', ' ')} (kept samples)", n] for name, n in stats["llm_tokens"].items()]
     return table(["run " + stats["run_dir"], ""], rows)

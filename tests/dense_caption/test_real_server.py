@@ -94,6 +94,11 @@ def test_captions_and_qa_from_a_real_server(real_videos, vllm_server, ray_local,
     totals = json.loads((out / "run.json").read_text())["this_run"]["llm"]
     assert totals["requests"] == summary.llm["requests"] > 0 and totals["completion_tokens"] > 0
     assert totals["peak_in_flight"] == 4  # the worker kept the configured number of requests open
+    # vLLM reports the prompt tokens its prefix cache served (--enable-prompt-tokens-details): the QA requests of a
+    # video share the system prompt and the dense caption, so some are cached; the rest were prefilled.
+    assert 0 < totals["cached_prompt_tokens"] < totals["prompt_tokens"]
+    assert totals["prefilled_prompt_tokens"] == totals["prompt_tokens"] - totals["cached_prompt_tokens"]
+    assert totals["video_minutes"] > 0 and totals["prefilled_tokens_per_video_minute"] > 0
     by_video = {r["key"]: r for r in index}
     assert all(by_video[s["__key__"]]["llm_prompt_tokens"] > 0 for s in got)
 

@@ -1,0 +1,31 @@
+"""LLM token accounting: prompt tokens the server's prefix cache served, and tokens per video-minute."""
+
+from __future__ import annotations
+
+import json
+
+from dense_caption.http_backend import parse_envelope
+from pipeline.records import WriteTotals
+
+
+def test_cached_prompt_tokens_are_read_from_the_response():
+    body = {"choices": [{"message": {"content": "{}"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 900, "completion_tokens": 40, "prompt_tokens_details": {"cached_tokens": 768}}}
+    result = parse_envelope(json.dumps(body).encode(), "qa")
+    assert (result.prompt_tokens, result.cached_tokens, result.completion_tokens) == (900, 768, 40)
+    plain = parse_envelope(json.dumps({**body, "usage": {"prompt_tokens": 5, "completion_tokens": 1}}).encode(), "qa")
+    assert plain.cached_tokens == 0  # a server that does not report it: nothing counted as cached
+
+
+def test_run_totals_give_tokens_per_video_minute_and_the_cache_hit_rate():
+    totals = [WriteTotals(), WriteTotals()]
+    totals[0].add_video({"caption": 2.0}, {"requests": 10, "prompt_tokens": 6000, "completion_tokens": 600,
+                                           "cached_prompt_tokens": 2000, "first_at": 100.0, "last_at": 110.0}, 60.0)
+    totals[1].add_video({"caption": 1.0}, {"requests": 5, "prompt_tokens": 3000, "completion_tokens": 300,
+                                           "cached_prompt_tokens": 1000, "first_at": 105.0, "last_at": 130.0}, 120.0)
+    totals[1].add_video({"decode": 1.0}, {}, 600.0)  # no LLM use: its minutes do not count
+    llm = WriteTotals.total(totals).llm_summary(wall_s=60.0)
+    assert llm["video_minutes"] == 3.0 and llm["prefilled_prompt_tokens"] == 6000
+    assert llm["prompt_tokens_per_video_minute"] == 3000.0 and llm["prefilled_tokens_per_video_minute"] == 2000.0
+    assert llm["completion_tokens_per_video_minute"] == 300.0 and llm["prefix_cache_hit_rate"] == round(3000 / 9000, 4)
+    assert llm["active_s"] == 30.0 and llm["tokens_per_s"] == round(9900 / 30, 1)
