@@ -111,12 +111,15 @@ CAPTIONS = ("sampling.sets=[{name: shard, mode: uniform, num_frames: 8, resize: 
 
 
 def _caption_run(videos, out, url, tiny, *extra):
-    clip = [f"filters.clip.{k}={v}" for k, v in tiny.items()] + ["filters.clip.enabled=true"]
+    # Half a CPU for each of the two CLIP pools (scores, then agreement after the captions): with the video pool's
+    # one, every pool of the graph fits the test's 2-CPU Ray at once instead of waiting for the one before to end.
+    clip = [f"filters.clip.{k}={v}" for k, v in tiny.items()] + ["filters.clip.enabled=true", "resources.clip.num_cpus=0.5"]
     llm = ["llm.enabled=true", "llm.model=fake", f"llm.http.url={url}", "llm.http.mode=external", "llm.qa.enabled=false",
            "llm.captions.text_pattern=null", "llm.retry.attempts=2", "llm.retry.backoff_s=0.05"]
     return run_pipeline(pipeline_config(videos, out, CAPTIONS, *clip, *llm, *extra))
 
 
+@pytest.mark.timeout(1800)  # two whole runs with CLIP and captions: minutes on a busy 2-core machine
 def test_caption_agreement_runs_after_the_captions_and_rejects_the_mismatch(tiny_clip, video, tmp_path, ray_local):
     """Through the graph: captions from the fake server, then CLIP agreement. A first run scores every video;
     a second, with the bar between the two scores, rejects the caption that agrees least with its frames."""
