@@ -28,6 +28,19 @@ class DecoderLog:
         self.messages: list[str] = []
         self.source = source
         self.log_dir = log_dir
+        self._closed: list[object] = []
+
+    def free_later(self, *closed: object) -> None:
+        """Hold closed PyAV containers and streams until libav no longer logs into Python (`captured` ends).
+
+        A frame-threaded codec context's threads may log as it is freed, and a log message into Python needs
+        the GIL, which the thread freeing it holds while it waits for them: a deadlock (PyAV issues #909,
+        #367). Freed after logging is switched off again, their messages go nowhere and nothing waits.
+        """
+        self._closed.extend(c for c in closed if c is not None)
+
+    def free_closed(self) -> None:
+        self._closed.clear()
 
     def note(self, text: str) -> None:
         text = " ".join(str(text).split())
@@ -75,3 +88,4 @@ def captured(decoder_log: DecoderLog) -> Iterator[DecoderLog]:
                     decoder_log.note(f"{name}: {message}" if name else message)
     finally:
         av.logging.set_level(previous)
+        decoder_log.free_closed()

@@ -71,8 +71,7 @@ class PyAVBackend:
 
     def _open(self) -> None:
         av = self._av
-        if self._container is not None:
-            self._container.close()
+        self.close()
         try:
             self._container = av.open(self._path, options=self.log.open_options())
         except av.error.FFmpegError as e:
@@ -231,7 +230,26 @@ class PyAVBackend:
 
     def close(self) -> None:
         if self._container is not None:
+            if self._threads > 1:
+                self._drain()
             self._container.close()
+            # the codec context is freed when the last reference goes: not here, while libav may still log
+            # into Python (see DecoderLog.free_later)
+            self.log.free_later(self._container, self._stream)
+            self._container = self._stream = None
+
+
+    def _drain(self) -> None:
+        """Let a frame-threaded decoder finish what its threads hold (with the GIL free) before it is freed.
+
+        Its threads may still be decoding, and logging, the packets sent ahead; freeing the codec context
+        waits for them while holding the GIL that a log message into Python needs: a deadlock.
+        """
+        try:
+            for _ in self._stream.codec_context.decode(None):
+                pass
+        except self._av.error.FFmpegError:
+            pass
 
 
 def _advance(frames: Iterator, want: int):
