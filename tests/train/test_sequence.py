@@ -31,8 +31,8 @@ TINY = ["model.tiny=true", "model.init_from=null", "model.video_pool_size=4", "d
 
 @pytest.fixture(scope="module")
 def run64(tmp_path_factory) -> Path:
-    """Three videos of 64 stored frames, one conversation each, in three shards with an index (permutation order)."""
-    return write_run(tmp_path_factory.mktemp("sp") / "run", samples=3, per_shard=1, frames=64)
+    """Four videos of 64 stored frames, one conversation each, in four shards with an index (permutation order)."""
+    return write_run(tmp_path_factory.mktemp("sp") / "run", samples=4, per_shard=1, frames=64)
 
 
 def train_cli(out: Path, shards: Path, *extra: str) -> list[dict]:
@@ -58,13 +58,15 @@ def same_steps(ranks: list[dict], one: list[dict]) -> None:
 
 
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
-def test_two_sp_ranks_train_as_one_rank(run64, one_rank, tmp_path, sharding):
-    ranks = train_cli(tmp_path / "sp", run64, "optim.max_steps=3", "nproc_per_node=2", "parallel.sp_size=2",
-                      f"parallel.sharding={sharding}")  # fmt: skip
-    assert len(ranks) == len(one_rank) == 3
-    same_steps(ranks, one_rank)
-    assert len({i for r in ranks for i in r["items"]}) == 3  # every video once an epoch: the group reads as one
+@pytest.mark.parametrize("sharding,ranks", [("ddp", 2), ("fsdp", 2), ("fsdp", 4)])
+def test_sp_ranks_train_as_one_rank(run64, one_rank, tmp_path, sharding, ranks):
+    """2 ranks: one group of 2 reads both conversations of a step; 4 ranks: two groups read one each (FSDP2 over
+    all 4), so sequence parallelism composes with data parallelism."""
+    got = train_cli(tmp_path / "sp", run64, "optim.max_steps=3", f"nproc_per_node={ranks}", "parallel.sp_size=2",
+                    f"parallel.sharding={sharding}")  # fmt: skip
+    assert len(got) == len(one_rank) == 3
+    same_steps(got, one_rank)
+    assert len({i for r in got for i in r["items"]}) == 4  # every video once an epoch: a group reads as one
 
 
 @pytest.mark.timeout(1800)
@@ -140,26 +142,31 @@ def _forward_backward(rank: int, world: int, port: int, out: str) -> None:
     labels[1, len(rows[1]):] = -100
     pixels = torch.randn(2, frames, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     mask = (labels != -100) | (torch.arange(width) < torch.tensor([[len(r)] for r in rows]))
-    ref = summed_loss(model(input_ids=ids, pixel_values_videos=pixels, attention_mask=mask.long()).logits, labels, "sample")
-    ref.backward()
-    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None and "vision_tower" not in n}
-    model.zero_grad(set_to_none=True)
+    trained = [n for n, p in model.named_parameters() if "vision_tower" not in n]
+    ref, expected = {}, {}
+    for average in ("sample", "token"):  # the whole sequence on one rank
+        loss = summed_loss(model(input_ids=ids, pixel_values_videos=pixels, attention_mask=mask.long()).logits,
+                           labels, average)  # fmt: skip
+        loss.backward()
+        ref[average], expected[average] = loss.detach(), {n: model.get_parameter(n).grad.clone() for n in trained}
+        model.zero_grad(set_to_none=True)
     sp = sequence.new_group(rank, world, world)
     sequence.enable(model, sp)
     batch = sequence.pad_batch({"input_ids": ids, "labels": labels}, world, 0)
     mine = sequence.local_slice(batch["input_ids"].shape[1], sp)
-    logits = model(input_ids=batch["input_ids"], pixel_values_videos=pixels).logits
-    part = target_loss(logits, next_tokens(batch["labels"])[:, mine], (labels[:, 1:] != -100).sum(dim=1), "sample")
-    part.backward()
-    total = part.detach().clone()
-    dist.all_reduce(total)
-    grads = {}
-    for name in expected:
-        grad = model.get_parameter(name).grad.clone()
-        dist.all_reduce(grad)
-        grads[name] = grad
+    total, grads = {}, {}
+    for average in ("sample", "token"):  # each rank its slice; the sums over the ranks are compared
+        logits = model(input_ids=batch["input_ids"], pixel_values_videos=pixels).logits
+        part = target_loss(logits, next_tokens(batch["labels"])[:, mine], (labels[:, 1:] != -100).sum(dim=1), average)
+        part.backward()
+        total[average] = part.detach().clone()
+        dist.all_reduce(total[average])
+        grads[average] = {n: model.get_parameter(n).grad.clone() for n in trained}
+        for grad in grads[average].values():
+            dist.all_reduce(grad)
+        model.zero_grad(set_to_none=True)
     if rank == 0:
-        torch.save({"ref": ref.detach(), "total": total, "expected": expected, "grads": grads}, out)
+        torch.save({"ref": ref, "total": total, "expected": expected, "grads": grads}, out)
     dist.destroy_process_group()
 
 
@@ -168,7 +175,8 @@ def test_ulysses_matches_full_attention_with_gqa_uneven_frames_and_padding(tmp_p
     out = tmp_path / "grads.pt"
     torch.multiprocessing.spawn(_forward_backward, args=(2, _free_port(), str(out)), nprocs=2)
     got = torch.load(out, weights_only=True)
-    assert float(got["total"]) == pytest.approx(float(got["ref"]), rel=1e-5)
-    for name, want in got["expected"].items():
-        diff = float((got["grads"][name] - want).abs().max())
-        assert diff <= 1e-4 * float(want.abs().max()) + 1e-7, (name, diff)
+    for average in ("sample", "token"):
+        assert float(got["total"][average]) == pytest.approx(float(got["ref"][average]), rel=1e-5), average
+        for name, want in got["expected"][average].items():
+            diff = float((got["grads"][average][name] - want).abs().max())
+            assert diff <= 1e-4 * float(want.abs().max()) + 1e-7, (average, name, diff)
