@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the video LLM on a run's shards (configs/train/*.yaml)")
     p.add_argument("config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. output.dir=out/train/x")
+    p.add_argument("--dry-run", action="store_true", help="print the per-GPU memory estimate, train nothing")
     p.set_defaults(func=cmd_train)  # train/cli.py
 
     p = sub.add_parser("export-llava", help="write LLaVA-format records from a run's shards")

@@ -1,4 +1,7 @@
-"""`prolongvid train CONFIG`: check the data, launch the ranks (torchrun) or train here, print the summary."""
+"""`prolongvid train CONFIG`: check the data, launch the ranks (torchrun) or train here, print the summary.
+
+`--dry-run` prints the per-GPU memory estimate (`train/plan.py`) and trains nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +10,30 @@ import os
 import subprocess
 import sys
 
-from pipeline.config_load import load_config
+from pipeline.config_load import ConfigError, load_config
 from train.config import TrainConfig
 from train.preflight import check_training_data, world_size
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set or [], model=TrainConfig)
-    data = check_training_data(cfg.data.shards, world_size(cfg.nproc_per_node))  # before anything is written
+    world = world_size(cfg.nproc_per_node)
+    try:
+        readers = cfg.parallel.data_ranks(world)
+    except ValueError as e:
+        raise ConfigError(f"parallel.sp_size: {e}") from None
+    if getattr(args, "dry_run", False):
+        from train.plan import format_plan, memory_plan
+
+        try:
+            plan = memory_plan(cfg, world)
+        except ConfigError:
+            raise
+        except ValueError as e:  # the model's heads do not split over sp
+            raise ConfigError(str(e)) from None
+        print(format_plan(plan, cfg))
+        return 0
+    data = check_training_data(cfg.data.shards, readers)  # before anything is written
     if os.environ.get("RANK", "0") == "0":
         print(f"training on {cfg.data.shards}: {data}", file=sys.stderr)
     if cfg.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # launch the ranks; a multi-node launcher sets WORLD_SIZE

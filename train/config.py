@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.config_base import Strict
 from pipeline.video_tokens import VIDEO_POOL
@@ -74,21 +74,52 @@ class RunOutput(Strict):
     console: bool = True  # a progress bar and the log line on stderr (rank 0); the same records go to log.jsonl
 
 
+class ParallelConfig(Strict):
+    """How the ranks share the work. `parallel: fsdp` (a bare string) still means `{sharding: fsdp}`."""
+
+    sharding: Literal["ddp", "fsdp"] = Field("ddp", description="ddp: full replicas; fsdp: FSDP2 over every rank")
+    sp_size: Annotated[int, Field(gt=0)] = Field(
+        1, description="sequence parallelism: ranks that split each sequence (and its frames); consecutive ranks"
+    )
+
+    def data_ranks(self, world: int) -> int:
+        """Ranks that read different data: the world over the sequence-parallel group size."""
+        if world % self.sp_size:
+            raise ValueError(f"parallel.sp_size {self.sp_size} does not divide the {world} ranks")
+        return world // self.sp_size
+
+
 class TrainConfig(Strict):
     model: ModelConfig
     data: TrainData
     optim: OptimConfig
     output: RunOutput
-    parallel: Literal["ddp", "fsdp"] = "ddp"
+    parallel: ParallelConfig = ParallelConfig()
     nproc_per_node: Annotated[int, Field(gt=0)] = 1
     seed: int = 0
 
+    @classmethod
+    def prefill(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """`parallel: fsdp` -> `{sharding: fsdp}`, so `--set parallel.sp_size=2` works on either form."""
+        if isinstance(data.get("parallel"), str):
+            data["parallel"] = {"sharding": data["parallel"]}
+        return data
+
+    @field_validator("parallel", mode="before")
+    @classmethod
+    def _sharding_alone(cls, value: Any) -> Any:
+        return {"sharding": value} if isinstance(value, str) else value
+
     def grad_accum(self, world: int) -> int:
-        """Micro-batches per optimizer step on each rank, from the global batch when one is set."""
+        """Micro-batches per optimizer step on each rank, from the global batch when one is set.
+
+        `world` counts every rank; a sequence-parallel group reads one micro-batch together.
+        """
         if self.optim.global_batch_size is None:
             return self.optim.grad_accum or 1
-        per_micro = world * self.data.batch_size
+        ranks = self.parallel.data_ranks(world)
+        per_micro = ranks * self.data.batch_size
         if self.optim.global_batch_size % per_micro:
             raise ValueError(f"optim.global_batch_size {self.optim.global_batch_size} is not a multiple of "
-                             f"{world} ranks x data.batch_size {self.data.batch_size}")
+                             f"{ranks} data ranks x data.batch_size {self.data.batch_size}")
         return self.optim.global_batch_size // per_micro

@@ -14,6 +14,7 @@ a shuffle buffer, or a whole-epoch permutation of the sample keys.
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import json
@@ -62,6 +63,18 @@ class DataConfig(Strict):
     seed: int = 0
     # A stored frame above this is refused before decoding (a 12000x12000 JPEG would take 1.7 GB); shards hold 384 px.
     max_frame_pixels: Annotated[int, Field(gt=0)] = 4096 * 4096
+    # Set by the trainer: the ranks of a sequence-parallel group read the same items, as one reader.
+    reader: tuple[int, int] | None = Field(None, description="(reader, readers) this rank reads as; None: its rank")
+
+
+def split_by_reader(src: Iterator[Any], cfg: DataConfig) -> Iterator[Any]:
+    """webdataset's `split_by_node`, by reader (a sequence-parallel group shares one)."""
+    from itertools import islice
+
+    from train.order import reader_info
+
+    rank, world, _, _ = reader_info(cfg)
+    yield from islice(src, rank, None, world) if world > 1 else src
 
 
 def shard_urls(spec: str) -> list[str]:
@@ -247,7 +260,7 @@ def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0, skip: i
     dataset = wds.WebDataset(
         urls,
         shardshuffle=len(urls) if cfg.shuffle_buffer else False,
-        nodesplitter=wds.split_by_node,
+        nodesplitter=functools.partial(split_by_reader, cfg=cfg),
         workersplitter=wds.split_by_worker,
         empty_check=False,
         seed=cfg.seed + epoch,

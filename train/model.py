@@ -67,6 +67,18 @@ class VideoLlava(LlavaOnevisionForConditionalGeneration):
     def __init__(self, config: LlavaOnevisionConfig):
         super().__init__(config)
         self.model.__class__ = _PaperVideoPooling  # same parameters, the paper's video path
+        self.sequence_group: Any = None  # set by `train.sequence.enable`: this rank computes a slice of each sequence
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """transformers' forward, or with sequence parallelism the logits of this rank's slice (`train/sequence.py`).
+
+        The split lives inside the model's own forward so DDP and FSDP2 wrap it as they wrap the plain one.
+        """
+        if self.sequence_group is None:
+            return super().forward(*args, **kwargs)
+        from train.sequence import forward
+
+        return forward(self, self.sequence_group, *args, **kwargs)
 
     def freeze_vision_tower(self) -> None:
         for p in self.model.vision_tower.parameters():

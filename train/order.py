@@ -96,11 +96,21 @@ class LazySample(Mapping):
         return len(self._where) + 1
 
 
-def permuted_samples(spec: str, seed: int, epoch: int) -> Iterator[LazySample]:
-    """This rank's and loader worker's share of the epoch's permutation, in order."""
+def reader_info(cfg: Any) -> tuple[int, int, int, int]:
+    """(reader, readers, loader worker, workers): the process group's rank and size unless `cfg.reader` (the data
+    config's) is set: the ranks of a sequence-parallel group read as one reader."""
     from webdataset.utils import pytorch_worker_info
 
     rank, world, worker, workers = pytorch_worker_info()
+    if cfg.reader is not None:
+        rank, world = cfg.reader
+    return rank, world, worker, workers
+
+
+def permuted_samples(cfg: Any, epoch: int) -> Iterator[LazySample]:
+    """This reader's (`reader_info`) and loader worker's share of the epoch's permutation, in order."""
+    spec, seed = cfg.shards, cfg.seed
+    rank, world, worker, workers = reader_info(cfg)
     where = dict(run_samples(spec))
     mine = epoch_keys(list(where), seed, epoch)[rank::world][worker::workers]
     tars = TarMembers()
@@ -118,6 +128,6 @@ def build_permuted(cfg: Any, epoch: int, items: Callable[[Iterator[LazySample]],
 
     class _Permuted(torch.utils.data.IterableDataset):
         def __iter__(self) -> Iterator[Any]:
-            return items(permuted_samples(cfg.shards, cfg.seed, epoch))
+            return items(permuted_samples(cfg, epoch))
 
     return _Permuted()

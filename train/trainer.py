@@ -1,4 +1,5 @@
-"""The staged trainer: one process or many (torchrun), DDP by default or FSDP2 (`parallel: fsdp`), resume by default.
+"""The staged trainer: one process or many (torchrun), DDP by default or FSDP2 (`parallel.sharding: fsdp`), with
+sequence parallelism (`parallel.sp_size`, `train/sequence.py`) in either, resume by default.
 
 `Trainer` reads top to bottom: `setup` (process group, model, what trains and in which precision, the parallel
 wrapper, optimizer and schedule, the data stream), `resume` (the latest checkpoint's state), `train_step` (one
@@ -27,13 +28,14 @@ from typing import Any
 import torch
 
 from pipeline.config_load import write_resolved_config
-from train import checkpoint, fsdp, optim
+from train import checkpoint, fsdp, optim, sequence
 from train.batching import DataStream
 from train.chat import ChatEncoder
 from train.config import TrainConfig
 from train.console import Console
 from train.distributed import all_reduce_sum, gather, setup_distributed
-from train.loss import count_units, summed_loss
+from train.chat import IGNORE
+from train.loss import count_units, next_tokens, summed_loss, target_loss
 from train.model import VideoLlava, tokens_per_frame
 from train.position import DataPosition
 
@@ -81,17 +83,24 @@ class Trainer:
         cfg = self.cfg
         self.rank, self.world, self.device = setup_distributed()
         self.accum = cfg.grad_accum(self.world)
+        self.sp = cfg.parallel.sp_size  # a group of sp consecutive ranks reads one batch and splits its sequences
         torch.manual_seed(cfg.seed + self.rank)
         self.tokenizer, model = load_parts(cfg)
         # One data seed on every rank: the ranks split one permutation (order: permutation) or one shard list.
-        data_cfg = cfg.data.model_copy(update={"tokens_per_frame": tokens_per_frame(model.config), "seed": cfg.seed})
+        update = {"tokens_per_frame": tokens_per_frame(model.config), "seed": cfg.seed}
+        if self.sp > 1:
+            update["reader"] = (self.rank // self.sp, cfg.parallel.data_ranks(self.world))
+        data_cfg = cfg.data.model_copy(update=update)
         self.cfg = cfg = cfg.model_copy(update={"data": data_cfg})
         if cfg.model.activation_checkpointing and not cfg.model.tiny:
             model.gradient_checkpointing_enable()
-        self.fsdp_on = cfg.parallel == "fsdp" and self.world > 1
+        self.fsdp_on = cfg.parallel.sharding == "fsdp" and self.world > 1
         self.checkpoint = checkpoint.latest(self.run_dir)  # resume from it
         prepare(cfg, model, self.checkpoint)
         model.to(self.device).train()
+        self.group = sequence.new_group(self.rank, self.world, self.sp) if self.sp > 1 else None
+        if self.group is not None:
+            sequence.enable(model, self.group)
         if self.fsdp_on:
             model = fsdp.shard(model, self.world, self.device, bf16=cfg.optim.precision == "bf16")
         self.model = model
@@ -130,35 +139,49 @@ class Trainer:
         t0 = time.perf_counter()
         micro_batches = [next(self._batches) for _ in range(self.accum)]
         ids = [i for b in micro_batches for i in b.pop("ids")]
+        if self.group is not None:
+            micro_batches = [sequence.pad_batch(b, self.sp, self.tokenizer.pad_token_id) for b in micro_batches]
         micro_batches = [{k: v.to(device) for k, v in b.items()} for b in micro_batches]
         wait = time.perf_counter() - t0
         # The loss is the mean over every unit (sample or supervised token) of the step, across micro-batches and
         # ranks, so N ranks x batch b gives the same update as one rank with batch N x b (DDP averages gradients).
+        # A sequence-parallel group holds one batch: its units are counted once, each rank sums its slice's loss.
         units = float(sum(count_units(b["labels"], average) for b in micro_batches))
-        denominator = max(all_reduce_sum(units, device, world), 1.0)
+        denominator = max(all_reduce_sum(units, device, world) / self.sp, 1.0)
         for micro, batch in enumerate(micro_batches):
             sync = micro == self.accum - 1 or world == 1
             if self.fsdp_on:
                 fsdp.set_gradient_sync(self.model, sync)
             no_sync = contextlib.nullcontext() if sync or self.fsdp_on else self.wrapped.no_sync()
             with no_sync, self.autocast:
-                unit_sum = summed_loss(self.wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits,
-                                       batch["labels"], average)  # fmt: skip
+                unit_sum = self.loss(self.wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits,
+                                     batch["labels"])  # fmt: skip
             (unit_sum * (world / denominator)).backward()
             total += unit_sum.item() / denominator
             tokens += int(batch["attention_mask"].sum())
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        torch.nn.utils.clip_grad_norm_(trainable, self.cfg.optim.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(trainable, self.cfg.optim.max_grad_norm)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         total = all_reduce_sum(total, device, world)  # per-rank shares of the global mean add up to it
         elapsed = time.perf_counter() - start
+        tokens = tokens * world // self.sp  # a sequence-parallel group's ranks hold the same batch
+        readers = [rank_ids for rank, rank_ids in enumerate(gather(ids, world)) if rank % self.sp == 0]
         return {"step": self.step, "loss": round(total, 6), "lr": self.scheduler.get_last_lr()[-1],
-                "tokens_per_s": round(tokens * world / elapsed, 1), "data_wait_s": round(wait, 4),
-                "step_s": round(elapsed, 4), "epoch": self.stream.epoch, "tokens": tokens * world,
-                "items": [i for rank_ids in gather(ids, world) for i in rank_ids]}  # fmt: skip
+                "grad_norm": float(norm), "tokens_per_s": round(tokens / elapsed, 1), "data_wait_s": round(wait, 4),
+                "step_s": round(elapsed, 4), "epoch": self.stream.epoch, "tokens": tokens,
+                "items": [i for rank_ids in readers for i in rank_ids]}  # fmt: skip
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The micro-batch's summed loss (`train/loss.py`); with sequence parallelism, over this rank's slice."""
+        average = self.cfg.optim.loss_average
+        if self.group is None:
+            return summed_loss(logits, labels, average)
+        mine = sequence.local_slice(labels.shape[1], self.group)
+        return target_loss(logits, next_tokens(labels)[:, mine], (labels[:, 1:] != IGNORE).sum(dim=1), average)
 
     def save(self) -> None:
         """A checkpoint of this step: full weights, optimizer, schedule, and every rank's data position and RNG."""
