@@ -20,7 +20,7 @@ from pathlib import Path
 from pipeline.config import ConfigError, RunConfig, load_config, write_resolved_config
 from pipeline.errors import VideoError
 from pipeline.plan import add_plan_command
-from evaluate.cli import add_eval_command
+from evaluation.cli import add_eval_command
 from pipeline.probe import ToolMissing
 from dense_caption.http_backend import ServerUnavailable
 from pipeline.run import RunLocked
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. output.dir=out/train/x")
     p.set_defaults(func=cmd_train)  # train/cli.py
-    add_eval_command(sub)  # evaluate/cli.py
+    add_eval_command(sub)  # evaluation/cli.py
 
     p = sub.add_parser("export-llava", help="write LLaVA-format records from a run's shards")
     p.add_argument("run_dir")

@@ -203,8 +203,8 @@ class Trainer:
 
     def evaluate(self, ckpt: Path) -> str:
         """The stage's accuracy on `eval.bench` (`prolongvid eval`), written beside its last checkpoint."""
-        from evaluate.cli import evaluate
-        from evaluate.report import summary_table
+        from evaluation.cli import evaluate
+        from evaluation.report import summary_table
 
         e = self.cfg.eval
         assert e is not None

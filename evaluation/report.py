@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from evaluate.answers import accuracy
+from evaluation.answers import accuracy
 
 EVAL_FILE = "eval.json"
 ANSWERS_FILE = "answers.jsonl"

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config_load import ConfigError, load_config
-from tests.evaluate.mc_run import write_mc_run
+from tests.evaluation.mc_run import write_mc_run
 from train import checkpoint
 from train.config import TrainConfig
 from train.trainer import train

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evaluate.answers import accuracy, extract_letter
-from evaluate.questions import duration_class, parse_options
+from evaluation.answers import accuracy, extract_letter
+from evaluation.questions import duration_class, parse_options
 
 OPTIONS = ["the car drives away", "a clock ticks", "nothing moves", "the camera pans left"]
 

@@ -20,9 +20,9 @@ def evaluate(checkpoint: str, bench: str, out: str | Path, frames: int | None = 
     """Evaluate one checkpoint on one benchmark and write its report into `out`; returns eval.json's content."""
     from tqdm import tqdm
 
-    from evaluate.questions import load_questions
-    from evaluate.report import write_report
-    from evaluate.runner import load_evaluator
+    from evaluation.questions import load_questions
+    from evaluation.report import write_report
+    from evaluation.runner import load_evaluator
 
     questions = load_questions(bench, video_root, split)[: limit or None]
     if not questions:
@@ -40,7 +40,7 @@ def evaluate(checkpoint: str, bench: str, out: str | Path, frames: int | None = 
 
 def _eval_json(path: str) -> dict[str, Any]:
     """An eval.json, the folder holding one, or a checkpoint / training run whose `eval/` holds one."""
-    from evaluate.report import EVAL_FILE
+    from evaluation.report import EVAL_FILE
 
     p = Path(path)
     for candidate in (p, p / EVAL_FILE, p / "eval" / EVAL_FILE):
@@ -53,7 +53,7 @@ def _eval_json(path: str) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from evaluate.report import compare_table, summary_table, write_compare_chart
+    from evaluation.report import compare_table, summary_table, write_compare_chart
 
     if args.compare:
         results = [_eval_json(p) for p in args.compare]

@@ -14,8 +14,8 @@ from typing import Any, Iterator
 
 import torch
 
-from evaluate.answers import extract_letter
-from evaluate.questions import Question
+from evaluation.answers import extract_letter
+from evaluation.questions import Question
 from train import checkpoint
 from train.chat import ChatEncoder
 from train.data import DataConfig, decode_frames
