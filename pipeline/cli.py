@@ -4,7 +4,8 @@ Subcommands: `run` (videos -> shards), `stats` (what a run produced;
 `--verify`), `import-llava` / `export-llava`, `probe` (what is this file, or
 why it would be rejected), `sample` (one video's frame sets to JPEG files),
 `demo` (generate example videos, run the pipeline on them, print the stats),
-`view` (a static site of a run's samples), `plan` (a large run's cost from a pilot).
+`view` (a static site of a run's samples), `plan` (a large run's cost from a pilot), `eval` (a checkpoint's
+accuracy on held-out questions).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from pipeline.config import ConfigError, RunConfig, load_config, write_resolved_config
 from pipeline.errors import VideoError
 from pipeline.plan import add_plan_command
+from evaluation.cli import add_eval_command
 from pipeline.probe import ToolMissing
 from dense_caption.http_backend import ServerUnavailable
 from pipeline.run import RunLocked
@@ -263,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. output.dir=out/train/x")
     p.add_argument("--dry-run", action="store_true", help="print the per-GPU memory estimate, train nothing")
     p.set_defaults(func=cmd_train)  # train/cli.py
+    add_eval_command(sub)  # evaluation/cli.py
 
     p = sub.add_parser("export-llava", help="write LLaVA-format records from a run's shards")
     p.add_argument("run_dir")

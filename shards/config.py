@@ -15,3 +15,6 @@ class ShardsConfig(Strict):
     max_bytes: Annotated[int, Field(gt=0)] = 1 << 30
     prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = "shard"
     fsync: bool = Field(True, description="flush each shard to disk before it becomes visible")
+    eval_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="share of videos (chosen by key) held out in their own eval shards; 0: none"
+    )

@@ -295,7 +295,9 @@ def write_tables(run: RunDir) -> tuple[int, int]:
         write_parquet_atomic(run.embeddings, table)
     else:
         run.embeddings.unlink(missing_ok=True)
-    shards = [{k: v for k, v in rec.items() if k != "rows"} for rec in records]
+    shards = [{**{k: v for k, v in rec.items() if k != "rows"},  # a shard of held-out videos says so
+               **({"split": rec["rows"][0]["split"]} if rec["rows"] and rec["rows"][0].get("split") else {})}
+              for rec in records]
     write_atomic(run.shards_json, json.dumps(shards, indent=1).encode())
     rejects = sorted(reject_rows(run), key=lambda r: r["source"])
     table = pa.Table.from_pylist(rejects) if rejects else pa.table({c: pa.array([], pa.string()) for c in REJECT_COLUMNS})

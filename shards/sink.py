@@ -23,6 +23,7 @@ from pipeline.task import VideoTask
 from shards.config import ShardsConfig
 from shards.layout import RunDir, build_sample
 from shards.commit import commit_rejects, commit_shard, committed_in
+from shards.split import EVAL, split_of
 from shards.tarwriter import ShardFile
 
 
@@ -110,20 +111,20 @@ class ShardSink(Datasink):
         writer_id = f"{self.cfg.prefix}-{self.run_stamp}-{getattr(ctx, 'task_idx', 0):05d}-{uuid.uuid4().hex[:8]}"
         summary = WriteTotals()
         rejects: list[Rejection] = []
-        current: ShardFile | None = None
-        rows: list[dict[str, Any]] = []
+        open_shards: dict[str, ShardFile] = {}  # one open shard per split: eval samples never share a train shard
+        rows: dict[str, list[dict[str, Any]]] = {}
         seq = 0
         start = time.perf_counter()
+        held_out = self.cfg.eval_fraction > 0
 
-        def finish() -> None:
-            nonlocal current, rows
+        def finish(split: str) -> None:
+            current = open_shards.pop(split, None)
             if current is None:
                 return
             _injected_pause(run)
             info = current.close()
             # The commit point: refused for an older run attempt, and a key already committed is dropped.
-            committed, kept = commit_shard(run, self.generation, info, rows, fsync=self.cfg.fsync)
-            current, rows = None, []
+            committed, kept = commit_shard(run, self.generation, info, rows.pop(split, []), fsync=self.cfg.fsync)
             if committed is not None:
                 summary.shards.append(committed.__dict__)
             _injected_kill(run)
@@ -143,22 +144,28 @@ class ShardSink(Datasink):
                     if committed_in(run, task.key):  # a retried task's second copy: the first is in the run
                         summary.already_committed += 1
                         continue
+                    split = split_of(task.key, self.cfg.eval_fraction)
                     frames = task.frames.get(self.cfg.frame_set, [])
                     sample = build_sample(task.key, frames, sample_meta(task, self.cfg.frame_set),
                                           task.meta.get("conversations") or [])
+                    current = open_shards.get(split)
                     if current is not None and (
                         current.samples >= self.cfg.max_samples or current.payload >= self.cfg.max_bytes
                     ):
-                        finish()
-                    if current is None:
-                        current = ShardFile(run.shards, f"{writer_id}-{seq:03d}.tar", fsync=self.cfg.fsync)
+                        finish(split)
+                    if split not in open_shards:
+                        infix = "-eval" if split == EVAL else ""
+                        open_shards[split] = ShardFile(run.shards, f"{writer_id}{infix}-{seq:03d}.tar", fsync=self.cfg.fsync)
                         seq += 1
+                    current = open_shards[split]
                     current.write(sample)
                     nbytes = sum(len(f) for f in frames)
-                    rows.append(index_row(task, current.final.name, self.cfg.frame_set, nbytes))
-            finish()
+                    row = index_row(task, current.final.name, self.cfg.frame_set, nbytes)
+                    rows.setdefault(split, []).append({**row, "split": split} if held_out else row)
+            for split in sorted(open_shards):
+                finish(split)
         except BaseException:
-            if current is not None:
+            for current in open_shards.values():
                 current.abort()
             raise
         commit_rejects(run, self.generation, rejects)

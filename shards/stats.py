@@ -101,6 +101,12 @@ def compute_stats(run: RunDir) -> dict[str, Any]:
         "shards": {"count": len(shards), "bytes": _summary([s["bytes"] for s in shards]),
                    "samples": _summary([s["samples"] for s in shards])},
     }
+    if "split" in cols.names:  # a run with held-out videos: both splits, samples and conversations
+        splits = [s or "train" for s in cols.table.column("split").to_pylist()]
+        talks = cols.values("num_conversations")
+        stats["splits"] = {name: {"samples": splits.count(name),
+                                  "conversations": int(np.nansum([t for t, s in zip(talks, splits) if s == name]))}
+                           for name in sorted(set(splits))}  # fmt: skip
     this_run = run_json.get("this_run", {})
     if this_run:
         stats["last_run"] = {k: this_run.get(k) for k in ("started", "wall_s", "accepted", "rejected", "videos_per_hour")}
@@ -120,6 +126,8 @@ def stats_table(stats: dict[str, Any]) -> str:
 
     rows: list[list[Any]] = [
         ["samples", stats["samples"]],
+        *[[f"  split {name}", f"{n['samples']} samples, {n['conversations']} conversations"]
+          for name, n in stats.get("splits", {}).items()],
         ["hours of video", f"{stats['hours_of_video']:.3f}"],
         ["duration", _fmt(stats["duration_s"], "s")],
         ["duration histogram", "  ".join(f"{k}:{v}" for k, v in stats["duration_histogram"].items() if v)],

@@ -3,7 +3,7 @@
 Layers, bottom to top (a module may import its own layer and those below):
   0 contract       the stage contract, task, errors, records, the strict config base, config loading
   1 video I/O      probe, decoders, frame extraction and sampling, image ops, watchdog, paths, inputs
-  2 stages         the stage packages (filters/, dense_caption/, shards/), train/, the video stages
+  2 stages         the stage packages (filters/, dense_caption/, shards/), train/, evaluation/, the video stages
   3 orchestration  the stage graph, a run, the CLI, the demo, the Ray cluster helpers
 
 Beside them, not part of the pipeline:
@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("pipeline", "dense_caption", "filters", "fixtures", "shards", "train")
+PACKAGES = ("pipeline", "dense_caption", "evaluation", "filters", "fixtures", "shards", "train")
 LAYER_NAMES = ["contract", "video I/O", "stages", "orchestration", "fixtures"]
 FIXTURES = LAYER_NAMES.index("fixtures")
 
@@ -36,7 +36,7 @@ PIPELINE_LAYERS = {
     3: ["__init__", "__main__", "audit", "cli", "config", "demo", "graph", "plan", "resume", "run", "run_summary",
         "raystop", "waves"],
 }
-STAGE_PACKAGES = ("dense_caption", "filters", "shards", "train")  # every module of these sits in layer 2
+STAGE_PACKAGES = ("dense_caption", "evaluation", "filters", "shards", "train")  # every module of these sits in layer 2
 
 # The only product modules that may import fixtures, and which fixtures each may import: the entry points that
 # run on made-up inputs (the demo's example videos and tiny VLM) and the trainer's `model.tiny: true` switch.

@@ -113,3 +113,7 @@ class ChatEncoder:
                 add(self._text(value), False)
             add([self.im_end] + nl, False)
         return Encoded(ids, labels, placed)
+
+    def prompt(self, turns: list[dict[str, str]], video_tokens: int) -> list[int]:
+        """The tokens a model answers from: the conversation so far, then the assistant header (evaluation)."""
+        return self.encode(turns, video_tokens).input_ids + [self.im_start] + self._text("assistant") + self._text("\n")

@@ -89,6 +89,17 @@ class ParallelConfig(Strict):
         return world // self.sp_size
 
 
+class StageEval(Strict):
+    """`prolongvid eval` on the stage's last checkpoint when training ends (rank 0), into `<checkpoint>/eval/`."""
+
+    bench: str = Field(description="a pipeline output dir (its held-out split) or a Video-MME-shaped question file")
+    split: Literal["eval", "train", "all"] = "eval"
+    video_root: str | None = Field(None, description="folder of the question file's videos (default: its folder)")
+    frames: Annotated[int, Field(gt=0)] | None = Field(None, description="frames a video (default: data.frames)")
+    limit: Annotated[int, Field(gt=0)] | None = None
+    batch_size: Annotated[int, Field(gt=0)] = 4
+
+
 class TrainConfig(Strict):
     model: ModelConfig
     data: TrainData
@@ -97,6 +108,7 @@ class TrainConfig(Strict):
     parallel: ParallelConfig = ParallelConfig()
     nproc_per_node: Annotated[int, Field(gt=0)] = 1
     seed: int = 0
+    eval: StageEval | None = None  # the paper's table for your own data: accuracy after every stage
 
     @classmethod
     def prefill(cls, data: dict[str, Any]) -> dict[str, Any]:

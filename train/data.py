@@ -29,6 +29,7 @@ from pydantic import Field
 from pipeline.config_base import Strict
 from pipeline.video_tokens import TOKENS_PER_FRAME
 from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER
+from shards.split import TRAIN, of_split
 from train.chat import ChatEncoder
 from train.frames import pick_frames
 from train.position import WorkerEnd, WorkerItem
@@ -79,8 +80,9 @@ def split_by_reader(src: Iterator[Any], cfg: DataConfig) -> Iterator[Any]:
 
 def shard_urls(spec: str) -> list[str]:
     path = Path(spec)
-    if (path / "shards.json").exists():
-        return [str(path / "shards" / s["name"]) for s in json.loads((path / "shards.json").read_text())]
+    if (path / "shards.json").exists():  # a run's held-out eval shards are never trained on
+        listed = json.loads((path / "shards.json").read_text())
+        return [str(path / "shards" / s["name"]) for s in of_split(listed, TRAIN)]
     if path.is_dir():
         return sorted(str(p) for p in path.glob("*.tar")) or sorted(str(p) for p in (path / "shards").glob("*.tar"))
     return sorted(glob.glob(spec)) if any(c in spec for c in "*?[") else [spec]  # absolute or relative patterns

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from shards.layout import RunDir
+from shards.split import TRAIN, of_split
 
 
 def epoch_keys(keys: list[str], seed: int, epoch: int) -> list[str]:
@@ -36,7 +37,7 @@ def run_samples(spec: str) -> list[tuple[str, str]]:
     if not run.index.exists():
         raise FileNotFoundError(f"data.order permutation reads the sample index: {run.index} does not exist "
                                 "(point data.shards at a pipeline output dir, or use data.order shard_shuffle)")
-    return [(row["key"], str(run.shards / row["shard"])) for row in read_index(run)]
+    return [(row["key"], str(run.shards / row["shard"])) for row in of_split(read_index(run), TRAIN)]
 
 
 class TarMembers:

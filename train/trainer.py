@@ -219,8 +219,21 @@ class Trainer:
             logf.close()
         last = checkpoint.latest(self.run_dir)
         final_loss = self.history[-1]["loss"] if self.history else None
-        return {"steps": self.step, "history": self.history,
-                "summary": console.summary(self.step, final_loss, str(last) if last else None)}  # fmt: skip
+        summary = console.summary(self.step, final_loss, str(last) if last else None)
+        if cfg.eval is not None and last is not None and self.rank == 0:
+            summary += "\n" + self.evaluate(last)
+        return {"steps": self.step, "history": self.history, "summary": summary}
+
+    def evaluate(self, ckpt: Path) -> str:
+        """The stage's accuracy on `eval.bench` (`prolongvid eval`), written beside its last checkpoint."""
+        from evaluation.cli import evaluate
+        from evaluation.report import summary_table
+
+        e = self.cfg.eval
+        assert e is not None
+        result = evaluate(str(ckpt), e.bench, ckpt / "eval", e.frames or self.cfg.data.frames, e.video_root, e.split,
+                          e.limit, e.batch_size, progress=self.cfg.output.console)  # fmt: skip
+        return summary_table(result)
 
     def run(self) -> dict[str, Any]:
         self.setup()
