@@ -9,6 +9,8 @@ from_pretrained` loads them, and `VideoLlava.from_pretrained` loads them with th
 
 from __future__ import annotations
 
+import functools
+
 import math
 from typing import Any
 
@@ -69,11 +71,11 @@ class VideoLlava(LlavaOnevisionForConditionalGeneration):
         self.model.__class__ = _PaperVideoPooling  # same parameters, the paper's video path
         self.sequence_group: Any = None  # set by `train.sequence.enable`: this rank computes a slice of each sequence
 
+    # transformers' forward, or with sequence parallelism the logits of this rank's slice (`train/sequence.py`).
+    # The split lives inside the model's own forward so DDP and FSDP2 wrap it as they wrap the plain one; the
+    # wrapper keeps transformers' signature, which `generate` reads to check its inputs (pixel_values_videos).
+    @functools.wraps(LlavaOnevisionForConditionalGeneration.forward)
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """transformers' forward, or with sequence parallelism the logits of this rank's slice (`train/sequence.py`).
-
-        The split lives inside the model's own forward so DDP and FSDP2 wrap it as they wrap the plain one.
-        """
         if self.sequence_group is None:
             return super().forward(*args, **kwargs)
         from train.sequence import forward
