@@ -248,8 +248,8 @@ class PyAVBackend:
         try:
             for _ in self._stream.codec_context.decode(None):
                 pass
-        except self._av.error.FFmpegError:
-            pass
+        except Exception as e:  # the frames were made; a decoder that will not drain is freed as it is
+            self.log.note(f"drain before close: {e}")
 
 
 def _advance(frames: Iterator, want: int):
