@@ -93,7 +93,9 @@ def test_captions_and_qa_from_a_real_server(real_videos, vllm_server, ray_local,
         assert all(c["conversations"][0]["value"].startswith("<image>\n") for c in conversations)
     totals = json.loads((out / "run.json").read_text())["this_run"]["llm"]
     assert totals["requests"] == summary.llm["requests"] > 0 and totals["completion_tokens"] > 0
-    assert totals["peak_in_flight"] == 4  # the worker kept the configured number of requests open
+    # requests overlapped and never past the limit (the exact limit is held against fake servers; here how many a
+    # video has open at once depends on how many of its batched QA parts random weights spoil)
+    assert 2 <= totals["peak_in_flight"] <= 4
     # vLLM reports the prompt tokens its prefix cache served (--enable-prompt-tokens-details): the QA requests of a
     # video share the system prompt and the dense caption, so some are cached; the rest were prefilled.
     assert 0 < totals["cached_prompt_tokens"] < totals["prompt_tokens"]
@@ -227,7 +229,7 @@ def test_ray_engine_backend_serves_from_ray_actors(one_video, vllm_python, tiny_
     kwargs = json.dumps({"dtype": "float32", "enforce_eager": True,
                          "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}})  # fmt: skip
     cfg = pipeline_config(one_video, out, SETS, "llm.enabled=true", "llm.backend=ray_engine", f"llm.model={SERVED_NAME}",
-                          f"llm.engine.model={tiny_vlm_dir}", "llm.engine.gpus_per_replica=0", "llm.engine.max_model_len=4096",
+                          f"llm.engine.model={tiny_vlm_dir}", "llm.engine.gpus_per_replica=0", "llm.engine.max_model_len=16384",
                           f"llm.engine.python={vllm_python}", f"llm.engine.env={json.dumps(CPU_SERVER_ENV)}",
                           f"llm.engine.engine_kwargs={kwargs}", "llm.engine.startup_timeout_s=300",
                           "llm.qa.types=[count, binary]")  # fmt: skip
