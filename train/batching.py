@@ -4,7 +4,9 @@ A batch stacks its videos, so every item in it must have the same frame count
 (an overlong sample may have been given fewer frames); items are bucketed by
 frame count and, with `data.length_bucket_tokens`, by sequence length, so a
 batch pads little. A bucket is emitted when it holds `batch_size` items; at
-the end of an epoch the partial buckets are emitted too.
+the end of an epoch the partial buckets are emitted too. With `data.packing`
+there is one bucket: its items go end to end in one row (`train/packing.py`),
+whatever their frame counts and lengths.
 
 Exact resume, with or without loader workers: each worker's items are
 numbered, and the reader takes them in a fixed round robin over the workers
@@ -27,6 +29,7 @@ import torch
 
 from train.chat import IGNORE, ChatEncoder
 from train.data import build_dataset
+from train.packing import collate_packed
 from train.position import DataPosition, WorkerEnd, WorkerItem
 
 def collate(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -154,6 +157,8 @@ class DataStream:
             yield Taken(got)
 
     def _key(self, item: dict[str, Any]) -> tuple[int, int]:
+        if getattr(self.cfg.data, "packing", False):
+            return 0, 0
         width = self.cfg.data.length_bucket_tokens
         return int(item["pixel_values"].shape[0]), (len(item["input_ids"]) // width if width else 0)
 
@@ -162,11 +167,14 @@ class DataStream:
         for entry in self._items():
             if isinstance(entry, EpochEnd):  # partial buckets go out, ordered by their first item's (worker, index)
                 for key in sorted(self._buckets, key=lambda k: self._buckets[k][0].key):
-                    yield collate([waiting.item for waiting in self._buckets.pop(key)], self.pad_id)
+                    yield self._collate([waiting.item for waiting in self._buckets.pop(key)])
                 continue
             key = self._key(entry.source.item)
             bucket = self._buckets.setdefault(key, [])
             bucket.append(entry.source)
             if not entry.restored and len(bucket) == size:
                 del self._buckets[key]
-                yield collate([waiting.item for waiting in bucket], self.pad_id)
+                yield self._collate([waiting.item for waiting in bucket])
+
+    def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_packed(items) if getattr(self.cfg.data, "packing", False) else collate(items, self.pad_id)

@@ -63,6 +63,9 @@ class OptimConfig(Strict):
 
 class TrainData(DataConfig):
     batch_size: Annotated[int, Field(gt=0)] = 1  # per rank
+    packing: bool = Field(
+        False, description="a micro-batch's items end to end in one row: no padding, any mix of frame counts"
+    )
     num_workers: Annotated[int, Field(ge=0)] = 2
 
 
@@ -109,6 +112,12 @@ class TrainConfig(Strict):
     nproc_per_node: Annotated[int, Field(gt=0)] = 1
     seed: int = 0
     eval: StageEval | None = None  # the paper's table for your own data: accuracy after every stage
+
+    @model_validator(mode="after")
+    def _packing_alone(self) -> "TrainConfig":
+        if self.data.packing and self.parallel.sp_size > 1:
+            raise ValueError("data.packing does not combine with parallel.sp_size > 1 yet: set one of them")
+        return self
 
     @classmethod
     def prefill(cls, data: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from train.console import Console
 from train.distributed import all_reduce_sum, gather, setup_distributed
 from train.chat import IGNORE
 from train.loss import count_units, next_tokens, summed_loss, target_loss
+from train.packing import model_inputs, segments, token_count
 from train.model import VideoLlava, tokens_per_frame
 from train.position import DataPosition
 
@@ -146,7 +147,7 @@ class Trainer:
         # The loss is the mean over every unit (sample or supervised token) of the step, across micro-batches and
         # ranks, so N ranks x batch b gives the same update as one rank with batch N x b (DDP averages gradients).
         # A sequence-parallel group holds one batch: its units are counted once, each rank sums its slice's loss.
-        units = float(sum(count_units(b["labels"], average) for b in micro_batches))
+        units = float(sum(count_units(b["labels"], average, segments(b)) for b in micro_batches))
         denominator = max(all_reduce_sum(units, device, world) / self.sp, 1.0)
         for micro, batch in enumerate(micro_batches):
             sync = micro == self.accum - 1 or world == 1
@@ -154,11 +155,10 @@ class Trainer:
                 fsdp.set_gradient_sync(self.model, sync)
             no_sync = contextlib.nullcontext() if sync or self.fsdp_on else self.wrapped.no_sync()
             with no_sync, self.autocast:
-                unit_sum = self.loss(self.wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits,
-                                     batch["labels"])  # fmt: skip
+                unit_sum = self.loss(self.wrapped(**model_inputs(batch)).logits, batch["labels"], segments(batch))
             (unit_sum * (world / denominator)).backward()
             total += unit_sum.item() / denominator
-            tokens += int(batch["attention_mask"].sum())
+            tokens += token_count(batch)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         norm = torch.nn.utils.clip_grad_norm_(trainable, self.cfg.optim.max_grad_norm)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
@@ -175,11 +175,12 @@ class Trainer:
                 "step_s": round(elapsed, 4), "epoch": self.stream.epoch, "tokens": tokens,
                 "items": [i for rank_ids in readers for i in rank_ids]}  # fmt: skip
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The micro-batch's summed loss (`train/loss.py`); with sequence parallelism, over this rank's slice."""
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, packed: torch.Tensor | None = None) -> torch.Tensor:
+        """The micro-batch's summed loss (`train/loss.py`); with sequence parallelism, over this rank's slice;
+        `packed`: which item each position of a packed batch belongs to."""
         average = self.cfg.optim.loss_average
         if self.group is None:
-            return summed_loss(logits, labels, average)
+            return summed_loss(logits, labels, average, packed)
         mine = sequence.local_slice(labels.shape[1], self.group)
         return target_loss(logits, next_tokens(labels)[:, mine], (labels[:, 1:] != IGNORE).sum(dim=1), average)
 
