@@ -4,9 +4,13 @@
             labels) in one loader worker, forward + backward + AdamW, logging, one training process, fp32;
   compute   the same model and optimizer on one real batch held in memory, the same steps: what the
             step costs with no data loading and no trainer around it;
-  ddp/fsdp  the trainer with 2 ranks (gloo) under each parallel mode, through `prolongvid train`.
+  ddp/fsdp  the trainer with 2 ranks (gloo) under each parallel mode, through `prolongvid train`;
+  bucketed / packed
+            the trainer on a mix of frame counts (8, 16, 32) and answer lengths (a word to ~400 words), batch 4:
+            bucketed batches stack items of one frame count and pad to the longest; packed ones lay them end to
+            end (`data.packing`). Tokens/s counts real tokens only, so padding and half-full buckets cost.
 Target: trainer / compute >= 0.9 (the loader and the loop hide behind the step). On a GPU the number that
-matters is MFU with a 7B-shaped model; that needs a GPU machine (see README).
+matters is MFU with a 7B-shaped model: `bench/train_gpu.py`.
 """
 
 from __future__ import annotations
@@ -50,6 +54,51 @@ def make_shards(work: Path, n: int) -> Path:
                              "sampling.sets=[{name: shard, mode: uniform, num_frames: 64, resize: {size: 64}}]"])  # fmt: skip
     run_pipeline(cfg)
     return out
+
+
+# Short QA answers beside a detailed description, as long-video instruction data mixes them.
+ANSWERS = ["Yes.", "A test pattern moves across the screen.",
+           "A test pattern moves across the screen while a clock counts the seconds; " * 30]  # fmt: skip
+
+
+def make_mixed_shards(work: Path, n: int) -> Path:
+    """`n` videos of 8, 16 or 32 s stored at 1 frame a second, two conversations each with answers of 1 to ~400 words."""
+    from fixtures.videos import SynthVideo, make_video
+    from pipeline.config import load_config
+    from pipeline.run import run_pipeline
+
+    out = work / "mixed"
+    if (out / "index.parquet").exists():
+        return out
+    videos = work / "mixed_videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        make_video(SynthVideo(f"m{i}", duration_s=8 * 2 ** (i % 3), width=160, height=90, fps=5, audio=False), videos)
+    records = [{"id": f"m{i}-{k}", "video": f"m{i}.mp4",
+                "conversations": [TURNS[0], {"from": "gpt", "value": ANSWERS[(i + k) % 3]}]}
+               for i in range(n) for k in range(2)]  # fmt: skip
+    (videos / "ann.json").write_text(json.dumps(records))
+    cfg = load_config(None, [f"input.path={videos / 'ann.json'}", "input.format=llava", f"output.dir={out}",
+                             "filters.visual.enabled=false", "ray.progress=false", "llm.enabled=false",
+                             "shards.max_samples=2",
+                             "sampling.sets=[{name: shard, mode: fps, fps: 1, max_frames: 32, resize: {size: 64}}]"])  # fmt: skip
+    run_pipeline(cfg)
+    return out
+
+
+def mixed(shards: Path, steps: int, packing: bool) -> dict:
+    """The trainer on the mixed shards, batch 4, bucketed by frame count (the default) or packed."""
+    from pipeline.config import load_config
+    from train.config import TrainConfig
+    from train.trainer import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = train_sets(shards, Path(tmp), steps, 32) + ["data.frame_count=up_to_stored", "data.batch_size=4",
+                                                          f"data.packing={str(packing).lower()}"]  # fmt: skip
+        history = train(load_config(ROOT / "configs/train/tiny_debug.yaml", sets, model=TrainConfig))["history"][3:]
+    return {"tokens_per_s": sum(h["tokens"] for h in history) / sum(h["step_s"] for h in history),
+            "step_s": statistics.median(h["step_s"] for h in history),
+            "data_wait_s": statistics.median(h["data_wait_s"] for h in history)}  # fmt: skip
 
 
 def train_sets(shards: Path, out: Path, steps: int, frames: int) -> list[str]:
@@ -127,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="8 steps, no 2-rank runs")
+    parser.add_argument("--packing", action="store_true", help="only the packed vs bucketed comparison")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / ".cache" / "train")
     args = parser.parse_args(argv)
@@ -137,21 +187,30 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         shards = make_shards(args.workdir, 4)
+        mixed_shards = make_mixed_shards(args.workdir, 12)
     finally:
         ray.shutdown()
-    results = {"trainer": trainer(shards, args.steps, args.frames), "compute": compute_only(shards, args.steps, args.frames)}
-    if not args.quick:
+    results, targets = {}, []
+    if not args.packing:
+        results = {"trainer": trainer(shards, args.steps, args.frames),
+                   "compute": compute_only(shards, args.steps, args.frames)}  # fmt: skip
+        ratio = results["trainer"]["tokens_per_s"] / results["compute"]["tokens_per_s"]
+        targets.append(target("trainer tokens/s / compute-only tokens/s (1 process)", ratio, ">=", 0.9))
+    if not args.quick and not args.packing:
         for parallel in ("ddp", "fsdp"):
             results[f"2 ranks {parallel}"] = two_ranks(shards, args.steps, args.frames, parallel)
-    ratio = results["trainer"]["tokens_per_s"] / results["compute"]["tokens_per_s"]
-    targets = [target("trainer tokens/s / compute-only tokens/s (1 process)", ratio, ">=", 0.9)]
+    results["mixed bucketed"] = mixed(mixed_shards, args.steps, packing=False)
+    results["mixed packed"] = mixed(mixed_shards, args.steps, packing=True)
+    ratio = results["mixed packed"]["tokens_per_s"] / results["mixed bucketed"]["tokens_per_s"]
+    targets.append(target("packed tokens/s / bucketed tokens/s (mixed frames and lengths)", ratio, ">=", 1.0))
     out = {"machine": machine(("torch", "transformers")), "frames": args.frames, "steps": args.steps,
            "results": results, "targets": targets}  # fmt: skip
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
     rows = [[name, f"{r['tokens_per_s']:.0f}", f"{r['step_s']:.3f}", f"{r['data_wait_s']:.4f}"] for name, r in results.items()]
-    print(f"tiny LLaVA-OneVision on CPU, {args.frames} frames a sample, batch 1, fp32, medians of {args.steps - 3} steps")
+    print(f"tiny LLaVA-OneVision on CPU, fp32, {args.steps - 3} steps after 3 of warmup; trainer/compute/2 ranks: "
+          f"{args.frames} frames, batch 1; mixed: 8-32 frames, batch 4 (tokens/s: real tokens over the steps' time)")
     print(table(["", "tokens/s", "step s", "data wait s"], rows))
     print()
     print(targets_table(targets))

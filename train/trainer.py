@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from pipeline.config_load import write_resolved_config
-from train import checkpoint, fsdp, optim, sequence
+from train import checkpoint, fsdp, optim, packing, sequence
 from train.batching import DataStream
 from train.chat import ChatEncoder
 from train.config import TrainConfig
@@ -102,6 +102,8 @@ class Trainer:
         self.group = sequence.new_group(self.rank, self.world, self.sp) if self.sp > 1 else None
         if self.group is not None:
             sequence.enable(model, self.group)
+        if cfg.data.packing:
+            packing.enable(model)
         if self.fsdp_on:
             model = fsdp.shard(model, self.world, self.device, bf16=cfg.optim.precision == "bf16")
         self.model = model

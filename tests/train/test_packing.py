@@ -20,17 +20,21 @@ from train.chat import IGNORE, ChatEncoder
 from train.config import TrainConfig
 from train.loss import count_units, summed_loss
 from train.model import tokens_per_frame
-from train.packing import collate_packed, model_inputs, segments, token_count
+from train.packing import collate_packed, enable, item_bounds, model_inputs, segments, token_count
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSWERS = ["Yes.", "A person walks across the room, then sits down by the window and reads for a while.",
            "The camera pans to the left and stops on a red door."]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def parts():
+@pytest.fixture(scope="module", params=["per_item", "block_mask"])
+def parts(request):
+    """The trainer's attention for packed rows (one SDPA call per item) and transformers' block-causal mask."""
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, pool=4, seed=3).float().train()
+    if request.param == "per_item":
+        enable(model)
+        assert model.model.language_model.config._attn_implementation == "prolongvid_packed"
     return tokenizer, model
 
 
@@ -98,6 +102,7 @@ def test_first_label_of_each_item_is_never_a_target():
     assert got["labels"][0].tolist() == [IGNORE, 1, 2, 3, 4, IGNORE, 1, 2]
     assert got["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
     assert segments(got)[0].tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
+    assert item_bounds(got["position_ids"]) == [(0, 5), (5, 8)]
     assert count_units(got["labels"], "sample", segments(got)) == 2 and count_units(got["labels"], "token") == 6
 
 
