@@ -10,7 +10,7 @@
             bucketed batches stack items of one frame count and pad to the longest; packed ones lay them end to
             end (`data.packing`). Tokens/s counts real tokens only, so padding and half-full buckets cost.
 Target: trainer / compute >= 0.9 (the loader and the loop hide behind the step). On a GPU the number that
-matters is MFU with a 7B-shaped model: `bench/train_gpu.py`.
+matters is MFU with a 7B-shaped model: `bench/train.py --gpu` (`bench/train_gpu.py`).
 """
 
 from __future__ import annotations
@@ -172,6 +172,11 @@ def two_ranks(shards: Path, steps: int, frames: int, parallel: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--gpu" in argv:  # one GPU, a 7B-shaped model: bench/train_gpu.py
+        from bench.train_gpu import main as gpu_main
+
+        return gpu_main([a for a in argv if a != "--gpu"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--frames", type=int, default=32)
