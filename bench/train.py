@@ -67,10 +67,10 @@ def make_mixed_shards(work: Path, n: int) -> Path:
     from pipeline.config import load_config
     from pipeline.run import run_pipeline
 
-    out = work / "mixed"
+    out = work / f"mixed{n}"
     if (out / "index.parquet").exists():
         return out
-    videos = work / "mixed_videos"
+    videos = work / f"mixed{n}_videos"
     videos.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         make_video(SynthVideo(f"m{i}", duration_s=8 * 2 ** (i % 3), width=160, height=90, fps=5, audio=False), videos)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         shards = make_shards(args.workdir, 4)
-        mixed_shards = make_mixed_shards(args.workdir, 12)
+        mixed_shards = make_mixed_shards(args.workdir, 6 if args.quick else 12)
     finally:
         ray.shutdown()
     results, targets = {}, []

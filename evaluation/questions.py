@@ -120,16 +120,20 @@ def file_questions(path: str | Path, video_root: str | Path | None) -> list[Ques
             raise ConfigError(f"BENCH: question {n}: field answer is {answer!r}, not one of {', '.join(LETTERS)}")
         video_path = root / (video if Path(video).suffix else video + ".mp4")
         qid = str(record.get("question_id") or f"{Path(video).stem}-{n}")
-        pair = {"question": str(_field(record, n, "question")), "options": options, "answer": answer,
-                "format": "multiple_choice", "type": str(record.get("task_type") or "unknown")}
-        prompt = conversation(qid, n, pair)["conversations"][0]["value"]  # the pipeline's own MC prompt
+        prompt = mc_prompt(str(_field(record, n, "question")), options)
         questions.append(Question(qid, prompt, options, answer, str(_field(record, n, "duration")),
-                                  pair["type"], str(record.get("qa_type") or "multiple_choice"),
-                                  _decoded_frames(video_path), str(video_path)))  # fmt: skip
+                                  str(record.get("task_type") or "unknown"), str(record.get("qa_type") or "multiple_choice"),
+                                  decoded_frames(video_path), str(video_path)))  # fmt: skip
     return questions
 
 
-def _decoded_frames(video: Path) -> Callable[[int, int], list[bytes]]:
+def mc_prompt(question: str, options: list[str]) -> str:
+    """The human turn of a multiple-choice question as the pipeline writes it for training (`<image>` first)."""
+    pair = {"question": question, "options": options, "answer": "", "format": "multiple_choice", "type": "mc"}
+    return conversation("question", 0, pair)["conversations"][0]["value"]
+
+
+def decoded_frames(video: Path) -> Callable[[int, int], list[bytes]]:
     """Decode `video` once per (k, size): `linspace(0, N-1, k)` exact frames, squared to the model's size."""
     cache: dict[tuple[int, int], list[bytes]] = {}
 

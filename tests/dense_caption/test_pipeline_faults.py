@@ -136,9 +136,11 @@ def test_server_dying_mid_run_loses_nothing(llm_videos, ray_local, tmp_path):
 
 
 def test_requests_in_flight_follow_the_config(llm_videos, ray_local, tmp_path):
+    """One request a QA part, so each video asks for more at once than the limit: the limit is reached, never
+    passed (with batched parts a video may have fewer requests open than the limit, on a slow machine)."""
     with FakeLLM(delay_s=0.15) as fake:
         run_pipeline(llm_config(llm_videos, tmp_path / "out", fake.url, "llm.http.max_concurrency=3",
-                                "llm.qa.types=[count, binary]"))  # fmt: skip
+                                "llm.qa.types=[count, binary]", "llm.qa.parts_per_request=1"))  # fmt: skip
     assert fake.peak_in_flight == 3
 
 

@@ -27,7 +27,7 @@ from tests.chaos.cluster import NODE_IP, Namespace, namespaces_available
 from tests.readme.blocks import ROOT, cpu_form, readme_blocks
 
 pytestmark = pytest.mark.slow
-SKIP = (".git", ".venv", ".venv-vllm", ".cache", "out", "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info")
+SKIP = (".git", ".venv", ".venv-vllm", ".venv-lmms", ".cache", "out", "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info")
 
 
 def test_every_runnable_block_has_a_runner():
