@@ -53,9 +53,34 @@ def spec_conversations(name: str) -> list[dict[str, str]]:
     ]
 
 
+DURATION_OPTIONS = ["about 10 seconds", "about 2 minutes", "about half an hour", "about 2 hours"]
+
+
+def spec_multiple_choice(name: str, n: int) -> dict | None:
+    """A multiple-choice question on the example's length, in the pipeline's own format (so `prolongvid eval`
+    scores it on the demo's held-out split whatever the random-weight captioner writes); the right option's
+    letter turns with `n`."""
+    from dense_caption.qa import conversation
+
+    spec = CATALOGUE.get(name)
+    if spec is None:
+        return None
+    right = min(range(len(DURATION_OPTIONS)), key=lambda i: abs(spec.duration_s - (10, 120, 1800, 7200)[i]))
+    options = [o for i, o in enumerate(DURATION_OPTIONS) if i != right]
+    options.insert(n % 4, DURATION_OPTIONS[right])
+    pair = {"question": "How long is this video?", "options": options, "answer": "ABCD"[n % 4],
+            "format": "multiple_choice", "type": "duration"}  # fmt: skip
+    return conversation(f"demo-{name}", 0, pair)
+
+
 def write_annotations(paths: list[Path], video_dir: Path) -> Path:
     """A LLaVA annotation file over the examples: the demo's input (bad files included, to be rejected)."""
-    records = [{"id": f"demo-{p.stem}", "video": p.name, "conversations": spec_conversations(p.stem)} for p in paths]
+    records = []
+    for n, p in enumerate(paths):
+        records.append({"id": f"demo-{p.stem}", "video": p.name, "conversations": spec_conversations(p.stem)})
+        choice = spec_multiple_choice(p.stem, n)
+        if choice is not None:
+            records.append({**choice, "video": p.name})
     target = video_dir / "annotations.json"
     target.write_text(json.dumps(records, indent=1))
     return target

@@ -70,7 +70,14 @@ def test_demo_runs_the_pipeline_end_to_end(tmp_path):
     assert {r["decoder"] for r in index} == {"pyav"}  # the default, exact decoder
     assert (out / "config.resolved.yaml").exists() and (out / "run.json").exists()
     assert "samples" in done.stdout and "rejects" in done.stdout
-    assert all(r["num_conversations"] == 1 + r["num_qa"] for r in index)  # the annotation file's + one per QA pair
+    # the annotation file's two (its known answers and a multiple-choice duration question) + one per QA pair
+    assert all(r["num_conversations"] == 2 + r["num_qa"] for r in index)
+    from shards.split import split_of
+
+    shards = json.loads((out / "shards.json").read_text())
+    held_out = {r["key"] for r in index if r.get("split") == "eval"}
+    assert held_out == {r["key"] for r in index if split_of(r["key"], 0.2) == "eval"} and held_out  # by key
+    assert all(("-eval-" in s["name"]) == (s.get("split") == "eval") for s in shards)
     verify = cli("stats", out, "--verify")
     assert verify.returncode == 0, verify.stderr
     audit = cli("audit", out, "--samples", "3", "--frames", "16")  # ffmpeg re-decodes what the shards store
