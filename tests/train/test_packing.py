@@ -1,5 +1,6 @@
 """Packing (`data.packing`) is exact: items end to end in one row give the loss and gradients they give alone,
-with any mix of frame counts and lengths, and a packed training run steps as the same items unpacked."""
+with any mix of frame counts and lengths, and a packed training run steps as the same items unpacked (one
+rank, and two under FSDP2)."""
 
 from __future__ import annotations
 
@@ -125,14 +126,17 @@ def train_cli(out: Path, shards: Path, *extra: str) -> list[dict]:
 
 
 @pytest.mark.timeout(900)
-def test_packed_run_steps_as_the_same_items_unpacked(tmp_path):
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_packed_run_steps_as_the_same_items_unpacked(tmp_path, ranks):
     """Shards of 8-frame and 3-frame videos: unpacked, one item a micro-batch (they cannot stack), two
-    micro-batches a step; packed, both items of a step in one row. Same items, loss and gradient norm."""
-    write_run(tmp_path / "a", samples=3, per_shard=1, frames=8)
-    write_run(tmp_path / "b", samples=3, per_shard=1, frames=3)
+    micro-batches a step on each rank; packed, a rank's two items in one row. Same items, loss and gradient
+    norm, on one rank and on two under FSDP2."""
+    write_run(tmp_path / "a", samples=3 * ranks, per_shard=1, frames=8)  # an even count a rank: no partial batch
+    write_run(tmp_path / "b", samples=3 * ranks, per_shard=1, frames=3)
     shards = f"{tmp_path}/[ab]/shards/*.tar"
-    unpacked = train_cli(tmp_path / "unpacked", shards, "data.batch_size=1", "optim.global_batch_size=2")
-    packed = train_cli(tmp_path / "packed", shards, "data.batch_size=2", "optim.global_batch_size=2", "data.packing=true")
+    both = [f"optim.global_batch_size={2 * ranks}", f"nproc_per_node={ranks}", "parallel.sharding=fsdp"]
+    unpacked = train_cli(tmp_path / "unpacked", shards, "data.batch_size=1", *both)
+    packed = train_cli(tmp_path / "packed", shards, "data.batch_size=2", "data.packing=true", *both)
     assert len(packed) == len(unpacked) == 3
     assert [r["items"] for r in packed] == [r["items"] for r in unpacked]
     assert [r["loss"] for r in packed] == pytest.approx([r["loss"] for r in unpacked], rel=1e-4)
