@@ -88,8 +88,9 @@ def ray_local():
 
 
 def pipeline_config(input_path, out_dir, *sets: str) -> RunConfig:
-    """The demo config pointed at `input_path` / `out_dir`, small shards, no progress bars."""
+    """The demo config pointed at `input_path` / `out_dir`, small shards, no progress bars, no held-out split
+    (a test that wants one sets `shards.eval_fraction`)."""
     root = Path(__file__).resolve().parents[1]
     base = [f"input.path={input_path}", "input.format=auto", f"output.dir={out_dir}", "shards.max_samples=2",
-            "ray.progress=false", "llm.enabled=false"]
+            "ray.progress=false", "llm.enabled=false", "shards.eval_fraction=0"]
     return load_config(root / "configs" / "demo.yaml", base + list(sets))
