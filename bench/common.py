@@ -7,7 +7,7 @@ import platform
 from importlib import metadata
 
 
-def machine(packages: tuple[str, ...] = ("ray", "webdataset", "pyarrow", "av", "decord2", "numpy")) -> dict:
+def machine(packages: tuple[str, ...] = ("ray", "webdataset", "pyarrow", "av", "decord", "numpy")) -> dict:
     info = {"cpu_count": os.cpu_count(), "cpus_available": len(os.sched_getaffinity(0)),
             "platform": platform.platform(), "python": platform.python_version()}
     for name in packages:

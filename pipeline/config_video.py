@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.config_base import Strict
 
@@ -67,7 +67,7 @@ class DecodeConfig(Strict):
         "pyav", description="with backend decord: what takes a file decord cannot open, index, decode or prove exact"
     )
     decord_codecs: list[str] = Field(
-        default_factory=lambda: ["h264", "vp9", "av1", "mjpeg"],
+        default_factory=lambda: ["h264", "vp9", "mjpeg"],
         description="codecs decord is trusted with (exact on the identity corpus); others go to the fallback",
     )
     truncated: Literal["reject", "keep"] = Field(
@@ -94,6 +94,18 @@ class DecodeConfig(Strict):
     max_memory_mb: Annotated[int, Field(gt=0)] = Field(
         4096, description="a decode whose process grows past this RSS is killed and rejected"
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _decord_installed(cls, backend: str) -> str:
+        """decord only if the installed build is the one proven exact (a fork stores wrong frames under load)."""
+        if backend == "decord":
+            from pipeline.decord_build import decord_problem
+
+            problem = decord_problem()
+            if problem:
+                raise ValueError(problem)
+        return backend
 
 
 class ResizeConfig(Strict):

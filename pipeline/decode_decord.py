@@ -5,17 +5,21 @@ cannot be caught per frame. On the frame-identity corpus it returned wrong
 frames for HEVC (seeks across open GOPs), for MPEG-TS (the start time taken
 as a shift), for MP4 edit lists (hidden frames counted) and for open-GOP
 H.264 read from a mid-file keyframe (one frame late); it was exact on closed-GOP
-H.264, VP9, AV1 and MJPEG. So the guard is cheap and up front: the codec must
+H.264, VP9 and MJPEG. So the guard is cheap and up front: the codec must
 be on `decode.decord_codecs`, the packet index must show no open GOP, and
 decord's frame count and times must equal the PyAV packet index (which
 honours edit lists and start times). Anything else raises `NotExact` and the
 exact PyAV path takes the file.
+
+Only dmlc's decord 0.6.0 is trusted. The decord2 fork (3.4) gives up a skip
+after 10000 polls of its decoder thread and returns whatever frame it holds,
+without an error: on a busy machine, where that thread waits for a CPU, it
+stored frames up to 250 positions early (10 of 1440 frames with two CPU hogs
+beside it); 0.6.0 waits for the frames it counts and stored none wrong.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 from collections.abc import Iterator
 from types import ModuleType
@@ -23,39 +27,33 @@ from types import ModuleType
 import numpy as np
 
 from pipeline.decode_log import DecoderLog
+from pipeline.decord_build import decord_problem
 from pipeline.errors import NotExact, Reason, VideoError
 from pipeline.frames import rotate_upright, scale_array
 from pipeline.sampling import FrameIndex
 
 _DECORD_IMPORT = threading.Lock()
+_decord: ModuleType | None = None
 _MAX_BATCH_FRAMES = 32  # more frames a call saves nothing measurable and only holds memory
 
 
 def import_decord() -> ModuleType:
-    """Import decord quietly, without letting it preload every CUDA library pip installed beside torch.
+    """Import the trusted decord once, its bundled ffmpeg's logging quiet (it prints every packet warning).
 
-    decord2 3.4 dlopens each `site-packages/nvidia/*/lib/*.so*` with RTLD_GLOBAL
-    on import (meant for its CUDA wheels). Beside a CUDA build of torch that
-    includes libnvblas, which takes over BLAS: the next matrix product in the
-    process (torch, open_clip) dies. CPU decoding needs none of those
-    libraries, so the `nvidia` package is hidden from that one lookup. Its
-    bundled ffmpeg logs every packet warning to stderr: it is set quiet.
+    Under the lock, checked and imported as one step: decode workers start
+    together, and a second thread must not see a half-imported module.
     """
-    if "decord" in sys.modules:
-        return sys.modules["decord"]
+    global _decord
     with _DECORD_IMPORT:
-        real_find_spec = importlib.util.find_spec
-
-        def find_spec(name, package=None):
-            return None if name == "nvidia" else real_find_spec(name, package)
-
-        importlib.util.find_spec = find_spec
-        try:
+        if _decord is None:
+            problem = decord_problem()
+            if problem:
+                raise NotExact(problem)
             import decord
-        finally:
-            importlib.util.find_spec = real_find_spec
-        decord.logging.set_level(decord.logging.QUIET)
-    return decord
+
+            decord.logging.set_level(decord.logging.QUIET)
+            _decord = decord
+    return _decord
 
 
 class ArrayFrame:
@@ -72,8 +70,9 @@ class ArrayFrame:
 class DecordBackend:
     """decord's seek-and-skip `get_batch` in bounded batches, over an index it must agree with.
 
-    decord2 turns frames upright from the display matrix itself; a build that
-    returns coded orientation is detected from the frame shape and turned here.
+    decord turns frames upright from the display matrix itself (the identity
+    corpus' rotated files prove it); a build that returns coded orientation is
+    detected from the frame shape and turned here.
     """
 
     name = "decord"

@@ -34,7 +34,7 @@ from shards.layout import RunDir
 
 log = logging.getLogger(__name__)
 
-VERSIONED = ["prolongvid", "ray", "pyarrow", "webdataset", "av", "decord2", "numpy", "pillow", "pydantic"]
+VERSIONED = ["prolongvid", "ray", "pyarrow", "webdataset", "av", "decord", "numpy", "pillow", "pydantic"]
 
 
 class RunLocked(RuntimeError):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything `make demo` / `make test` need on a fresh Debian machine:
 # ffmpeg and Chromium (Debian packages, when missing) and a virtual environment with the
-# project, its dev, train and filters extras, pinned by constraints.txt.
+# project, its dev, train, filters and decord extras, pinned by constraints.txt.
 set -euo pipefail
 venv="${1:-.venv}"
 python="${PYTHON:-python3}"
@@ -28,5 +28,7 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -c constraints.txt -e ".[dev,train,filters]"
+# decord2 and decord both install the module `decord`; only decord 0.6.0 is trusted (pipeline/decode_decord.py).
+if "$venv/bin/python" -m pip show -q decord2 >/dev/null 2>&1; then "$venv/bin/python" -m pip uninstall -q -y decord2; fi
+"$venv/bin/python" -m pip install -q -c constraints.txt -e ".[dev,train,filters,decord]"
 echo "installed into $venv: $("$venv/bin/python" -c 'import pipeline, torch, av, decord; print("prolongvid", pipeline.__version__, "torch", torch.__version__, "av", av.__version__, "decord", decord.__version__)')"

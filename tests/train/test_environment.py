@@ -46,10 +46,10 @@ def test_transformers_imports_beside_torchvision_offline():
 
 
 def test_decord_and_torch_share_a_process():
-    """decord2 preloads pip's CUDA libraries on import (libnvblas among them), which kills torch's next matmul.
+    """A decord build that preloads pip's CUDA libraries on import (decord2 3.4 did: libnvblas) kills torch's next matmul.
 
     Ray reuses worker processes across stages, so a decode task and a CLIP task
-    may well meet in one process: the guarded import must keep torch working.
+    may well meet in one process: importing decord must keep torch working.
     """
     pytest.importorskip("torch", reason="the train extra is not installed")
     import subprocess
