@@ -38,7 +38,8 @@ class ProbeConfig(Strict):
         False, description="count packets when the container stores no frame count (exact, reads the file)"
     )
     keyframe_scan_s: Annotated[float, Field(ge=0)] = Field(
-        20.0, description="seconds from the start scanned to estimate keyframe spacing (0: skip)"
+        20.0, description="seconds from the start scanned to estimate keyframe spacing (0: skip); `prolongvid probe` "
+        "only: a run takes the spacing over the whole video from the decoder's index"
     )
     check_decoder: bool = Field(True, description="refuse codecs no local decoder can open")
     allow_indirect: bool = Field(

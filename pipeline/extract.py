@@ -311,5 +311,6 @@ def extract_frames(
             frames_decoded=len(done.results),
             decode_seconds=time.perf_counter() - start,
             sets=sets,
+            keyframe_interval_s=done.index.keyframe_interval_s,
         )
     raise AssertionError("unreachable: the last path either returns or raises")

@@ -125,9 +125,10 @@ class DecodeResult:
     frames_decoded: int  # distinct frames turned into pixels
     decode_seconds: float
     sets: dict[str, FrameSet]
+    keyframe_interval_s: float | None = None  # mean keyframe spacing in the decoder's index, over the whole video
 
     def meta(self) -> dict[str, Any]:
-        d = {k: v for k, v in _as_dict(self).items() if k != "sets"}
+        d = {k: v for k, v in _as_dict(self).items() if k not in ("sets", "keyframe_interval_s")}  # the latter: in `video`
         d["sets"] = {name: s.meta() for name, s in self.sets.items()}
         return d
 

@@ -93,6 +93,11 @@ def versions() -> dict[str, str]:
     return out
 
 
+# Ray kills an idle worker after 1 s once the actor pools fill the node, so every write task (one per 100
+# videos) started a fresh Python worker: about 3 s of CPU, 14 ms of a CPU slot per video (bench/overhead.py).
+IDLE_WORKER_KEEP_MS = 600_000
+
+
 def init_ray(cfg: RunConfig) -> None:
     """Embedded local Ray unless an address is configured or `ray job submit` set RAY_ADDRESS."""
     import ray
@@ -107,7 +112,8 @@ def init_ray(cfg: RunConfig) -> None:
         ray.init(address=address, log_to_driver=True, logging_level=ray_level)
         _quiet_ray_data(ray_level)
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "num_cpus": cfg.ray.num_cpus, "logging_level": ray_level}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "num_cpus": cfg.ray.num_cpus, "logging_level": ray_level,
+                              "_system_config": {"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS}}
     if cfg.ray.temp_dir:
         kwargs["_temp_dir"] = str(Path(cfg.ray.temp_dir).resolve())
     if cfg.ray.object_store_mb:

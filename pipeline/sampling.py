@@ -37,6 +37,14 @@ class FrameIndex:
             return 0.0
         return float(self.pts_s[-1]) + (1.0 / self.avg_fps if self.avg_fps > 0 else 0.0)
 
+    @property
+    def keyframe_interval_s(self) -> float | None:
+        """Mean spacing of the keyframes over the whole video (None with fewer than two)."""
+        if len(self.keyframes) < 2:
+            return None
+        first, last = self.pts_s[self.keyframes[0]], self.pts_s[self.keyframes[-1]]
+        return round(float(last - first) / (len(self.keyframes) - 1), 6)
+
     @classmethod
     def constant_rate(cls, num_frames: int, fps: float, keyframes: np.ndarray | None = None) -> "FrameIndex":
         kf = np.array([0], dtype=np.int64) if keyframes is None else np.asarray(keyframes, dtype=np.int64)

@@ -25,7 +25,9 @@ class ProbeStage(Stage):
         self.limits = limits
 
     def process(self, task: VideoTask) -> VideoTask:
-        info = preflight(task.source, self.probe_cfg, self.limits)
+        # No keyframe scan (an ffprobe run of its own, a third of the probe's cost): the decode stage
+        # records the spacing from its index of the whole video.
+        info = preflight(task.source, self.probe_cfg.model_copy(update={"keyframe_scan_s": 0.0}), self.limits)
         task.meta["video"] = info.to_dict()
         return task
 
@@ -73,7 +75,8 @@ class DecodeStage(Stage):
         task.meta["decode"] = result.meta()
         # From here on the decoder's index is the truth about the video: what decodes, not what the header said.
         video = task.meta["video"]
-        video.update(num_frames=result.num_frames, num_frames_exact=True, duration_s=round(result.duration_s, 6))
+        video.update(num_frames=result.num_frames, num_frames_exact=True, duration_s=round(result.duration_s, 6),
+                     keyframe_interval_s=result.keyframe_interval_s)
         if result.declared_duration_s is not None:
             video["declared_duration_s"] = result.declared_duration_s
         task.frames = {name: list(fs.jpegs) for name, fs in result.sets.items()}

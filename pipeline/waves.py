@@ -3,7 +3,7 @@
 Each chunk of sources is checked against the resume state as it arrives: its rejects are committed at once
 and its tasks not done yet join the current wave. A wave is one Ray Data pipeline (`run_graph`) of the same
 run attempt; the first wave starts after the first chunk (the first video is dispatched without reading the
-rest of the input), later ones double in size up to WAVE_MAX tasks, one block per video.
+rest of the input), later ones double in size up to WAVE_MAX tasks (`videos_per_block` in graph.py sets the blocks).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from shards.layout import RunDir
 
 log = logging.getLogger(__name__)
 
-WAVE_MAX = 50_000  # the graph's MAX_BLOCKS: up to this many tasks a wave keeps one block per video
+WAVE_MAX = 50_000  # the graph's MAX_BLOCKS: a wave never needs more than 1 video per block for its size
 
 
 @dataclass

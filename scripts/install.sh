@@ -31,4 +31,7 @@ fi
 # decord2 and decord both install the module `decord`; only decord 0.6.0 is trusted (pipeline/decode_decord.py).
 if "$venv/bin/python" -m pip show -q decord2 >/dev/null 2>&1; then "$venv/bin/python" -m pip uninstall -q -y decord2; fi
 "$venv/bin/python" -m pip install -q -c constraints.txt -e ".[dev,train,filters,decord]"
+# The project's own bytecode, once: every Ray worker and decode child imports it, and with
+# PYTHONDONTWRITEBYTECODE set (or a read-only checkout) each would compile it again.
+"$venv/bin/python" -m compileall -q -j 0 pipeline shards filters dense_caption train evaluation >/dev/null
 echo "installed into $venv: $("$venv/bin/python" -c 'import pipeline, torch, av, decord; print("prolongvid", pipeline.__version__, "torch", torch.__version__, "av", av.__version__, "decord", decord.__version__)')"

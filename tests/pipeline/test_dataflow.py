@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.graph import build_stages, check_graph
+from pipeline.graph import MAX_BLOCKS, MAX_VIDEOS_PER_BLOCK, build_stages, check_graph, videos_per_block
 from pipeline.meta import SECTIONS, check_data_flow
 from pipeline.stage import Stage, run_stage
 from pipeline.task import VideoTask
@@ -123,3 +123,14 @@ def test_the_video_stages_write_what_they_declare_in_the_declared_types(video):
         task = run_stage(stage, task)
         assert not task.rejected, (stage.name, task.error)
     assert {"video", "decode", "scores", "counts", "tokens", "timings"} <= set(task.meta)
+
+
+def test_videos_share_a_block_only_when_every_slot_still_gets_many_blocks():
+    assert videos_per_block(1, 2) == 1
+    assert videos_per_block(127, 2) == 1  # fewer than 64 blocks per slot if grouped: one video each
+    assert videos_per_block(1_000, 2) == 7 and videos_per_block(10_000, 2) == MAX_VIDEOS_PER_BLOCK
+    assert videos_per_block(10_000, 1_000) == 1  # a big cluster: the same wave stays one video per block
+    for videos, slots in [(1_000, 2), (10_000, 16), (50_000, 100), (3 * MAX_BLOCKS, 10_000)]:
+        per_block = videos_per_block(videos, slots)
+        blocks = -(-videos // per_block)
+        assert blocks <= MAX_BLOCKS and (per_block == 1 or blocks >= 64 * slots or per_block * MAX_BLOCKS >= videos)

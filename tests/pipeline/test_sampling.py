@@ -1,6 +1,7 @@
 """Our index plans against the paper's loader, over many (N, k, fps, bounds) cases."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -172,3 +173,8 @@ def test_stage_frames_need_the_uniform_exact_mode():
         FrameSetConfig(name="shard", mode="time_uniform", num_frames=192, stage_frames=[32])
     with pytest.raises(ValidationError, match="stage_frames"):
         FrameSetConfig(name="shard", mode="uniform", num_frames=192, stage_frames=[32], seek="keyframe")
+
+
+def test_keyframe_spacing_is_the_mean_over_the_whole_index():
+    assert FrameIndex.constant_rate(300, 30.0, keyframes=np.arange(0, 300, 50)).keyframe_interval_s == pytest.approx(50 / 30)
+    assert FrameIndex.constant_rate(300, 30.0).keyframe_interval_s is None  # only frame 0 known: no spacing

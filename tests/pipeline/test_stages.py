@@ -147,3 +147,14 @@ def test_token_budget_counts_frames_and_text_per_stage():
     assert run_stage(TokenBudget(any_over, "shard"), _task()).error.reason == "token_budget"
     none_fit = any_over.model_copy(update={"drop": "none_fit"})
     assert not run_stage(TokenBudget(none_fit, "shard"), _task()).rejected
+
+
+def test_a_run_takes_keyframe_spacing_from_the_decoders_index_not_a_probe_scan(video):
+    cfg, task = _probed(video("clock_10s"))  # keyint 50 at 30 fps
+    assert task.meta["video"]["keyframe_interval_s"] is None  # the probe stage skips its own scan
+    stage = DecodeStage(cfg.sampling, cfg.decode)
+    out = run_stage(stage, task)
+    stage.teardown()
+    assert out.error is None, out.error
+    assert out.meta["video"]["keyframe_interval_s"] == pytest.approx(50 / 30, rel=0.01)
+    assert "keyframe_interval_s" not in out.meta["decode"]  # recorded once, with the video's facts
