@@ -7,8 +7,11 @@ The model (every number it uses is printed with the projection):
   * stages run in parallel pools (pipeline/graph.py): every non-LLM stage (probe, filters, decode, CLIP on CPU,
     token budget, writer) shares the cluster's CPUs; the LLM (prompt + completion tokens at T tokens/s per GPU)
     and CLIP on GPU share its GPUs. Wall time = the pilot's fixed overhead + the longest pool's work / capacity;
-  * the fixed overhead (Ray start-up, the tables, the tail of the last videos) is the pilot's wall time minus
-    its own longest pool, taken as a constant;
+  * a fixed overhead is added once: the pilot's serial time (Ray start-up and the source stream before its
+    first video, the tables after its last write: wall minus run.json's `window_s`) plus the pipeline's fill and
+    drain (the idle part of the pilot's window, at most one worker's setup plus one video's pass through the
+    stages). Stage setup (decode children, models) is timed apart from the per-video seconds (`setup_s`), so a
+    small pilot's start-up is not scaled;
   * accepted share and bytes per accepted sample (shards.json) are the pilot's.
 """
 
@@ -70,14 +73,32 @@ def read_pilot(run_dir: str) -> dict[str, Any]:
         "cpus": float(cpus or os.cpu_count() or 1), "cpus_from": cpus_from, "gpus": float(cluster.get("gpus") or 0),
         "clip_on_gpu": clip_gpu,
         "stage_seconds": {k: float(v["seconds"]) for k, v in this["stages"].items() if k not in LLM_STAGES},
+        "setup_s": round(sum(float(v.get("setup_s", 0)) for v in this["stages"].values()), 3),
         "prompt_tokens": int(llm.get("prompt_tokens", 0)), "completion_tokens": int(llm.get("completion_tokens", 0)),
         "llm_tokens_per_s": float(llm.get("tokens_per_s", 0)), "llm_active_s": float(llm.get("active_s", 0)),
         "bytes_per_sample": sum(s["bytes"] for s in shards) / samples if samples else this.get("bytes_written", 0) / accepted,
     }  # fmt: skip
+    pilot.update(_overhead(pilot, this))
+    return pilot
+
+
+def _overhead(pilot: dict[str, Any], this: dict[str, Any]) -> dict[str, float]:
+    """The pilot's fixed overhead: its serial time (wall minus the processing window: Ray and the source
+    stream before the first video, the tables after the last write) plus the pipeline's fill and drain (the
+    idle part of the window, at most one worker's setup and one video's pass through every stage: a large run
+    hides the rest of a small pilot's idle time behind other videos). Without a window (an older run.json), all
+    of wall minus the longest pool."""
     cpu_s, gpu_s = _pool_work(pilot, 1.0)
     longest = max(cpu_s / pilot["cpus"], gpu_s / max(pilot["gpus"], 1) + pilot["llm_active_s"])
-    pilot["overhead_s"] = max(0.0, pilot["wall_s"] - longest)
-    return pilot
+    window = float(this.get("window_s") or 0.0)
+    if not window:
+        return {"overhead_s": max(0.0, pilot["wall_s"] - longest), "serial_s": 0.0, "fill_s": 0.0}
+    stages = this["stages"].values()
+    setup = sum(float(v.get("setup_s", 0)) / v["setups"] for v in stages if v.get("setups"))
+    latency = sum(float(v["seconds"]) for v in stages) / max(pilot["videos"], 1)
+    serial = max(0.0, pilot["wall_s"] - window)
+    fill = min(max(0.0, window - longest), setup + latency)
+    return {"overhead_s": round(serial + fill, 3), "serial_s": round(serial, 3), "fill_s": round(fill, 3)}
 
 
 def _pool_work(pilot: dict[str, Any], scale: float) -> tuple[float, float]:
@@ -159,7 +180,9 @@ def assumptions(pilot: dict[str, Any], plan: dict[str, Any]) -> list[str]:
         f"{plan['llm_tokens_per_s_per_gpu']:g} (prompt + completion) tokens/s per GPU ({plan['llm_rate_from']})",
         f"bytes per accepted sample {pilot['bytes_per_sample']:.0f}; accepted share "
         f"{pilot['accepted'] / pilot['videos']:.3f}; CLIP on {'GPU' if pilot['clip_on_gpu'] else 'CPU'}",
-        f"fixed overhead {pilot['overhead_s']:.1f} s (pilot wall time minus its longest pool)",
+        f"fixed overhead {pilot['overhead_s']:.1f} s: serial {pilot['serial_s']:.1f} s (before the pilot's first "
+        f"video, after its last write) + fill and drain {pilot['fill_s']:.1f} s (its workers' setup took "
+        f"{pilot['setup_s']:.1f} worker-s)",
         f"pools (work / capacity): {pools}; wall time = overhead + the longest",
     ]
 

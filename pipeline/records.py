@@ -157,10 +157,12 @@ def add_llm_usage(total: Counter, usage: dict[str, Any]) -> None:
 
 @dataclass
 class StageTime:
-    """Worker seconds a stage spent and the videos it saw."""
+    """Worker seconds a stage spent on videos, the videos it saw, and its workers' one-off setup seconds."""
 
     seconds: float = 0.0
     videos: int = 0
+    setup_s: float = 0.0
+    setups: int = 0  # workers that set the stage up
 
 
 @dataclass
@@ -174,18 +176,28 @@ class WriteTotals:
     timings: dict[str, StageTime] = field(default_factory=dict)
     shards: list[dict[str, Any]] = field(default_factory=list)  # the committed shards' records
     llm: Counter = field(default_factory=Counter)  # LLM usage of every video written or rejected
+    first_started_at: float = 0.0  # epoch s: the earliest first stage of a video written here (0: none)
+    last_written_at: float = 0.0  # epoch s: when the last write finished
 
-    def add_video(self, meta_timings: dict[str, float], llm_usage: dict[str, Any], duration_s: float = 0.0) -> None:
-        """One video's stage times and LLM use; `video_s` sums the length of the videos the LLM saw."""
+    def add_video(self, meta_timings: dict[str, float], llm_usage: dict[str, Any], duration_s: float = 0.0,
+                  setup_s: dict[str, float] | None = None, started_at: float | None = None) -> None:
+        """One video's stage times (and setups it paid for) and LLM use; `video_s` sums the length of the videos
+        the LLM saw."""
         for stage, seconds in meta_timings.items():
             self.add_time(stage, seconds, 1)
+        for stage, seconds in (setup_s or {}).items():
+            self.add_time(stage, 0.0, 0, setup_s=seconds, setups=1)
+        if started_at:
+            self.first_started_at = min(self.first_started_at or started_at, started_at)
         if llm_usage:
             add_llm_usage(self.llm, {**llm_usage, "video_s": float(duration_s or 0.0)})
 
-    def add_time(self, stage: str, seconds: float, videos: int) -> None:
+    def add_time(self, stage: str, seconds: float, videos: int, setup_s: float = 0.0, setups: int = 0) -> None:
         spent = self.timings.setdefault(stage, StageTime())
         spent.seconds += seconds
         spent.videos += videos
+        spent.setup_s += setup_s
+        spent.setups += setups
 
     def add(self, other: "WriteTotals") -> None:
         self.samples += other.samples
@@ -193,8 +205,11 @@ class WriteTotals:
         self.already_committed += other.already_committed
         self.rejects.update(other.rejects)
         for stage, spent in other.timings.items():
-            self.add_time(stage, spent.seconds, spent.videos)
+            self.add_time(stage, spent.seconds, spent.videos, spent.setup_s, spent.setups)
         self.shards.extend(other.shards)
+        if other.first_started_at:
+            self.first_started_at = min(self.first_started_at or other.first_started_at, other.first_started_at)
+        self.last_written_at = max(self.last_written_at, other.last_written_at)
         add_llm_usage(self.llm, dict(other.llm))
 
     @classmethod
@@ -231,8 +246,16 @@ class WriteTotals:
             out["by_kind"] = by_kind
         return out
 
+    def window_s(self) -> float:
+        """The processing window: the first video's first stage to the last write (0 when nothing was written)."""
+        if not (self.first_started_at and self.last_written_at):
+            return 0.0
+        return max(0.0, self.last_written_at - self.first_started_at)
+
     def stage_rates(self) -> dict[str, dict[str, float]]:
-        """Per stage: worker seconds, videos and videos per worker-second (run.json's `stages`)."""
+        """Per stage: worker seconds on videos, videos, videos per worker-second, and the workers' setup seconds
+        (run.json's `stages`)."""
         return {stage: {"seconds": round(t.seconds, 3), "videos": int(t.videos),
-                        "videos_per_worker_s": round(t.videos / t.seconds, 3) if t.seconds > 0 else 0.0}
+                        "videos_per_worker_s": round(t.videos / t.seconds, 3) if t.seconds > 0 else 0.0,
+                        "setup_s": round(t.setup_s, 3), "setups": t.setups}
                 for stage, t in self.timings.items()}  # fmt: skip

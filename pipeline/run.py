@@ -287,6 +287,7 @@ def _write_run_json(
             "frames_written": written.frames,
             "videos_per_hour": round(summary.videos_per_hour, 1),
             "stages": summary.stages,
+            "window_s": round(written.window_s(), 3),  # first stage of the first video to the last write
             "resume": {"cleaned": cleaned, "retried_rejects": dropped},
             "llm": summary.llm,
             "cluster": summary.cluster,

@@ -58,13 +58,16 @@ class Stage(ABC):
     def process(self, task: VideoTask) -> VideoTask:
         """Return the task with this stage's fields written, or raise VideoError / call task.reject."""
 
-    def ensure_setup(self) -> None:
+    def ensure_setup(self) -> bool:
+        """Set up once per process; True for the call that did it."""
         if self._ready:
-            return
+            return False
         with _setup_lock:
-            if not self._ready:
-                self.setup()
-                self._ready = True
+            if self._ready:
+                return False
+            self.setup()
+            self._ready = True
+            return True
 
     def __getstate__(self) -> dict[str, Any]:
         # Workers get the stage's config, never another process's loaded state.
@@ -91,9 +94,15 @@ def run_stage(stage: Stage, task: VideoTask) -> VideoTask:
     if task.rejected:
         return task
     start = time.perf_counter()
+    task.meta.setdefault("started_at", time.time())  # the run's processing window starts with its first video
     before = copy.deepcopy(task.meta) if strict(stage) else None
     try:
-        stage.ensure_setup()
+        if not stage._ready:  # a worker's one-off cost: kept apart from the per-video seconds `plan` scales
+            did_setup = stage.ensure_setup()
+            ready = time.perf_counter()
+            if did_setup:
+                task.add_setup_time(stage.name, ready - start)
+            start = ready
         task = stage.process(task)
         problem = check_written(stage, before, task.meta) if before is not None else None
         if problem:

@@ -21,13 +21,13 @@ class ProbeStage(Stage):
 
     def __init__(self, probe: ProbeConfig, limits: LimitsConfig, resources: StageResources | None = None):
         super().__init__(resources)
-        self.probe_cfg = probe
+        # No keyframe scan (an ffprobe run of its own, a third of the probe's cost): the decode stage
+        # records the spacing from its index of the whole video.
+        self.probe_cfg = probe.model_copy(update={"keyframe_scan_s": 0.0})
         self.limits = limits
 
     def process(self, task: VideoTask) -> VideoTask:
-        # No keyframe scan (an ffprobe run of its own, a third of the probe's cost): the decode stage
-        # records the spacing from its index of the whole video.
-        info = preflight(task.source, self.probe_cfg.model_copy(update={"keyframe_scan_s": 0.0}), self.limits)
+        info = preflight(task.source, self.probe_cfg, self.limits)
         task.meta["video"] = info.to_dict()
         return task
 

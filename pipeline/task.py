@@ -39,6 +39,11 @@ class VideoTask:
         timings = self.meta.setdefault("timings", {})
         timings[stage] = timings.get(stage, 0.0) + seconds
 
+    def add_setup_time(self, stage: str, seconds: float) -> None:
+        """A stage's setup in this worker (loading a model, starting a decode child): paid once, not per video."""
+        setup = self.meta.setdefault("setup_s", {})
+        setup[stage] = setup.get(stage, 0.0) + seconds
+
     def to_row(self, set_names: list[str]) -> dict[str, Any]:
         row: dict[str, Any] = {
             "key": self.key,

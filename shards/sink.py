@@ -30,7 +30,7 @@ from shards.tarwriter import ShardFile
 def sample_meta(task: VideoTask, frame_set: str) -> dict[str, Any]:
     """The sample's `json` member: everything known about the video except conversations and timings, and which
     frame set the sample's frames are (its record under `decode.sets` tells a trainer each stage's frames)."""
-    skip = ("conversations", "timings", "embedding")
+    skip = ("conversations", "timings", "setup_s", "started_at", "embedding")
     return {"key": task.key, "source": task.source, "frame_set": frame_set,
             **{k: v for k, v in task.meta.items() if k not in skip}}  # fmt: skip
 
@@ -136,7 +136,8 @@ class ShardSink(Datasink):
                 for raw in BlockAccessor.for_block(block).iter_rows(public_row_format=True):
                     task = VideoTask.from_row(dict(raw))
                     summary.add_video(task.meta.get("timings") or {}, task.meta.get("llm") or {},  # kept and rejected
-                                      (task.meta.get("video") or {}).get("duration_s") or 0.0)
+                                      (task.meta.get("video") or {}).get("duration_s") or 0.0, task.meta.get("setup_s"),
+                                      task.meta.get("started_at"))
                     if task.error is not None:
                         rejects.append(task.error)
                         summary.rejects[task.error.reason] += 1
@@ -170,6 +171,7 @@ class ShardSink(Datasink):
             raise
         commit_rejects(run, self.generation, rejects)
         summary.add_time("write", time.perf_counter() - start, summary.samples)
+        summary.last_written_at = time.time()
         return summary
 
     def on_write_complete(self, write_result: Any) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,7 +18,7 @@ from pipeline.plan import project, read_pilot
 from tests.conftest import pipeline_config
 
 
-def make_pilot(root: Path, llm: bool = True, cluster: dict | None = None) -> Path:
+def make_pilot(root: Path, llm: bool = True, cluster: dict | None = None, window_s: float | None = None) -> Path:
     """4 videos processed (3 accepted: 60, 120, 180 s, mean 2 min -> 8 video-minutes), 48 CPU-seconds of stages,
     8800 LLM tokens in 100 s, 3000 bytes in shards, 130 s wall on 2 CPUs."""
     (root / "shards").mkdir(parents=True)
@@ -27,6 +30,10 @@ def make_pilot(root: Path, llm: bool = True, cluster: dict | None = None) -> Pat
     this = {"wall_s": 130.0, "accepted": 3, "rejected": {"truncated": 1}, "stages": stages,
             "llm": {"prompt_tokens": 8000, "completion_tokens": 800, "active_s": 100.0, "tokens_per_s": 88.0} if llm else {},
             "cluster": {"cpus": 2.0, "gpus": 0.0} if cluster is None else cluster}  # fmt: skip
+    if window_s is not None:  # a run.json with the processing window and the workers' setup
+        this["window_s"] = window_s
+        stages["probe"].update(setup_s=1.0, setups=2)
+        stages["decode"].update(setup_s=2.0, setups=2)
     (root / "run.json").write_text(json.dumps({"config": {"ray": {"num_cpus": None}}, "this_run": this}))
     return root
 
@@ -37,6 +44,19 @@ def test_pilot_measurements(tmp_path):
     assert pilot["bytes_per_sample"] == 1000 and pilot["cpus"] == 2 and pilot["cpus_from"] == "run.json"
     assert pilot["stage_seconds"] == {"probe": 4.0, "decode": 40.0, "write": 4.0}  # the LLM's are counted in tokens
     assert pilot["overhead_s"] == 30.0  # 130 s wall - the longest pool (LLM: 100 s; CPUs: 48 s / 2)
+
+
+def test_overhead_is_serial_time_plus_the_pipelines_fill(tmp_path):
+    """130 s wall, 84 s window: 46 s serial. The window's idle part (84 - 48 CPU-s / 2 = 60 s) is more than a large
+    run would show, so the fill is capped at one worker's setup (1.0 / 2 + 2.0 / 2) plus one video's pass through
+    every stage ((48 + 150 LLM) / 4 = 49.5 s)."""
+    pilot = read_pilot(str(make_pilot(tmp_path, llm=False, window_s=84.0)))
+    assert (pilot["serial_s"], pilot["fill_s"], pilot["overhead_s"]) == (46.0, 51.0, 97.0)
+    assert pilot["setup_s"] == 3.0 and pilot["stage_seconds"]["decode"] == 40.0  # setup is not in the seconds
+    tight = read_pilot(str(make_pilot(tmp_path / "b", llm=False, window_s=30.0)))  # idle 6 s: below the cap
+    assert (tight["serial_s"], tight["fill_s"], tight["overhead_s"]) == (100.0, 6.0, 106.0)
+    plan = project(pilot, 40, cpus=4, gpus=0)
+    assert plan["wall_s"] == 97.0 + 480 / 4
 
 
 def test_llm_bound_projection(tmp_path):
@@ -129,3 +149,32 @@ def test_plan_from_a_real_pilot(video, ray_local, tmp_path, capsys):
     for row in ("wall time", "CPU-hours", "GPU-hours", "output", "LLM tokens", "bottleneck", "assumptions:",
                 "fixed overhead", "per video-minute"):
         assert row in text, row
+
+
+def test_projection_of_a_larger_run_on_this_machine(video, tmp_path, capsys):
+    """The issue's check, end to end: a 3-video pilot projects a 4x larger run; that run is made, and its wall
+    time is within 25% of the projection. Each run is its own `prolongvid run` process, as a user runs them (Ray
+    start-up in both); the per-video seconds the model scales exclude the workers' setup, which a 3-video pilot
+    would otherwise inflate."""
+    root = Path(__file__).resolve().parents[2]
+
+    def run(name: str, n: int) -> dict:
+        videos = tmp_path / f"{name}_videos"
+        videos.mkdir()
+        for i in range(n):
+            shutil.copy(video("h264_10s"), videos / f"{name}_{i:02d}.mp4")
+        sets = [f"input.path={videos}", f"output.dir={tmp_path / name}", "ray.progress=false", "ray.num_cpus=2",
+                "shards.max_samples=4", "llm.enabled=false", "input.format=auto", "shards.eval_fraction=0"]
+        cmd = [sys.executable, "-m", "pipeline", "run", str(root / "configs" / "demo.yaml")]
+        done = subprocess.run(cmd + [a for s in sets for a in ("--set", s)], cwd=root, capture_output=True, text=True,
+                              env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads((tmp_path / name / "run.json").read_text())["this_run"]
+
+    pilot = run("pilot", 3)
+    assert main(["plan", str(tmp_path / "pilot"), "--videos", "12", "--cluster", "2,0", "--json"]) == 0
+    projection = json.loads(capsys.readouterr().out)["projection"]
+    measured = run("large", 12)
+    assert measured["accepted"] == projection["accepted"] == 12
+    assert pilot["stages"]["decode"]["setup_s"] > 0  # the decode child's start, kept out of the scaled seconds
+    assert 0.75 <= projection["wall_s"] / measured["wall_s"] <= 1.25, (projection, measured)

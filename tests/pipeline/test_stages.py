@@ -53,6 +53,31 @@ def test_setup_runs_once_per_worker_and_never_travels_with_the_stage():
     assert not hasattr(clone, "_setups") and clone._ready is False
 
 
+class SlowSetup(Stage):
+    name = "slow_setup"
+
+    def setup(self):
+        time.sleep(0.5)
+
+    def process(self, task):
+        return task
+
+
+def test_setup_seconds_are_kept_apart_from_the_per_video_seconds():
+    """`plan` scales per-video seconds with the corpus; a worker's setup is paid once, so it must not be in them."""
+    from pipeline.records import WriteTotals
+
+    stage, totals = SlowSetup(), WriteTotals()
+    tasks = [run_stage(stage, VideoTask(f"k{i}", "s")) for i in range(3)]
+    assert tasks[0].meta["setup_s"]["slow_setup"] >= 0.5 and all("setup_s" not in t.meta for t in tasks[1:])
+    assert tasks[0].meta["timings"]["slow_setup"] < 0.5  # the video's own seconds: a no-op
+    for t in tasks:
+        totals.add_video(t.meta["timings"], {}, 0.0, t.meta.get("setup_s"))
+    rates = totals.stage_rates()["slow_setup"]
+    assert rates["videos"] == 3 and rates["setup_s"] >= 0.5
+    assert rates["seconds"] == round(sum(t.meta["timings"]["slow_setup"] for t in tasks), 3)
+
+
 def test_rows_round_trip_with_frames_as_jpeg_bytes():
     task = VideoTask("k", "s", {"a": 1}, {"shard": [b"\xff\xd8x", b"\xff\xd8y"]})
     row = run_chain([Counting()], task.to_row(["shard", "caption"]), ["shard", "caption"])
