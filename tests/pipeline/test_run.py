@@ -86,6 +86,37 @@ def test_run_json_and_tables(clean_run):
     assert len(set(names)) == len(names)
 
 
+def test_run_json_times_setup_apart_and_records_the_window(clean_run):
+    this = json.loads((Path(clean_run[0]) / "run.json").read_text())["this_run"]
+    decode = this["stages"]["decode"]
+    assert decode["setups"] >= 1 and decode["setup_s"] > 0  # the watched child's start, once per worker
+    assert 0 < this["window_s"] <= this["wall_s"]
+
+
+def test_videos_sharing_blocks_each_land_exactly_once(clean_run, mixed_dir, ray_local, tmp_path, monkeypatch):
+    """A large wave puts several videos in a Ray block; good and bad videos mixed in blocks of 4 must end as
+    the one-per-block run did: every good video sharded once, every bad one rejected once with its reason."""
+    import pipeline.graph
+
+    calls = []
+
+    def four(videos: int, slots: int) -> int:
+        calls.append(videos)
+        return 4
+
+    monkeypatch.setattr(pipeline.graph, "videos_per_block", four)
+    out = tmp_path / "grouped"
+    summary = run_pipeline(pipeline_config(mixed_dir, out))
+    assert calls and calls[0] == len(list(mixed_dir.iterdir()))  # 3 blocks of 4 videos
+    clean = open_run(clean_run[0])
+    run = open_run(out)
+    assert keys(out) == keys(clean_run[0]) and len(set(keys(out))) == len(keys(out)) == summary.accepted
+    rejects = sorted((r["key"], r["reason"]) for r in read_rejects(run))
+    assert rejects == sorted((r["key"], r["reason"]) for r in read_rejects(clean))
+    assert len({k for k, _ in rejects}) == len(BAD_REASONS)
+    assert verify_run(run) == [] and not list(out.rglob("*.partial"))
+
+
 def test_rerun_resumes_with_nothing_to_do(clean_run, mixed_dir):
     out, first = clean_run
     before = keys(out)
