@@ -81,8 +81,8 @@ class SourceStream:
     """The sources of an input, read lazily: `chunks()` yields CHUNK sources at a time (tasks and rejects, with
     their record numbers), so the driver never holds every task. The counters are complete once it is exhausted.
 
-    Manifests and folders stream; a LLaVA JSON is parsed streaming but its records are grouped per video (a video's
-    conversations may be anywhere in the file), so its tasks are all built before the first chunk is handed on.
+    Manifests and folders stream; a LLaVA JSON's records are grouped per video (a video's conversations may be
+    anywhere in the file) through a temporary on-disk table (`pipeline/llava_source.py`).
     """
 
     def __init__(self, cfg: InputConfig, chunk: int | None = None):
@@ -111,10 +111,9 @@ class SourceStream:
     def _chunks(self) -> Iterator[SourceChunk]:
         max_frames = self.cfg.max_frames_per_sample
         if self.kind == "llava":
-            tasks, rejects = _to_tasks(LOADERS["llava"](self.root), self.base, self.allowed, True, max_frames)
-            yield SourceChunk([], rejects)
-            for i in range(0, len(tasks), self.chunk):
-                yield SourceChunk(tasks[i:i + self.chunk], [])
+            from pipeline.llava_source import llava_chunks
+
+            yield from llava_chunks(LOADERS["llava"](self.root), self.base, self.allowed, self.chunk)
             return
         seen = GrowingKeySet()  # every key handed on so far: a later source with one is a duplicate_key reject
         records = self._folder() if self.kind == "folder" else LOADERS[self.kind](self.root)
@@ -122,11 +121,11 @@ class SourceStream:
         for rec in records:
             (early if isinstance(rec, Rejection) else batch).append(rec)
             if len(batch) + len(early) >= self.chunk:
-                tasks, rejects = _to_tasks(batch, self.base, self.allowed, False, max_frames, start=n, seen=seen)
+                tasks, rejects = _to_tasks(batch, self.base, self.allowed, max_frames, start=n, seen=seen)
                 yield SourceChunk(tasks, early + rejects)
                 n, batch, early = n + len(batch), [], []
         if batch or early:
-            tasks, rejects = _to_tasks(batch, self.base, self.allowed, False, max_frames, start=n, seen=seen)
+            tasks, rejects = _to_tasks(batch, self.base, self.allowed, max_frames, start=n, seen=seen)
             yield SourceChunk(tasks, early + rejects)
 
     def _folder(self) -> Iterator[dict[str, Any] | Rejection]:
@@ -235,42 +234,39 @@ def _rel(path: Path, raw: str, base: Path) -> str:
         return raw
 
 
+def locate(rec: Any, n: int, base: Path, allowed: list[Path]) -> tuple[str, str] | Rejection:
+    """Record `n`'s video as (resolved source, path relative to the base), or the reject saying why not."""
+    raw = _video_field(rec) if isinstance(rec, dict) else None
+    if raw is None:
+        why = rec.get("_bad") if isinstance(rec, dict) else None
+        return Rejection(f"record {n}", "source", Reason.BAD_SOURCE.value, why or f"no {'/'.join(PATH_FIELDS)} field")
+    try:
+        check_path_text(raw)
+        path, outside = _resolve(raw, base, allowed)
+    except (VideoError, RuntimeError, OSError, ValueError) as e:
+        reason = e.reason if isinstance(e, VideoError) else Reason.SYMLINK_LOOP if isinstance(e, RuntimeError) else Reason.BAD_PATH
+        detail = e.detail if isinstance(e, VideoError) else f"{printable(raw)}: {e}"
+        return Rejection(printable(raw), "source", reason.value, f"record {n}: {detail}", key_for_path(printable(raw)))
+    source, rel = str(path), _rel(path, raw, base)
+    if outside:
+        return Rejection(source, "source", Reason.OUTSIDE_ALLOWED_ROOTS.value, outside, key_for_path(rel))
+    return source, rel
+
+
 def _to_tasks(
-    records: Iterable[dict[str, Any]], base: Path, allowed: list[Path], group: bool, max_frames: int = 1024,
+    records: Iterable[dict[str, Any]], base: Path, allowed: list[Path], max_frames: int = 1024,
     start: int = 0, seen: GrowingKeySet | None = None,
 ) -> tuple[list[VideoTask], list[Rejection]]:
     """Tasks and rejects of records numbered from `start`; `seen` holds the keys of earlier chunks (and gets these)."""
     tasks: dict[str, VideoTask] = {}
-    by_source: dict[str, str] = {}
     numbers: dict[str, int] = {}
     rejects: list[Rejection] = []
     for n, rec in enumerate(records, start):
-        raw = _video_field(rec) if isinstance(rec, dict) else None
-        if raw is None:
-            why = rec.get("_bad") if isinstance(rec, dict) else None
-            rejects.append(Rejection(f"record {n}", "source", Reason.BAD_SOURCE.value, why or f"no {'/'.join(PATH_FIELDS)} field"))
+        located = locate(rec, n, base, allowed)
+        if isinstance(located, Rejection):
+            rejects.append(located)
             continue
-        try:
-            check_path_text(raw)
-            path, outside = _resolve(raw, base, allowed)
-        except (VideoError, RuntimeError, OSError, ValueError) as e:
-            reason = e.reason if isinstance(e, VideoError) else Reason.SYMLINK_LOOP if isinstance(e, RuntimeError) else Reason.BAD_PATH
-            detail = e.detail if isinstance(e, VideoError) else f"{printable(raw)}: {e}"
-            rejects.append(Rejection(printable(raw), "source", reason.value, f"record {n}: {detail}", key_for_path(printable(raw))))
-            continue
-        source = str(path)
-        rel = _rel(path, raw, base)
-        if outside:
-            rejects.append(Rejection(source, "source", Reason.OUTSIDE_ALLOWED_ROOTS.value, outside, key_for_path(rel)))
-            continue
-        if group:
-            key = by_source.get(source) or key_for_path(rel)
-            task = tasks.get(key)
-            if task is None:
-                task = tasks[key] = VideoTask(key, source, {"video_rel": rel, "conversations": []})
-                by_source[source] = key
-            task.meta["conversations"].append({k: v for k, v in rec.items() if k not in PATH_FIELDS})
-            continue
+        source, rel = located
         key = sanitize_key(str(rec["id"])) if rec.get("id") not in (None, "") else key_for_path(rel)
         if key in tasks:
             first = tasks[key].source

@@ -112,3 +112,39 @@ def test_a_run_in_several_waves_writes_every_video_once_and_resumes(tmp_path, vi
     again = run_pipeline(pipeline_config(src, out))
     assert graphs == [2, 3] and again.skipped == 5 and again.accepted == 0 and again.sources == 5  # 4 done, 1 rejected
     assert len(read_index(open_run(out))) == 4 and len(read_rejects(open_run(out))) == 1
+
+
+def test_llava_records_are_grouped_per_video_through_disk_not_driver_memory(tmp_path):
+    """A video's records scattered through the file end in one task, in file order, tasks in order of first
+    appearance; rejects come first; ijson's Decimals become JSON numbers; and the Python heap while reading
+    stays a fraction of the file (the records wait in a temporary SQLite table, not in the driver)."""
+    import tracemalloc
+
+    text = "x" * 1000
+    records = [{"id": f"q{i}", "video": f"v{i % 500}.mp4", "score": 0.5, "count": 3,
+                "conversations": [{"from": "gpt", "value": text}]} for i in range(20_000)]
+    records[7] = {"id": "no-video"}
+    (tmp_path / "ann.json").write_text(json.dumps(records))
+    size = (tmp_path / "ann.json").stat().st_size
+    tracemalloc.start()
+    try:
+        stream = open_sources(cfg_for(tmp_path / "ann.json"), chunk=50)
+        chunks, tasks_seen, first, held = 0, [], None, []
+        for chunk in stream.chunks():
+            if first is None:  # the whole file parsed and spilled: what that pass held at most
+                first, parse_peak = chunk, tracemalloc.get_traced_memory()[1]
+            assert len(chunk.tasks) <= 50
+            chunks += 1
+            held.append(tracemalloc.get_traced_memory()[0])  # after the second chunk: imports done
+            for t in chunk.tasks:
+                tasks_seen.append((t.meta["video_rel"], [c["id"] for c in t.meta["conversations"]]))
+                assert json.loads(json.dumps(t.meta))["conversations"][0]["score"] == 0.5
+    finally:
+        tracemalloc.stop()
+    assert first.tasks == [] and [r.reason for r in first.rejects] == ["bad_source"] and "record 7" in first.rejects[0].source
+    order = [i for i in range(500) if i != 7] + [7]  # v7's first record (7) was refused: its first is record 507
+    assert [rel for rel, _ in tasks_seen] == [f"v{i}.mp4" for i in order] and chunks == 11
+    assert tasks_seen[-1][1] == [f"q{i}" for i in range(507, 20_000, 500)]
+    assert tasks_seen[3][1] == [f"q{i}" for i in range(3, 20_000, 500)]
+    assert parse_peak < size / 4, f"parsing held {parse_peak} bytes of a {size}-byte file"
+    assert held[-1] - held[2] < size / 10, f"the heap grew {held[-1] - held[2]} bytes over the chunks"
