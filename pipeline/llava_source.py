@@ -16,7 +16,7 @@ import sqlite3
 import tempfile
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from pipeline.errors import Reason
 from pipeline.keyset import GrowingKeySet
@@ -33,10 +33,11 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def llava_chunks(records: Iterable[Any], base: Path, allowed: list[Path], chunk: int) -> Iterator[Any]:
-    """SourceChunks of a LLaVA JSON: first every reject, then the videos in order of their first record."""
-    from pipeline.sources import PATH_FIELDS, SourceChunk, key_for_path, locate
-
+def llava_chunks(records: Iterable[Any], locate: Callable[[Any, int], Any], key_for_path: Callable[[str], str],
+                 path_fields: tuple[str, ...], chunk: int) -> Iterator[tuple[list[VideoTask], list[Rejection]]]:
+    """(tasks, rejects) of a LLaVA JSON, a chunk at a time: first every reject, then the videos in order of their
+    first record. `locate(record, n)` gives (source, rel) or a Rejection; the path fields are left out of the
+    conversations."""
     with tempfile.TemporaryDirectory(prefix="prolongvid-llava-") as tmp:
         db = sqlite3.connect(Path(tmp) / "records.db")
         try:
@@ -46,19 +47,19 @@ def llava_chunks(records: Iterable[Any], base: Path, allowed: list[Path], chunk:
             recs: list[tuple[int, str, str, str]] = []
             rejs: list[tuple[int, str]] = []
             for n, rec in enumerate(records):
-                located = locate(rec, n, base, allowed)
+                located = locate(rec, n)
                 if isinstance(located, Rejection):
                     rejs.append((n, json.dumps(located.to_dict())))
                 else:
-                    conv = {k: v for k, v in rec.items() if k not in PATH_FIELDS}
+                    conv = {k: v for k, v in rec.items() if k not in path_fields}
                     recs.append((n, *located, json.dumps(conv, default=_plain)))
                 if len(recs) + len(rejs) >= SPILL_ROWS:
                     _spill(db, recs, rejs)
             _spill(db, recs, rejs)
             db.execute("CREATE INDEX rec_source ON rec (source, n)")
             rejects = [Rejection(**json.loads(row)) for (row,) in db.execute("SELECT row FROM rej ORDER BY n")]
-            yield SourceChunk([], rejects)
-            yield from _videos(db, chunk, key_for_path, SourceChunk)
+            yield [], rejects
+            yield from _videos(db, chunk, key_for_path)
         finally:
             db.close()
 
@@ -70,7 +71,7 @@ def _spill(db: sqlite3.Connection, recs: list, rejs: list) -> None:
     rejs.clear()
 
 
-def _videos(db: sqlite3.Connection, chunk: int, key_for_path: Any, source_chunk: Any) -> Iterator[Any]:
+def _videos(db: sqlite3.Connection, chunk: int, key_for_path: Callable[[str], str]) -> Iterator[tuple[list, list]]:
     """One task per resolved video, its conversations in file order; a second video whose key is taken (two paths
     with the same key) is a duplicate_key reject naming the first's record."""
     query = ("SELECT r.source, r.rel, r.conv, f.first FROM rec r JOIN "
@@ -82,7 +83,7 @@ def _videos(db: sqlite3.Connection, chunk: int, key_for_path: Any, source_chunk:
     rejects: list[Rejection] = []
     current: VideoTask | None = None
 
-    def hand_on() -> Any:
+    def hand_on() -> tuple[list[VideoTask], list[Rejection]]:
         keys = list(tasks)
         for key, first in zip(keys, seen.value_of(keys)):
             if first >= 0:
@@ -90,7 +91,7 @@ def _videos(db: sqlite3.Connection, chunk: int, key_for_path: Any, source_chunk:
                 rejects.append(Rejection(task.source, "source", Reason.DUPLICATE_KEY.value,
                                          f"record {firsts[key]}: key {key} already taken by record {first}", key))
         seen.add(list(tasks), [firsts[k] for k in tasks])
-        out = source_chunk(list(tasks.values()), list(rejects))
+        out = list(tasks.values()), list(rejects)
         tasks.clear()
         firsts.clear()
         rejects.clear()

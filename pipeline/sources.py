@@ -22,6 +22,7 @@ from pipeline.config_load import ConfigError
 from pipeline.config_video import InputConfig
 from pipeline.errors import Reason, VideoError
 from pipeline.keyset import GrowingKeySet
+from pipeline.llava_source import llava_chunks
 from pipeline.manifests import LOADERS
 from pipeline.paths import check_path_text, check_regular_file
 from pipeline.records import Rejection
@@ -111,9 +112,10 @@ class SourceStream:
     def _chunks(self) -> Iterator[SourceChunk]:
         max_frames = self.cfg.max_frames_per_sample
         if self.kind == "llava":
-            from pipeline.llava_source import llava_chunks
-
-            yield from llava_chunks(LOADERS["llava"](self.root), self.base, self.allowed, self.chunk)
+            records = LOADERS["llava"](self.root)
+            located = lambda rec, n: locate(rec, n, self.base, self.allowed)  # noqa: E731
+            for tasks, rejects in llava_chunks(records, located, key_for_path, PATH_FIELDS, self.chunk):
+                yield SourceChunk(tasks, rejects)
             return
         seen = GrowingKeySet()  # every key handed on so far: a later source with one is a duplicate_key reject
         records = self._folder() if self.kind == "folder" else LOADERS[self.kind](self.root)
