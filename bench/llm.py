@@ -101,7 +101,7 @@ async def replay(url: str, bodies: list[dict], concurrency: int, timeout_s: floa
     queue: asyncio.Queue = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
-    totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "errors": 0}
+    totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_prompt_tokens": 0, "errors": 0}
 
     async def worker(session: aiohttp.ClientSession) -> None:
         while not queue.empty():
@@ -114,6 +114,7 @@ async def replay(url: str, bodies: list[dict], concurrency: int, timeout_s: floa
                 continue
             totals["prompt_tokens"] += data["usage"]["prompt_tokens"]
             totals["completion_tokens"] += data["usage"]["completion_tokens"]
+            totals["cached_prompt_tokens"] += (data["usage"].get("prompt_tokens_details") or {}).get("cached_tokens") or 0
 
     start = time.perf_counter()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
@@ -124,6 +125,11 @@ async def replay(url: str, bodies: list[dict], concurrency: int, timeout_s: floa
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--gpu" in argv:  # one GPU, a 7B-shaped Qwen2.5-VL: bench/llm_gpu.py
+        from bench.llm_gpu import main as gpu_main
+
+        return gpu_main([a for a in argv if a != "--gpu"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=24)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of the first video (each next +1 s)")
