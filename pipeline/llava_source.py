@@ -35,8 +35,8 @@ def _plain(value: Any) -> Any:
 
 def llava_chunks(records: Iterable[Any], locate: Callable[[Any, int], Any], key_for_path: Callable[[str], str],
                  path_fields: tuple[str, ...], chunk: int) -> Iterator[tuple[list[VideoTask], list[Rejection]]]:
-    """(tasks, rejects) of a LLaVA JSON, a chunk at a time: first every reject, then the videos in order of their
-    first record. `locate(record, n)` gives (source, rel) or a Rejection; the path fields are left out of the
+    """(tasks, rejects) of a LLaVA JSON, a chunk at a time: first the rejects (ending with a chunk of fewer than
+    `chunk`, maybe none), then the videos in order of their first record. `locate(record, n)` gives (source, rel) or a Rejection; the path fields are left out of the
     conversations."""
     with tempfile.TemporaryDirectory(prefix="prolongvid-llava-") as tmp:
         db = sqlite3.connect(Path(tmp) / "records.db")
@@ -57,7 +57,12 @@ def llava_chunks(records: Iterable[Any], locate: Callable[[Any, int], Any], key_
                     _spill(db, recs, rejs)
             _spill(db, recs, rejs)
             db.execute("CREATE INDEX rec_source ON rec (source, n)")
-            rejects = [Rejection(**json.loads(row)) for (row,) in db.execute("SELECT row FROM rej ORDER BY n")]
+            rejects: list[Rejection] = []
+            for (row,) in db.execute("SELECT row FROM rej ORDER BY n"):
+                rejects.append(Rejection(**json.loads(row)))
+                if len(rejects) >= chunk:
+                    yield [], rejects
+                    rejects = []
             yield [], rejects
             yield from _videos(db, chunk, key_for_path)
         finally:

@@ -148,3 +148,11 @@ def test_llava_records_are_grouped_per_video_through_disk_not_driver_memory(tmp_
     assert tasks_seen[3][1] == [f"q{i}" for i in range(3, 20_000, 500)]
     assert parse_peak < size / 4, f"parsing held {parse_peak} bytes of a {size}-byte file"
     assert held[-1] - held[2] < size / 10, f"the heap grew {held[-1] - held[2]} bytes over the chunks"
+
+
+def test_llava_rejects_come_first_a_chunk_at_a_time(tmp_path):
+    records = [{"id": f"bad{i}"} for i in range(5)] + [{"id": "ok", "video": "a.mp4"}]
+    (tmp_path / "ann.json").write_text(json.dumps(records))
+    chunks = list(open_sources(cfg_for(tmp_path / "ann.json"), chunk=2).chunks())
+    assert [(len(c.tasks), len(c.rejects)) for c in chunks] == [(0, 2), (0, 2), (0, 1), (1, 0)]
+    assert [r.source for c in chunks for r in c.rejects] == [f"record {i}" for i in range(5)]
