@@ -65,7 +65,9 @@ def run_pipeline_stage(videos: Path, out: Path, url: str, model: str, concurrenc
         "filters.visual.enabled=false", *extra,
     ]  # fmt: skip
     cfg = load_config(ROOT / "configs" / "demo.yaml", overrides)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from pipeline.ray_local import start_local_ray
+
+    start_local_ray(dict(num_cpus=2, include_dashboard=False, log_to_driver=False))  # loopback, behind a run token
     try:
         summary = run_pipeline(cfg, force=True)
     finally:

@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         args.steps = 8
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from pipeline.ray_local import start_local_ray
+
+    start_local_ray(dict(num_cpus=2, include_dashboard=False, log_to_driver=False))  # loopback, behind a run token
     try:
         shards = make_shards(args.workdir, 4)
         mixed_shards = make_mixed_shards(args.workdir, 6 if args.quick else 12)

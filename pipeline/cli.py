@@ -30,6 +30,8 @@ from shards.viewer import cmd_view
 from train.cli import cmd_train
 
 log = logging.getLogger("prolongvid")
+IMPORT_PRESET = Path(__file__).with_name("import_llava.yaml")  # import-llava's default: inside the package, never the cwd
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # the demo's, beside the packages
 
 
 def _config(args: argparse.Namespace, **defaults: str) -> RunConfig:
@@ -149,7 +151,9 @@ def cmd_import_llava(args: argparse.Namespace) -> int:
 
     sets = [f"input.path={args.annotations}", "input.format=llava", f"input.video_root={args.video_root}",
             f"output.dir={args.out_dir}", *(args.set or [])]
-    cfg = load_config(args.config, sets)
+    config = args.config or str(IMPORT_PRESET)
+    cfg = load_config(config, sets)
+    print(f"import-llava: config {config}", file=sys.stderr)
     summary = run_pipeline(cfg, force=args.force, retry_reasons=args.retry_rejects or [])
     print_run_summary(summary)
     return 0
@@ -170,6 +174,11 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     if not Path(args.run_dir).is_dir():
         print(f"error: {args.run_dir} is not a run's output directory", file=sys.stderr)
         return 2
+    from shards.runfolder import RefusedFolder, is_marked
+
+    if not is_marked(RunDir(args.run_dir)):
+        raise RefusedFolder(f"{args.run_dir} is not a run folder (no .ledger/{'run.marker.json'}): dedup rewrites "
+                            "only shards a run made")
     try:
         # Rewriting shards while a run writes into the folder would race it: the run's lock is taken first.
         with nullcontext() if args.dry_run else run_lock(RunDir(args.run_dir)):
@@ -199,8 +208,10 @@ def cmd_ray_stop(args: argparse.Namespace) -> int:
 
     if not Path(args.temp_dir).is_dir():
         raise NotARunDir(f"{args.temp_dir} is not a folder: give the --temp-dir the cluster was started with")
-    n = stop_cluster(args.temp_dir, grace_s=args.grace_s)
-    print(f"stopped {n} Ray processes of {args.temp_dir}")
+    verb = "would stop" if args.dry_run else "stopping"
+    print(f"{verb} the Ray processes of {args.temp_dir}:")
+    n = stop_cluster(args.temp_dir, grace_s=args.grace_s, dry_run=args.dry_run)
+    print(f"{'would stop' if args.dry_run else 'stopped'} {n} Ray processes of {args.temp_dir}")
     return 0
 
 
@@ -227,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("view", help="write a static site to look at a run's samples and rejects (opens from disk)")
     p.add_argument("run_dir", help="a run's output directory (holds shards/ and index.parquet)")
-    p.add_argument("--out", help="site folder (default RUN_DIR/viewer; replaced when it exists)")
+    p.add_argument("--out", help="site folder (default RUN_DIR/viewer): new, empty, or an earlier view's, whose files only are replaced")
     p.add_argument("--sample", type=int, default=200, help="videos given a page, stratified by duration and reject reason")
     p.add_argument("--filter", metavar="EXPR", help="keep rows matching e.g. 'duration_s>60, qa_temporal>0' or 'reason=truncated'")
     p.add_argument("--seed", type=int, default=0, help="which samples the stratified pick takes")
@@ -247,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("annotations", help="LLaVA JSON: a list of {id, video, conversations}")
     p.add_argument("video_root", help="folder the records' video paths are relative to")
     p.add_argument("out_dir")
-    p.add_argument("--config", default="configs/import_llava.yaml" if Path("configs/import_llava.yaml").exists() else None)
+    p.add_argument("--config", help="run config (default: the package's import preset, pipeline/import_llava.yaml; "
+                   "nothing is read from the current folder)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.add_argument("--force", action="store_true")
     p.add_argument("--retry-rejects", nargs="+", metavar="REASON")
@@ -276,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ray-stop", help="stop the Ray processes started with one --temp-dir (not every Ray, as `ray stop` does)")
     p.add_argument("temp_dir", help="the --temp-dir given to `ray start` on this machine")
     p.add_argument("--grace-s", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL")
+    p.add_argument("--dry-run", action="store_true", help="list the processes it would stop, stop nothing")
     p.set_defaults(func=cmd_ray_stop)
 
     p = sub.add_parser("probe", help="probe files and say why any would be rejected")
@@ -293,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="generate example videos, probe and sample them, print what was found")
     p.add_argument("--out", default="out/demo")
-    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--config", default=str(DEMO_CONFIG), help="default: the checkout's configs/demo.yaml (not the "
+                   "current folder's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_demo)
     return parser

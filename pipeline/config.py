@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from dense_caption.config import LLMConfig
 from filters.config import FiltersConfig, default_budget_stages
-from pipeline.config_base import Strict
+from pipeline.config_base import RunSection
 from pipeline.config_load import (
     ConfigError, apply_override, config_record, dump_config, parse_override, write_resolved_config,
 )
@@ -32,11 +33,11 @@ __all__ = [
 ]
 
 
-class OutputConfig(Strict):
+class OutputConfig(RunSection):
     dir: Annotated[str, Field(min_length=1, pattern=r"\S", description="the run's own folder (not the current one)")]
 
 
-class RunConfig(Strict):
+class RunConfig(RunSection):
     """A pipeline run: where videos come from, where results go, how videos are read and kept."""
 
     input: InputConfig
@@ -50,6 +51,26 @@ class RunConfig(Strict):
     resources: ResourcesConfig = ResourcesConfig()
     ray: RayConfig = RayConfig()
     llm: LLMConfig = LLMConfig()
+
+    @field_validator("sampling")
+    @classmethod
+    def _frames_per_sample(cls, sampling: SamplingConfig, info: ValidationInfo) -> SamplingConfig:
+        """Every count of frames a set stores is within input.max_frames_per_sample, each one over it named."""
+        inputs = info.data.get("input")
+        if inputs is None:  # input itself is invalid: that error is reported
+            return sampling
+        cap = inputs.max_frames_per_sample
+        over = PydanticCustomError("less_than_equal", "Input should be from 1 to {cap} (input.max_frames_per_sample)",
+                                   {"cap": cap})
+        counts: list[tuple[tuple[str | int, ...], int | None]] = []
+        for i, s in enumerate(sampling.sets):
+            counts += [(("sets", i, "num_frames"), s.num_frames), (("sets", i, "min_frames"), s.min_frames),
+                       (("sets", i, "max_frames"), s.max_frames)]
+            counts += [(("sets", i, "stage_frames", j), k) for j, k in enumerate(s.stage_frames)]
+        errors = [InitErrorDetails(type=over, loc=loc, input=n) for loc, n in counts if n is not None and n > cap]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return sampling
 
     @model_validator(mode="after")
     def _shard_set_exists(self) -> "RunConfig":

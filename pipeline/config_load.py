@@ -6,6 +6,7 @@ Every model forbids unknown keys, so a typo fails at load with the dotted path o
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,28 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the field."""
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's numbers: `1e-4` and `2E6` are floats, not the strings PyYAML's 1.1 rules make of them
+    (a strict number field would refuse the string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """A config file's text or a `--set` value as YAML (safe: plain data only)."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`a.b.0.c=value` -> (["a", "b", "0", "c"], value parsed as YAML)."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {item!r} must look like key.path=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {e}") from None
     return key.strip().split("."), value
@@ -76,7 +92,7 @@ def load_config(
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = parse_yaml(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"config {path} is not valid YAML: {e}") from None
         if loaded is None:

@@ -8,19 +8,21 @@ from typing import Annotated
 
 from pydantic import Field
 
-from pipeline.config_base import Strict
+from pipeline.config_base import (
+    MAX_MEMORY_MB, MAX_NODE_CPUS, MAX_NODE_GPUS, MemoryMB, Range, RunSection, Threads, Workers,
+)
 
 
-class StageResources(Strict):
+class StageResources(RunSection):
     """What one worker of a stage reserves from Ray, and how many run at once (None: as many as fit)."""
 
-    num_cpus: Annotated[float, Field(ge=0)] = 1.0
-    num_gpus: Annotated[float, Field(ge=0)] = 0.0
-    memory_mb: Annotated[int, Field(ge=0)] = 0
-    concurrency: Annotated[int, Field(gt=0)] | None = None
+    num_cpus: Annotated[float, Range(0, MAX_NODE_CPUS)] = 1.0
+    num_gpus: Annotated[float, Range(0, MAX_NODE_GPUS)] = 0.0
+    memory_mb: MemoryMB = 0
+    concurrency: Workers | None = None
 
 
-class ResourcesConfig(Strict):
+class ResourcesConfig(RunSection):
     """Per-stage resources. Probe, filters and decode share one Ray task per video when their resources match."""
 
     video: StageResources = Field(
@@ -40,9 +42,12 @@ class ResourcesConfig(Strict):
     )
 
 
-class RayConfig(Strict):
+class RayConfig(RunSection):
     address: str | None = Field(None, description="cluster address; None: RAY_ADDRESS if set, else embedded local Ray")
-    num_cpus: Annotated[int, Field(gt=0)] | None = Field(None, description="CPUs of the embedded local Ray")
+    num_cpus: Annotated[Threads, Field(ge=1)] | None = Field(
+        None, description="CPUs of the embedded local Ray (at most 4x this machine's)"
+    )
     temp_dir: str | None = Field(None, description="temp/session folder of the embedded local Ray")
     progress: bool = Field(True, description="Ray Data's per-stage progress bars")
-    object_store_mb: Annotated[int, Field(gt=0)] | None = None
+    # Ray refuses an object store under 75 MiB.
+    object_store_mb: Annotated[int, Range(75, MAX_MEMORY_MB)] | None = None

@@ -10,10 +10,20 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.config_base import Strict
+from pipeline.config_base import (
+    MAX_MEMORY_MB, MAX_SAMPLE_FRAMES, MAX_VIDEO_FRAMES, Bytes, Fps, Range, RunSection, SampleFrames, SampleFramesOrZero,
+    Seconds, SecondsOrZero, Share, Side, Threads, VideoSeconds,
+)
+
+# Containers ffmpeg reads whose frames the identity corpus proves exact (README: codec x backend table).
+VIDEO_EXTENSIONS = [
+    ".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ogv", ".ts", ".flv", ".wmv", ".asf", ".3gp", ".3g2",
+    ".mpg", ".mpeg", ".m2ts", ".mts", ".vob", ".m2v", ".divx", ".f4v", ".mxf",
+]
+Extension = Annotated[str, Field(pattern=r"^\.[^./\\\s]{1,16}$")]  # one suffix, as os.path.splitext gives it
 
 
-class InputConfig(Strict):
+class InputConfig(RunSection):
     path: str = Field(description="a folder of videos, a manifest (jsonl/csv/parquet) or a LLaVA JSON")
     format: Literal["auto", "folder", "jsonl", "csv", "parquet", "llava"] = Field(
         "auto", description="auto: a folder, or by the file's suffix (.jsonl/.csv/.parquet; .json is LLaVA)"
@@ -25,19 +35,27 @@ class InputConfig(Strict):
         default_factory=list,
         description="when set, every video must resolve (symlinks followed) inside one of these folders",
     )
-    extensions: list[str] = [".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ogv", ".ts", ".flv"]
-    max_frames_per_sample: Annotated[int, Field(gt=0)] = Field(
-        1024, description="a manifest's per-sample num_frames above this is refused (bad_source)"
+    allow_hard_links: bool = Field(
+        False, description="with allowed_roots: accept a file that has other names (st_nlink > 1); off because a hard "
+        "link inside the roots to a file outside them is the outside file, and no path check can see it",
+    )
+    extensions: Annotated[list[Extension], Field(min_length=1)] = Field(
+        default_factory=lambda: list(VIDEO_EXTENSIONS),
+        description="file suffixes a folder input reads as videos (case ignored); others are counted as skipped",
+    )
+    max_frames_per_sample: SampleFrames = Field(
+        1024, description=f"frames one sample may hold (at most {MAX_SAMPLE_FRAMES}): a frame set asking for more "
+        "fails at load, a manifest's per-sample num_frames above it is refused (bad_source)"
     )
     recursive: bool = True
 
 
-class ProbeConfig(Strict):
-    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+class ProbeConfig(RunSection):
+    timeout_s: Seconds = 30.0
     count_frames: bool = Field(
         False, description="count packets when the container stores no frame count (exact, reads the file)"
     )
-    keyframe_scan_s: Annotated[float, Field(ge=0)] = Field(
+    keyframe_scan_s: SecondsOrZero = Field(
         20.0, description="seconds from the start scanned to estimate keyframe spacing (0: skip); `prolongvid probe` "
         "only: a run takes the spacing over the whole video from the decoder's index"
     )
@@ -50,17 +68,25 @@ class ProbeConfig(Strict):
     )
 
 
-class LimitsConfig(Strict):
+class LimitsConfig(RunSection):
     """Preflight limits: a video outside them is rejected before any decode."""
 
-    max_duration_s: Annotated[float, Field(gt=0)] = 4 * 3600.0
-    max_width: Annotated[int, Field(gt=0)] = 7680
-    max_height: Annotated[int, Field(gt=0)] = 4320
-    min_width: Annotated[int, Field(ge=1)] = 32
-    min_height: Annotated[int, Field(ge=1)] = 32
+    max_duration_s: VideoSeconds = 4 * 3600.0
+    max_width: Side = 7680
+    max_height: Side = 4320
+    min_width: Side = 32
+    min_height: Side = 32
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LimitsConfig":
+        for side in ("width", "height"):
+            low, high = getattr(self, f"min_{side}"), getattr(self, f"max_{side}")
+            if low > high:
+                raise ValueError(f"min_{side} ({low}) exceeds max_{side} ({high}): every video would be rejected")
+        return self
 
 
-class DecodeConfig(Strict):
+class DecodeConfig(RunSection):
     backend: Literal["pyav", "decord"] = Field(
         "pyav", description="pyav: exact on every tested codec (README table); decord: the paper's loader, guarded"
     )
@@ -74,25 +100,25 @@ class DecodeConfig(Strict):
     truncated: Literal["reject", "keep"] = Field(
         "reject", description="a file whose video decodes well short of its header: reject, or keep its real span"
     )
-    min_frames: Annotated[int, Field(ge=1)] = Field(
+    min_frames: Annotated[int, Range(1, MAX_VIDEO_FRAMES)] = Field(
         2, description="fewer decodable frames rejects the video (1 frame: single_frame)"
     )
     log_dir: str | None = Field(
         None, description="append every decoder message here (a run at --log-level debug uses OUTPUT/logs)"
     )
-    threads: Annotated[int, Field(ge=0)] = Field(
+    threads: Threads = Field(
         0, description="decode workers for one video, each on its own span of keyframe groups "
-        "(0: the CPUs the video stage reserves; `sample`: all CPUs)"
+        "(0: the CPUs the video stage reserves; `sample`: all CPUs; at most 4x this machine's CPUs)"
     )
-    frame_count_tolerance: Annotated[float, Field(ge=0, le=1)] = Field(
+    frame_count_tolerance: Share = Field(
         0.02, description="relative shortfall of decodable frames / span against the header before `truncated`"
     )
-    batch_bytes: Annotated[int, Field(gt=0)] = Field(
+    batch_bytes: Bytes = Field(
         32 << 20, description="most raw pixel bytes one decode batch may hold"
     )
     isolate: bool = Field(True, description="decode in a watched child process so a hang or blow-up is cut off")
-    timeout_s: Annotated[float, Field(gt=0)] = Field(900.0, description="a decode running longer is killed and rejected")
-    max_memory_mb: Annotated[int, Field(gt=0)] = Field(
+    timeout_s: Seconds = Field(900.0, description="a decode running longer is killed and rejected")
+    max_memory_mb: Annotated[int, Range(0, MAX_MEMORY_MB, above=True)] = Field(
         4096, description="a decode whose process grows past this RSS is killed and rejected"
     )
 
@@ -109,14 +135,14 @@ class DecodeConfig(Strict):
         return backend
 
 
-class ResizeConfig(Strict):
+class ResizeConfig(RunSection):
     policy: Literal["square", "short_side", "none"] = "square"
-    size: Annotated[int, Field(gt=0, le=8192)] = 384
+    size: Annotated[int, Range(0, 8192, above=True)] = 384
     # bicubic matches SigLIP's processor; area (box) is the cheapest correct filter for plain downscaling.
     resample: Literal["area", "bilinear", "bicubic", "lanczos"] = "bicubic"
 
 
-class FrameSetConfig(Strict):
+class FrameSetConfig(RunSection):
     """One set of frames to pull from a video.
 
     Modes: `uniform` (k frames over indices [0, N-1], the paper's linspace),
@@ -130,17 +156,17 @@ class FrameSetConfig(Strict):
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
     mode: Literal["uniform", "fps", "time_uniform", "time_fps"] = "uniform"
-    num_frames: Annotated[int, Field(gt=0)] | None = None
-    stage_frames: list[Annotated[int, Field(gt=0)]] = Field(
+    num_frames: SampleFrames | None = None
+    stage_frames: list[SampleFrames] = Field(
         default_factory=list, description="frame counts of the training stages whose exact frames the set stores"
     )
-    fps: Annotated[float, Field(gt=0)] | None = None
-    min_frames: Annotated[int, Field(ge=0)] = 0
-    max_frames: Annotated[int, Field(ge=0)] = 0  # 0: no upper bound
+    fps: Fps | None = None
+    min_frames: SampleFramesOrZero = 0
+    max_frames: SampleFramesOrZero = 0  # 0: no upper bound
     seek: Literal["exact", "keyframe"] = "exact"
     resize: ResizeConfig = ResizeConfig()
-    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
-    min_distinct: Annotated[float, Field(ge=0, le=1)] = Field(
+    jpeg_quality: Annotated[int, Range(1, 100)] = 90
+    min_distinct: Share = Field(
         0.0, description="fraction of the set's frames that must be different frames (else too_few_distinct_frames)"
     )
 
@@ -170,7 +196,7 @@ def default_sets() -> list[FrameSetConfig]:
     ]
 
 
-class SamplingConfig(Strict):
+class SamplingConfig(RunSection):
     sets: list[FrameSetConfig] = Field(default_factory=default_sets)
 
     @model_validator(mode="after")

@@ -3,10 +3,12 @@
 decord returns pixels without their presentation times, so a wrong frame
 cannot be caught per frame. On the frame-identity corpus it returned wrong
 frames for HEVC (seeks across open GOPs), for MPEG-TS (the start time taken
-as a shift), for MP4 edit lists (hidden frames counted) and for open-GOP
-H.264 read from a mid-file keyframe (one frame late); it was exact on closed-GOP
-H.264, VP9 and MJPEG. So the guard is cheap and up front: the codec must
-be on `decode.decord_codecs`, the packet index must show no open GOP, and
+as a shift; closed-GOP H.264 in .ts/.m2ts/.mts: every frame one GOP late while
+its count and times match), for MP4 edit lists (hidden frames counted) and
+for open-GOP H.264 read from a mid-file keyframe (one frame late); it was
+exact on closed-GOP H.264 (MP4, F4V, MKV, FLV), VP9 (WebM) and MJPEG (AVI).
+So the guard is cheap and up front: no MPEG-TS, the codec
+on `decode.decord_codecs`, the packet index must show no open GOP, and
 decord's frame count and times must equal the PyAV packet index (which
 honours edit lists and start times). Anything else raises `NotExact` and the
 exact PyAV path takes the file.
@@ -33,6 +35,13 @@ from pipeline.frames import rotate_upright, scale_array
 from pipeline.sampling import FrameIndex
 
 _DECORD_IMPORT = threading.Lock()
+
+
+def container_problem(container: str) -> str | None:
+    """Why decord may not read a file in `container` (ffprobe's format name), or None."""
+    if container == "mpegts":
+        return "decord reads MPEG-TS (.ts/.m2ts/.mts) one GOP late"
+    return None
 _decord: ModuleType | None = None
 _MAX_BATCH_FRAMES = 32  # more frames a call saves nothing measurable and only holds memory
 

@@ -170,7 +170,10 @@ class PyAVBackend:
                 raise VideoError(Reason.NO_DURATION, "frames carry no times and the stream no rate")
             pts_s = np.arange(len(times), dtype=np.float64) / rate
         else:
-            t = np.asarray(times, dtype=np.float64)
+            # Frames leave the decoder in display order. Times that run backwards are decode times handed on
+            # reordered (H.264 B-frames in AVI or ASF, which store no presentation times): sorted, they are the
+            # times the frames are shown at, in the order they are shown.
+            t = np.sort(np.asarray(times, dtype=np.float64))
             pts_s = t - t[0]
         order = np.arange(len(times), dtype=np.int64)
         return order, FrameIndex(pts_s, np.array([0], dtype=np.int64), rate or self._avg_fps(pts_s))

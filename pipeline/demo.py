@@ -105,11 +105,14 @@ def prepare_tiny_llm(cfg: RunConfig) -> RunConfig:
 
 def run_demo(cfg: RunConfig) -> int:
     """Generate the examples under input.path, run the real pipeline on them (embedded Ray), print the stats."""
-    from pipeline.run import run_pipeline
+    from pipeline.run import check_output_dir, run_pipeline
     from pipeline.run_summary import print_run_summary
+    from shards.layout import RunDir
+    from shards.runfolder import claim
     from shards.reader import open_run
     from shards.stats import compute_stats, stats_table
 
+    claim(RunDir(check_output_dir(cfg.output.dir)))  # the examples go inside: a folder that is not a run's is refused
     video_dir = Path(cfg.input.path)
     t0 = time.perf_counter()
     if video_dir.suffix == ".json":  # input.path names the annotation file the demo writes

@@ -39,7 +39,10 @@ class Reason(str, Enum):
     DECODE_MEMORY = "decode_memory"  # the decode grew past decode.max_memory_mb and was killed
     DECODE_CRASHED = "decode_crashed"  # the decoding process died (segfault, OOM killer)
     # sources
-    OUTSIDE_ALLOWED_ROOTS = "outside_allowed_roots"  # resolves outside input.allowed_roots (.. or symlink)
+    OUTSIDE_ALLOWED_ROOTS = "outside_allowed_roots"  # resolves outside input.allowed_roots (.. or symlink), or
+    # the file a probe or decoder opened does (a folder swapped for a symlink out after listing)
+    HARD_LINK = "hard_link"  # under input.allowed_roots, a file with more than one name (input.allow_hard_links)
+    SOURCE_CHANGED = "source_changed"  # the file at the path is not the one the probe read (replaced mid-run)
     BAD_SOURCE = "bad_source"  # a manifest / LLaVA record without a usable video path
     DUPLICATE_KEY = "duplicate_key"  # a second source with the sample key of an earlier one
     # filters

@@ -19,15 +19,17 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from pipeline.config_video import DecodeConfig, FrameSetConfig, SamplingConfig
+from pipeline.decode_decord import container_problem
 from pipeline.decode_log import DecoderLog, captured
 from pipeline.decoders import Backend, DecordBackend, PyAVBackend
 from pipeline.errors import NotExact, Reason, VideoError
 from pipeline.imageops import encode_jpeg, output_size
+from pipeline.opened import Identity, OpenedSource, SourceRules, open_source
 from pipeline.paths import indirect_format
 from pipeline.records import DecodeResult, FrameSet, VideoInfo
 from pipeline.sampling import FrameIndex, SetPlan, plan_frame_set
@@ -92,6 +94,9 @@ def _open(name: str, info: VideoInfo, decode: DecodeConfig, codec_threads: int, 
     if name == "decord":
         if info.codec not in decode.decord_codecs:
             raise NotExact(f"decord is not proven exact on {info.codec} (decode.decord_codecs)")
+        problem = container_problem(info.container)
+        if problem:
+            raise NotExact(problem)
         reference = PyAVBackend(info.path, rotation_cw=info.rotation, index_by="packets", log=log,
                                 allow_indirect=_probe_allowed_indirect(info))
         try:
@@ -266,14 +271,26 @@ def extract_frames(
     sampling: SamplingConfig,
     decode: DecodeConfig,
     num_frames_override: int | None = None,
+    rules: SourceRules | None = None,
 ) -> DecodeResult:
     """Decode `info.path` once and return every configured frame set; VideoError on failure, never anything else.
 
-    The paths of `decode_paths` are tried in order; a path moves on to the
-    next when it cannot open, index or decode the file or cannot prove a
-    frame (`NotExact`). The result records the path that made the frames and
-    why the ones before it did not.
+    The source is opened once (`open_source`: confined by `rules`, and it must
+    be the file the probe read, `info.file_identity`); every decoder reads that
+    open file through `/proc/self/fd/N`, never the name again. The paths of
+    `decode_paths` are tried in order; a path moves on to the next when it
+    cannot open, index or decode the file or cannot prove a frame (`NotExact`).
+    The result records the path that made the frames and why the ones before
+    it did not.
     """
+    with open_source(info.path, rules, Identity.from_list(info.file_identity)) as source:
+        return _extract_opened(info, source, sampling, decode, num_frames_override)
+
+
+def _extract_opened(
+    info: VideoInfo, source: OpenedSource, sampling: SamplingConfig, decode: DecodeConfig, num_frames_override: int | None
+) -> DecodeResult:
+    reading = replace(info, path=source.path)  # what the decoders open: the open file, not its name
     order = decode_paths(decode)
     if not order:
         raise VideoError(Reason.DECODE_FAILED, "no decoder configured")
@@ -283,7 +300,7 @@ def extract_frames(
         start = time.perf_counter()
         try:
             with captured(decoder_log):
-                done = _extract_with(name, info, sampling.sets, decode, num_frames_override, decoder_log)
+                done = _extract_with(name, reading, sampling.sets, decode, num_frames_override, decoder_log)
         except Exception as e:
             err = e if isinstance(e, VideoError) else VideoError(Reason.DECODE_FAILED, f"{type(e).__name__}: {e}")
             if not isinstance(e, VideoError):
@@ -292,11 +309,11 @@ def extract_frames(
             if name == "pyav" and not isinstance(err, NotExact):
                 final = True  # decode order only helps where packet times could not name the frames
             if final:
-                detail = err.detail if "(decoder:" in err.detail else err.detail + decoder_log.first_suffix()
+                detail = source.shown(err.detail if "(decoder:" in err.detail else err.detail + decoder_log.first_suffix())
                 if passed:
                     detail = f"{name}: {detail} (after {'; '.join(passed)})"
                 raise VideoError(err.reason, detail) from None
-            passed.append(f"{name}: {err}")
+            passed.append(source.shown(f"{name}: {err}"))
             log.info("moving on from %s for %s: %s", name, info.path, err)
             continue
         sets = _assemble(sampling.sets, done.plans, done.index, info, done.results)

@@ -19,6 +19,7 @@ from filters.visual import VisualFilter
 from pipeline.config import ConfigError, RunConfig
 from pipeline.config_run import StageResources
 from pipeline.meta import SOURCE_WRITES, check_data_flow
+from pipeline.opened import SourceRules
 from pipeline.records import WriteTotals
 from pipeline.stage import Stage, apply_stages, ray_args
 from pipeline.stages import DecodeStage, ProbeStage
@@ -46,10 +47,11 @@ def build_groups(cfg: RunConfig, extra_stages: list[Stage] | None = None) -> lis
     (`check_graph`) is reported against the field the user set.
     """
     res = cfg.resources.video
-    video: list[Stage] = [_tag(ProbeStage(cfg.probe, cfg.limits, res), "probe")]
+    rules = SourceRules.from_input(cfg.input)  # sources are confined again where they are opened
+    video: list[Stage] = [_tag(ProbeStage(cfg.probe, cfg.limits, res, rules), "probe")]
     if cfg.filters.length.enabled:
         video.append(_tag(LengthFilter(cfg.filters.length, res), "filters.length.enabled"))
-    video.append(_tag(DecodeStage(cfg.sampling, cfg.decode, res), "sampling"))
+    video.append(_tag(DecodeStage(cfg.sampling, cfg.decode, res, rules), "sampling"))
     if cfg.filters.visual.enabled:  # cheap checks first: expensive stages never see what they drop
         video.append(_tag(VisualFilter(cfg.filters.visual, res), "filters.visual.enabled"))
     groups: list[tuple[list[Stage], StageResources]] = [(video, res)]

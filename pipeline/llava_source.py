@@ -12,6 +12,9 @@ be JSON fails at load with nothing committed, as before.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import sqlite3
 import tempfile
 from decimal import Decimal
@@ -24,6 +27,40 @@ from pipeline.records import Rejection
 from pipeline.task import VideoTask
 
 SPILL_ROWS = 2000  # records buffered before an insert
+# The table's folder in the temp dir names the process that made it: a killed process leaves it, and the next
+# reader of a LLaVA JSON removes every such folder of this user whose process is gone.
+SCRATCH_PREFIX = "prolongvid-llava-"
+_SCRATCH = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d+)-[A-Za-z0-9_]+$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: its folder is not ours to judge
+    return True
+
+
+def sweep_stale_scratch(folder: str | None = None) -> list[str]:
+    """Remove the scratch folders of this user's LLaVA readers that died (SIGKILL, power loss); returns them."""
+    base = Path(folder or tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _SCRATCH.fullmatch(entry.name)
+        try:
+            mine = m and entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.getuid()
+        except OSError:
+            continue
+        if mine and not _alive(int(m.group(1))):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    return removed
 
 
 def _plain(value: Any) -> Any:
@@ -38,7 +75,8 @@ def llava_chunks(records: Iterable[Any], locate: Callable[[Any, int], Any], key_
     """(tasks, rejects) of a LLaVA JSON, a chunk at a time: first the rejects (ending with a chunk of fewer than
     `chunk`, maybe none), then the videos in order of their first record. `locate(record, n)` gives (source, rel) or a Rejection; the path fields are left out of the
     conversations."""
-    with tempfile.TemporaryDirectory(prefix="prolongvid-llava-") as tmp:
+    sweep_stale_scratch()
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as tmp:
         db = sqlite3.connect(Path(tmp) / "records.db")
         try:
             db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
@@ -49,7 +87,7 @@ def llava_chunks(records: Iterable[Any], locate: Callable[[Any, int], Any], key_
             for n, rec in enumerate(records):
                 located = locate(rec, n)
                 if isinstance(located, Rejection):
-                    rejs.append((n, json.dumps(located.to_dict())))
+                    rejs.append((n, json.dumps(located.at_row(n).to_dict())))
                 else:
                     conv = {k: v for k, v in rec.items() if k not in path_fields}
                     recs.append((n, *located, json.dumps(conv, default=_plain)))
@@ -79,8 +117,8 @@ def _spill(db: sqlite3.Connection, recs: list, rejs: list) -> None:
 def _videos(db: sqlite3.Connection, chunk: int, key_for_path: Callable[[str], str]) -> Iterator[tuple[list, list]]:
     """One task per resolved video, its conversations in file order; a second video whose key is taken (two paths
     with the same key) is a duplicate_key reject naming the first's record."""
-    query = ("SELECT r.source, r.rel, r.conv, f.first FROM rec r JOIN "
-             "(SELECT source, MIN(n) AS first FROM rec GROUP BY source) f ON r.source = f.source "
+    query = ("SELECT r.source, r.rel, r.conv, f.first, f.rows FROM rec r JOIN "
+             "(SELECT source, MIN(n) AS first, COUNT(*) AS rows FROM rec GROUP BY source) f ON r.source = f.source "
              "ORDER BY f.first, r.n")
     seen = GrowingKeySet()
     tasks: dict[str, VideoTask] = {}
@@ -94,7 +132,8 @@ def _videos(db: sqlite3.Connection, chunk: int, key_for_path: Callable[[str], st
             if first >= 0:
                 task = tasks.pop(key)
                 rejects.append(Rejection(task.source, "source", Reason.DUPLICATE_KEY.value,
-                                         f"record {firsts[key]}: key {key} already taken by record {first}", key))
+                                         f"record {firsts[key]}: key {key} already taken by record {first}", key,
+                                         task.source_row, task.source_rows))
         seen.add(list(tasks), [firsts[k] for k in tasks])
         out = list(tasks.values()), list(rejects)
         tasks.clear()
@@ -102,15 +141,16 @@ def _videos(db: sqlite3.Connection, chunk: int, key_for_path: Callable[[str], st
         rejects.clear()
         return out
 
-    for source, rel, conv, first in db.execute(query):
+    for source, rel, conv, first, rows in db.execute(query):
         if current is None or current.source != source:
             if len(tasks) >= chunk:
                 yield hand_on()
             key = key_for_path(rel)
-            current = VideoTask(key, source, {"video_rel": rel, "conversations": []})
+            current = VideoTask(key, source, {"video_rel": rel, "conversations": []}, source_row=first, source_rows=rows)
             if key in tasks:
                 rejects.append(Rejection(source, "source", Reason.DUPLICATE_KEY.value,
-                                         f"record {first}: key {key} already taken by record {firsts[key]}", key))
+                                         f"record {first}: key {key} already taken by record {firsts[key]}", key,
+                                         first, rows))
             else:
                 tasks[key], firsts[key] = current, first
         current.meta["conversations"].append(json.loads(conv))

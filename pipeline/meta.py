@@ -41,6 +41,7 @@ class VideoSection(TypedDict):
     duration_from_stream: bool
     variable_frame_rate: bool
     declared_duration_s: NotRequired[float]  # the header's longer duration of a cut file kept (decode.truncated: keep)
+    file_identity: NotRequired[list[int] | None]  # [st_dev, st_ino, size, mtime_ns] the probe read (pipeline/opened.py)
 
 
 class FrameSetSection(TypedDict):

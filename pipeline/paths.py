@@ -31,6 +31,31 @@ def check_path_text(path: str) -> None:
         raise VideoError(Reason.BAD_PATH, f"path is not valid UTF-8: {path!r}") from None
 
 
+def os_error(text: str, e: OSError) -> VideoError:
+    """An OSError from stat or open of `text` as the specific reason."""
+    if e.errno == errno.ELOOP:
+        return VideoError(Reason.SYMLINK_LOOP, f"{text}: symbolic links loop and never reach a file")
+    if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        dangling = os.path.islink(text)
+        return VideoError(Reason.MISSING, f"{text} {'is a dangling symbolic link' if dangling else 'does not exist'}")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return VideoError(Reason.UNREADABLE, f"{text}: permission denied")
+    if e.errno == errno.ENAMETOOLONG:
+        return VideoError(Reason.BAD_PATH, f"path too long: {text[:120]}...")
+    if e.errno == errno.ENXIO:  # a socket (or a device with nothing behind it) cannot be opened as a file
+        return VideoError(Reason.NOT_REGULAR_FILE, f"{text} is not a regular file")
+    return VideoError(Reason.UNREADABLE, f"{text}: {e.strerror or e}")
+
+
+def check_stat_regular(text: str, st: os.stat_result) -> None:
+    """VideoError naming what `st` is when it is not a regular file."""
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a named pipe" if stat.S_ISFIFO(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "not a regular file")
+        raise VideoError(Reason.NOT_REGULAR_FILE, f"{text} is {kind}")
+
+
 def check_regular_file(path: str | Path) -> os.stat_result:
     """The stat of `path` (symlinks followed) when it is a regular file; VideoError with the specific reason if not."""
     text = str(path)
@@ -38,30 +63,6 @@ def check_regular_file(path: str | Path) -> os.stat_result:
     try:
         st = os.stat(text)
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise VideoError(Reason.SYMLINK_LOOP, f"{text}: symbolic links loop and never reach a file") from None
-        if e.errno in (errno.ENOENT, errno.ENOTDIR):
-            dangling = os.path.islink(text)
-            raise VideoError(Reason.MISSING, f"{text} {'is a dangling symbolic link' if dangling else 'does not exist'}") from None
-        if e.errno in (errno.EACCES, errno.EPERM):
-            raise VideoError(Reason.UNREADABLE, f"{text}: permission denied") from None
-        if e.errno == errno.ENAMETOOLONG:
-            raise VideoError(Reason.BAD_PATH, f"path too long: {text[:120]}...") from None
-        raise VideoError(Reason.UNREADABLE, f"{text}: {e.strerror or e}") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a named pipe" if stat.S_ISFIFO(st.st_mode)
-                else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                else "not a regular file")
-        raise VideoError(Reason.NOT_REGULAR_FILE, f"{text} is {kind}")
-    return st
-
-
-def check_readable(path: str | Path) -> os.stat_result:
-    """`check_regular_file`, then one byte read: permissions and I/O errors show here, not inside a decoder."""
-    st = check_regular_file(path)
-    try:
-        with open(path, "rb") as fh:
-            fh.read(1)
-    except OSError as e:
-        raise VideoError(Reason.UNREADABLE, f"{path}: {e.strerror or e}") from None
+        raise os_error(text, e) from None
+    check_stat_regular(text, st)
     return st

@@ -8,6 +8,7 @@ with `subprocess.run(..., timeout=)`; the JSON is the same.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -17,7 +18,8 @@ from typing import Any
 
 from pipeline.config_video import LimitsConfig, ProbeConfig
 from pipeline.errors import Reason, VideoError
-from pipeline.paths import PROTOCOL_WHITELIST, check_readable, indirect_format
+from pipeline.opened import OpenedSource, SourceRules, open_source
+from pipeline.paths import INDIRECT_FORMATS, PROTOCOL_WHITELIST, indirect_format
 from pipeline.records import VideoInfo
 
 _IMAGE_FORMATS = re.compile(r"(_pipe$|^image2$|^apng$|^webp$)")
@@ -41,32 +43,35 @@ def ffmpeg_binary() -> str:
     return exe
 
 
-def run_ffprobe(path: str, args: list[str], timeout_s: float) -> dict[str, Any]:
-    """Run ffprobe with `args` on `path` and return its JSON; failures become VideoError."""
-    return run_ffprobe_logged(path, args, timeout_s)[0]
+def run_ffprobe(source: OpenedSource, args: list[str], timeout_s: float) -> dict[str, Any]:
+    """Run ffprobe with `args` on the open `source` and return its JSON; failures become VideoError."""
+    return run_ffprobe_logged(source, args, timeout_s)[0]
 
 
-def run_ffprobe_logged(path: str, args: list[str], timeout_s: float) -> tuple[dict[str, Any], str]:
-    """`run_ffprobe`, also returning what ffprobe reported at error level."""
-    cmd = [ffprobe_binary(), "-v", "error", "-of", "json", *args, "-protocol_whitelist", PROTOCOL_WHITELIST, "-i", path]
+def run_ffprobe_logged(source: OpenedSource, args: list[str], timeout_s: float) -> tuple[dict[str, Any], str]:
+    """`run_ffprobe`, also returning what ffprobe reported at error level.
+
+    ffprobe reads the descriptor it inherits (`/proc/self/fd/N` in it names that open file), never the name.
+    """
+    cmd = [ffprobe_binary(), "-v", "error", "-of", "json", *args, "-protocol_whitelist", PROTOCOL_WHITELIST,
+           "-i", source.path]
     try:
-        done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
+        done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False, pass_fds=source.pass_fds)
     except subprocess.TimeoutExpired:
         raise VideoError(Reason.PROBE_TIMEOUT, f"ffprobe took longer than {timeout_s:g}s") from None
-    err = done.stderr.decode("utf-8", "replace").strip()
+    err = source.shown(done.stderr.decode("utf-8", "replace").strip())
     if done.returncode != 0:
-        raise _classify_ffprobe_error(err, _looks_like_mp4(path))
+        raise _classify_ffprobe_error(err, _looks_like_mp4(source))
     try:
         return json.loads(done.stdout.decode("utf-8", "replace") or "{}"), err
     except json.JSONDecodeError as e:
         raise VideoError(Reason.NOT_MEDIA, f"ffprobe printed unparseable JSON: {e}") from None
 
 
-def _looks_like_mp4(path: str) -> bool:
+def _looks_like_mp4(source: OpenedSource) -> bool:
     """An ISO-BMFF file starts with an `ftyp` box; random bytes named .mp4 do not."""
     try:
-        with open(path, "rb") as fh:
-            return fh.read(12)[4:8] == b"ftyp"
+        return os.pread(source.fd, 12, 0)[4:8] == b"ftyp"
     except OSError:
         return False
 
@@ -74,6 +79,10 @@ def _looks_like_mp4(path: str) -> bool:
 def _classify_ffprobe_error(stderr: str, mp4_header: bool) -> VideoError:
     last = stderr.splitlines()[-1] if stderr else "ffprobe failed without a message"
     low = stderr.lower()
+    # The source is read through its descriptor, so what an indirect demuxer names beside it is not found there.
+    indirect = next((n for n in re.findall(r"^\[(\w+) @ 0x[0-9a-f]+\]", stderr, re.M) if n in INDIRECT_FORMATS), None)
+    if indirect:
+        return VideoError(Reason.INDIRECT_INPUT, f"a {indirect} file pulls in other inputs ({last[:200]})")
     if "moov atom not found" in low and mp4_header:
         return VideoError(Reason.TRUNCATED, "container index (moov) missing: file cut short or still being written")
     if "permission denied" in low:
@@ -158,11 +167,11 @@ def _decoder_available(codec: str) -> bool:
     return True
 
 
-def _keyframe_interval(path: str, cfg: ProbeConfig) -> float | None:
+def _keyframe_interval(source: OpenedSource, cfg: ProbeConfig) -> float | None:
     if cfg.keyframe_scan_s <= 0:
         return None
     data = run_ffprobe(
-        path,
+        source,
         [
             "-select_streams", "v:0",
             "-read_intervals", f"%+{cfg.keyframe_scan_s:g}",
@@ -180,13 +189,13 @@ def _keyframe_interval(path: str, cfg: ProbeConfig) -> float | None:
     return (times[-1] - times[0]) / (len(times) - 1)
 
 
-def _check_tail(path: str, start_s: float, duration_s: float, cfg: ProbeConfig) -> None:
+def _check_tail(source: OpenedSource, start_s: float, duration_s: float, cfg: ProbeConfig) -> None:
     """Read the packets of the declared last seconds: a cut file has none there, or an index pointing past its end."""
     if not cfg.check_tail:
         return
     from_s = max(0.0, start_s + duration_s - 2.0)
     data, err = run_ffprobe_logged(
-        path, ["-select_streams", "v:0", "-read_intervals", f"{from_s:.3f}%", "-show_entries", "packet=pts_time,duration_time"],
+        source, ["-select_streams", "v:0", "-read_intervals", f"{from_s:.3f}%", "-show_entries", "packet=pts_time,duration_time"],
         cfg.timeout_s,
     )
     if "partial file" in err:
@@ -199,9 +208,9 @@ def _check_tail(path: str, start_s: float, duration_s: float, cfg: ProbeConfig) 
             raise VideoError(Reason.TRUNCATED, f"video packets end at {last:.2f}s of the {duration_s:.2f}s the header declares")
 
 
-def _count_packets(path: str, cfg: ProbeConfig) -> int:
+def _count_packets(source: OpenedSource, cfg: ProbeConfig) -> int:
     data = run_ffprobe(
-        path,
+        source,
         ["-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets"],
         cfg.timeout_s,
     )
@@ -209,15 +218,22 @@ def _count_packets(path: str, cfg: ProbeConfig) -> int:
     return int(_float(streams[0].get("nb_read_packets")))
 
 
-def probe_video(path: str | Path, cfg: ProbeConfig | None = None) -> VideoInfo:
-    """Everything ffprobe knows about `path`, or VideoError with the specific reason."""
-    cfg = cfg or ProbeConfig()
-    path = str(path)
-    size = check_readable(path).st_size
+def probe_video(path: str | Path, cfg: ProbeConfig | None = None, rules: SourceRules | None = None) -> VideoInfo:
+    """Everything ffprobe knows about `path`, or VideoError with the specific reason.
+
+    The file is opened once (`open_source`, confined by `rules`) and every ffprobe run reads that open file; the
+    result records its identity, which the decoder checks when it opens the source again.
+    """
+    with open_source(path, rules) as source:
+        return _probe_opened(source, cfg or ProbeConfig())
+
+
+def _probe_opened(source: OpenedSource, cfg: ProbeConfig) -> VideoInfo:
+    size = source.identity.size
     if size == 0:
         raise VideoError(Reason.EMPTY_FILE, "0 bytes")
 
-    data = run_ffprobe(path, ["-show_format", "-show_streams"], cfg.timeout_s)
+    data = run_ffprobe(source, ["-show_format", "-show_streams"], cfg.timeout_s)
     fmt = data.get("format") or {}
     streams = data.get("streams") or []
     container = fmt.get("format_name") or ""
@@ -244,6 +260,10 @@ def probe_video(path: str | Path, cfg: ProbeConfig | None = None) -> VideoInfo:
         avg_fps = nb_frames / duration if (nb_frames and duration) else real_fps
     if duration <= 0 and nb_frames > 0 and avg_fps > 0:
         duration = nb_frames / avg_fps
+    if duration <= 0 and container == "mpegvideo" and avg_fps > 0:
+        # a raw MPEG-1/2 stream (.m2v) states its rate but no duration: one packet per frame, so count them
+        nb_frames = _count_packets(source, cfg)
+        duration = nb_frames / avg_fps
     if duration <= 0:
         raise VideoError(Reason.NO_DURATION, f"duration is {fmt.get('duration', 'unknown')}")
     if avg_fps <= 0:
@@ -254,7 +274,7 @@ def probe_video(path: str | Path, cfg: ProbeConfig | None = None) -> VideoInfo:
     if nb_frames > 0 and not exact:
         nb_frames = 0
     if not exact and cfg.count_frames:
-        nb_frames, exact = _count_packets(path, cfg), True
+        nb_frames, exact = _count_packets(source, cfg), True
     if not exact:
         nb_frames = int(round(duration * avg_fps))
     if nb_frames <= 0:
@@ -266,10 +286,10 @@ def probe_video(path: str | Path, cfg: ProbeConfig | None = None) -> VideoInfo:
 
     if cfg.check_decoder and not _decoder_available(codec):
         raise VideoError(Reason.UNSUPPORTED_CODEC, f"no decoder for codec {codec!r}")
-    _check_tail(path, start, duration, cfg)
+    _check_tail(source, start, duration, cfg)
 
     return VideoInfo(
-        path=path,
+        path=source.name,
         container=container,
         size_bytes=size,
         duration_s=duration,
@@ -286,8 +306,9 @@ def probe_video(path: str | Path, cfg: ProbeConfig | None = None) -> VideoInfo:
         pix_fmt=stream.get("pix_fmt") or "unknown",
         bit_depth=_bit_depth(stream),
         has_audio=any(s.get("codec_type") == "audio" for s in streams),
-        keyframe_interval_s=_keyframe_interval(path, cfg),
+        keyframe_interval_s=_keyframe_interval(source, cfg),
         duration_from_stream=stream_duration > 0,
+        file_identity=source.identity.as_list(),
     )
 
 
@@ -307,8 +328,9 @@ def check_limits(info: VideoInfo, limits: LimitsConfig) -> None:
         )
 
 
-def preflight(path: str | Path, probe_cfg: ProbeConfig | None = None, limits: LimitsConfig | None = None) -> VideoInfo:
+def preflight(path: str | Path, probe_cfg: ProbeConfig | None = None, limits: LimitsConfig | None = None,
+              rules: SourceRules | None = None) -> VideoInfo:
     """Probe and check limits; the one call a stage makes before decoding."""
-    info = probe_video(path, probe_cfg)
+    info = probe_video(path, probe_cfg, rules)
     check_limits(info, limits or LimitsConfig())
     return info

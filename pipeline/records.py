@@ -40,6 +40,8 @@ class VideoInfo:
     has_audio: bool
     keyframe_interval_s: float | None  # mean spacing of keyframes near the start; None if unknown
     duration_from_stream: bool = True  # False: only the container's duration is known (it may be the audio's)
+    # [st_dev, st_ino, size, mtime_ns] of the file the probe read: a decoder opening the source again must find it
+    file_identity: list[int] | None = None
 
     @property
     def variable_frame_rate(self) -> bool:
@@ -63,13 +65,21 @@ class Rejection:
     reason: str
     detail: str = ""
     key: str = ""
+    # The input row (record number, from 0) it stands for and how many rows (a LLaVA video: one per record): every
+    # input row ends as a sample's, a reject's or a skipped one, so rows add up to the input (`stats --verify`).
+    source_row: int = -1
+    source_rows: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return _as_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Rejection":
-        return cls(**{k: str(d.get(k) or "") for k in ("source", "stage", "reason", "detail", "key")})
+        text = {k: str(d.get(k) or "") for k in ("source", "stage", "reason", "detail", "key")}
+        return cls(**text, source_row=int(d.get("source_row", -1)), source_rows=int(d.get("source_rows", 1)))
+
+    def at_row(self, row: int, rows: int = 1) -> "Rejection":
+        return dataclasses.replace(self, source_row=row, source_rows=rows)
 
 
 @dataclass(frozen=True)

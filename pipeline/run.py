@@ -31,6 +31,7 @@ from shards.commit import begin_generation, commit_lock
 from shards import ledger
 from shards.dedup_apply import finish_journal
 from shards.layout import RunDir
+from shards.runfolder import claim, marker_path
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class RunSummary:
     llm: dict[str, Any] = field(default_factory=dict)  # LLM requests, tokens, retries, failures, tokens/s
     cluster: dict[str, float] = field(default_factory=dict)  # the Ray cluster's CPUs and GPUs (what `plan` scales from)
     skipped_by_extension: int = 0  # folder entries that are not videos by name
+    input_rows: int = 0  # every row of the input (records, or folder entries): samples' + rejects' + skipped
     skipped_suffixes: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -102,6 +104,8 @@ def init_ray(cfg: RunConfig) -> None:
     """Embedded local Ray unless an address is configured or `ray job submit` set RAY_ADDRESS."""
     import ray
 
+    from pipeline.ray_local import start_local_ray
+
     if ray.is_initialized():
         return
     # Ray's start-up notices ask nothing of the user: shown only at --log-level debug/info.
@@ -118,7 +122,7 @@ def init_ray(cfg: RunConfig) -> None:
         kwargs["_temp_dir"] = str(Path(cfg.ray.temp_dir).resolve())
     if cfg.ray.object_store_mb:
         kwargs["object_store_memory"] = cfg.ray.object_store_mb * 1024 * 1024
-    ray.init(**kwargs)
+    start_local_ray(kwargs)  # loopback only, behind a token made for this run
     _quiet_ray_data(ray_level)
 
 
@@ -152,7 +156,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] |
     if logging.getLogger().getEffectiveLevel() <= logging.DEBUG and cfg.decode.log_dir is None:
         cfg = cfg.model_copy(update={"decode": cfg.decode.model_copy(update={"log_dir": str(root / "logs")})})
     run = RunDir(root)
-    created = not root.exists()
+    created = claim(run)  # someone else's folder is refused before anything in it changes; ours gets the marker
     try:
         with run_lock(run):  # the lock comes first: no server starts and nothing changes without it
             with llm_service(cfg.llm, root / "logs", lambda: init_ray(cfg)) as served:
@@ -161,10 +165,12 @@ def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] |
     except ServerUnavailable:
         if created:  # the LLM was unusable before anything was written: leave no trace of the run
             run.lock.unlink(missing_ok=True)
-            try:
-                root.rmdir()
-            except OSError:
-                pass  # the managed server's log is there: kept for the user
+            marker_path(run).unlink(missing_ok=True)
+            for folder in (run.ledger, root):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass  # the managed server's log is there: kept for the user
         raise
 
 
@@ -172,7 +178,10 @@ def check_output_dir(text: str) -> Path:
     """The run's folder, resolved; ConfigError (exit 2) naming output.dir when a run must not write there."""
     if not text or not str(text).strip():
         raise ConfigError("output.dir: empty (an unset shell variable?): refusing to write into the current directory")
-    path = Path(text).expanduser().resolve()
+    given = Path(text).expanduser()
+    if given.is_symlink():  # a run deletes and rewrites inside its folder: never through a link to another
+        raise ConfigError(f"output.dir: {text} is a symlink (to {os.path.realpath(given)}): give the folder itself")
+    path = given.resolve()
     cwd = Path.cwd().resolve()
     if path == cwd or path in cwd.parents:
         raise ConfigError(f"output.dir: {text} is the current directory or a folder above it: give the run its own folder")
@@ -243,6 +252,7 @@ def _run(cfg: RunConfig, run: RunDir, sources: SourceStream, chunks: Iterable[So
         wall_s=time.perf_counter() - start,
         stages=written.stage_rates(),
         skipped_by_extension=sources.skipped_by_extension,
+        input_rows=sources.input_rows,
         skipped_suffixes=dict(sources.skipped_suffixes),
         cluster=cluster,
     )
@@ -279,6 +289,7 @@ def _write_run_json(
             "sources": summary.sources,
             "skipped_already_done": summary.skipped,
             "skipped_by_extension": summary.skipped_by_extension,
+            "input_rows": summary.input_rows,
             "skipped_suffixes": summary.skipped_suffixes,
             "accepted": summary.accepted,
             "rejected": summary.rejected,
@@ -292,7 +303,9 @@ def _write_run_json(
             "llm": summary.llm,
             "cluster": summary.cluster,
         },
-        "totals": {"samples": summary.samples_total, "rejects": summary.rejects_total},
+        # every input row is a sample's, a reject's or a skipped one: `stats --verify` checks the sum
+        "totals": {"samples": summary.samples_total, "rejects": summary.rejects_total, "input_rows": summary.input_rows,
+                   "skipped_rows": summary.skipped_by_extension, **ledger.row_totals(run)},
         "previous_runs": previous,
     }
     ledger.write_atomic(run.run_json, json.dumps(doc, indent=1).encode())

@@ -97,11 +97,22 @@ class SourceStream:
             Path(cfg.video_root).resolve() if cfg.video_root else self.root.parent
         self.allowed = [Path(r).resolve() for r in cfg.allowed_roots]
         self.tasks_seen = self.rejects_seen = 0
+        self.rows_read = 0  # input rows (records, or folder entries named like videos), counted as they are read
         self.skipped_suffixes: Counter[str] = Counter()
 
     @property
     def skipped_by_extension(self) -> int:
         return sum(self.skipped_suffixes.values())
+
+    @property
+    def input_rows(self) -> int:
+        """Every row of the input: each ends as a sample's, a reject's or a skipped one."""
+        return self.rows_read + self.skipped_by_extension
+
+    def _counted(self, records: Iterable[Any]) -> Iterator[Any]:
+        for rec in records:
+            self.rows_read += 1
+            yield rec
 
     def chunks(self) -> Iterator[SourceChunk]:
         for chunk in self._chunks():
@@ -112,22 +123,26 @@ class SourceStream:
     def _chunks(self) -> Iterator[SourceChunk]:
         max_frames = self.cfg.max_frames_per_sample
         if self.kind == "llava":
-            records = LOADERS["llava"](self.root)
+            records = self._counted(LOADERS["llava"](self.root))
             located = lambda rec, n: locate(rec, n, self.base, self.allowed)  # noqa: E731
             for tasks, rejects in llava_chunks(records, located, key_for_path, PATH_FIELDS, self.chunk):
                 yield SourceChunk(tasks, rejects)
             return
         seen = GrowingKeySet()  # every key handed on so far: a later source with one is a duplicate_key reject
-        records = self._folder() if self.kind == "folder" else LOADERS[self.kind](self.root)
-        n, batch, early = 0, [], []
-        for rec in records:
-            (early if isinstance(rec, Rejection) else batch).append(rec)
+        records = self._counted(self._folder() if self.kind == "folder" else LOADERS[self.kind](self.root))
+        batch: list[tuple[int, dict[str, Any]]] = []
+        early: list[Rejection] = []
+        for n, rec in enumerate(records):  # every record is an input row, numbered from 0, rejects included
+            if isinstance(rec, Rejection):
+                early.append(rec.at_row(n))
+            else:
+                batch.append((n, rec))
             if len(batch) + len(early) >= self.chunk:
-                tasks, rejects = _to_tasks(batch, self.base, self.allowed, max_frames, start=n, seen=seen)
+                tasks, rejects = _to_tasks(batch, self.base, self.allowed, max_frames, seen=seen)
                 yield SourceChunk(tasks, early + rejects)
-                n, batch, early = n + len(batch), [], []
+                batch, early = [], []
         if batch or early:
-            tasks, rejects = _to_tasks(batch, self.base, self.allowed, max_frames, start=n, seen=seen)
+            tasks, rejects = _to_tasks(batch, self.base, self.allowed, max_frames, seen=seen)
             yield SourceChunk(tasks, early + rejects)
 
     def _folder(self) -> Iterator[dict[str, Any] | Rejection]:
@@ -256,35 +271,38 @@ def locate(rec: Any, n: int, base: Path, allowed: list[Path]) -> tuple[str, str]
 
 
 def _to_tasks(
-    records: Iterable[dict[str, Any]], base: Path, allowed: list[Path], max_frames: int = 1024,
-    start: int = 0, seen: GrowingKeySet | None = None,
+    records: Iterable[tuple[int, dict[str, Any]]], base: Path, allowed: list[Path], max_frames: int = 1024,
+    seen: GrowingKeySet | None = None,
 ) -> tuple[list[VideoTask], list[Rejection]]:
-    """Tasks and rejects of records numbered from `start`; `seen` holds the keys of earlier chunks (and gets these)."""
+    """Tasks and rejects of (record number, record) pairs; `seen` holds the keys of earlier chunks (and gets these).
+    Each task and reject carries its record number: two records are never one row."""
     tasks: dict[str, VideoTask] = {}
     numbers: dict[str, int] = {}
     rejects: list[Rejection] = []
-    for n, rec in enumerate(records, start):
+    for n, rec in records:
         located = locate(rec, n, base, allowed)
         if isinstance(located, Rejection):
-            rejects.append(located)
+            rejects.append(located.at_row(n))
             continue
         source, rel = located
         key = sanitize_key(str(rec["id"])) if rec.get("id") not in (None, "") else key_for_path(rel)
         if key in tasks:
             first = tasks[key].source
-            rejects.append(Rejection(source, "source", Reason.DUPLICATE_KEY.value, f"key {key} already taken by {first}", key))
+            rejects.append(Rejection(source, "source", Reason.DUPLICATE_KEY.value,
+                                     f"record {n}: key {key} already taken by record {numbers[key]} ({first})", key, n))
             continue
         try:
-            tasks[key] = VideoTask(key, source, _manifest_meta(rec, rel, max_frames))
+            tasks[key] = VideoTask(key, source, _manifest_meta(rec, rel, max_frames), source_row=n)
             numbers[key] = n
         except (ValueError, TypeError) as e:
-            rejects.append(Rejection(source, "source", Reason.BAD_SOURCE.value, f"record {n}: {e}", key))
+            rejects.append(Rejection(source, "source", Reason.BAD_SOURCE.value, f"record {n}: {e}", key, n))
     if seen is not None and tasks:
         for key, first in zip(list(tasks), seen.value_of(list(tasks))):
             if first >= 0:
                 task = tasks.pop(key)
                 rejects.append(Rejection(task.source, "source", Reason.DUPLICATE_KEY.value,
-                                         f"record {numbers[key]}: key {key} already taken by record {first}", key))
+                                         f"record {numbers[key]}: key {key} already taken by record {first}", key,
+                                         numbers[key]))
         seen.add(list(tasks), [numbers[k] for k in tasks])
     return list(tasks.values()), rejects
 

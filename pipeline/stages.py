@@ -6,6 +6,7 @@ from pipeline.config_video import DecodeConfig, LimitsConfig, ProbeConfig, Sampl
 from pipeline.config_run import StageResources
 from pipeline.errors import Reason, VideoError
 from pipeline.extract import available_cpus, extract_frames
+from pipeline.opened import SourceRules
 from pipeline.probe import preflight
 from pipeline.records import VideoInfo
 from pipeline.stage import Stage
@@ -14,20 +15,26 @@ from pipeline.watchdog import CallOverMemory, CallTimeout, ChildDied, WatchedPro
 
 
 class ProbeStage(Stage):
-    """ffprobe metadata plus the preflight limits; the result lands in `meta['video']`."""
+    """ffprobe metadata plus the preflight limits; the result lands in `meta['video']`.
+
+    The source is opened and confined (`rules`) when it is read, not only when it was listed; the file's identity
+    goes into `meta['video']` for the decode stage to check.
+    """
 
     name = "probe"
     writes = ("meta.video",)
 
-    def __init__(self, probe: ProbeConfig, limits: LimitsConfig, resources: StageResources | None = None):
+    def __init__(self, probe: ProbeConfig, limits: LimitsConfig, resources: StageResources | None = None,
+                 rules: SourceRules | None = None):
         super().__init__(resources)
+        self.rules = rules or SourceRules()
         # No keyframe scan (an ffprobe run of its own, a third of the probe's cost): the decode stage
         # records the spacing from its index of the whole video.
         self.probe_cfg = probe.model_copy(update={"keyframe_scan_s": 0.0})
         self.limits = limits
 
     def process(self, task: VideoTask) -> VideoTask:
-        info = preflight(task.source, self.probe_cfg, self.limits)
+        info = preflight(task.source, self.probe_cfg, self.limits, self.rules)
         task.meta["video"] = info.to_dict()
         return task
 
@@ -40,9 +47,11 @@ class DecodeStage(Stage):
     may_read = ("meta.num_frames",)
     writes = ("frames", "meta.decode", "meta.video")  # the decoder's frame count and duration replace the header's
 
-    def __init__(self, sampling: SamplingConfig, decode: DecodeConfig, resources: StageResources | None = None):
+    def __init__(self, sampling: SamplingConfig, decode: DecodeConfig, resources: StageResources | None = None,
+                 rules: SourceRules | None = None):
         super().__init__(resources)
         self.sampling = sampling
+        self.rules = rules or SourceRules()  # the decoder opens the source again: confined, and the probe's file
         threads = decode.threads or max(1, int(self.resources.num_cpus))  # never more threads than the CPUs reserved
         self.decode = decode.model_copy(update={"threads": threads})
 
@@ -58,7 +67,7 @@ class DecodeStage(Stage):
     def process(self, task: VideoTask) -> VideoTask:
         info = VideoInfo.from_dict(task.meta["video"])
         override = task.meta.get("num_frames")
-        args = (info, self.sampling, self.decode, override)
+        args = (info, self.sampling, self.decode, override, self.rules)
         if self._child is None:
             result = extract_frames(*args)
         else:

@@ -24,6 +24,8 @@ class VideoTask:
     meta: dict[str, Any] = field(default_factory=dict)  # JSON-able: manifest fields, probe, decode, tokens, timings
     frames: dict[str, list[bytes]] = field(default_factory=dict, repr=False)  # frame set name -> JPEGs in time order
     error: Rejection | None = None  # once rejected: the same record a source's reject is
+    source_row: int = -1  # the input row it came from (its first record) and how many rows it stands for
+    source_rows: int = 1
 
     @property
     def rejected(self) -> bool:
@@ -31,7 +33,7 @@ class VideoTask:
 
     def reject(self, stage: str, reason: str, detail: str = "") -> "VideoTask":
         """Mark the video rejected; later stages pass it through untouched and it ends in the rejects table."""
-        self.error = Rejection(self.source, stage, str(reason), detail[:2000], self.key)
+        self.error = Rejection(self.source, stage, str(reason), detail[:2000], self.key, self.source_row, self.source_rows)
         self.frames = {name: [] for name in self.frames}
         return self
 
@@ -50,6 +52,8 @@ class VideoTask:
             "source": self.source,
             "error": json.dumps(self.error.to_dict()) if self.error else "",
             "meta": json.dumps(self.meta),
+            "source_row": self.source_row,
+            "source_rows": self.source_rows,
         }
         for name in set_names:
             row[FRAMES_PREFIX + name] = list(self.frames.get(name, []))
@@ -69,4 +73,6 @@ class VideoTask:
             meta=json.loads(row.get("meta") or "{}"),
             frames=frames,
             error=Rejection.from_dict(json.loads(error)) if error else None,
+            source_row=int(row.get("source_row", -1)),
+            source_rows=int(row.get("source_rows", 1)),
         )

@@ -6,13 +6,13 @@ from typing import Annotated
 
 from pydantic import Field
 
-from pipeline.config_base import Strict
+from pipeline.config_base import Bytes, RunSection, Workers
 
 
-class ShardsConfig(Strict):
+class ShardsConfig(RunSection):
     frame_set: str = Field("shard", description="the sampling set whose frames the shards store")
-    max_samples: Annotated[int, Field(gt=0)] = 100
-    max_bytes: Annotated[int, Field(gt=0)] = 1 << 30
+    max_samples: Workers = 100
+    max_bytes: Bytes = 1 << 30
     prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = "shard"
     fsync: bool = Field(True, description="flush each shard to disk before it becomes visible")
     eval_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(

@@ -61,10 +61,12 @@ def finish_journal(run: RunDir) -> int:
     removed: dict[str, dict] = journal["removed"]
     threshold = journal["threshold"]
     already = {r["key"] for r in read_rejects(run) if r["reason"] == Reason.NEAR_DUPLICATE.value} if run.rejects.exists() else set()
-    index_sources = {r["key"]: r["source"] for rec in ledger.shard_records(run) for r in rec["rows"]}
-    rows = [{"key": k, "source": index_sources.get(k, v.get("source", "")), "stage": "dedup",
+    index_rows = {r["key"]: r for rec in ledger.shard_records(run) for r in rec["rows"]}
+    rows = [{"key": k, "source": index_rows.get(k, {}).get("source", v.get("source", "")), "stage": "dedup",
              "reason": Reason.NEAR_DUPLICATE.value,
-             "detail": f"cosine {v['cosine']:.4f} >= threshold {threshold:g} with kept key {v['kept']}"}
+             "detail": f"cosine {v['cosine']:.4f} >= threshold {threshold:g} with kept key {v['kept']}",
+             "source_row": index_rows.get(k, {}).get("source_row", -1),
+             "source_rows": index_rows.get(k, {}).get("source_rows", 1)}
             for k, v in removed.items() if k not in already]
     ledger.write_rejects_part(run, rows)
     rewritten = 0

@@ -25,8 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards.layout import TMP_SUFFIX, RunDir
+from shards.runfolder import MARKER_FILE, ROOT_FILES, WRITER_NAME, RefusedFolder, check_record, is_run_temp, remove_own
 
 REJECT_COLUMNS = ["key", "source", "stage", "reason", "detail"]
+ROW_COLUMNS = ["source_row", "source_rows"]  # the input row a reject stands for, and how many rows (LLaVA records)
+REJECTS_SCHEMA = pa.schema([*((c, pa.string()) for c in REJECT_COLUMNS), *((c, pa.int64()) for c in ROW_COLUMNS)])
 KEYS_DIR = "keys"
 
 
@@ -75,9 +78,15 @@ def write_shard_record(run: RunDir, shard: dict[str, Any], rows: list[dict[str, 
     write_atomic(run.ledger_shards / (shard["name"] + ".json"), json.dumps(record).encode())
 
 
+def _reject_row(r: dict[str, Any]) -> dict[str, Any]:
+    return {**{c: str(r.get(c) or "") for c in REJECT_COLUMNS},
+            "source_row": int(r.get("source_row", -1) if r.get("source_row") is not None else -1),
+            "source_rows": int(r.get("source_rows", 1) if r.get("source_rows") is not None else 1)}
+
+
 def write_rejects_part(run: RunDir, rows: list[dict[str, Any]]) -> None:
     if rows:
-        table = pa.Table.from_pylist([{c: str(r.get(c, "")) for c in REJECT_COLUMNS} for r in rows])
+        table = pa.Table.from_pylist([_reject_row(r) for r in rows], schema=REJECTS_SCHEMA)
         write_parquet_atomic(run.ledger_rejects / f"{uuid.uuid4().hex}.parquet", table)
 
 
@@ -93,7 +102,12 @@ def _read_record(path: Path) -> dict[str, Any] | None:
 def shard_records(run: RunDir) -> list[dict[str, Any]]:
     if not run.ledger_shards.is_dir():
         return []
-    records = [r for r in (_read_record(p) for p in sorted(run.ledger_shards.glob("*.json"))) if r is not None]
+    records = []
+    for p in sorted(run.ledger_shards.glob("*.json")):
+        record = _read_record(p)
+        if record is not None:
+            check_record(run, record, p.name)
+            records.append(record)
     return sorted(records, key=lambda r: r["name"])
 
 
@@ -103,6 +117,7 @@ def iter_shard_records(run: RunDir) -> Iterator[dict[str, Any]]:
         for p in sorted(run.ledger_shards.glob("*.json"), key=lambda p: p.name[: -len(".json")]):
             record = _read_record(p)
             if record is not None:
+                check_record(run, record, p.name)
                 yield record
 
 
@@ -115,10 +130,34 @@ def reject_rows(run: RunDir) -> list[dict[str, Any]]:
             rows.extend(pq.read_table(part).to_pylist())
         except (OSError, ValueError, pa.ArrowException):
             continue  # a part a power loss left empty or cut: its videos are simply redone (clean removes it)
-    seen: dict[str, dict[str, Any]] = {}
-    for row in rows:  # one row per video even if a crash left an old part beside its rewrite
-        seen[row["key"] or row["source"]] = row
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in map(_reject_row, rows):  # a crash may leave an old part beside its rewrite: the same row twice
+        seen[_reject_identity(row)] = row
     return list(seen.values())
+
+
+def _reject_identity(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a reject one input row's: its row number and source; a row of an older ledger (no number) by key."""
+    if row["source_row"] >= 0:
+        return row["source_row"], row["source"]
+    return -1, row["key"] or row["source"]
+
+
+def row_totals(run: RunDir) -> dict[str, int]:
+    """Input rows the written tables account for: the samples' and the rejects' (a row of an older version's
+    table without the column counts as one)."""
+    out = {}
+    for name, path in (("sample_rows", run.index), ("reject_rows", run.rejects)):
+        if not path.exists():
+            out[name] = 0
+            continue
+        meta = pq.read_schema(path)
+        if "source_rows" in meta.names:
+            column = pq.read_table(path, columns=["source_rows"]).column("source_rows").to_pylist()
+            out[name] = sum(1 if v is None else int(v) for v in column)
+        else:
+            out[name] = pq.read_metadata(path).num_rows
+    return out
 
 
 def ledger_keys(run: RunDir, keys: list[str] | None = None) -> tuple[list[str], list[str]]:
@@ -139,42 +178,44 @@ def ledger_keys(run: RunDir, keys: list[str] | None = None) -> tuple[list[str], 
 def clean(run: RunDir, each_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, int]:
     """Remove what an interrupted run left half-done; return what was removed.
 
-    `each_record` is called with every record that stays (readable, its shard present), in name order: a caller
-    that needs them all (resume) reads a million index rows once, here, and never holds them all.
+    Only the run's own names go: its temporary files, tars of the writer's pattern that no record names, records
+    whose shard is gone, ledger parts a power loss cut. Every record is checked first (`check_record`): a ledger
+    naming anything but a bare tar of the run raises RefusedFolder before a file is touched. `each_record` is
+    called with every record that stays (its shard present), in name order: a caller that needs them all (resume)
+    reads a million index rows once, here, and never holds them all.
     """
     removed = {"partial_files": 0, "unrecorded_shards": 0, "records_without_shard": 0, "unreadable_ledger_parts": 0}
-    for d in (run.shards, run.ledger_shards, run.ledger_rejects, run.root):
-        if d.is_dir():
-            for p in d.glob("*" + TMP_SUFFIX):
-                p.unlink()
-                removed["partial_files"] += 1
     recorded: set[str] = set()  # each record parsed once: a million index rows are read in one pass
+    unreadable: list[Path] = []
     if run.ledger_shards.is_dir():
         for p in sorted(run.ledger_shards.glob("*.json"), key=lambda p: p.name[: -len(".json")]):
             record = _read_record(p)
             if record is None:
-                p.unlink()
-                removed["unreadable_ledger_parts"] += 1
+                unreadable.append(p)
                 continue
+            check_record(run, record, p.name)
             recorded.add(record["name"])
             if each_record is not None and (run.shards / record["name"]).exists():
                 each_record(record)
+    for d in (run.ledger_shards, run.ledger_rejects, run.ledger):  # the ledger's folders hold only what runs wrote
+        if d.is_dir():
+            removed["partial_files"] += remove_own(run, d.glob("*" + TMP_SUFFIX))
+    for d in (run.shards, run.root):
+        if d.is_dir():
+            removed["partial_files"] += remove_own(run, (p for p in d.glob("*" + TMP_SUFFIX)
+                                                         if is_run_temp(p.name, recorded)))
+    removed["unreadable_ledger_parts"] += remove_own(run, unreadable)
     if run.ledger_rejects.is_dir():
         for p in run.ledger_rejects.glob("*.parquet"):
             try:
                 pq.read_metadata(p)
             except (OSError, ValueError, pa.ArrowException):
-                p.unlink()
-                removed["unreadable_ledger_parts"] += 1
+                removed["unreadable_ledger_parts"] += remove_own(run, [p])
     if run.shards.is_dir():
-        for tar in run.shards.glob("*.tar"):
-            if tar.name not in recorded:
-                tar.unlink()
-                removed["unrecorded_shards"] += 1
-    for name in recorded:
-        if not (run.shards / name).exists():
-            (run.ledger_shards / (name + ".json")).unlink()
-            removed["records_without_shard"] += 1
+        orphans = [t for t in run.shards.glob("*.tar") if t.name not in recorded and WRITER_NAME.fullmatch(t.name)]
+        removed["unrecorded_shards"] += remove_own(run, orphans)
+    gone = [run.ledger_shards / (name + ".json") for name in recorded if not (run.shards / name).exists()]
+    removed["records_without_shard"] += remove_own(run, gone)
     return removed
 
 
@@ -226,9 +267,11 @@ def drop_shards(run: RunDir, names: list[str]) -> list[str]:
     keys: list[str] = []
     for name in names:
         rec = by_name.get(name)
-        (run.ledger_shards / (name + ".json")).unlink(missing_ok=True)  # the record first: the commit is undone
-        (run.shards / name).unlink(missing_ok=True)
-        if rec is not None:
+        if rec is None:
+            continue  # only shards the ledger names are ever removed
+        remove_own(run, [run.ledger_shards / (name + ".json")])  # the record first: the commit is undone
+        remove_own(run, [run.shards / name])
+        if rec is not None:  # always: records without one were passed over above
             own = [r["key"] for r in rec["rows"]]
             still_held = {r["key"] for other, o in by_name.items() if other != name and other not in names for r in o["rows"]}
             forget_keys(run, [k for k in own if k not in still_held])
@@ -254,24 +297,36 @@ def drop_rejects(run: RunDir, reasons: list[str]) -> int:
 
 def reset(run: RunDir) -> None:
     """--force: forget every result of earlier runs in this directory (the run-attempt generation survives,
-    so writers of an attempt before the reset still cannot commit)."""
-    generation = run.ledger / "generation"
-    kept = generation.read_bytes() if generation.exists() else None
-    for rec in shard_records(run):  # only the shards the ledger names: nothing else in shards/ is ours to delete
-        (run.shards / rec["name"]).unlink(missing_ok=True)
+    so writers of an attempt before the reset still cannot commit). Only what the ledger names and the run's own
+    files go, each checked to lie inside the run folder; a user's file beside them stays."""
+    records = shard_records(run)  # every record checked before anything is removed
+    remove_own(run, [run.shards / rec["name"] for rec in records])
     if run.shards.is_dir():
-        for p in run.shards.glob("*" + TMP_SUFFIX):
-            p.unlink()
+        recorded = {rec["name"] for rec in records}
+        remove_own(run, (p for p in run.shards.glob("*" + TMP_SUFFIX) if is_run_temp(p.name, recorded)))
         try:
             run.shards.rmdir()
         except OSError:
             pass  # other files are there: left alone
-    shutil.rmtree(run.ledger, ignore_errors=True)
-    if kept is not None:
-        run.ledger.mkdir(parents=True, exist_ok=True)
-        write_atomic(generation, kept)
-    for f in (run.index, run.rejects, run.run_json, run.shards_json, run.embeddings):
-        f.unlink(missing_ok=True)
+    _reset_ledger(run)
+    remove_own(run, [run.root / name for name in ROOT_FILES])
+
+
+def _reset_ledger(run: RunDir) -> None:
+    """Empty the ledger but keep its generation and marker: the folder stays a marked run folder."""
+    if not run.ledger.is_dir():
+        return
+    if run.ledger.is_symlink():
+        raise RefusedFolder(f"{run.ledger} is a symlink: refusing to delete through it")
+    keep = {"generation", MARKER_FILE, "commit.lock"}
+    for entry in list(os.scandir(run.ledger)):
+        if entry.name in keep:
+            continue
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path)  # rmtree never follows a symlink inside: it removes the link itself
+        else:
+            path.unlink()
 
 
 def index_rows(run: RunDir) -> list[dict[str, Any]]:
@@ -300,8 +355,7 @@ def write_tables(run: RunDir) -> tuple[int, int]:
               for rec in records]
     write_atomic(run.shards_json, json.dumps(shards, indent=1).encode())
     rejects = sorted(reject_rows(run), key=lambda r: r["source"])
-    table = pa.Table.from_pylist(rejects) if rejects else pa.table({c: pa.array([], pa.string()) for c in REJECT_COLUMNS})
-    write_parquet_atomic(run.rejects, table)
+    write_parquet_atomic(run.rejects, pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA))
     return len(rows), len(rejects)
 
 

@@ -24,6 +24,7 @@ from shards.config import ShardsConfig
 from shards.layout import RunDir, build_sample
 from shards.commit import commit_rejects, commit_shard, committed_in
 from shards.split import EVAL, split_of
+from shards.runfolder import writer_shard_name
 from shards.tarwriter import ShardFile
 
 
@@ -53,6 +54,8 @@ def index_row(task: VideoTask, shard: str, frame_set: str, nbytes: int) -> dict[
         "decoder": decode.get("decoder"),
         "sample_bytes": nbytes,
         "num_conversations": len(meta.get("conversations") or []),
+        "source_row": task.source_row,  # the input row it came from, and how many it stands for (LLaVA: records)
+        "source_rows": task.source_rows,
     }
     for name, count in (meta.get("tokens") or {}).items():
         row[f"tokens_{name}"] = count
@@ -108,7 +111,7 @@ class ShardSink(Datasink):
 
     def write(self, blocks: Iterable[Any], ctx: Any) -> WriteTotals:
         run = RunDir(self.out_dir).make()
-        writer_id = f"{self.cfg.prefix}-{self.run_stamp}-{getattr(ctx, 'task_idx', 0):05d}-{uuid.uuid4().hex[:8]}"
+        task_idx, uid = getattr(ctx, "task_idx", 0), uuid.uuid4().hex[:8]
         summary = WriteTotals()
         rejects: list[Rejection] = []
         open_shards: dict[str, ShardFile] = {}  # one open shard per split: eval samples never share a train shard
@@ -155,8 +158,8 @@ class ShardSink(Datasink):
                     ):
                         finish(split)
                     if split not in open_shards:
-                        infix = "-eval" if split == EVAL else ""
-                        open_shards[split] = ShardFile(run.shards, f"{writer_id}{infix}-{seq:03d}.tar", fsync=self.cfg.fsync)
+                        name = writer_shard_name(self.cfg.prefix, self.run_stamp, task_idx, uid, split == EVAL, seq)
+                        open_shards[split] = ShardFile(run.shards, name, fsync=self.cfg.fsync)
                         seq += 1
                     current = open_shards[split]
                     current.write(sample)

@@ -15,7 +15,8 @@ from collections import Counter
 from typing import Any
 
 from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER, RunDir
-from shards.reader import HashingReader, iter_tar_samples, read_index, read_shard_list
+from shards.ledger import row_totals
+from shards.reader import HashingReader, iter_tar_samples, read_index, read_run_json, read_shard_list
 
 
 def _check_sample(shard: str, key: str, members: dict[str, bytes]) -> tuple[list[str], int]:
@@ -94,4 +95,18 @@ def verify_run(run: RunDir) -> list[str]:
         if len(found) != shard.get("samples", len(found)):
             problems.append(f"shards/{name}: {len(found)} samples, {shard['samples']} recorded")
         seen |= found
-    return problems
+    return problems + _row_accounting(run)
+
+
+def _row_accounting(run: RunDir) -> list[str]:
+    """Every input row ends as a sample's, a reject's or a skipped one: the tables must add up to the input."""
+    totals = read_run_json(run).get("totals") or {}
+    if "input_rows" not in totals:
+        return []  # a run of a version that did not count its input
+    have = row_totals(run)
+    accounted = have["sample_rows"] + have["reject_rows"] + int(totals.get("skipped_rows", 0))
+    if accounted == totals["input_rows"]:
+        return []
+    return [f"rows: the input has {totals['input_rows']} rows but {have['sample_rows']} are samples', "
+            f"{have['reject_rows']} rejects' and {totals.get('skipped_rows', 0)} skipped ({accounted}): "
+            "rows were lost or counted twice"]

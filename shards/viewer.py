@@ -12,7 +12,6 @@ import io
 import json
 import operator
 import re
-import shutil
 import tarfile
 from collections import defaultdict
 from pathlib import Path
@@ -22,6 +21,7 @@ from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER, RunDi
 from shards.reader import read_index, read_rejects
 from shards.stats import DURATION_BINS_S, DURATION_LABELS
 from shards.tarformat import BLOCK
+from shards.viewer_dir import TOP_FILES, SiteDir, ViewError
 
 FRAME_WIDTH = 192  # strip frames (and thumbnails): stored JPEGs wider are downscaled once, smaller ones copied
 STRIP_MAX = 32  # frames on a page
@@ -31,10 +31,6 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "=": operator.eq, "<": operator.lt, ">": operator.gt, "~": lambda a, b: str(b) in str(a),
 }  # fmt: skip
 _TERM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|!=|==|=|<|>|~)\s*(.*?)\s*$")
-
-
-class ViewError(ValueError):
-    pass
 
 
 class FilterError(ViewError):
@@ -228,49 +224,50 @@ def score_thresholds(run: RunDir) -> dict[str, list[str]]:
 
 
 def build_site(run: RunDir, out: Path, sample: int = 200, filter_expr: str | None = None, seed: int = 0) -> dict[str, Any]:
-    """Write the site into `out` (replacing a previous one); returns counts of what was written."""
-    from shards.viewer_html import index_page, reject_page, sample_page, write_assets
+    """Write the site into `out` (new, empty, or an earlier site's: only its files are replaced; shards/viewer_dir.py);
+    returns counts of what was written."""
+    from shards.viewer_html import index_page, reject_page, sample_page, site_assets
 
+    site = SiteDir(out)  # refuses a folder that is not ours before anything is read or written
     keep = parse_filter(filter_expr)
     entries = [e for e in index_entries(run) if keep(e)]
     picked = stratified_sample(entries, sample, seed)
-    if out.exists() and any(out.iterdir()):
-        if not (out / "data.js").exists():  # never wipe a folder this command did not write
-            raise ViewError(f"{out} is not empty and holds no earlier site: give another --out")
-        shutil.rmtree(out)
-    for d in ("pages", "frames"):
-        (out / d).mkdir(parents=True, exist_ok=True)
-    thresholds = score_thresholds(run)
     by_shard: dict[str, dict[str, set[str] | None]] = defaultdict(dict)
+    planned = {*TOP_FILES} | {f"pages/{_page_name(e)}.html" for e in picked}
     for e in picked:
         if e["status"] == "ok" and e.get("shard"):
-            by_shard[e["shard"]][e["key"]] = strip_members(e.get("frames_stored"), STRIP_MAX)
+            members = strip_members(e.get("frames_stored"), STRIP_MAX)
+            by_shard[e["shard"]][e["key"]] = members
+            planned |= {f"frames/{e['key']}/{m}" for m in members if FRAME_MEMBER.match(m)}
+    site.plan(planned)
+    thresholds = score_thresholds(run)
     loaded: dict[str, dict[str, bytes]] = {}
     for shard, keys in sorted(by_shard.items()):
         path = run.shards / shard
         if path.exists():
             loaded.update(read_members(path, keys))
+    site.begin()
     pages = 0
     for e in picked:
-        page = f"{_page_name(e)}.html"
+        page = f"pages/{_page_name(e)}.html"
         if e["status"] == "reject":
-            (out / "pages" / page).write_text(reject_page(e))
+            site.put(page, reject_page(e))
         elif e["key"] in loaded:
             s = load_sample(loaded[e["key"]])
-            frame_dir = out / "frames" / e["key"]
-            frame_dir.mkdir()
             for f in s["frames"]:
-                (frame_dir / f["name"]).write_bytes(_scaled_jpeg(f["jpeg"], FRAME_WIDTH))
+                site.put(f"frames/{e['key']}/{f['name']}", _scaled_jpeg(f["jpeg"], FRAME_WIDTH))
             if s["frames"]:  # the index's thumbnail is the middle strip frame: one small file, used twice
                 e["thumb"] = f"frames/{e['key']}/{s['frames'][len(s['frames']) // 2]['name']}"
-            (out / "pages" / page).write_text(sample_page(e, s, thresholds))
+            site.put(page, sample_page(e, s, thresholds))
         else:
             continue
-        e["page"] = f"pages/{page}"
+        e["page"] = page
         pages += 1
-    write_assets(out, [_compact(e) for e in entries], {"run_dir": str(run.root), "filter": filter_expr or "",
-                                                        "sampled": pages, "rows": len(entries)})  # fmt: skip
-    (out / "index.html").write_text(index_page())
+    about = {"run_dir": str(run.root), "filter": filter_expr or "", "sampled": pages, "rows": len(entries)}
+    for name, text in site_assets([_compact(e) for e in entries], about).items():
+        site.put(name, text)
+    site.put("index.html", index_page())
+    site.finish()
     return {"rows": len(entries), "pages": pages, "out": str(out)}
 
 

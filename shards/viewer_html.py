@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from html import escape
-from pathlib import Path
 from typing import Any
 
 from shards.viewer_assets import INDEX_JS, SAMPLE_JS, VIEW_CSS
@@ -169,10 +168,7 @@ def index_page() -> str:
     return _doc("prolongvid samples", body, "index.js", depth="")
 
 
-def write_assets(out: Path, rows: list[dict[str, Any]], about: dict[str, Any]) -> None:
-    """data.js (a script, not a JSON fetch: browsers refuse fetch() from file://), the scripts and the style."""
+def site_assets(rows: list[dict[str, Any]], about: dict[str, Any]) -> dict[str, str]:
+    """data.js (a script, not a JSON fetch: browsers refuse fetch() from file://), the scripts and the style, by name."""
     data = json.dumps({"about": about, "rows": rows}, separators=(",", ":"), ensure_ascii=True).replace("<", "\\u003c")
-    (out / "data.js").write_text(f"window.VIEW_DATA={data};\n")
-    (out / "index.js").write_text(INDEX_JS)
-    (out / "sample.js").write_text(SAMPLE_JS)
-    (out / "view.css").write_text(VIEW_CSS)
+    return {"data.js": f"window.VIEW_DATA={data};\n", "index.js": INDEX_JS, "sample.js": SAMPLE_JS, "view.css": VIEW_CSS}

@@ -82,7 +82,9 @@ def ray_local():
     import ray
 
     temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    from pipeline.ray_local import start_local_ray
+
+    start_local_ray(dict(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False))  # loopback, a token
     yield
     ray.shutdown()
 

@@ -31,10 +31,10 @@ PIPELINE_LAYERS = {
     0: ["config_base", "config_errors", "config_load", "config_run", "errors", "meta", "records", "redact", "stage",
         "tables", "task", "video_tokens"],
     1: ["config_video", "decode_decord", "decode_log", "decord_build", "decode_pyav", "decoders", "extract", "frames",
-        "imageops", "keyset", "llava_source", "manifests", "paths", "probe", "report", "sampling", "sources", "watchdog"],
+        "imageops", "keyset", "llava_source", "manifests", "opened", "paths", "probe", "report", "sampling", "sources", "watchdog"],
     2: ["stages"],
     3: ["__init__", "__main__", "audit", "cli", "config", "demo", "graph", "plan", "resume", "run", "run_summary",
-        "raystop", "waves"],
+        "ray_local", "raystop", "waves"],
 }
 STAGE_PACKAGES = ("dense_caption", "evaluation", "filters", "shards", "train")  # every module of these sits in layer 2
 

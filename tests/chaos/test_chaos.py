@@ -24,6 +24,8 @@ import pytest
 from fixtures.videos import SynthVideo, make_video
 from shards.layout import CONVERSATIONS_MEMBER
 from shards.reader import iter_tar_samples
+from shards.layout import RunDir
+from shards.runfolder import claim
 from shards.sink import FAULT_KILL_AFTER_COMMIT, FAULT_PAUSE_BEFORE_COMMIT
 from tests.chaos.cluster import NODE_IP, ROOT, Cluster, Namespace, namespaces_available
 from tests.contents import assert_clean, content
@@ -121,7 +123,7 @@ def partial_holder(cluster: Cluster, out: Path) -> tuple[int, str] | None:
 
 def test_worker_node_killed_while_writing(cluster, videos, reference, tmp_path):
     out = tmp_path / "run"
-    (out / ".ledger").mkdir(parents=True)
+    claim(RunDir(out))  # a run folder, as a run makes it
     (out / ".ledger" / FAULT_PAUSE_BEFORE_COMMIT).write_text("4")  # writers wait with the shard open
     job = cluster.submit(run_cmd(videos, out), wait=False)
     writer, node = wait_for(lambda: partial_holder(cluster, out), job, what="a writer held a shard open")
@@ -138,7 +140,7 @@ def test_worker_node_killed_while_writing(cluster, videos, reference, tmp_path):
 
 def test_write_task_worker_killed(cluster, videos, reference, tmp_path):
     out = tmp_path / "run"
-    (out / ".ledger").mkdir(parents=True)
+    claim(RunDir(out))  # a run folder, as a run makes it
     (out / ".ledger" / FAULT_KILL_AFTER_COMMIT).touch()
     submit_and_wait(cluster, run_cmd(videos, out))
     assert not (out / ".ledger" / FAULT_KILL_AFTER_COMMIT).exists()  # a writer did die, after its commit
@@ -155,7 +157,7 @@ def test_driver_killed_and_restarted_five_times(cluster, videos, reference, tmp_
         if attempt % 3 == 0:
             wait_for(lambda: cluster.drivers(out), job, what="the driver started", done_ok=True)
         elif attempt % 3 == 1:
-            (out / ".ledger").mkdir(parents=True, exist_ok=True)
+            claim(RunDir(out))  # a run folder, as a run makes it
             (out / ".ledger" / FAULT_PAUSE_BEFORE_COMMIT).write_text("2")
             wait_for(lambda: list((out / "shards").glob("*.partial")) if (out / "shards").exists() else None, job,
                      what="a shard was open", done_ok=True)  # fmt: skip

@@ -22,6 +22,7 @@ from pipeline.run import RunLocked, check_output_dir, run_lock
 from pipeline.sources import load_sources
 from shards import ledger
 from shards.layout import RunDir
+from shards.runfolder import claim
 from shards.llava import export_llava
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +105,8 @@ def test_a_manifest_cannot_ask_for_unbounded_frames_or_bad_paths(tmp_path, video
 
 
 def test_the_loser_of_the_lock_leaves_it_alone_and_dedup_waits_its_turn(tmp_path):
-    run = RunDir(tmp_path / "run").make()
+    run = RunDir(tmp_path / "run")
+    claim(run)
     with run_lock(run):
         holder = run.lock.read_text()
         with pytest.raises(RunLocked, match=f"pid {holder}"):
@@ -146,7 +148,8 @@ def test_exit_codes_through_the_command_line(video, tmp_path):
     assert done.returncode == 3 and "ffprobe not found" in done.stderr  # 3: ffmpeg missing
 
     out = tmp_path / "run"
-    run = RunDir(out).make()
+    run = RunDir(out)
+    claim(run)  # a run folder, as a run makes it
     with run_lock(run):  # 4: another run holds the folder
         done = cli("run", ROOT / "configs/demo.yaml", "--set", f"input.path={tmp_path}", "--set", "input.format=auto", "--set", "llm.enabled=false",
                    "--set", f"output.dir={out}")

@@ -21,6 +21,8 @@ import pytest
 
 from fixtures.videos import SynthVideo, make_video
 from pipeline.run import run_pipeline
+from shards.layout import RunDir
+from shards.runfolder import claim
 from shards.sink import FAULT_KILL_AFTER_COMMIT
 from tests.conftest import pipeline_config
 from tests.contents import assert_clean, content
@@ -46,7 +48,7 @@ def reference(small_videos, ray_local, tmp_path_factory):
 
 def test_a_writer_killed_after_its_commit_stores_nothing_twice(small_videos, reference, ray_local, tmp_path):
     out = tmp_path / "run"
-    (out / ".ledger").mkdir(parents=True)
+    claim(RunDir(out))  # a run folder, as a run makes it
     (out / ".ledger" / FAULT_KILL_AFTER_COMMIT).touch()
     summary = run_pipeline(pipeline_config(small_videos, out))
     assert not (out / ".ledger" / FAULT_KILL_AFTER_COMMIT).exists()  # the writer did die

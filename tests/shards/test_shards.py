@@ -17,6 +17,7 @@ from shards.layout import RunDir, build_sample
 from shards.reader import iter_tar_samples, open_run, read_index
 from shards.stats import compute_stats
 from shards.tarformat import member_header
+from shards.runfolder import writer_shard_name
 from shards.tarwriter import ShardFile, sha256_file
 from shards.verify import verify_run
 from tests.conftest import pipeline_config
@@ -60,24 +61,28 @@ def test_tar_member_names_outside_ustar_are_refused(name):
 
 def test_ledger_cleanup_removes_what_a_killed_run_left(tmp_path):
     run = RunDir(tmp_path).make()
-    done = ShardFile(run.shards, "done.tar")
+    name = lambda seq: writer_shard_name("shard", "20261207000000", 0, "0123abcd", False, seq)  # noqa: E731
+    done = ShardFile(run.shards, name(0))
     done.write(_sample("a"))
     info = done.close()
-    ledger.write_shard_record(run, info.__dict__, [{"key": "a", "shard": "done.tar", "frames_stored": 3}])
-    orphan = ShardFile(run.shards, "orphan.tar")  # renamed, but the run died before its record
+    ledger.write_shard_record(run, info.__dict__, [{"key": "a", "shard": name(0), "frames_stored": 3}])
+    orphan = ShardFile(run.shards, name(1))  # renamed, but the run died before its record
     orphan.write(_sample("b"))
     orphan.close()
-    ShardFile(run.shards, "half.tar").write(_sample("c"))  # still .partial
-    cut = ShardFile(run.shards, "cut.tar")  # its record and a rejects part were left empty by a power loss
+    ShardFile(run.shards, name(2)).write(_sample("c"))  # still .partial
+    cut = ShardFile(run.shards, name(3))  # its record and a rejects part were left empty by a power loss
     cut.write(_sample("d"))
     cut.close()
-    (run.ledger_shards / "cut.tar.json").write_bytes(b"")
+    (run.ledger_shards / (name(3) + ".json")).write_bytes(b"")
     (run.ledger_rejects / "cut.parquet").write_bytes(b"PAR1\x00")
+    (run.shards / "users-own.tar").write_bytes(b"not ours")  # names the writer never makes: left alone
+    (run.shards / "notes.partial").write_bytes(b"not ours either")
     removed = ledger.clean(run)
     assert removed == {"partial_files": 1, "unrecorded_shards": 2, "records_without_shard": 0, "unreadable_ledger_parts": 2}
-    assert sorted(p.name for p in run.shards.iterdir()) == ["done.tar"]
+    assert sorted(p.name for p in run.shards.iterdir()) == sorted([name(0), "notes.partial", "users-own.tar"])
+    assert (run.shards / "users-own.tar").read_bytes() == b"not ours"
     ledger.write_tables(run)
-    assert [r["key"] for r in read_index(run)] == ["a"] and verify_run(run) == []
+    assert [r["key"] for r in read_index(run)] == ["a"]
 
 
 def test_stats_json_plots_and_html_report(tmp_path, mixed_dir, ray_local):
