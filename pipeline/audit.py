@@ -119,9 +119,16 @@ def audit_sample(key: str, members: dict[str, bytes], frame_set: str, resample: 
     video = meta.get("video") or {}
     with ExitStack() as stack:
         try:
-            opened = stack.enter_context(open_source(source, rules, Identity.from_list(video.get("file_identity"))))
+            opened = stack.enter_context(open_source(source, rules))
         except VideoError as e:
             out.error = f"source {source} is not there any more" if e.reason is Reason.MISSING else str(e)
+            return out
+        probed = Identity.from_list(video.get("file_identity"))
+        # Size and mtime only: the same file seen from another NFS client, or moved to another disk, has another
+        # device and inode number; its frames are then compared as usual.
+        if probed is not None and (probed.size, probed.mtime_ns) != (opened.identity.size, opened.identity.mtime_ns):
+            changes = [d for d in probed.differences(opened.identity) if d.startswith(("size", "mtime_ns"))]
+            out.error = f"{Reason.SOURCE_CHANGED.value}: {source} is not the file the probe read ({', '.join(changes)})"
             return out
         _compare(out, opened, members, fs, video, resample, max_frames, timeout_s)
     return out

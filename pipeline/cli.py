@@ -174,11 +174,12 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     if not Path(args.run_dir).is_dir():
         print(f"error: {args.run_dir} is not a run's output directory", file=sys.stderr)
         return 2
-    from shards.runfolder import RefusedFolder, is_marked
+    from shards.runfolder import RefusedFolder, check_layout, is_marked
 
     if not is_marked(RunDir(args.run_dir)):
-        raise RefusedFolder(f"{args.run_dir} is not a run folder (no .ledger/{'run.marker.json'}): dedup rewrites "
+        raise RefusedFolder(f"{args.run_dir} is not a run folder (no .ledger/run.marker.json): dedup rewrites "
                             "only shards a run made")
+    check_layout(RunDir(args.run_dir), "run folder")
     try:
         # Rewriting shards while a run writes into the folder would race it: the run's lock is taken first.
         with nullcontext() if args.dry_run else run_lock(RunDir(args.run_dir)):

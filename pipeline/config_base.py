@@ -43,9 +43,14 @@ class RunSection(Strict):
     model_config = ConfigDict(strict=True, allow_inf_nan=False)
 
 
+# A config loaded on a small head node (or `dedup` reading a bigger machine's config.resolved.yaml) may name the
+# threads of bigger decode nodes: the cap never falls below this.
+MIN_THREAD_CAP = 256
+
+
 def max_threads() -> int:
-    """The most threads or local CPUs a config may name: 4x the CPUs of the machine loading it."""
-    return THREADS_PER_CPU * (os.cpu_count() or 1)
+    """The most threads or local CPUs a config may name: 4x the CPUs of the machine loading it, at least 256."""
+    return max(THREADS_PER_CPU * (os.cpu_count() or 1), MIN_THREAD_CAP)
 
 
 def _number(x: float) -> str:
@@ -87,7 +92,8 @@ def _within_cpus(n: int) -> int:
     cap = max_threads()
     if n > cap:
         raise PydanticCustomError("less_than_equal", "Input should be from 0 to {cap}: {per}x the {cpus} CPUs of "
-                                  "this machine", {"cap": cap, "per": THREADS_PER_CPU, "cpus": os.cpu_count() or 1})
+                                  "this machine, at least {least}", {"cap": cap, "per": THREADS_PER_CPU,
+                                                                    "cpus": os.cpu_count() or 1, "least": MIN_THREAD_CAP})
     return n
 
 

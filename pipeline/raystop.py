@@ -87,6 +87,14 @@ def _mp_helper(args: list[str]) -> bool:
         _MP_HELPER.match(a) for a in args[2:4])
 
 
+def _arguments(args: list[str]) -> list[str]:
+    """The arguments that may name the cluster's folders: not the executable, nor the Python script or module (a
+    temp dir holding the Ray install must not select every cluster run from that install)."""
+    script = _script(args)
+    skip = {0} | ({args.index(script[1])} if script and script[1] in args else set())
+    return [a for i, a in enumerate(args) if i not in skip]
+
+
 def _names_other_dir(args: list[str], dirs: set[str]) -> bool:
     return any(_DIR_FLAGS.match(a) and not names_dir(a, dirs) for a in args)
 
@@ -129,7 +137,8 @@ def cluster_processes(temp_dir: str | Path) -> list[psutil.Process]:
     mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
     procs = {p.pid: (p, _cmdline(p)) for p in psutil.process_iter() if p.pid not in mine}
     ray = {pid: (p, args) for pid, (p, args) in procs.items() if ray_kind(args)}
-    found = {pid: p for pid, (p, args) in ray.items() if ray_kind(args) != "title" and any(names_dir(a, dirs) for a in args)}
+    found = {pid: p for pid, (p, args) in ray.items()
+             if ray_kind(args) != "title" and any(names_dir(a, dirs) for a in _arguments(args))}
     nodes = {m.group(1) for pid in found for a in ray[pid][1] if (m := _NODE_ID.match(a))}
     for pid, (p, args) in ray.items():
         if _script(args) == ("module", "ray.util.client.server") and any(

@@ -23,20 +23,23 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ResumeState:
-    done: KeySet  # keys in a finished shard or in the rejects
-    rejected_sources: KeySet
+    done: KeySet  # keys in a finished shard or rejected by a stage
+    rejected_rows: KeySet  # input rows with a reject (`ledger.row_identity`)
+    rejected_sources: KeySet  # sources of rejects an older ledger wrote without a row number
     cleaned: dict[str, int] = field(default_factory=dict)
     dropped: int = 0
 
-    def _left(self, keys: list[str], sources: list[str]) -> np.ndarray:
-        return ~(self.done.contains(keys) | self.rejected_sources.contains(sources))
-
     def todo(self, tasks: list[VideoTask]) -> list[VideoTask]:
-        left = self._left([t.key for t in tasks], [t.source for t in tasks])
+        left = ~(self.done.contains([t.key for t in tasks])
+                 | self.rejected_rows.contains([ledger.row_identity(t.source_row, t.source) for t in tasks])
+                 | self.rejected_sources.contains([t.source for t in tasks]))
         return [t for t, keep in zip(tasks, left) if keep]
 
     def fresh(self, rejects: list[Rejection]) -> list[Rejection]:
-        left = self._left([r.key or "" for r in rejects], [r.source for r in rejects])
+        """A source reject is new unless its input row (number and source) has one: never by its key, which a
+        duplicate_key row shares with the video it repeats."""
+        left = ~(self.rejected_rows.contains([ledger.row_identity(r.source_row, r.source) for r in rejects])
+                 | self.rejected_sources.contains([r.source for r in rejects]))
         return [r for r, keep in zip(rejects, left) if keep]
 
 
@@ -62,5 +65,5 @@ def resume_state(run: RunDir, retry_reasons: list[str] | tuple[str, ...], repair
         cleaned["samples_redone"] = len(redo)
         committed = None  # some were dropped: read again
     dropped = ledger.drop_rejects(run, list(retry_reasons)) if retry_reasons else 0
-    keys, sources = ledger.ledger_keys(run, committed)
-    return ResumeState(KeySet.build(keys), KeySet.build(sources), cleaned, dropped)
+    keys, rows, legacy = ledger.ledger_keys(run, committed)
+    return ResumeState(KeySet.build(keys), KeySet.build(rows), KeySet.build(legacy), cleaned, dropped)

@@ -31,7 +31,7 @@ from shards.commit import begin_generation, commit_lock
 from shards import ledger
 from shards.dedup_apply import finish_journal
 from shards.layout import RunDir
-from shards.runfolder import claim, marker_path
+from shards.runfolder import claim, release_unused
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def init_ray(cfg: RunConfig) -> None:
     ray_level = min(logging.getLogger().getEffectiveLevel(), logging.ERROR)
     _quiet_ray_data(ray_level)
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address and address != "local":  # "local" asks Ray for a new local cluster: the embedded one below
         ray.init(address=address, log_to_driver=True, logging_level=ray_level)
         _quiet_ray_data(ray_level)
         return
@@ -156,21 +156,16 @@ def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] |
     if logging.getLogger().getEffectiveLevel() <= logging.DEBUG and cfg.decode.log_dir is None:
         cfg = cfg.model_copy(update={"decode": cfg.decode.model_copy(update={"log_dir": str(root / "logs")})})
     run = RunDir(root)
-    created = claim(run)  # someone else's folder is refused before anything in it changes; ours gets the marker
+    made = not root.exists()
+    fresh = claim(run)  # someone else's folder is refused before anything in it changes; ours gets the marker
     try:
         with run_lock(run):  # the lock comes first: no server starts and nothing changes without it
             with llm_service(cfg.llm, root / "logs", lambda: init_ray(cfg)) as served:
                 return _run(cfg.model_copy(update={"llm": served}), run, sources, chain(head, chunks), force, retry_reasons,
                             repair)
     except ServerUnavailable:
-        if created:  # the LLM was unusable before anything was written: leave no trace of the run
-            run.lock.unlink(missing_ok=True)
-            marker_path(run).unlink(missing_ok=True)
-            for folder in (run.ledger, root):
-                try:
-                    folder.rmdir()
-                except OSError:
-                    pass  # the managed server's log is there: kept for the user
+        if fresh:  # the LLM was unusable before anything was written: leave no trace of the run but its log
+            release_unused(run, made)
         raise
 
 

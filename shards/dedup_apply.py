@@ -24,7 +24,8 @@ from filters.config import DedupConfig
 from pipeline.errors import Reason
 from shards import ledger
 from shards.layout import RunDir
-from shards.reader import iter_tar_samples, open_run, read_index, read_rejects
+from shards.reader import iter_tar_samples, open_run, read_index
+from shards.runfolder import remove_own
 from shards.tarwriter import ShardFile
 
 
@@ -60,7 +61,8 @@ def finish_journal(run: RunDir) -> int:
     journal = json.loads(path.read_text())
     removed: dict[str, dict] = journal["removed"]
     threshold = journal["threshold"]
-    already = {r["key"] for r in read_rejects(run) if r["reason"] == Reason.NEAR_DUPLICATE.value} if run.rejects.exists() else set()
+    # what an interrupted pass already recorded: read from the ledger's parts, not from a table written before them
+    already = {r["key"] for r in ledger.reject_rows(run) if r["reason"] == Reason.NEAR_DUPLICATE.value}
     index_rows = {r["key"]: r for rec in ledger.shard_records(run) for r in rec["rows"]}
     rows = [{"key": k, "source": index_rows.get(k, {}).get("source", v.get("source", "")), "stage": "dedup",
              "reason": Reason.NEAR_DUPLICATE.value,
@@ -77,8 +79,8 @@ def finish_journal(run: RunDir) -> int:
             continue
         keep_rows = [r for r in rec["rows"] if r["key"] not in removed]
         if not keep_rows:
-            (run.ledger_shards / (rec["name"] + ".json")).unlink()
-            tar.unlink(missing_ok=True)
+            remove_own(run, [run.ledger_shards / (rec["name"] + ".json")])  # the record first: the commit is undone
+            remove_own(run, [tar])
             rewritten += 1
             continue
         shard = ShardFile(run.shards, rec["name"])
@@ -93,7 +95,7 @@ def finish_journal(run: RunDir) -> int:
         ledger.write_shard_record(run, info.__dict__, keep_rows)
         rewritten += 1
     ledger.write_tables(run)
-    path.unlink()
+    remove_own(run, [path])
     return rewritten
 
 

@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards.layout import TMP_SUFFIX, RunDir
-from shards.runfolder import MARKER_FILE, ROOT_FILES, WRITER_NAME, RefusedFolder, check_record, is_run_temp, remove_own
+from shards.runfolder import (MARKER_FILE, ROOT_FILES, WRITER_NAME, RefusedFolder, check_layout, check_record, is_run_temp,
+                              own_file, remove_own)
 
 REJECT_COLUMNS = ["key", "source", "stage", "reason", "detail"]
 ROW_COLUMNS = ["source_row", "source_rows"]  # the input row a reject stands for, and how many rows (LLaVA records)
@@ -144,47 +145,70 @@ def _reject_identity(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def row_totals(run: RunDir) -> dict[str, int]:
-    """Input rows the written tables account for: the samples' and the rejects' (a row of an older version's
-    table without the column counts as one)."""
-    out = {}
+    """Input rows the written tables account for: the samples' and the rejects'; `unnumbered_rows` counts rows
+    an older version wrote without a row number (then the sum cannot be checked)."""
+    out = {"sample_rows": 0, "reject_rows": 0, "unnumbered_rows": 0}
     for name, path in (("sample_rows", run.index), ("reject_rows", run.rejects)):
         if not path.exists():
-            out[name] = 0
             continue
-        meta = pq.read_schema(path)
-        if "source_rows" in meta.names:
-            column = pq.read_table(path, columns=["source_rows"]).column("source_rows").to_pylist()
-            out[name] = sum(1 if v is None else int(v) for v in column)
-        else:
-            out[name] = pq.read_metadata(path).num_rows
+        names = pq.read_schema(path).names
+        if "source_rows" not in names or "source_row" not in names:
+            n = pq.read_metadata(path).num_rows
+            out[name] += n
+            out["unnumbered_rows"] += n
+            continue
+        columns = pq.read_table(path, columns=["source_row", "source_rows"]).to_pydict()
+        for row, rows in zip(columns["source_row"], columns["source_rows"]):
+            out[name] += 1 if rows is None else int(rows)
+            out["unnumbered_rows"] += row is None or row < 0
     return out
 
 
-def ledger_keys(run: RunDir, keys: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """The keys a rerun skips (committed, unless `keys` already holds them, or rejected) and the rejected sources;
-    records are read one at a time and only the key and source columns of the reject parts, no row is kept."""
+def row_identity(row: int, source: str) -> str:
+    """One input row, as the resume's sets hold it: its number and its source."""
+    return f"{row}\t{source}"
+
+
+def ledger_keys(run: RunDir, keys: list[str] | None = None) -> tuple[list[str], list[str], list[str]]:
+    """What a rerun skips: the keys done (committed, unless `keys` already holds them, and those a stage
+    rejected), the input rows rejected (`row_identity`), and the sources of rejects of an older ledger that
+    carry no row number. A `source` reject's key is not done: a duplicate_key row carries the key of the video
+    it repeats, which may not be committed yet. Only the key, source, stage and row columns of the reject parts
+    are read, no row is kept."""
     keys = [row["key"] for rec in iter_shard_records(run) for row in rec["rows"]] if keys is None else keys
-    sources: list[str] = []
+    rows: list[str] = []
+    legacy: list[str] = []
     for part in sorted(run.ledger_rejects.glob("*.parquet")) if run.ledger_rejects.is_dir() else []:
         try:
-            table = pq.read_table(part, columns=["key", "source"])
+            have = pq.read_schema(part).names
+            table = pq.read_table(part, columns=[c for c in ("key", "source", "stage", "source_row") if c in have])
         except (OSError, ValueError, pa.ArrowException):
             continue  # cut by a power loss: its videos are redone (clean removes it)
-        keys += [k for k in table.column("key").to_pylist() if k]
-        sources += table.column("source").to_pylist()
-    return keys, sources
+        columns = table.to_pydict()
+        numbers = columns.get("source_row") or [-1] * table.num_rows
+        for key, source, stage, n in zip(columns["key"], columns["source"], columns["stage"], numbers):
+            if n is not None and n >= 0:
+                rows.append(row_identity(n, source))
+                if key and stage != "source":
+                    keys.append(key)
+            else:
+                legacy.append(source)
+                if key:
+                    keys.append(key)
+    return keys, rows, legacy
 
 
 def clean(run: RunDir, each_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, int]:
     """Remove what an interrupted run left half-done; return what was removed.
 
     Only the run's own names go: its temporary files, tars of the writer's pattern that no record names, records
-    whose shard is gone, ledger parts a power loss cut. Every record is checked first (`check_record`): a ledger
-    naming anything but a bare tar of the run raises RefusedFolder before a file is touched. `each_record` is
-    called with every record that stays (its shard present), in name order: a caller that needs them all (resume)
-    reads a million index rows once, here, and never holds them all.
+    whose shard is gone, ledger parts a power loss cut. Every record and every path is checked first
+    (`check_record`, `own_file`): a ledger naming anything but a bare tar of the run, or a path that leads out of
+    the folder, raises RefusedFolder before a file is touched. `each_record` is called with every record that
+    stays (its shard present), in name order: a caller that needs them all (resume) reads a million index rows
+    once, here, and never holds them all.
     """
-    removed = {"partial_files": 0, "unrecorded_shards": 0, "records_without_shard": 0, "unreadable_ledger_parts": 0}
+    check_layout(run)
     recorded: set[str] = set()  # each record parsed once: a million index rows are read in one pass
     unreadable: list[Path] = []
     if run.ledger_shards.is_dir():
@@ -197,26 +221,23 @@ def clean(run: RunDir, each_record: Callable[[dict[str, Any]], None] | None = No
             recorded.add(record["name"])
             if each_record is not None and (run.shards / record["name"]).exists():
                 each_record(record)
-    for d in (run.ledger_shards, run.ledger_rejects, run.ledger):  # the ledger's folders hold only what runs wrote
-        if d.is_dir():
-            removed["partial_files"] += remove_own(run, d.glob("*" + TMP_SUFFIX))
-    for d in (run.shards, run.root):
-        if d.is_dir():
-            removed["partial_files"] += remove_own(run, (p for p in d.glob("*" + TMP_SUFFIX)
-                                                         if is_run_temp(p.name, recorded)))
-    removed["unreadable_ledger_parts"] += remove_own(run, unreadable)
+    partial = [p for d in (run.ledger_shards, run.ledger_rejects, run.ledger) if d.is_dir()
+               for p in d.glob("*" + TMP_SUFFIX)]  # the ledger's folders hold only what runs wrote
+    partial += [p for d in (run.shards, run.root) if d.is_dir() for p in d.glob("*" + TMP_SUFFIX)
+                if is_run_temp(p.name, recorded)]
     if run.ledger_rejects.is_dir():
         for p in run.ledger_rejects.glob("*.parquet"):
             try:
                 pq.read_metadata(p)
             except (OSError, ValueError, pa.ArrowException):
-                removed["unreadable_ledger_parts"] += remove_own(run, [p])
-    if run.shards.is_dir():
-        orphans = [t for t in run.shards.glob("*.tar") if t.name not in recorded and WRITER_NAME.fullmatch(t.name)]
-        removed["unrecorded_shards"] += remove_own(run, orphans)
+                unreadable.append(p)
+    orphans = [t for t in run.shards.glob("*.tar") if t.name not in recorded and WRITER_NAME.fullmatch(t.name)] \
+        if run.shards.is_dir() else []
     gone = [run.ledger_shards / (name + ".json") for name in recorded if not (run.shards / name).exists()]
-    removed["records_without_shard"] += remove_own(run, gone)
-    return removed
+    for p in (*partial, *unreadable, *orphans, *gone):
+        own_file(run, p)  # all checked before the first is removed
+    return {"partial_files": remove_own(run, partial), "unrecorded_shards": remove_own(run, orphans),
+            "records_without_shard": remove_own(run, gone), "unreadable_ledger_parts": remove_own(run, unreadable)}
 
 
 class DuplicateKeys(RuntimeError):
@@ -290,26 +311,29 @@ def drop_rejects(run: RunDir, reasons: list[str]) -> int:
         return 0
     old = list(run.ledger_rejects.glob("*.parquet"))
     write_rejects_part(run, keep)  # the new consolidated part lands before the old parts go
-    for p in old:
-        p.unlink()
+    remove_own(run, old)
     return len(rows) - len(keep)
 
 
 def reset(run: RunDir) -> None:
     """--force: forget every result of earlier runs in this directory (the run-attempt generation survives,
     so writers of an attempt before the reset still cannot commit). Only what the ledger names and the run's own
-    files go, each checked to lie inside the run folder; a user's file beside them stays."""
+    files go, each checked to lie inside the run folder before any is removed; a user's file beside them stays."""
+    check_layout(run)
     records = shard_records(run)  # every record checked before anything is removed
-    remove_own(run, [run.shards / rec["name"] for rec in records])
+    recorded = {rec["name"] for rec in records}
+    paths = [run.shards / name for name in sorted(recorded)]
     if run.shards.is_dir():
-        recorded = {rec["name"] for rec in records}
-        remove_own(run, (p for p in run.shards.glob("*" + TMP_SUFFIX) if is_run_temp(p.name, recorded)))
-        try:
-            run.shards.rmdir()
-        except OSError:
-            pass  # other files are there: left alone
+        paths += [p for p in run.shards.glob("*" + TMP_SUFFIX) if is_run_temp(p.name, recorded)]
+    paths += [run.root / name for name in ROOT_FILES]
+    for p in paths:
+        own_file(run, p)
+    remove_own(run, paths)
+    try:
+        run.shards.rmdir()
+    except OSError:
+        pass  # other files are there (or none): left alone
     _reset_ledger(run)
-    remove_own(run, [run.root / name for name in ROOT_FILES])
 
 
 def _reset_ledger(run: RunDir) -> None:

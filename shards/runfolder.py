@@ -71,8 +71,25 @@ def _listing(path: Path, limit: int = 5) -> str:
     return shown
 
 
+def check_layout(run: RunDir, what: str = "output.dir") -> None:
+    """The run's own folders are folders, not links elsewhere: nothing is ever written or deleted through one."""
+    for sub in (run.ledger, run.ledger_shards, run.ledger_rejects, run.ledger / "keys", run.shards):
+        if sub.is_symlink():
+            raise RefusedFolder(f"{what}: {sub} is a symlink: a run folder's {sub.relative_to(run.root)} must be its "
+                                "own folder")
+
+
+def _unfinished_claim(root: Path) -> bool:
+    """Only what a run killed while taking the folder leaves: an empty `.ledger/`, or one with the marker's
+    temporary file."""
+    entries = os.listdir(root)
+    if entries != [LEDGER_DIR] or (root / LEDGER_DIR).is_symlink() or not (root / LEDGER_DIR).is_dir():
+        return False
+    return set(os.listdir(root / LEDGER_DIR)) <= {MARKER_FILE + TMP_SUFFIX}
+
+
 def claim(run: RunDir, what: str = "output.dir") -> bool:
-    """Take the run folder: create it, or take an empty one, or accept a marked one; True if it is new.
+    """Take the run folder: create it, or take an empty one, or accept a marked one; True if it held nothing.
 
     Anything else raises RefusedFolder before a byte is written. The marker is written at once, so a run killed
     right after still leaves a folder its rerun recognises.
@@ -82,13 +99,11 @@ def claim(run: RunDir, what: str = "output.dir") -> bool:
         raise RefusedFolder(f"{what}: {root} is a symlink (to {os.path.realpath(root)}): give the folder itself")
     if root.exists() and not root.is_dir():
         raise RefusedFolder(f"{what}: {root} is a file, not a folder")
-    fresh = not root.exists() or not any(root.iterdir())
+    fresh = not root.exists() or not any(root.iterdir()) or _unfinished_claim(root)
     if not fresh and not is_marked(run):
         raise RefusedFolder(f"{what}: {root} is not empty and is not a run folder (holds {_listing(root)}): "
                             "give a new or empty folder, or the folder of an earlier run")
-    for sub in (run.ledger, run.shards):
-        if sub.is_symlink():
-            raise RefusedFolder(f"{what}: {sub} is a symlink: a run folder's {sub.name} must be its own folder")
+    check_layout(run, what)
     if read_marker(run) is None:
         run.ledger.mkdir(parents=True, exist_ok=True)
         doc = {"tool": "prolongvid", "format": MARKER_FORMAT,
@@ -97,6 +112,22 @@ def claim(run: RunDir, what: str = "output.dir") -> bool:
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, marker_path(run))
     return fresh
+
+
+def release_unused(run: RunDir, made: bool) -> None:
+    """Undo `claim` for a run that wrote nothing (its LLM server never came up): the marker and the ledger go
+    when nothing else is in the folder (a server log keeps it a run folder); the folder goes if the run made it."""
+    run.lock.unlink(missing_ok=True)
+    if set(os.listdir(run.root)) - {LEDGER_DIR}:
+        return
+    if set(os.listdir(run.ledger)) <= {MARKER_FILE}:
+        marker_path(run).unlink(missing_ok=True)
+        run.ledger.rmdir()
+    if made:
+        try:
+            run.root.rmdir()
+        except OSError:
+            pass
 
 
 def check_record(run: RunDir, record: dict[str, Any], file_name: str | None = None) -> None:

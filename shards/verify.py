@@ -104,6 +104,8 @@ def _row_accounting(run: RunDir) -> list[str]:
     if "input_rows" not in totals:
         return []  # a run of a version that did not count its input
     have = row_totals(run)
+    if have["unnumbered_rows"]:
+        return []  # rows of an older version, merged by key: what they stood for is not known
     accounted = have["sample_rows"] + have["reject_rows"] + int(totals.get("skipped_rows", 0))
     if accounted == totals["input_rows"]:
         return []

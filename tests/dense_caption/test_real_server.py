@@ -9,6 +9,7 @@ life cycle), never the wording.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import tempfile
 from pathlib import Path
@@ -135,7 +136,8 @@ def test_managed_server_that_never_starts_fails_the_run_cleanly(one_video, vllm_
                           f"llm.http.managed.python={vllm_python}", "llm.http.managed.startup_timeout_s=120")  # fmt: skip
     with pytest.raises(ServerUnavailable, match="did not come up"):
         run_pipeline(cfg)
-    assert not (out / "shards").exists() and not (out / ".ledger").exists()
+    assert not (out / "shards").exists() and (out / "logs" / "llm-server.log").exists()
+    assert sorted(os.listdir(out / ".ledger")) == ["run.marker.json"]  # only the marker: a rerun takes the folder
 
 
 

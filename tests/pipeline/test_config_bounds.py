@@ -21,7 +21,7 @@ REFUSED = [
     ("sampling.sets.1.fps=.inf", "sampling.sets.1.fps", "finite number above 0 and at most 1000 (got inf)"),
     ("sampling.sets.1.fps=1e300", "sampling.sets.1.fps", "above 0 and at most 1000 (got 1e+300)"),
     ("probe.timeout_s=.inf", "probe.timeout_s", "finite number above 0 and at most 86400 (got inf)"),
-    ("decode.threads=1000000", "decode.threads", f"from 0 to {4 * (os.cpu_count() or 1)}: 4x the"),
+    ("decode.threads=1000000", "decode.threads", f"from 0 to {max(4 * (os.cpu_count() or 1), 256)}: 4x the"),
     ("sampling.sets.0.stage_frames=[100000000]", "sampling.sets.0.stage_frames.0", "at most 16384 (got 100000000)"),
     ("input.extensions=[]", "input.extensions", "at least 1 item"),
     # no coercion: a bool, a string or a float is no frame count

@@ -74,8 +74,11 @@ def decoys(d: Path, tmp_path: Path) -> list[subprocess.Popen]:
                                f"{SLEEP}", f"{d}/child"], stdout=subprocess.PIPE, text=True)  # fmt: skip
     ray_like = subprocess.Popen([py, "-u", str(fake_ray), f"--session-dir=/home{d}/session_latest"], stdout=subprocess.PIPE,
                                 text=True)  # Ray's by its command line, naming D only inside another path
+    installed = subprocess.Popen([py, "-u", str(fake_log_monitor(d / "venv")), f"--session-dir={tmp_path}/other/session_1"],
+                                 stdout=subprocess.PIPE, text=True)  # a Ray installed inside D, of another cluster
     assert parent.stdout.readline() == "up\n" and ray_like.stdout.readline() == "up\n"  # their children are running
-    return [*procs, parent, ray_like]
+    assert installed.stdout.readline() == "up\n"
+    return [*procs, parent, ray_like, installed]
 
 
 def alive(p: subprocess.Popen | psutil.Process | int) -> bool:
@@ -123,7 +126,7 @@ def test_processes_that_only_mention_the_temp_dir_are_not_stopped(temp_dir, tmp_
     procs = decoys(temp_dir, tmp_path)
     try:
         kids = descendants(procs)
-        assert len(kids) == 2
+        assert len(kids) == 3
         assert cluster_processes(temp_dir) == []
         done = cli("ray-stop", str(temp_dir), "--grace-s", "1")
         assert done.returncode == 0, done.stderr

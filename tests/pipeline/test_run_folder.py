@@ -82,6 +82,21 @@ def test_claim_takes_new_empty_and_marked_folders_and_keeps_old_runs(tmp_path):
     bad = RunDir(tmp_path / "bad").make()  # a ledger folder without a readable generation is not enough
     with pytest.raises(RefusedFolder, match="not a run folder"):
         claim(bad)
+    killed = RunDir(tmp_path / "killed")  # a run killed while writing its marker: its rerun takes the folder
+    killed.ledger.mkdir(parents=True)
+    (killed.ledger / "run.marker.json.partial").write_text("{")
+    assert claim(killed) and is_marked(killed)
+    linked = RunDir(tmp_path / "linked")  # a run folder whose ledger folder leads elsewhere
+    claim(linked)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.parquet").write_bytes(b"mine")
+    linked.ledger_rejects.symlink_to(elsewhere)
+    with pytest.raises(RefusedFolder, match="symlink"):
+        claim(linked)
+    with pytest.raises(RefusedFolder, match="symlink"):
+        ledger.clean(linked)
+    assert (elsewhere / "keep.parquet").read_bytes() == b"mine"
 
 
 def test_force_on_a_run_folder_removes_only_what_its_ledger_names(tmp_path, video, ray_local):
@@ -152,6 +167,9 @@ def test_every_manifest_row_is_a_row_of_its_own(tmp_path, video, ray_local):
     assert verify_run(run) == []
     again = run_pipeline(pipeline_config(manifest, out, f"input.allowed_roots=[{inside}]"))  # a resume adds nothing
     assert again.accepted == 0 and len(read_rejects(run)) == len(rows) and verify_run(run) == []
+    # retried, the duplicate rows are rejected again, each once: their key is the committed video's, their rows not
+    run_pipeline(pipeline_config(manifest, out, f"input.allowed_roots=[{inside}]"), retry_reasons=["duplicate_key"])
+    assert len(read_rejects(run)) == len(rows) and verify_run(run) == []
     table = pq.read_table(run.rejects)  # a row lost from the table is found
     pq.write_table(table.slice(1), run.rejects)
     assert any("rows were lost" in p for p in verify_run(run))

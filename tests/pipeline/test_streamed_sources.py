@@ -56,12 +56,19 @@ def test_a_folder_streams_in_name_order_and_counts_what_it_skips(tmp_path):
     assert stream.skipped_by_extension == 2 and dict(stream.skipped_suffixes) == {".txt": 2}
 
 
-def test_resume_state_skips_done_keys_and_rejected_sources():
-    state = ResumeState(KeySet.build(["k1", "k2"]), KeySet.build(["/v/bad.mp4"]))
-    tasks = [VideoTask("k1", "/v/1.mp4", {}), VideoTask("k3", "/v/bad.mp4", {}), VideoTask("k4", "/v/4.mp4", {})]
-    assert [t.key for t in state.todo(tasks)] == ["k4"]
-    rejects = [Rejection("/v/x.mp4", "source", "bad_source", "why", None), Rejection("/v/bad.mp4", "source", "bad_source", "")]
-    assert [r.source for r in state.fresh(rejects)] == ["/v/x.mp4"]
+def test_resume_state_skips_done_keys_and_rejected_rows():
+    from shards.ledger import row_identity
+
+    state = ResumeState(KeySet.build(["k1", "k2"]), KeySet.build([row_identity(3, "/v/bad.mp4")]),
+                        KeySet.build(["/v/old.mp4"]))  # an older ledger's reject, without a row number
+    tasks = [VideoTask("k1", "/v/1.mp4", {}, source_row=0), VideoTask("k3", "/v/bad.mp4", {}, source_row=3),
+             VideoTask("k4", "/v/4.mp4", {}, source_row=4), VideoTask("k5", "/v/bad.mp4", {}, source_row=5),
+             VideoTask("k6", "/v/old.mp4", {}, source_row=6)]
+    assert [t.key for t in state.todo(tasks)] == ["k4", "k5"]  # row 5 names the same file: a row of its own
+    rejects = [Rejection("/v/x.mp4", "source", "bad_source", "why", "", 7),
+               Rejection("/v/bad.mp4", "source", "bad_source", "", "", 3),
+               Rejection("/v/1.mp4", "source", "duplicate_key", "", "k1", 8)]  # its key is done, its row is not
+    assert [r.source_row for r in state.fresh(rejects)] == [7, 8]
 
 
 def test_waves_feed_the_graph_chunk_by_chunk(tmp_path, monkeypatch):
@@ -77,7 +84,7 @@ def test_waves_feed_the_graph_chunk_by_chunk(tmp_path, monkeypatch):
     run = RunDir(tmp_path / "out")
     run.make()
     done_key = load_sources(cfg_for(tmp_path / "m.jsonl")).tasks[0].key
-    state = ResumeState(KeySet.build([done_key]), KeySet.build([]))
+    state = ResumeState(KeySet.build([done_key]), KeySet.build([]), KeySet.build([]))
     stream = open_sources(cfg_for(tmp_path / "m.jsonl"), chunk=4)
     out = waves.dispatch(None, run, 1, stream.chunks(), state, "stamp", lambda: None)
     assert sizes == [3, 8, 10, 3] and out.skipped == 1 and out.dispatched == 24 and out.waves == 4
