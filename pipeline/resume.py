@@ -17,6 +17,7 @@ from pipeline.records import Rejection
 from pipeline.task import VideoTask
 from shards import ledger
 from shards.layout import RunDir
+from shards.rows import ledger_keys, row_identity
 
 log = logging.getLogger(__name__)
 
@@ -24,21 +25,21 @@ log = logging.getLogger(__name__)
 @dataclass
 class ResumeState:
     done: KeySet  # keys in a finished shard or rejected by a stage
-    rejected_rows: KeySet  # input rows with a reject (`ledger.row_identity`)
+    rejected_rows: KeySet  # input rows with a reject (`row_identity`)
     rejected_sources: KeySet  # sources of rejects an older ledger wrote without a row number
     cleaned: dict[str, int] = field(default_factory=dict)
     dropped: int = 0
 
     def todo(self, tasks: list[VideoTask]) -> list[VideoTask]:
         left = ~(self.done.contains([t.key for t in tasks])
-                 | self.rejected_rows.contains([ledger.row_identity(t.source_row, t.source) for t in tasks])
+                 | self.rejected_rows.contains([row_identity(t.source_row, t.source) for t in tasks])
                  | self.rejected_sources.contains([t.source for t in tasks]))
         return [t for t, keep in zip(tasks, left) if keep]
 
     def fresh(self, rejects: list[Rejection]) -> list[Rejection]:
         """A source reject is new unless its input row (number and source) has one: never by its key, which a
         duplicate_key row shares with the video it repeats."""
-        left = ~(self.rejected_rows.contains([ledger.row_identity(r.source_row, r.source) for r in rejects])
+        left = ~(self.rejected_rows.contains([row_identity(r.source_row, r.source) for r in rejects])
                  | self.rejected_sources.contains([r.source for r in rejects]))
         return [r for r, keep in zip(rejects, left) if keep]
 
@@ -65,5 +66,5 @@ def resume_state(run: RunDir, retry_reasons: list[str] | tuple[str, ...], repair
         cleaned["samples_redone"] = len(redo)
         committed = None  # some were dropped: read again
     dropped = ledger.drop_rejects(run, list(retry_reasons)) if retry_reasons else 0
-    keys, rows, legacy = ledger.ledger_keys(run, committed)
+    keys, rows, legacy = ledger_keys(run, committed)
     return ResumeState(KeySet.build(keys), KeySet.build(rows), KeySet.build(legacy), cleaned, dropped)

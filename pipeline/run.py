@@ -31,6 +31,7 @@ from shards.commit import begin_generation, commit_lock
 from shards import ledger
 from shards.dedup_apply import finish_journal
 from shards.layout import RunDir
+from shards.rows import row_totals
 from shards.runfolder import claim, release_unused
 
 log = logging.getLogger(__name__)
@@ -300,7 +301,7 @@ def _write_run_json(
         },
         # every input row is a sample's, a reject's or a skipped one: `stats --verify` checks the sum
         "totals": {"samples": summary.samples_total, "rejects": summary.rejects_total, "input_rows": summary.input_rows,
-                   "skipped_rows": summary.skipped_by_extension, **ledger.row_totals(run)},
+                   "skipped_rows": summary.skipped_by_extension, **row_totals(run)},
         "previous_runs": previous,
     }
     ledger.write_atomic(run.run_json, json.dumps(doc, indent=1).encode())

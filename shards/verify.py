@@ -15,7 +15,7 @@ from collections import Counter
 from typing import Any
 
 from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER, RunDir
-from shards.ledger import row_totals
+from shards.rows import row_totals
 from shards.reader import HashingReader, iter_tar_samples, read_index, read_run_json, read_shard_list
 
 

@@ -57,7 +57,7 @@ def test_a_folder_streams_in_name_order_and_counts_what_it_skips(tmp_path):
 
 
 def test_resume_state_skips_done_keys_and_rejected_rows():
-    from shards.ledger import row_identity
+    from shards.rows import row_identity
 
     state = ResumeState(KeySet.build(["k1", "k2"]), KeySet.build([row_identity(3, "/v/bad.mp4")]),
                         KeySet.build(["/v/old.mp4"]))  # an older ledger's reject, without a row number

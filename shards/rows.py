@@ -1,0 +1,67 @@
+"""Input rows: every row of the input ends as a sample's, a reject's or a skipped one.
+
+The resume decides what a rerun skips by row (its number and source), never by a duplicate's key; `stats
+--verify` checks that the tables' rows add up to the input's (`row_totals`).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shards.ledger import iter_shard_records
+from shards.layout import RunDir
+
+
+def row_identity(row: int, source: str) -> str:
+    """One input row, as the resume's sets hold it: its number and its source."""
+    return f"{row}\t{source}"
+
+
+def ledger_keys(run: RunDir, keys: list[str] | None = None) -> tuple[list[str], list[str], list[str]]:
+    """What a rerun skips: the keys done (committed, unless `keys` already holds them, and those a stage
+    rejected), the input rows rejected (`row_identity`), and the sources of rejects of an older ledger that
+    carry no row number. A `source` reject's key is not done: a duplicate_key row carries the key of the video
+    it repeats, which may not be committed yet. Only the key, source, stage and row columns of the reject parts
+    are read, no row is kept."""
+    keys = [row["key"] for rec in iter_shard_records(run) for row in rec["rows"]] if keys is None else keys
+    rows: list[str] = []
+    legacy: list[str] = []
+    for part in sorted(run.ledger_rejects.glob("*.parquet")) if run.ledger_rejects.is_dir() else []:
+        try:
+            have = pq.read_schema(part).names
+            table = pq.read_table(part, columns=[c for c in ("key", "source", "stage", "source_row") if c in have])
+        except (OSError, ValueError, pa.ArrowException):
+            continue  # cut by a power loss: its videos are redone (clean removes it)
+        columns = table.to_pydict()
+        numbers = columns.get("source_row") or [-1] * table.num_rows
+        for key, source, stage, n in zip(columns["key"], columns["source"], columns["stage"], numbers):
+            if n is not None and n >= 0:
+                rows.append(row_identity(n, source))
+                if key and stage != "source":
+                    keys.append(key)
+            else:
+                legacy.append(source)
+                if key:
+                    keys.append(key)
+    return keys, rows, legacy
+
+
+def row_totals(run: RunDir) -> dict[str, int]:
+    """Input rows the written tables account for: the samples' and the rejects'; `unnumbered_rows` counts rows
+    an older version wrote without a row number (then the sum cannot be checked)."""
+    out = {"sample_rows": 0, "reject_rows": 0, "unnumbered_rows": 0}
+    for name, path in (("sample_rows", run.index), ("reject_rows", run.rejects)):
+        if not path.exists():
+            continue
+        names = pq.read_schema(path).names
+        if "source_rows" not in names or "source_row" not in names:
+            n = pq.read_metadata(path).num_rows
+            out[name] += n
+            out["unnumbered_rows"] += n
+            continue
+        columns = pq.read_table(path, columns=["source_row", "source_rows"]).to_pydict()
+        for row, rows in zip(columns["source_row"], columns["source_rows"]):
+            out[name] += 1 if rows is None else int(rows)
+            out["unnumbered_rows"] += row is None or row < 0
+    return out
