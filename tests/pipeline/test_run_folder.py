@@ -206,8 +206,9 @@ def test_import_llava_reads_no_config_from_the_current_folder(tmp_path, video):
     evil = tmp_path / "evil.sh"
     evil.write_text(f"#!/bin/sh\ntouch {canary}\n")
     evil.chmod(0o755)
-    (work / "configs" / "import_llava.yaml").write_text(
-        f"llm:\n  enabled: true\n  http:\n    mode: managed\n    managed:\n      python: {evil}\n")
+    (work / "configs" / "import_llava.yaml").write_text(  # a config that would start `evil.sh` as the LLM server
+        f"llm:\n  enabled: true\n  model: m\n  http:\n    mode: managed\n    managed:\n      python: {evil}\n"
+        f"      model: {work}\n      startup_timeout_s: 5\n")
     (work / "a.json").write_text("[]")
     done = cli("import-llava", work / "a.json", work, work / "out", cwd=work)
     assert not canary.exists(), done.stderr[-2000:]
