@@ -96,13 +96,13 @@ def test_caption_agreement_uses_the_frames_inside_each_span(tiny_clip):
 def test_frame_text_threshold_rejects_a_mismatched_caption(tiny_clip, decoded):
     meta = dict(decoded.meta)
     meta["captions"] = {"clips": [{"start_s": 0, "end_s": 10, "text": "a test pattern"}], "video": {"text": "colour bars"}}
-    task = run_stage(CaptionAgreement(_cfg(tiny_clip, min_frame_text=1.01), "shard"),
+    task = run_stage(CaptionAgreement(_cfg(tiny_clip, min_frame_text=1.0), "shard"),
                      VideoTask("v", "s", meta, dict(decoded.frames)))
     assert task.error.reason == "caption_mismatch"
     scored = run_stage(CaptionAgreement(_cfg(tiny_clip), "shard"), VideoTask("v", "s", meta, dict(decoded.frames)))
     assert -1 <= scored.meta["scores"]["frame_text_min"] <= scored.meta["scores"]["frame_text_mean"] <= 1
     fresh = dict(decoded.meta, captions=meta["captions"])
-    before = run_stage(ClipScores(_cfg(tiny_clip, min_frame_text=1.01), "shard"), VideoTask("v", "s", fresh, dict(decoded.frames)))
+    before = run_stage(ClipScores(_cfg(tiny_clip, min_frame_text=1.0), "shard"), VideoTask("v", "s", fresh, dict(decoded.frames)))
     assert not before.rejected and "frame_text_min" not in before.meta["scores"]  # the CLIP pass before captions
 
 
