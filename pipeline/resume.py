@@ -10,8 +10,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from pipeline.keyset import KeySet
 from pipeline.records import Rejection
 from pipeline.task import VideoTask

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards.layout import TMP_SUFFIX, RunDir
-from shards.runfolder import (MARKER_FILE, ROOT_FILES, WRITER_NAME, RefusedFolder, check_layout, check_record, is_run_temp,
-                              own_file, remove_own)
+from shards.runfolder import (MARKER_FILE, ROOT_FILES, WRITER_NAME, RefusedFolder, check_layout, check_own, check_record,
+                              is_run_temp, remove_own)
 
 REJECT_COLUMNS = ["key", "source", "stage", "reason", "detail"]
 ROW_COLUMNS = ["source_row", "source_rows"]  # the input row a reject stands for, and how many rows (LLaVA records)
@@ -81,9 +81,9 @@ def write_shard_record(run: RunDir, shard: dict[str, Any], rows: list[dict[str, 
 
 
 def _reject_row(r: dict[str, Any]) -> dict[str, Any]:
+    row, rows = r.get("source_row"), r.get("source_rows")  # absent in an older ledger's parts
     return {**{c: str(r.get(c) or "") for c in REJECT_COLUMNS},
-            "source_row": int(r.get("source_row", -1) if r.get("source_row") is not None else -1),
-            "source_rows": int(r.get("source_rows", 1) if r.get("source_rows") is not None else 1)}
+            "source_row": -1 if row is None else int(row), "source_rows": 1 if rows is None else int(rows)}
 
 
 def write_rejects_part(run: RunDir, rows: list[dict[str, Any]]) -> None:
@@ -181,8 +181,7 @@ def clean(run: RunDir, each_record: Callable[[dict[str, Any]], None] | None = No
     orphans = [t for t in run.shards.glob("*.tar") if t.name not in recorded and WRITER_NAME.fullmatch(t.name)] \
         if run.shards.is_dir() else []
     gone = [run.ledger_shards / (name + ".json") for name in recorded if not (run.shards / name).exists()]
-    for p in (*partial, *unreadable, *orphans, *gone):
-        own_file(run, p)  # all checked before the first is removed
+    check_own(run, [*partial, *unreadable, *orphans, *gone])  # all checked before the first is removed
     return {"partial_files": remove_own(run, partial), "unrecorded_shards": remove_own(run, orphans),
             "records_without_shard": remove_own(run, gone), "unreadable_ledger_parts": remove_own(run, unreadable)}
 
@@ -239,11 +238,10 @@ def drop_shards(run: RunDir, names: list[str]) -> list[str]:
             continue  # only shards the ledger names are ever removed
         remove_own(run, [run.ledger_shards / (name + ".json")])  # the record first: the commit is undone
         remove_own(run, [run.shards / name])
-        if rec is not None:  # always: records without one were passed over above
-            own = [r["key"] for r in rec["rows"]]
-            still_held = {r["key"] for other, o in by_name.items() if other != name and other not in names for r in o["rows"]}
-            forget_keys(run, [k for k in own if k not in still_held])
-            keys += own
+        own = [r["key"] for r in rec["rows"]]
+        still_held = {r["key"] for other, o in by_name.items() if other != name and other not in names for r in o["rows"]}
+        forget_keys(run, [k for k in own if k not in still_held])
+        keys += own
     return keys
 
 
@@ -273,9 +271,7 @@ def reset(run: RunDir) -> None:
     if run.shards.is_dir():
         paths += [p for p in run.shards.glob("*" + TMP_SUFFIX) if is_run_temp(p.name, recorded)]
     paths += [run.root / name for name in ROOT_FILES]
-    for p in paths:
-        own_file(run, p)
-    remove_own(run, paths)
+    remove_own(run, paths)  # all checked before the first is removed
     try:
         run.shards.rmdir()
     except OSError:

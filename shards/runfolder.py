@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from shards.layout import (EMBEDDINGS_FILE, INDEX_FILE, LEDGER_DIR, REJECTS_FILE, RUN_FILE, SHARDS_DIR, SHARDS_FILE,
+from shards.layout import (EMBEDDINGS_FILE, INDEX_FILE, LEDGER_DIR, REJECTS_FILE, RUN_FILE, SHARDS_FILE,
                            TMP_SUFFIX, RunDir, check_key)
 from shards.reader import NotARunDir
 
@@ -151,24 +151,33 @@ def check_record(run: RunDir, record: dict[str, Any], file_name: str | None = No
                                 "altered; nothing was changed") from None
 
 
-def own_file(run: RunDir, path: Path) -> Path:
+def _homes(run: RunDir) -> set[Path]:
+    """The folders a run deletes in, resolved once per batch."""
+    return {d.resolve() for d in (run.root, run.shards, run.ledger, run.ledger_shards, run.ledger_rejects)}
+
+
+def own_file(run: RunDir, path: Path, homes: set[Path] | None = None) -> Path:
     """`path` if the run may delete it: a regular file (or none) directly in the run folder, its shards/ or its
     ledger, not a symlink; RefusedFolder otherwise."""
     parent = path.parent
-    homes = {run.root.resolve(), (run.root / SHARDS_DIR).resolve(), run.ledger.resolve(), run.ledger_shards.resolve(),
-             run.ledger_rejects.resolve()}
-    if parent.resolve() not in homes or path.is_symlink() or parent.is_symlink() or path.name in ("", ".", ".."):
+    if parent.resolve() not in (homes or _homes(run)) or path.is_symlink() or parent.is_symlink() \
+            or path.name in ("", ".", ".."):
         raise RefusedFolder(f"{path} is not a file of the run in {run.root}: refusing to delete it")
     if path.exists() and not path.is_file():
         raise RefusedFolder(f"{path} is not a regular file: refusing to delete it")
     return path
 
 
+def check_own(run: RunDir, paths: Iterable[Path]) -> list[Path]:
+    """Every path checked by `own_file`, before any is removed."""
+    homes = _homes(run)
+    return [own_file(run, p, homes) for p in paths]
+
+
 def remove_own(run: RunDir, paths: Iterable[Path]) -> int:
-    """Delete files of the run, each checked by `own_file` first; returns how many were there."""
-    checked = [own_file(run, p) for p in paths]
+    """Delete files of the run, all checked by `own_file` first; returns how many were there."""
     n = 0
-    for p in checked:
+    for p in check_own(run, paths):
         try:
             p.unlink()
             n += 1
