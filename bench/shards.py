@@ -31,7 +31,7 @@ import numpy as np
 import webdataset as wds
 
 from bench.common import machine, table, target, targets_table  # noqa: E402
-from shards.layout import build_sample  # noqa: E402
+from shards.layout import sample_from_sections  # noqa: E402
 from shards.tarwriter import ShardFile  # noqa: E402
 
 FRAMES = 192
@@ -42,7 +42,7 @@ def make_samples(n: int, frame_kb: int, seed: int = 0) -> list[dict]:
     samples = []
     for i in range(n):
         frames = [b"\xff\xd8" + rng.bytes(frame_kb * 1024 + int(rng.integers(-2048, 2048))) + b"\xff\xd9" for _ in range(FRAMES)]
-        samples.append(build_sample(f"video-{i:06d}", frames, {"key": f"video-{i:06d}", "duration_s": 180.0}, []))
+        samples.append(sample_from_sections(f"video-{i:06d}", frames, {"key": f"video-{i:06d}", "duration_s": 180.0}, []))
     return samples
 
 

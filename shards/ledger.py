@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.sample import LAYOUT1_VERSION
 from shards.layout import TMP_SUFFIX, RunDir
 from shards.runfolder import (MARKER_FILE, ROOT_FILES, WRITER_NAME, RefusedFolder, check_layout, check_own, check_record,
                               is_run_temp, remove_own)
@@ -317,7 +318,7 @@ def write_tables(run: RunDir) -> tuple[int, int]:
         write_parquet_atomic(run.embeddings, table)
     else:
         run.embeddings.unlink(missing_ok=True)
-    shards = [{**{k: v for k, v in rec.items() if k != "rows"},  # a shard of held-out videos says so
+    shards = [{"format_version": LAYOUT1_VERSION, **{k: v for k, v in rec.items() if k != "rows"},  # held-out: says so
                **({"split": rec["rows"][0]["split"]} if rec["rows"] and rec["rows"][0].get("split") else {})}
               for rec in records]
     write_atomic(run.shards_json, json.dumps(shards, indent=1).encode())

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import pyarrow.parquet as pq
 
+from pipeline.sample import LAYOUT1_VERSION, check_version
 from shards.layout import RunDir
 
 
@@ -33,7 +34,11 @@ def read_rejects(run: RunDir) -> list[dict[str, Any]]:
 
 
 def read_shard_list(run: RunDir) -> list[dict[str, Any]]:
-    return json.loads(run.shards_json.read_text()) if run.shards_json.exists() else []
+    """shards.json's records; a shard written in a newer major sample format than this code reads raises NewerFormat."""
+    listed = json.loads(run.shards_json.read_text()) if run.shards_json.exists() else []
+    for record in listed:
+        check_version(str(record.get("format_version", LAYOUT1_VERSION)), f"shard {record.get('name')}")
+    return listed
 
 
 def read_run_json(run: RunDir) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from pipeline.records import Rejection, WriteTotals
+from pipeline.sample import Conversation, SampleMeta, conversation_from_record, meta_from_sections
 from pipeline.task import VideoTask
 from shards.config import ShardsConfig
 from shards.layout import RunDir, build_sample
@@ -28,12 +29,14 @@ from shards.runfolder import writer_shard_name
 from shards.tarwriter import ShardFile
 
 
-def sample_meta(task: VideoTask, frame_set: str) -> dict[str, Any]:
-    """The sample's `json` member: everything known about the video except conversations and timings, and which
-    frame set the sample's frames are (its record under `decode.sets` tells a trainer each stage's frames)."""
-    skip = ("conversations", "timings", "setup_s", "started_at", "embedding")
-    return {"key": task.key, "source": task.source, "frame_set": frame_set,
-            **{k: v for k, v in task.meta.items() if k not in skip}}  # fmt: skip
+def sample_meta(task: VideoTask, frame_set: str, split: str, frames: list[bytes]) -> SampleMeta:
+    """The sample's `json` member (`pipeline/sample.py`): everything known about the video except conversations,
+    timings and the embedding, and which frame set the sample's frames are."""
+    return meta_from_sections(task.key, task.source, frame_set, split, task.meta, [len(f) for f in frames])
+
+
+def sample_conversations(task: VideoTask) -> list[Conversation]:
+    return [conversation_from_record(r, f"{task.key}-{n}") for n, r in enumerate(task.meta.get("conversations") or [])]
 
 
 def index_row(task: VideoTask, shard: str, frame_set: str, nbytes: int) -> dict[str, Any]:
@@ -150,8 +153,8 @@ class ShardSink(Datasink):
                         continue
                     split = split_of(task.key, self.cfg.eval_fraction)
                     frames = task.frames.get(self.cfg.frame_set, [])
-                    sample = build_sample(task.key, frames, sample_meta(task, self.cfg.frame_set),
-                                          task.meta.get("conversations") or [])
+                    sample = build_sample(task.key, frames, sample_meta(task, self.cfg.frame_set, split, frames),
+                                          sample_conversations(task))
                     current = open_shards.get(split)
                     if current is not None and (
                         current.samples >= self.cfg.max_samples or current.payload >= self.cfg.max_bytes

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.sample import FORMAT_VERSION
 from shards.layout import TMP_SUFFIX, sample_bytes
 from shards.tarformat import end_of_archive, member_header, padding
 
@@ -64,6 +65,7 @@ class ShardInfo:
     sha256: str
     bytes: int
     samples: int
+    format_version: str = FORMAT_VERSION  # the sample format its samples are written in (`pipeline/sample.py`)
 
 
 class ShardFile:

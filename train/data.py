@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import glob
 import io
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,7 +27,9 @@ from pydantic import Field
 
 from pipeline.config_base import Strict
 from pipeline.video_tokens import TOKENS_PER_FRAME
-from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER
+from pipeline.sample import Conversation, NewerFormat, SampleMeta
+from shards.layout import RunDir, Sample
+from shards.reader import read_shard_list
 from shards.split import TRAIN, of_split
 from train.chat import ChatEncoder
 from train.frames import pick_frames
@@ -81,7 +82,7 @@ def split_by_reader(src: Iterator[Any], cfg: DataConfig) -> Iterator[Any]:
 def shard_urls(spec: str) -> list[str]:
     path = Path(spec)
     if (path / "shards.json").exists():  # a run's held-out eval shards are never trained on
-        listed = json.loads((path / "shards.json").read_text())
+        listed = read_shard_list(RunDir(path))  # refuses shards of a newer sample format
         return [str(path / "shards" / s["name"]) for s in of_split(listed, TRAIN)]
     if path.is_dir():
         return sorted(str(p) for p in path.glob("*.tar")) or sorted(str(p) for p in (path / "shards").glob("*.tar"))
@@ -168,18 +169,24 @@ def training_items(
     import torch
 
     counts = counts if counts is not None else LoaderCounts()
-    for sample in samples:
+    for members in samples:
         counts.samples += 1
-        conversations = json.loads(sample.get(CONVERSATIONS_MEMBER) or b"[]")
-        if not conversations:
+        try:
+            sample = Sample(members)
+        except (ValueError, KeyError) as e:  # a newer format is refused at load (`check_shard_formats`); this is damage
+            if isinstance(e, NewerFormat):
+                raise
+            counts.reasons["bad_metadata"] += 1
+            log.warning("skipping sample %s: unreadable metadata (%s)", members.get("__key__"), str(e)[:200])
+            continue
+        if not sample.conversations:
             counts.reasons["no_conversations"] += 1
             continue
-        names = sorted(k for k in sample if FRAME_MEMBER.match(k))
-        meta = json.loads(sample[META_MEMBER]) if META_MEMBER in sample else {}
+        meta, stored = sample.meta, sample.num_frames
         pixels: dict[int, Any] = {}  # frames decoded once per sample (and frame count), shared by its conversations
-        for number, record in enumerate(conversations):
-            turns = record.get("conversations", [])
-            k = item_frames(cfg, record, meta, len(names))
+        for number, record in enumerate(sample.conversations):
+            turns = record.turns()
+            k = item_frames(cfg, record, meta, stored)
             enc = encoder.encode(turns, k * cfg.tokens_per_frame)
             if len(enc) > cfg.model_max_length:
                 text = len(enc) - enc.video_positions
@@ -190,14 +197,14 @@ def training_items(
                 counts.reasons["fewer_frames"] += 1
                 k = fit
                 enc = encoder.encode(turns, k * cfg.tokens_per_frame)
-            pick = pick_frames(meta, len(names), k)
+            pick = pick_frames(meta, stored, k)
             counts.items += 1
             if counts.items <= skip:
                 continue
             if not pick.exact:
                 counts.reasons["nearest_frames"] += 1
             if k not in pixels:
-                jpegs = [sample[names[i]] for i in pick.positions]
+                jpegs = sample.frames(pick.positions)
                 problem = frames_problem(jpegs, cfg.max_frame_pixels)
                 if problem is None:
                     try:
@@ -207,24 +214,24 @@ def training_items(
                 if problem is not None:
                     pixels[k] = None  # its items stay counted (resume positions), none is yielded
                     counts.reasons["bad_frames"] += 1
-                    log.warning("skipping sample %s: %s", sample.get("__key__"), problem)
+                    log.warning("skipping sample %s: %s", sample.key, problem)
             if pixels[k] is None:
                 continue
             yield {  # its place in this stream (exact resume) is counts.items - 1, as `worker_items` reads it
-                "key": sample["__key__"],
-                "id": record.get("id") or f"{sample['__key__']}#{number}",
+                "key": sample.key,
+                "id": record.id or f"{sample.key}#{number}",
                 "frame_indices": pick.positions,
                 "frame_offset": pick.offset,
                 "pixel_values": pixels[k],
                 "input_ids": torch.tensor(enc.input_ids, dtype=torch.long),
                 "labels": torch.tensor(enc.labels, dtype=torch.long),
-                "meta": meta,
+                "meta": meta,  # the sample's metadata (`SampleMeta`)
             }
 
 
-def item_frames(cfg: DataConfig, record: dict[str, Any], meta: dict[str, Any], stored: int) -> int:
+def item_frames(cfg: DataConfig, record: Conversation, meta: SampleMeta, stored: int) -> int:
     """Frames an item gets: the record's own count, else the sample's (a manifest's per-video count), else the stage's."""
-    own = record.get("num_frames") or meta.get("num_frames")
+    own = record.num_frames or meta.num_frames
     if own:
         return int(own)
     return cfg.frames if cfg.frame_count == "fixed" else min(cfg.frames, stored)

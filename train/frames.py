@@ -13,10 +13,10 @@ does for short videos.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from pipeline.sample import SampleMeta
 from pipeline.sampling import uniform_indices
 
 
@@ -27,26 +27,19 @@ class FramePick:
     offset: int = 0  # largest |source frame taken - source frame the paper takes| (nearest picks)
 
 
-def stored_set(meta: dict[str, Any]) -> dict[str, Any]:
-    """The record of the stored frame set (indices, per-stage positions), or {} for shards without one."""
-    sets = (meta.get("decode") or {}).get("sets") or {}
-    name = meta.get("frame_set")
-    return sets.get(name) or {} if name else {}
-
-
 def frame_indices(stored: int, k: int) -> np.ndarray:
     """The frames a k-frame stage takes from a sample storing `stored` with no per-stage record (uniform)."""
     return uniform_indices(stored, k)
 
 
-def pick_frames(meta: dict[str, Any], stored: int, k: int) -> FramePick:
-    record = stored_set(meta)
-    stages = record.get("stages") or {}
-    if str(k) in stages:
-        return FramePick(list(stages[str(k)]), True)
-    source_n = (meta.get("decode") or {}).get("num_frames")
-    indices = record.get("indices") or []
-    if not stages or not source_n or len(indices) != stored:
+def pick_frames(meta: SampleMeta, stored: int, k: int) -> FramePick:
+    record = meta.stored_set()
+    stage = record.stage(k) if record is not None else None
+    if stage is not None:
+        return FramePick(list(stage.positions), True)
+    source_n = meta.decode.num_frames
+    indices = record.indices if record is not None else []
+    if record is None or not record.stages or not source_n or len(indices) != stored:
         return FramePick(frame_indices(stored, k).tolist(), True)
     have = np.asarray(indices, dtype=np.int64)
     want = uniform_indices(int(source_n), k)

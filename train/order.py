@@ -8,7 +8,8 @@ loader worker w every workers-th of those. Each worker's stream depends only on
 (seed, epoch, rank, worker), so the item numbering `batching.py` resumes by is
 the same after a restart. Samples are read from their tar by member offsets
 (one header scan per shard and worker), and a frame is read only when a
-stage takes it.
+stage takes it (a byte range of the sample's `frames.mjpeg`, by the offsets in
+its json; one member per frame in layout-1 shards).
 """
 
 from __future__ import annotations
@@ -95,6 +96,13 @@ class LazySample(Mapping):
 
     def __len__(self) -> int:
         return len(self._where) + 1
+
+    def read_range(self, name: str, start: int, size: int) -> bytes:
+        """`size` bytes of member `name` from `start`: one stored frame of a format-2 sample, nothing else read."""
+        offset, total = self._where[name]
+        if start < 0 or size < 0 or start + size > total:
+            raise ValueError(f"sample {self._key}: bytes {start}+{size} lie outside member {name} ({total} bytes)")
+        return self._tars.read(self._path, offset + start, size)
 
 
 def reader_info(cfg: Any) -> tuple[int, int, int, int]:

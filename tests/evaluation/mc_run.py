@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dense_caption.qa import LETTERS, conversation
 from shards.commit import begin_generation, commit_shard
-from shards.layout import RunDir, build_sample
+from shards.layout import RunDir, sample_from_sections
 from shards.ledger import write_tables
 from shards.split import EVAL, TRAIN, split_of
 
@@ -59,7 +59,7 @@ def write_mc_run(root: Path, videos: int = 20, frames: int = 4) -> dict[str, lis
                     "options": options,
                     "answer": LETTERS[n % len(LETTERS)]}  # fmt: skip
             meta = {"key": key, "video": {"duration_s": 6.0 + 100 * (v % 3)}}
-            writer.write(build_sample(key, [noise_jpeg(v * 100 + f) for f in range(frames)], meta,
+            writer.write(sample_from_sections(key, [noise_jpeg(v * 100 + f) for f in range(frames)], meta,
                                       [conversation(key, 0, pair)]))  # fmt: skip
             rows.append({"key": key, "shard": shard, "frames_stored": frames, "num_conversations": 1, "split": split})
         commit_shard(run, generation, writer.close(), rows, fsync=False)

@@ -6,7 +6,7 @@ import pytest
 
 from shards import ledger
 from shards.commit import StaleWriter, begin_generation, commit_shard, committed_in, key_marker
-from shards.layout import RunDir, build_sample
+from shards.layout import RunDir, sample_from_sections
 from shards.reader import iter_tar_samples
 from shards.tarwriter import ShardFile
 
@@ -14,7 +14,7 @@ from shards.tarwriter import ShardFile
 def _shard(run: RunDir, name: str, keys: list[str]):
     f = ShardFile(run.shards, name)
     for k in keys:
-        f.write(build_sample(k, [b"\xff\xd8" + k.encode() * 50 + b"\xff\xd9"], {"key": k}, []))
+        f.write(sample_from_sections(k, [b"\xff\xd8" + k.encode() * 50 + b"\xff\xd9"], {"key": k}, []))
     return f.close(), [{"key": k, "shard": name, "frames_stored": 1} for k in keys]
 
 

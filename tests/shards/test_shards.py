@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.run import run_pipeline
 from shards import ledger
-from shards.layout import RunDir, build_sample
+from shards.layout import RunDir, sample_from_sections
 from shards.reader import iter_tar_samples, open_run, read_index
 from shards.stats import compute_stats
 from shards.tarformat import member_header
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sample(key, n=3):
-    return build_sample(key, [b"\xff\xd8" + bytes([i]) * 100 + b"\xff\xd9" for i in range(n)], {"key": key}, [])
+    return sample_from_sections(key, [b"\xff\xd8" + bytes([i]) * 100 + b"\xff\xd9" for i in range(n)], {"key": key}, [])
 
 
 def test_a_shard_is_invisible_until_closed_and_its_hash_is_of_the_final_bytes(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 from shards import ledger
 from shards.commit import begin_generation, commit_shard
-from shards.layout import RunDir, build_sample
+from shards.layout import RunDir, sample_from_sections
 from shards.tarwriter import ShardFile
 from shards.verify import verify_run
 
@@ -19,7 +19,7 @@ from shards.verify import verify_run
 def _commit(run: RunDir, gen: int, name: str, keys: list[str], frames: int = 3) -> None:
     f = ShardFile(run.shards, name)
     for k in keys:
-        f.write(build_sample(k, [b"\xff\xd8" + bytes([i]) * 64 + b"\xff\xd9" for i in range(frames)], {"key": k}, []))
+        f.write(sample_from_sections(k, [b"\xff\xd8" + bytes([i]) * 64 + b"\xff\xd9" for i in range(frames)], {"key": k}, []))
     info = f.close()
     commit_shard(run, gen, info, [{"key": k, "shard": name, "frames_stored": frames} for k in keys])
 

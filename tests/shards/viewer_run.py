@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shards.layout import RunDir, build_sample
+from shards.layout import RunDir, sample_from_sections
 
 PLANTED = '<script>window.PWNED=1</script><img src=x onerror="window.PWNED=2">'
 
@@ -54,7 +54,7 @@ def make_run(root: Path, n: int = 6) -> RunDir:
         times = [round(duration * j / 8, 3) for j in range(8)]
         frames = [jpeg(20 * j) for j in range(8)]
         shard = f"w0-{i % 2:03d}.tar"
-        sample = build_sample(key, frames, sample_meta(key, duration, times, planted=i == 0), [])
+        sample = sample_from_sections(key, frames, sample_meta(key, duration, times, planted=i == 0), [])
         with tarfile.open(run.shards / shard, "a") as tar:
             for suffix, value in sample.items():
                 if suffix == "__key__":

@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 
 from shards.commit import begin_generation, commit_shard
-from shards.layout import RunDir, build_sample
+from shards.layout import RunDir, sample_from_sections
 from shards.ledger import write_tables
 from shards.tarwriter import ShardFile
 
@@ -41,7 +41,7 @@ def write_run(root: Path, samples: int, per_shard: int, frames: int = 6, convers
             key = f"video{s:03d}"
             convs = [conversation(f"s{s:03d}c{c}", s + c) for c in range(conversations)]
             meta = meta_of(s) if meta_of else {"key": key}
-            shard.write(build_sample(key, [jpeg((s * 31 + f * 5) % 256) for f in range(frames)], meta, convs))
+            shard.write(sample_from_sections(key, [jpeg((s * 31 + f * 5) % 256) for f in range(frames)], meta, convs))
             rows.append({"key": key, "shard": shard.final.name, "frames_stored": frames, "num_conversations": conversations})
         info = shard.close()
         commit_shard(run, generation, info, rows, fsync=False)
