@@ -1,8 +1,9 @@
 """Shard-writing benchmark: our writer (webdataset TarWriter, hashed on the fly, .partial + fsync + rename)
 against a raw sequential write of the same bytes, in the same run.
 
-Samples look like the pipeline's: 192 JPEG-sized payloads (random bytes between
-JPEG markers, so nothing compresses) plus metadata. Both writers split the
+Samples look like the pipeline's (format 2, `pipeline/sample.py`): 192 JPEG-sized
+frames (random bytes between JPEG markers, so nothing compresses) back to back in
+one `frames.mjpeg` member, plus the metadata model and conversations. Both writers split the
 stream into the same shards and fsync each one, so the ratio is the cost of the
 tar framing, hashing and atomic rename. webdataset's own ShardWriter (no hash,
 no temporary name) is shown for reference.
@@ -42,7 +43,7 @@ def make_samples(n: int, frame_kb: int, seed: int = 0) -> list[dict]:
     samples = []
     for i in range(n):
         frames = [b"\xff\xd8" + rng.bytes(frame_kb * 1024 + int(rng.integers(-2048, 2048))) + b"\xff\xd9" for _ in range(FRAMES)]
-        samples.append(sample_from_sections(f"video-{i:06d}", frames, {"key": f"video-{i:06d}", "duration_s": 180.0}, []))
+        samples.append(sample_from_sections(f"video-{i:06d}", frames, {"video": {"duration_s": 180.0}}, []))
     return samples
 
 

@@ -21,6 +21,7 @@ from dense_caption.qa import QAJob, conversation
 from dense_caption.templates import Prompts
 from pipeline.config_run import StageResources
 from pipeline.errors import Reason, VideoError
+from pipeline.meta import frame_times
 from pipeline.stage import Stage
 from pipeline.task import VideoTask
 
@@ -122,7 +123,7 @@ class CaptionStage(_LLMStage):
         c = self.cfg.captions
         duration = float((task.meta.get("video") or {}).get("duration_s") or 0)
         frames = task.frames.get(c.frame_set, [])
-        times = ((task.meta.get("decode") or {}).get("sets") or {}).get(c.frame_set, {}).get("timestamps_s") or []
+        times = frame_times(task.meta, c.frame_set)
         if duration <= 0 or not frames or len(times) != len(frames):
             raise VideoError(Reason.NO_FRAMES, f"no frames with times in set {c.frame_set!r} to caption")
         fps = len(frames) / duration

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from dense_caption.qa import LETTERS, conversation
 from pipeline.config_load import ConfigError
-from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER, RunDir
+from shards.layout import RunDir, Sample
 from shards.reader import iter_tar_samples, read_shard_list
 from shards.split import EVAL, of_split
 from train.frames import pick_frames
@@ -63,26 +63,25 @@ def run_questions(run_dir: str | Path, split: str = EVAL) -> list[Question]:
     questions: list[Question] = []
     for shard in chosen:
         for key, members in iter_tar_samples(run.shards / shard["name"]):
-            meta = json.loads(members.get(META_MEMBER) or b"{}")
-            duration = duration_class((meta.get("video") or {}).get("duration_s"))
-            for number, record in enumerate(json.loads(members.get(CONVERSATIONS_MEMBER) or b"[]")):
-                turns = record.get("conversations") or []
+            sample = Sample(members, key)
+            duration = duration_class(sample.meta.video.duration_s or None)  # 0: not known
+            for number, record in enumerate(sample.conversations):
+                turns = record.conversations
                 if len(turns) != 2:
                     continue
-                prompt, answer = str(turns[0].get("value", "")), str(turns[1].get("value", "")).strip()
+                prompt, answer = turns[0].value, turns[1].value.strip()
                 options = parse_options(prompt)
                 if answer not in LETTERS or len(options) != len(LETTERS):
                     continue  # a caption or an open-ended answer: not scored here
-                qa_type = str(record.get("qa_type") or "unknown")
-                questions.append(Question(record.get("id") or f"{key}#{number}", prompt, options, answer, duration,
-                                          qa_type, qa_type, _stored_frames(members, meta), key))  # fmt: skip
+                qa_type = record.qa_type or "unknown"
+                questions.append(Question(record.id or f"{key}#{number}", prompt, options, answer, duration,
+                                          qa_type, qa_type, _stored_frames(sample), key))  # fmt: skip
     return questions
 
 
-def _stored_frames(members: dict[str, bytes], meta: dict[str, Any]) -> Callable[[int, int], list[bytes]]:
+def _stored_frames(sample: Sample) -> Callable[[int, int], list[bytes]]:
     """The k frames a k-frame training stage takes from this stored sample (`train/frames.py`)."""
-    names = sorted(n for n in members if FRAME_MEMBER.match(n))
-    return lambda k, size: [members[names[i]] for i in pick_frames(meta, len(names), k).positions]
+    return lambda k, size: sample.frames(pick_frames(sample.meta, sample.num_frames, k).positions)
 
 
 def _field(record: dict[str, Any], n: int, *names: str) -> Any:

@@ -26,6 +26,7 @@ import numpy as np
 from pipeline.config_run import StageResources
 from filters.config import ClipFilterConfig
 from pipeline.errors import Reason, VideoError
+from pipeline.meta import frame_times
 from pipeline.stage import Stage, apply_verdict
 from pipeline.task import VideoTask
 
@@ -151,7 +152,7 @@ class _ClipStage(Stage):
         jpegs = task.frames.get(self.frame_set, [])
         if not jpegs:
             raise VideoError(Reason.NO_FRAMES, f"frame set {self.frame_set!r} is empty")
-        times = task.meta.get("decode", {}).get("sets", {}).get(self.frame_set, {}).get("timestamps_s") or []
+        times = frame_times(task.meta, self.frame_set)
         pick = np.linspace(0, len(jpegs) - 1, min(len(jpegs), self.cfg.max_frames), dtype=int)
         return self._model.encode_images([jpegs[i] for i in pick]), [times[i] for i in pick] if times else []
 

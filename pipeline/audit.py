@@ -12,7 +12,6 @@ catches a wrong frame where the picture changes, which is where it matters.
 
 from __future__ import annotations
 
-import json
 import random
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +29,8 @@ from pipeline.imageops import decode_jpeg
 from pipeline.opened import Identity, OpenedSource, SourceRules, open_source
 from pipeline.paths import PROTOCOL_WHITELIST
 from pipeline.probe import ffmpeg_binary, ffprobe_binary, run_ffprobe
-from shards.layout import FRAME_MEMBER, META_MEMBER
+from pipeline.sample import FileIdentity, FrameSetRecord, VideoRecord
+from shards.layout import Sample
 from shards.reader import iter_tar_samples, open_run, read_index, read_run_json
 
 
@@ -105,55 +105,64 @@ def reference_frame(source: OpenedSource, at_s: float, size: tuple[int, int], re
     return swscale_rgb(frame, size[0], size[1], resample)
 
 
-def audit_sample(key: str, members: dict[str, bytes], frame_set: str, resample: str, max_frames: int,
-                 timeout_s: float, rules: SourceRules | None = None) -> SampleAudit:
+def _probed_identity(recorded: FileIdentity) -> Identity | None:
+    """The identity the probe recorded; None for a sample that recorded none (all zeros: hand-made or older)."""
+    if recorded == FileIdentity():
+        return None
+    return Identity(recorded.device, recorded.inode, recorded.size, recorded.mtime_ns)
+
+
+def audit_sample(key: str, sample: Sample, resample: str, max_frames: int, timeout_s: float,
+                 rules: SourceRules | None = None) -> SampleAudit:
     """Re-decode one sample's stored frames from its source, opened as the run opened it: confined by `rules`
     and the very file the run's probe read (else the sample is not audited: its frames came from another file)."""
-    meta = json.loads(members[META_MEMBER])
-    source = meta.get("source", "")
+    meta = sample.meta
+    source = meta.source
     out = SampleAudit(key, source)
-    fs = ((meta.get("decode") or {}).get("sets") or {}).get(frame_set)
-    if not fs:
-        out.error = f"no record of frame set {frame_set!r} in the sample's metadata"
+    fs = meta.stored_set()
+    if fs is None or not fs.timestamps_s:
+        out.error = f"no record of frame set {meta.frame_set!r} in the sample's metadata"
         return out
-    video = meta.get("video") or {}
     with ExitStack() as stack:
         try:
             opened = stack.enter_context(open_source(source, rules))
         except VideoError as e:
             out.error = f"source {source} is not there any more" if e.reason is Reason.MISSING else str(e)
             return out
-        probed = Identity.from_list(video.get("file_identity"))
+        probed = _probed_identity(meta.video.file_identity)
         # Size and mtime only: the same file seen from another NFS client, or moved to another disk, has another
         # device and inode number; its frames are then compared as usual.
         if probed is not None and (probed.size, probed.mtime_ns) != (opened.identity.size, opened.identity.mtime_ns):
             changes = [d for d in probed.differences(opened.identity) if d.startswith(("size", "mtime_ns"))]
             out.error = f"{Reason.SOURCE_CHANGED.value}: {source} is not the file the probe read ({', '.join(changes)})"
             return out
-        _compare(out, opened, members, fs, video, resample, max_frames, timeout_s)
+        _compare(out, opened, sample, fs, meta.video, resample, max_frames, timeout_s)
     return out
 
 
-def _compare(out: SampleAudit, source: OpenedSource, members: dict[str, bytes], fs: dict[str, Any],
-             video: dict[str, Any], resample: str, max_frames: int, timeout_s: float) -> None:
-    names = sorted((m for m in members if FRAME_MEMBER.match(m)), key=lambda m: int(m.split(".")[0]))
-    positions = list(range(len(names)))
+def _compare(out: SampleAudit, source: OpenedSource, sample: Sample, fs: FrameSetRecord, video: VideoRecord,
+             resample: str, max_frames: int, timeout_s: float) -> None:
+    count = sample.num_frames
+    positions = list(range(count))
     if max_frames and len(positions) > max_frames:
-        positions = sorted(set(np.linspace(0, len(names) - 1, max_frames).round().astype(int).tolist()))
+        positions = sorted(set(np.linspace(0, count - 1, max_frames).round().astype(int).tolist()))
+    if len(fs.timestamps_s) < count or len(fs.indices) < count:
+        out.error = f"the record of frame set {fs.name!r} lists {len(fs.timestamps_s)} times for {count} stored frames"
+        return
     try:
         start, first = _first_frame_offset(source, timeout_s)
     except Exception as e:  # ffprobe failures are VideoError; anything else is as fatal for this sample
         out.error = f"ffprobe cannot read the source: {e}"
         return
-    fps = float(video.get("avg_fps") or 30.0)
-    display = (int(video.get("width") or 0), int(video.get("height") or 0))  # upright size, as ffmpeg outputs it
+    fps = video.avg_fps or 30.0
+    display = (video.width, video.height)  # upright size, as ffmpeg outputs it
     early = 0.25 / max(fps, 1.0)  # aim a quarter frame before: a rounded time never lands on the next frame
-    for pos in positions:
-        stored = decode_jpeg(members[names[pos]])
+    for pos, jpeg in zip(positions, sample.frames(positions)):
+        stored = decode_jpeg(jpeg)
         size = (stored.shape[1], stored.shape[0])
-        at = first - start + float(fs["timestamps_s"][pos]) - early
+        at = first - start + fs.timestamps_s[pos] - early
         ref = reference_frame(source, at, size, resample, timeout_s, display)
-        out.frames.append(FrameCheck(pos, int(fs["indices"][pos]), float(fs["timestamps_s"][pos]),
+        out.frames.append(FrameCheck(pos, fs.indices[pos], fs.timestamps_s[pos],
                                      None if ref is None else round(psnr(stored, ref), 2)))
 
 
@@ -173,17 +182,25 @@ def run_audit(run_dir: str | Path, samples: int = 4, seed: int = 0, max_frames: 
     else:
         chosen = random.Random(seed).sample(rows, min(samples, len(rows)))
     wanted = {r["key"]: r["shard"] for r in chosen}
-    found: dict[str, dict[str, bytes]] = {}
+    found: dict[str, Sample | SampleAudit] = {}
     for shard in sorted(set(wanted.values())):
         for key, members in iter_tar_samples(run.shards / shard):
             if key in wanted:
-                found[key] = members
+                found[key] = _read_sample(key, members)
     with ThreadPoolExecutor(max(1, available_cpus())) as pool:
-        futures = {key: pool.submit(audit_sample, key, found[key], frame_set, resample, max_frames, timeout_s, rules)
-                   for key in wanted if key in found}
-        results = [futures[k].result() for k in wanted if k in futures]
+        futures = {key: pool.submit(audit_sample, key, s, resample, max_frames, timeout_s, rules)
+                   for key, s in found.items() if isinstance(s, Sample)}  # fmt: skip
+        results = [futures[k].result() if k in futures else found[k] for k in wanted if k in found]
     results += [SampleAudit(k, "", error="listed in the index but not in its shard") for k in wanted if k not in found]
     return results
+
+
+def _read_sample(key: str, members: dict[str, bytes]) -> Sample | SampleAudit:
+    """The sample through the model, or an unaudited result saying why its metadata does not read."""
+    try:
+        return Sample(members, key)
+    except (KeyError, ValueError) as e:  # no json member, not the model, or a newer major format (NewerFormat)
+        return SampleAudit(key, "", error=f"its metadata does not read: {e}")
 
 
 def audit_report(results: list[SampleAudit], min_psnr: float) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pipeline.probe import ToolMissing
 from dense_caption.http_backend import ServerUnavailable
 from pipeline.run import RunLocked
 from pipeline.run_summary import print_run_summary
+from pipeline.sample import NewerFormat
 from shards.reader import NotARunDir
 from shards.viewer import cmd_view
 from train.cli import cmd_train
@@ -197,10 +198,22 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 
 def cmd_export_llava(args: argparse.Namespace) -> int:
-    from shards.llava import export_llava
+    from pipeline.sample import NewerFormat
+    from shards.llava import export_llava, summary_path
 
-    n = export_llava(args.run_dir, args.out_json, frames_dir=args.frames_dir)
-    print(f"{n} LLaVA records -> {args.out_json}")
+    try:
+        summary = export_llava(args.run_dir, args.out_json, frames_dir=args.frames_dir, split=args.split,
+                               absolute=args.absolute, check_decord=not args.no_decord_check)  # fmt: skip
+    except NewerFormat as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise  # main's disk-full message
+        print(f"error: cannot write the export: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(summary.lines()))
+    print(f"summary -> {summary_path(args.out_json)}")
     return 0
 
 
@@ -280,10 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)  # train/cli.py
     add_eval_command(sub)  # evaluation/cli.py
 
-    p = sub.add_parser("export-llava", help="write LLaVA-format records from a run's shards")
-    p.add_argument("run_dir")
-    p.add_argument("out_json")
-    p.add_argument("--frames-dir", help="also extract each sample's frames to DIR/<key>/ and point `video` there")
+    p = sub.add_parser("export-llava", help="write LLaVA records of a run for the paper's trainer (LLaVA-NeXT), "
+                       "and OUT.summary.json: the video root to give it as --video_folder, sources it cannot read")
+    p.add_argument("run_dir", help="a run's output directory (holds shards/ and index.parquet)")
+    p.add_argument("out_json", help="the annotations file to write (the summary goes beside it)")
+    p.add_argument("--frames-dir", metavar="DIR", help="write each sample's stored frames (a union sample's largest "
+                   "stage) to DIR/shareVideoGPTV/<key>/ and point `video` there: the trainer reads a path holding "
+                   "'shareVideoGPTV' as a folder of frames (at an assumed 2 fps), with no video decoder")
+    p.add_argument("--split", choices=["train", "eval", "all"], default="train",
+                   help="which samples (default train: the held-out eval videos stay out of training data)")
+    p.add_argument("--absolute", action="store_true", help="write absolute `video` paths instead of paths relative "
+                   "to the video root (the trainer's --video_folder must still be set, to any folder)")
+    p.add_argument("--no-decord-check", action="store_true", help="do not open every source with decord (the "
+                   "trainer's reader) to list those it cannot read; missing files are still listed")
     p.set_defaults(func=cmd_export_llava)
 
     p = sub.add_parser("ray-stop", help="stop the Ray processes started with one --temp-dir (not every Ray, as `ray stop` does)")
@@ -339,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     except ToolMissing as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except NotARunDir as e:
+    except (NotARunDir, NewerFormat) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RunLocked as e:

@@ -162,6 +162,12 @@ def check_data_flow(stages: Iterable[Any], provided: Iterable[str]) -> list[str]
     return problems
 
 
+def frame_times(meta: dict[str, Any], set_name: str) -> list[float]:
+    """The presentation times of a frame set the decode made (`meta.decode.sets[name].timestamps_s`), [] if none."""
+    sets = (meta.get("decode") or {}).get("sets") or {}
+    return list((sets.get(set_name) or {}).get("timestamps_s") or [])
+
+
 PRODUCT_PACKAGES = ("pipeline", "filters", "dense_caption", "shards", "train")
 
 

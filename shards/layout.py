@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.sample import (CONVERSATIONS_MEMBER, FRAMES_MEMBER, META_MEMBER, Conversation, SampleMeta, dump,
-                             conversation_from_record, dump_conversations, meta_from_sections, parse_conversations,
-                             parse_meta)  # fmt: skip
+from pipeline.sample import CONVERSATIONS_MEMBER, FRAMES_MEMBER, META_MEMBER, Conversation, SampleMeta
+from pipeline.sample_io import (conversation_from_record, dump, dump_conversations, meta_from_sections,
+                                parse_conversations, parse_meta)  # fmt: skip
 
 SHARDS_DIR = "shards"
 LEDGER_DIR = ".ledger"  # per-shard and per-writer records; the tables are rebuilt from them

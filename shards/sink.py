@@ -19,7 +19,8 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from pipeline.records import Rejection, WriteTotals
-from pipeline.sample import Conversation, SampleMeta, conversation_from_record, meta_from_sections
+from pipeline.sample import Conversation, SampleMeta
+from pipeline.sample_io import conversation_from_record, meta_from_sections
 from pipeline.task import VideoTask
 from shards.config import ShardsConfig
 from shards.layout import RunDir, build_sample
@@ -39,35 +40,36 @@ def sample_conversations(task: VideoTask) -> list[Conversation]:
     return [conversation_from_record(r, f"{task.key}-{n}") for n, r in enumerate(task.meta.get("conversations") or [])]
 
 
-def index_row(task: VideoTask, shard: str, frame_set: str, nbytes: int) -> dict[str, Any]:
-    video, decode, meta = task.meta.get("video", {}), task.meta.get("decode", {}), task.meta
-    stages = ((decode.get("sets") or {}).get(frame_set) or {}).get("stages") or {}
+def index_row(task: VideoTask, meta: SampleMeta, shard: str, nbytes: int) -> dict[str, Any]:
+    """The sample's index.parquet row, from the model the sample was written from."""
+    stored = meta.stored_set()
+    needed = max((s.frames for s in stored.stages), default=0) if stored is not None else 0
     row: dict[str, Any] = {
         "key": task.key,
         "shard": shard,
         "source": task.source,
-        "duration_s": video.get("duration_s"),
-        "fps": video.get("avg_fps"),
-        "width": video.get("width"),
-        "height": video.get("height"),
-        "codec": video.get("codec"),
-        "frames_stored": len(task.frames.get(frame_set, [])),
+        "duration_s": meta.video.duration_s,
+        "fps": meta.video.avg_fps,
+        "width": meta.video.width,
+        "height": meta.video.height,
+        "codec": meta.video.codec,
+        "frames_stored": meta.frames.count,
         # what the largest stage takes: frames_stored / frames_needed is what storing every stage's exact frames costs
-        "frames_needed": max(map(int, stages), default=0) or len(task.frames.get(frame_set, [])),
-        "decoder": decode.get("decoder"),
+        "frames_needed": needed or meta.frames.count,
+        "decoder": meta.decode.decoder,
         "sample_bytes": nbytes,
-        "num_conversations": len(meta.get("conversations") or []),
+        "num_conversations": len(task.meta.get("conversations") or []),
         "source_row": task.source_row,  # the input row it came from, and how many it stands for (LLaVA: records)
         "source_rows": task.source_rows,
     }
-    for name, count in (meta.get("tokens") or {}).items():
-        row[f"tokens_{name}"] = count
-    for name, count in (meta.get("counts") or {}).items():  # caption / QA counts from the LLM stages
-        row[name] = count
-    for name, score in (meta.get("scores") or {}).items():
-        row[f"score_{name}"] = score
-    if meta.get("embedding"):
-        row["embedding"] = meta["embedding"]  # split into embeddings.parquet by the ledger
+    for t in meta.tokens:
+        row[f"tokens_{t.name}"] = t.count
+    for c in meta.counts:  # caption / QA counts from the LLM stages
+        row[c.name] = c.count
+    for s in meta.scores:
+        row[f"score_{s.name}"] = s.value
+    if task.meta.get("embedding"):
+        row["embedding"] = task.meta["embedding"]  # split into embeddings.parquet by the ledger
     return row
 
 
@@ -153,8 +155,8 @@ class ShardSink(Datasink):
                         continue
                     split = split_of(task.key, self.cfg.eval_fraction)
                     frames = task.frames.get(self.cfg.frame_set, [])
-                    sample = build_sample(task.key, frames, sample_meta(task, self.cfg.frame_set, split, frames),
-                                          sample_conversations(task))
+                    meta = sample_meta(task, self.cfg.frame_set, split, frames)
+                    sample = build_sample(task.key, frames, meta, sample_conversations(task))
                     current = open_shards.get(split)
                     if current is not None and (
                         current.samples >= self.cfg.max_samples or current.payload >= self.cfg.max_bytes
@@ -167,7 +169,7 @@ class ShardSink(Datasink):
                     current = open_shards[split]
                     current.write(sample)
                     nbytes = sum(len(f) for f in frames)
-                    row = index_row(task, current.final.name, self.cfg.frame_set, nbytes)
+                    row = index_row(task, meta, current.final.name, nbytes)
                     rows.setdefault(split, []).append({**row, "split": split} if held_out else row)
             for split in sorted(open_shards):
                 finish(split)

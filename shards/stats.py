@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.sample import LAYOUT1_VERSION
 from shards.layout import RunDir
 from shards.reader import read_rejects, read_run_json, read_shard_list
 
@@ -99,7 +100,9 @@ def compute_stats(run: RunDir) -> dict[str, Any]:
         "rejects_by_reason": dict(Counter(r["reason"] for r in rejects).most_common()),
         "rejects_by_stage": dict(Counter(r["stage"] for r in rejects).most_common()),
         "shards": {"count": len(shards), "bytes": _summary([s["bytes"] for s in shards]),
-                   "samples": _summary([s["samples"] for s in shards])},
+                   "samples": _summary([s["samples"] for s in shards]),
+                   # sample format version -> shards written in it (a resumed older run holds two)
+                   "formats": dict(sorted(Counter(s.get("format_version", LAYOUT1_VERSION) for s in shards).items()))},
     }
     if "split" in cols.names:  # a run with held-out videos: both splits, samples and conversations
         splits = [s or "train" for s in cols.table.column("split").to_pylist()]
@@ -154,6 +157,7 @@ def stats_table(stats: dict[str, Any]) -> str:
     sh = stats["shards"]
     rows += [["shards", f"{sh['count']} ({sh['bytes'].get('sum', 0) / 2**20:.1f} MiB)"]]
     rows += [["shard size", _fmt(sh["bytes"], " MiB", 2**20)], ["samples per shard", _fmt(sh["samples"])]]
+    rows += [["sample format", ", ".join(f"{v} ({n} shards)" for v, n in sh.get("formats", {}).items())]]
     if "last_run" in stats:
         lr = stats["last_run"]
         rows += [["last run", f"{lr['started']}  {lr['wall_s']}s  {lr['videos_per_hour']} videos/hour"]]

@@ -1,52 +1,128 @@
 """`prolongvid stats --verify`: re-read every shard and check it against what the run recorded.
 
 Checks: each listed shard exists with the recorded size and sha256; each tar
-parses; every sample has its metadata, conversations and a contiguous run of
-JPEG frames (SOI/EOI markers present); the index and the shards hold the same
-keys in the same shards, with the same frame counts; no key appears twice and
-no unlisted tar sits in shards/. Returns human-readable problems (empty: OK).
+parses; every sample holds exactly format 2's members (`frames.mjpeg`, `json`,
+`conversations.json`) or layout 1's (a run of `NNNN.jpg` frames, `json`,
+`conversations.json`); its json and conversations parse through the sample model
+(`pipeline/sample.py`; a newer major format is named, not read); a format-2 sample's
+frame offsets tile its `frames.mjpeg` exactly and every frame is a whole JPEG
+(SOI/EOI markers); the index and the shards hold the same keys in the same shards,
+with the same frame counts; no key appears twice and no unlisted tar sits in
+shards/. Returns human-readable problems (empty: OK).
 """
 
 from __future__ import annotations
 
-import json
 import tarfile
 from collections import Counter
 from typing import Any
 
-from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER, RunDir
+from pipeline.sample import FramesLayout, NewerFormat, SampleMeta
+from pipeline.sample_io import parse_conversations, parse_meta
+from shards.layout import (CONVERSATIONS_MEMBER, FRAME_MEMBER, FRAMES_MEMBER, MEMBERS, META_MEMBER, RunDir,
+                           layout1_frame_names)  # fmt: skip
 from shards.rows import row_totals
 from shards.reader import HashingReader, iter_tar_samples, read_index, read_run_json, read_shard_list
 
+# What a damaged json member raises in the model's readers: not JSON, not the model (pydantic's ValidationError is
+# a ValueError), or a layout-1 section of the wrong JSON type.
+DAMAGED = (ValueError, TypeError, AttributeError, KeyError)
 
-def _check_sample(shard: str, key: str, members: dict[str, bytes]) -> tuple[list[str], int]:
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def _whole_jpeg(data: bytes) -> bool:
+    return data[:2] == b"\xff\xd8" and data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+
+
+def _member_set(where: str, members: dict[str, bytes]) -> list[str]:
+    """Format 2's three members, or layout 1's frames beside json and conversations.json: nothing else."""
+    jpegs = layout1_frame_names(members)
     problems = []
-    where = f"{shard}: sample {key}"
-    for needed in (META_MEMBER, CONVERSATIONS_MEMBER):
-        if needed not in members:
-            problems.append(f"{where}: missing {needed}")
-        else:
-            try:
-                json.loads(members[needed])
-            except ValueError:
-                problems.append(f"{where}: {needed} is not valid JSON")
-    frames = sorted(int(m.group(1)) for m in (FRAME_MEMBER.match(k) for k in members) if m)
-    if frames != list(range(len(frames))):
-        problems.append(f"{where}: frames are not numbered 0..{len(frames) - 1} without gaps")
-    for i in frames:
-        data = members[f"{i:04d}.jpg"]
-        if not (data[:2] == b"\xff\xd8" and data.rstrip(b"\x00")[-2:] == b"\xff\xd9"):
-            problems.append(f"{where}: frame {i:04d}.jpg is not a complete JPEG")
-            break
-    unknown = [k for k in members if not FRAME_MEMBER.match(k) and k not in (META_MEMBER, CONVERSATIONS_MEMBER)]
+    if jpegs and FRAMES_MEMBER in members:
+        problems.append(f"{where}: holds both {FRAMES_MEMBER} (format 2) and {len(jpegs)} NNNN.jpg frames (layout 1)")
+    needed = (META_MEMBER, CONVERSATIONS_MEMBER) + (() if jpegs else (FRAMES_MEMBER,))
+    problems += [f"{where}: missing {name}" for name in needed if name not in members]
+    unknown = sorted(k for k in members if not FRAME_MEMBER.match(k) and k not in MEMBERS)
     if unknown:
         problems.append(f"{where}: unexpected members {unknown}")
-    return problems, len(frames)
+    return problems
+
+
+def _parsed_meta(shard: str, key: str, members: dict[str, bytes], problems: list[str]) -> SampleMeta | None:
+    where = f"{shard}: sample {key}"
+    if META_MEMBER not in members:
+        return None
+    try:
+        return parse_meta(members[META_MEMBER])
+    except NewerFormat as e:  # its message names the sample: "sample K has format_version 3.0; ..."
+        problems.append(f"{shard}: {e}")
+    except DAMAGED as e:
+        problems.append(f"{where}: {META_MEMBER} is not a sample's metadata ({_first_line(e)})")
+    return None
+
+
+def _check_tiling(where: str, data: bytes, layout: FramesLayout) -> list[str]:
+    """Frame i is bytes [offsets[i], offsets[i] + sizes[i]) of frames.mjpeg: back to back from 0 to its end."""
+    offsets, sizes = layout.offsets, layout.sizes
+    if not len(offsets) == len(sizes) == layout.count:
+        return [f"{where}: json says {layout.count} frames but lists {len(offsets)} offsets and {len(sizes)} sizes"]
+    at = 0
+    for i, (offset, size) in enumerate(zip(offsets, sizes)):
+        if offset != at or size <= 0:
+            return [f"{where}: frame offsets do not tile {FRAMES_MEMBER} (frame {i} at {offset}+{size}, expected at {at})"]
+        at += size
+    if at != len(data):
+        return [f"{where}: {FRAMES_MEMBER} holds {len(data)} bytes but its frames cover {at} (truncated or padded)"]
+    for i, (offset, size) in enumerate(zip(offsets, sizes)):
+        if not _whole_jpeg(data[offset : offset + size]):
+            return [f"{where}: frame {i} of {FRAMES_MEMBER} is not a complete JPEG"]
+    return []
+
+
+def _check_layout1(where: str, members: dict[str, bytes]) -> list[str]:
+    names = layout1_frame_names(members)
+    if [int(n.split(".")[0]) for n in names] != list(range(len(names))):
+        return [f"{where}: frames are not numbered 0..{len(names) - 1} without gaps"]
+    bad = next((n for n in names if not _whole_jpeg(members[n])), None)
+    return [f"{where}: frame {bad} is not a complete JPEG"] if bad else []
+
+
+def _check_sample(shard: str, key: str, members: dict[str, bytes]) -> tuple[list[str], int | None]:
+    """The sample's problems and its stored frame count (as its metadata records it, or its layout-1 members;
+    None when its metadata does not read and it has no frame members to count)."""
+    where = f"{shard}: sample {key}"
+    problems = _member_set(where, members)
+    if CONVERSATIONS_MEMBER in members:
+        try:
+            parse_conversations(members[CONVERSATIONS_MEMBER], key)
+        except DAMAGED as e:
+            problems.append(f"{where}: {CONVERSATIONS_MEMBER} is not a list of conversations ({_first_line(e)})")
+    meta = _parsed_meta(shard, key, members, problems)
+    layout1 = layout1_frame_names(members)
+    if meta is None:
+        return problems, len(layout1) or None
+    if not meta.frames.member:  # layout-1 metadata: the frames are members of their own
+        if FRAMES_MEMBER in members:
+            problems.append(f"{where}: layout-1 {META_MEMBER} (no format_version) beside a {FRAMES_MEMBER}")
+        return problems + _check_layout1(where, members), len(layout1)
+    if meta.frames.member != FRAMES_MEMBER:
+        problems.append(f"{where}: {META_MEMBER} puts the frames in {meta.frames.member!r}, not {FRAMES_MEMBER}")
+    elif FRAMES_MEMBER in members:
+        problems += _check_tiling(where, members[FRAMES_MEMBER], meta.frames)
+    elif layout1:  # without frame members a missing frames.mjpeg is named by the member-set check
+        problems.append(f"{where}: format {meta.format_version} {META_MEMBER} beside layout-1 frames, no {FRAMES_MEMBER}")
+    return problems, meta.frames.count
 
 
 def verify_run(run: RunDir) -> list[str]:
     problems: list[str] = []
-    listed = read_shard_list(run)
+    try:
+        listed = read_shard_list(run)
+    except NewerFormat as e:
+        return [f"shards.json: {e}"]
     index = read_index(run)
     by_shard: dict[str, dict[str, Any]] = {}
     for row in index:
@@ -83,7 +159,7 @@ def verify_run(run: RunDir) -> list[str]:
                     row = expected.get(key)
                     if row is None:
                         problems.append(f"shards/{name}: sample {key} is not in index.parquet")
-                    elif row.get("frames_stored") is not None and row["frames_stored"] != nframes:
+                    elif nframes is not None and row.get("frames_stored") is not None and row["frames_stored"] != nframes:
                         problems.append(f"shards/{name}: sample {key} has {nframes} frames, index says {row['frames_stored']}")
             except (tarfile.TarError, OSError, EOFError) as e:
                 problems.append(f"shards/{name}: unreadable tar after {len(found)} samples ({e})")

@@ -2,26 +2,28 @@
 
 The index lists every index and reject row from the two parquet tables (a compact `data.js` beside
 `index.html`); pages, frames and thumbnails are made for a stratified sample only, so a large run builds
-in seconds: only the sampled samples' tar members are read (tar headers of the others are skipped over).
+in seconds: of a sampled sample only its json, conversations and the strip's frames are read (a byte range
+of a format-2 `frames.mjpeg` each, or a layout-1 frame member), and tar headers of the others are skipped over.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import operator
 import re
 import tarfile
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
-from shards.layout import CONVERSATIONS_MEMBER, FRAME_MEMBER, META_MEMBER, RunDir, check_key, frame_member
+from shards.layout import RunDir, Sample, check_key
 from shards.reader import read_index, read_rejects
 from shards.stats import DURATION_BINS_S, DURATION_LABELS
 from shards.tarformat import BLOCK
 from shards.viewer_dir import TOP_FILES, SiteDir, ViewError
+from shards.viewer_html import ShownFrame, ShownSample
 
 FRAME_WIDTH = 192  # strip frames (and thumbnails): stored JPEGs wider are downscaled once, smaller ones copied
 STRIP_MAX = 32  # frames on a page
@@ -127,53 +129,83 @@ def stratified_sample(entries: list[dict[str, Any]], n: int, seed: int = 0) -> l
     return picked
 
 
-def strip_members(frames_stored: int | None, limit: int) -> set[str]:
-    """The frame members a page shows: all, or `limit` spread evenly over the video (a long strip says no more)."""
-    n = int(frames_stored or 0)
-    picks = range(n) if n <= limit else {round(i * (n - 1) / (limit - 1)) for i in range(limit)}
-    return {frame_member(i) for i in picks} | {META_MEMBER, CONVERSATIONS_MEMBER}
+def strip_positions(stored: int, limit: int) -> list[int]:
+    """The stored frames a page shows: all, or `limit` spread evenly over the video (a long strip says no more)."""
+    if stored <= limit:
+        return list(range(stored))
+    return sorted({round(i * (stored - 1) / (limit - 1)) for i in range(limit)})
 
 
-def read_members(shard: Path, wanted: dict[str, set[str] | None]) -> dict[str, dict[str, bytes]]:
-    """The wanted members (None: all) of the wanted keys in one shard; every other member's data is seeked over.
+Where = dict[str, tuple[int, int]]  # a sample's members: suffix -> (offset of its data in the tar, size)
+
+
+def locate_members(shard: BinaryIO, keys: set[str]) -> dict[str, Where]:
+    """Where each member of the wanted keys lies in one open shard; only tar headers are read, data is seeked over.
 
     Shards are plain USTAR (shards/tarformat.py) with each sample's members together, so headers are parsed
     here (tarfile spends ~50 us on each) and the scan stops once the last wanted sample is behind it; any other
     header kind (pax, GNU long names) leaves the shard to tarfile.
     """
-    found: dict[str, dict[str, bytes]] = defaultdict(dict)
-    left, current = set(wanted), None
-    with open(shard, "rb") as f:
-        while left:
-            header = f.read(BLOCK)
-            if len(header) < BLOCK or not header.strip(b"\0"):
-                break
-            if header[156:157] not in (b"0", b"\0") or header[345:500].strip(b"\0") or header[124] & 0x80:
-                return _read_members_tarfile(shard, wanted)
-            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-            size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-            key, dot, suffix = name.partition(".")
-            if key != current:
-                left.discard(current)  # type: ignore[arg-type]
-                current = key
-            want = wanted.get(key, set()) if dot else set()
-            if want is None or suffix in want:
-                found[key][suffix] = f.read(size)
-                f.seek(-size % BLOCK, 1)
-            else:
-                f.seek(size + (-size % BLOCK), 1)
+    found: dict[str, Where] = defaultdict(dict)
+    left, current = set(keys), None
+    shard.seek(0)
+    while left:
+        header = shard.read(BLOCK)
+        if len(header) < BLOCK or not header.strip(b"\0"):
+            break
+        if header[156:157] not in (b"0", b"\0") or header[345:500].strip(b"\0") or header[124] & 0x80:
+            return _locate_members_tarfile(shard, keys)
+        name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        key, dot, suffix = name.partition(".")
+        if key != current:
+            left.discard(current)  # type: ignore[arg-type]
+            current = key
+        if dot and key in keys:
+            found[key][suffix] = (shard.tell(), size)
+        shard.seek(size + (-size % BLOCK), 1)
     return dict(found)
 
 
-def _read_members_tarfile(shard: Path, wanted: dict[str, set[str] | None]) -> dict[str, dict[str, bytes]]:
-    found: dict[str, dict[str, bytes]] = defaultdict(dict)
-    with tarfile.open(shard, "r:") as tar:
+def _locate_members_tarfile(shard: BinaryIO, keys: set[str]) -> dict[str, Where]:
+    found: dict[str, Where] = defaultdict(dict)
+    shard.seek(0)
+    with tarfile.open(fileobj=shard, mode="r:") as tar:  # type: ignore[call-overload]
         for info in tar:
             key, dot, suffix = info.name.partition(".")
-            if key in wanted and dot and info.isfile() and (wanted[key] is None or suffix in wanted[key]):  # type: ignore[operator]
-                f = tar.extractfile(info)
-                found[key][suffix] = f.read() if f else b""
+            if key in keys and dot and info.isfile():
+                found[key][suffix] = (info.offset_data, info.size)
     return dict(found)
+
+
+class ShardSample(Mapping[str, bytes]):
+    """One sample's members in an open shard, read when looked up: `Sample` reads a format-2 sample's frames as
+    byte ranges of its `frames.mjpeg` (`read_range`), so a strip of a long video reads only the frames it shows."""
+
+    def __init__(self, shard: BinaryIO, where: Where):
+        self._shard, self._where = shard, where
+
+    def _read(self, offset: int, size: int) -> bytes:
+        self._shard.seek(offset)
+        data = self._shard.read(size)
+        if len(data) != size:
+            raise ValueError(f"the shard ends inside a member ({len(data)} of {size} bytes)")
+        return data
+
+    def __getitem__(self, name: str) -> bytes:
+        return self._read(*self._where[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def read_range(self, name: str, start: int, size: int) -> bytes:
+        offset, total = self._where[name]
+        if start < 0 or size < 0 or start + size > total:
+            raise ValueError(f"bytes {start}+{size} lie outside member {name} ({total} bytes)")
+        return self._read(offset + start, size)
 
 
 def _scaled_jpeg(data: bytes, width: int) -> bytes:
@@ -189,18 +221,28 @@ def _scaled_jpeg(data: bytes, width: int) -> bytes:
         return buf.getvalue()
 
 
-def load_sample(members: dict[str, bytes]) -> dict[str, Any]:
-    """Meta, conversations and frames (in time order, with the frame set's timestamps) of one sample."""
-    meta = json.loads(members.get(META_MEMBER) or b"{}")
-    conversations = json.loads(members.get(CONVERSATIONS_MEMBER) or b"[]")
-    names = sorted((s for s in members if FRAME_MEMBER.match(s)), key=lambda s: int(s.split(".")[0]))
-    fs = ((meta.get("decode") or {}).get("sets") or {}).get(meta.get("frame_set") or "") or {}
-    times = list(fs.get("timestamps_s") or [])
-    frames = []
-    for name in names:
-        pos = int(name.split(".")[0])  # the frame's place in the stored set, whose timestamps the meta lists
-        frames.append({"name": name, "pos": pos, "jpeg": members[name], "t": float(times[pos]) if pos < len(times) else None})
-    return {"meta": meta, "conversations": conversations, "frames": frames}
+def load_sample(sample: Sample, limit: int) -> ShownSample:
+    """What a page shows of a sample: its metadata, conversations and the strip's frames (in time order, each
+    with its time from the stored frame set's record, scaled to the strip's width)."""
+    positions = strip_positions(sample.num_frames, limit)
+    record = sample.meta.stored_set()
+    times = record.timestamps_s if record is not None else []
+    frames = [ShownFrame(f"{pos:04d}.jpg", pos, _scaled_jpeg(jpeg, FRAME_WIDTH), times[pos] if pos < len(times) else None)
+              for pos, jpeg in zip(positions, sample.frames(positions))]  # fmt: skip
+    return ShownSample(sample.meta, sample.conversations, frames)
+
+
+def load_shard(path: Path, keys: set[str], limit: int) -> tuple[dict[str, ShownSample], dict[str, str]]:
+    """The wanted samples of one shard as pages show them, and why any of them could not be read."""
+    shown: dict[str, ShownSample] = {}
+    unreadable: dict[str, str] = {}
+    with open(path, "rb") as f:
+        for key, where in locate_members(f, keys).items():
+            try:
+                shown[key] = load_sample(Sample(ShardSample(f, where), key), limit)
+            except (KeyError, ValueError, IndexError, OSError) as e:  # a member missing, damaged, or a newer format
+                unreadable[key] = f"{type(e).__name__}: {e}"
+    return shown, unreadable
 
 
 def score_thresholds(run: RunDir) -> dict[str, list[str]]:
@@ -232,20 +274,23 @@ def build_site(run: RunDir, out: Path, sample: int = 200, filter_expr: str | Non
     keep = parse_filter(filter_expr)
     entries = [e for e in index_entries(run) if keep(e)]
     picked = stratified_sample(entries, sample, seed)
-    by_shard: dict[str, dict[str, set[str] | None]] = defaultdict(dict)
-    planned = {*TOP_FILES} | {f"pages/{_page_name(e)}.html" for e in picked}
+    by_shard: dict[str, set[str]] = defaultdict(set)
     for e in picked:
         if e["status"] == "ok" and e.get("shard"):
-            members = strip_members(e.get("frames_stored"), STRIP_MAX)
-            by_shard[e["shard"]][e["key"]] = members
-            planned |= {f"frames/{e['key']}/{m}" for m in members if FRAME_MEMBER.match(m)}
-    site.plan(planned)
-    thresholds = score_thresholds(run)
-    loaded: dict[str, dict[str, bytes]] = {}
+            by_shard[e["shard"]].add(e["key"])
+    loaded: dict[str, ShownSample] = {}
+    unreadable: dict[str, str] = {}
     for shard, keys in sorted(by_shard.items()):
         path = run.shards / shard
         if path.exists():
-            loaded.update(read_members(path, keys))
+            shown, bad = load_shard(path, keys, STRIP_MAX)
+            loaded.update(shown)
+            unreadable.update(bad)
+    planned = {*TOP_FILES} | {f"pages/{_page_name(e)}.html" for e in picked}
+    for key, s in loaded.items():
+        planned |= {f"frames/{key}/{f.name}" for f in s.frames}
+    site.plan(planned)
+    thresholds = score_thresholds(run)
     site.begin()
     pages = 0
     for e in picked:
@@ -253,11 +298,11 @@ def build_site(run: RunDir, out: Path, sample: int = 200, filter_expr: str | Non
         if e["status"] == "reject":
             site.put(page, reject_page(e))
         elif e["key"] in loaded:
-            s = load_sample(loaded[e["key"]])
-            for f in s["frames"]:
-                site.put(f"frames/{e['key']}/{f['name']}", _scaled_jpeg(f["jpeg"], FRAME_WIDTH))
-            if s["frames"]:  # the index's thumbnail is the middle strip frame: one small file, used twice
-                e["thumb"] = f"frames/{e['key']}/{s['frames'][len(s['frames']) // 2]['name']}"
+            s = loaded[e["key"]]
+            for f in s.frames:
+                site.put(f"frames/{e['key']}/{f.name}", f.jpeg)
+            if s.frames:  # the index's thumbnail is the middle strip frame: one small file, used twice
+                e["thumb"] = f"frames/{e['key']}/{s.frames[len(s.frames) // 2].name}"
             site.put(page, sample_page(e, s, thresholds))
         else:
             continue
@@ -268,7 +313,7 @@ def build_site(run: RunDir, out: Path, sample: int = 200, filter_expr: str | Non
         site.put(name, text)
     site.put("index.html", index_page())
     site.finish()
-    return {"rows": len(entries), "pages": pages, "out": str(out)}
+    return {"rows": len(entries), "pages": pages, "out": str(out), "unreadable": unreadable}
 
 
 def _page_name(e: dict[str, Any]) -> str:
@@ -298,6 +343,8 @@ def cmd_view(args: Any) -> int:
     except ViewError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for key, why in sorted(done["unreadable"].items()):
+        print(f"warning: sample {key} has no page: it does not read ({why})", file=sys.stderr)
     print(f"{done['rows']} rows, {done['pages']} sample pages in {time.monotonic() - start:.1f}s: "
           f"open {out / 'index.html'}")  # fmt: skip
     return 0

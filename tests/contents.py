@@ -6,21 +6,18 @@ import hashlib
 import json
 from pathlib import Path
 
+from pipeline.sample_io import parse_meta
 from shards.layout import META_MEMBER, RunDir
 from shards.reader import iter_tar_samples, open_run
 from shards.verify import verify_run
 
-# How a run went, not what it stored: seconds, and the LLM usage of the sample (requests, retries, when).
-VOLATILE = ("timings", "decode_seconds", "llm")
+# How a run went, not what it stored: the decode's seconds, and the LLM usage of the sample (requests, retries).
+VOLATILE = {"llm": True, "decode": {"decode_seconds"}}
 
 
-def _strip(meta: dict) -> dict:
-    out = {}
-    for k, v in meta.items():
-        if k in VOLATILE:
-            continue
-        out[k] = _strip(v) if isinstance(v, dict) else v
-    return out
+def stable_meta(data: bytes) -> bytes:
+    """A sample's metadata read through the model (either layout), without what varies from run to run."""
+    return json.dumps(parse_meta(data).model_dump(mode="json", exclude=VOLATILE), sort_keys=True).encode()
 
 
 def content(out: Path) -> dict[tuple[str, str], str]:
@@ -33,7 +30,7 @@ def content(out: Path) -> dict[tuple[str, str], str]:
             keys.append(key)
             for name, data in sample.items():
                 if name == META_MEMBER:
-                    data = json.dumps(_strip(json.loads(data)), sort_keys=True).encode()
+                    data = stable_meta(data)
                 members[(key, name)] = hashlib.sha256(data).hexdigest()
     assert len(keys) == len(set(keys)), f"a key stored twice: {sorted(keys)}"
     return members

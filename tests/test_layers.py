@@ -28,8 +28,8 @@ LAYER_NAMES = ["contract", "video I/O", "stages", "orchestration", "fixtures"]
 FIXTURES = LAYER_NAMES.index("fixtures")
 
 PIPELINE_LAYERS = {
-    0: ["config_base", "config_errors", "config_load", "config_run", "errors", "meta", "records", "redact", "stage",
-        "tables", "task", "video_tokens"],
+    0: ["config_base", "config_errors", "config_load", "config_run", "errors", "meta", "records", "redact", "sample",
+        "sample_io", "sample_schema", "stage", "tables", "task", "video_tokens"],
     1: ["config_video", "decode_decord", "decode_log", "decord_build", "decode_pyav", "decoders", "extract", "frames",
         "imageops", "keyset", "llava_source", "manifests", "opened", "paths", "probe", "report", "sampling", "sources", "watchdog"],
     2: ["stages"],

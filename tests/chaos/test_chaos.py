@@ -22,9 +22,8 @@ import psutil
 import pytest
 
 from fixtures.videos import SynthVideo, make_video
-from shards.layout import CONVERSATIONS_MEMBER
+from shards.layout import RunDir, Sample
 from shards.reader import iter_tar_samples
-from shards.layout import RunDir
 from shards.runfolder import claim
 from shards.sink import FAULT_KILL_AFTER_COMMIT, FAULT_PAUSE_BEFORE_COMMIT
 from tests.chaos.cluster import NODE_IP, ROOT, Cluster, Namespace, namespaces_available
@@ -191,8 +190,8 @@ def test_llm_server_killed_mid_run(cluster, videos, tmp_path):
         clean = tmp_path / "clean"
         submit_and_wait(cluster, run_cmd(videos, clean, *LLM))
         expected = content(clean)
-        assert all(len(json.loads(sample[CONVERSATIONS_MEMBER])) > 0 for tar in (clean / "shards").glob("*.tar")
-                   for _, sample in iter_tar_samples(tar))  # fmt: skip
+        assert all(Sample(sample, key).conversations for tar in (clean / "shards").glob("*.tar")
+                   for key, sample in iter_tar_samples(tar))  # fmt: skip
 
         out = tmp_path / "run"
         job = cluster.submit(run_cmd(videos, out, *LLM), wait=False)

@@ -16,6 +16,7 @@ from dense_caption.config import QA_TYPES
 from dense_caption.http_backend import ServerUnavailable
 from fixtures.videos import SynthVideo, make_video
 from pipeline.run import run_pipeline
+from shards.layout import Sample
 from shards.reader import open_run, read_index, read_rejects
 from shards.verify import verify_run
 from tests.conftest import pipeline_config
@@ -77,22 +78,23 @@ def test_faults_reject_only_their_videos_and_retry_rejects_redoes_them(llm_video
 
     # The samples: caption levels with spans that tile the video, QA with types, LLaVA conversations.
     urls = sorted(str(p) for p in (out / "shards").glob("*.tar"))
-    for sample in wds.WebDataset(urls, shardshuffle=False).decode():
-        meta, conversations = sample["json"], sample["conversations.json"]
-        usage = meta["llm"]  # every attempt that got an answer reported its tokens; the 500s reported none
-        assert usage["prompt_tokens"] == 100 * (usage["requests"] - usage["retries"]) and usage["failures"] == 0
-        clips = meta["captions"]["clips"]
-        assert clips[0]["start_s"] == 0 and clips[-1]["end_s"] == pytest.approx(meta["video"]["duration_s"], abs=1e-3)
-        assert all(a["end_s"] == b["start_s"] for a, b in zip(clips, clips[1:]))
-        assert all(c["span"].startswith("[00:") and c["text"] for c in clips)
-        assert meta["captions"]["video"]["text"] and meta["captions"]["segments"]
-        assert {p["type"] for p in meta["qa"]["pairs"]} == set(QA_TYPES) | {"multiple_choice", "detailed_description"}
-        generated = [c for c in conversations if c.get("qa_type")]
-        assert len(generated) == len(meta["qa"]["pairs"])
+    for members in wds.WebDataset(urls, shardshuffle=False):
+        sample = Sample(members)
+        meta, conversations = sample.meta, sample.conversations
+        usage = meta.llm  # every attempt that got an answer reported its tokens; the 500s reported none
+        assert usage.prompt_tokens == 100 * (usage.requests - usage.retries) and usage.failures == 0
+        clips = meta.captions.clips
+        assert clips[0].start_s == 0 and clips[-1].end_s == pytest.approx(meta.video.duration_s, abs=1e-3)
+        assert all(a.end_s == b.start_s for a, b in zip(clips, clips[1:]))
+        assert all(c.span.startswith("[00:") and c.text for c in clips)
+        assert meta.captions.video.text and meta.captions.segments
+        assert {p.type for p in meta.qa.pairs} == set(QA_TYPES) | {"multiple_choice", "detailed_description"}
+        generated = [c for c in conversations if c.qa_type]
+        assert len(generated) == len(meta.qa.pairs)
         for conv in generated:
-            turns = conv["conversations"]
+            turns = conv.turns()
             assert turns[0]["from"] == "human" and turns[0]["value"].startswith("<image>\n") and turns[1]["from"] == "gpt"
-            if conv["qa_type"] == "multiple_choice":
+            if conv.qa_type == "multiple_choice":
                 assert turns[1]["value"] in "ABCD" and "\nD. " in turns[0]["value"]
 
     # The fault is fixed: `--retry-rejects 'llm_*'` redoes exactly the two LLM rejects.

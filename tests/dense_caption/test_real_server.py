@@ -24,6 +24,7 @@ from dense_caption.managed import free_port
 from fixtures.local_vllm import SERVED_NAME
 from fixtures.videos import SynthVideo, make_video
 from pipeline.run import run_pipeline
+from shards.layout import Sample
 from shards.reader import open_run, read_index, read_rejects
 from shards.verify import verify_run
 from tests.conftest import pipeline_config
@@ -53,9 +54,9 @@ def external(videos: Path, out: Path, server, *extra: str):
                            f"llm.model={server.model}", *extra)  # fmt: skip
 
 
-def samples(out: Path) -> list[dict]:
+def samples(out: Path) -> list[Sample]:
     urls = sorted(str(p) for p in (out / "shards").glob("*.tar"))
-    return list(wds.WebDataset(urls, shardshuffle=False).decode()) if urls else []
+    return [Sample(s) for s in wds.WebDataset(urls, shardshuffle=False)] if urls else []
 
 
 def test_captions_and_qa_from_a_real_server(real_videos, vllm_server, ray_local, tmp_path):
@@ -69,30 +70,33 @@ def test_captions_and_qa_from_a_real_server(real_videos, vllm_server, ray_local,
 
     got = samples(out)
     assert len(got) == len(index)
-    bad_outputs = sum(sum(s["json"]["llm"]["by_reason"].values()) for s in got) + len(rejects)
+    totals = json.loads((out / "run.json").read_text())["this_run"]["llm"]
+    bad_outputs = sum(totals.get("by_reason", {}).values()) + len(rejects)  # failed attempts by reason: run.json's
     assert bad_outputs > 0  # random weights: some answers broke a rule and were caught (retried, dropped or rejected)
     for sample in got:
-        meta, duration = sample["json"], sample["json"]["video"]["duration_s"]
-        clips = meta["captions"]["clips"]
-        assert clips[0]["start_s"] == 0 and clips[-1]["end_s"] == pytest.approx(duration, abs=1e-3)
-        assert all(a["end_s"] == b["start_s"] for a, b in zip(clips, clips[1:]))  # no gaps, no overlaps
-        assert [(c["start_s"], c["end_s"]) for c in clips] == windows(duration, 10)
-        segments = meta["captions"]["segments"]
-        assert segments[0]["start_s"] == 0 and segments[-1]["end_s"] == pytest.approx(duration, abs=1e-3)
-        assert all(c["text"] for c in clips + segments) and meta["captions"]["video"]["text"]
-        pairs = meta["qa"]["pairs"]
-        assert pairs and {p["type"] for p in pairs} <= KNOWN_TYPES
-        assert len(pairs) + len(meta["qa"]["declined"]) + sum(meta["qa"]["dropped"].values()) >= len(KNOWN_TYPES)
+        meta = sample.meta
+        duration = meta.video.duration_s
+        clips = meta.captions.clips
+        assert clips[0].start_s == 0 and clips[-1].end_s == pytest.approx(duration, abs=1e-3)
+        assert all(a.end_s == b.start_s for a, b in zip(clips, clips[1:]))  # no gaps, no overlaps
+        assert [(c.start_s, c.end_s) for c in clips] == windows(duration, 10)
+        segments = meta.captions.segments
+        assert segments[0].start_s == 0 and segments[-1].end_s == pytest.approx(duration, abs=1e-3)
+        assert all(c.text for c in clips + segments) and meta.captions.video.text
+        pairs = meta.qa.pairs
+        assert pairs and {p.type for p in pairs} <= KNOWN_TYPES
+        declined = [t for t in meta.qa.declined.split(",") if t]
+        dropped = sum(meta.qa.dropped.model_dump().values())
+        assert len(pairs) + len(declined) + dropped >= len(KNOWN_TYPES)
         for p in pairs:
-            assert p["question"].strip() and p["answer"].strip()
-            if p["format"] == "multiple_choice":
-                assert p["answer"] in "ABCD" and len(set(p["options"])) == 4
-            if p["format"] != "description":
-                assert 0 <= p["start_s"] <= p["end_s"] <= duration
-        conversations = [c for c in sample["conversations.json"] if c.get("qa_type")]
+            assert p.question.strip() and p.answer.strip()
+            if p.format == "multiple_choice":
+                assert p.answer in "ABCD" and len(set(p.options)) == 4
+            if p.format != "description":
+                assert 0 <= p.start_s <= p.end_s <= duration
+        conversations = [c for c in sample.conversations if c.qa_type]
         assert len(conversations) == len(pairs)
-        assert all(c["conversations"][0]["value"].startswith("<image>\n") for c in conversations)
-    totals = json.loads((out / "run.json").read_text())["this_run"]["llm"]
+        assert all(c.turns()[0]["value"].startswith("<image>\n") for c in conversations)
     assert totals["requests"] == summary.llm["requests"] > 0 and totals["completion_tokens"] > 0
     # requests overlapped and never past the limit (the exact limit is held against fake servers; here how many a
     # video has open at once depends on how many of its batched QA parts random weights spoil)
@@ -103,7 +107,7 @@ def test_captions_and_qa_from_a_real_server(real_videos, vllm_server, ray_local,
     assert totals["prefilled_prompt_tokens"] == totals["prompt_tokens"] - totals["cached_prompt_tokens"]
     assert totals["video_minutes"] > 0 and totals["prefilled_tokens_per_video_minute"] > 0
     by_video = {r["key"]: r for r in index}
-    assert all(by_video[s["__key__"]]["llm_prompt_tokens"] > 0 for s in got)
+    assert all(by_video[s.key]["llm_prompt_tokens"] > 0 for s in got)
 
 
 def test_video_parts_reach_the_server(one_video, vllm_server, ray_local, tmp_path):
@@ -112,7 +116,7 @@ def test_video_parts_reach_the_server(one_video, vllm_server, ray_local, tmp_pat
     rejects = read_rejects(open_run(out))
     assert summary.accepted == 1 and not rejects, rejects  # the server took the MP4 parts and captioned them
     for sample in samples(out):
-        assert sample["json"]["captions"]["clips"] and sample["json"]["llm"]["prompt_tokens"] > 0
+        assert sample.meta.captions.clips and sample.meta.llm.prompt_tokens > 0
 
 
 def test_managed_server_is_started_and_stopped_by_the_run(one_video, vllm_python, tiny_vlm_dir, ray_local, tmp_path):

@@ -38,8 +38,12 @@ QUESTIONS = [
 FRACTION = 0.4
 
 
-def write_mc_run(root: Path, videos: int = 20, frames: int = 4) -> dict[str, list[str]]:
-    """`videos` samples, one MC question each, split by key with `FRACTION`; returns the keys of each split."""
+def write_mc_run(root: Path, videos: int = 20, frames: int = 4, layout1: bool = False) -> dict[str, list[str]]:
+    """`videos` samples, one MC question each, split by key with `FRACTION`; returns the keys of each split.
+    `layout1`: the samples as runs before format 2 wrote them (one member per frame)."""
+    from tests.shards.viewer_run import layout1_sample
+
+    build = layout1_sample if layout1 else sample_from_sections
     run = RunDir(root).make()
     generation = begin_generation(run)
     keys = {TRAIN: [], EVAL: []}
@@ -59,8 +63,7 @@ def write_mc_run(root: Path, videos: int = 20, frames: int = 4) -> dict[str, lis
                     "options": options,
                     "answer": LETTERS[n % len(LETTERS)]}  # fmt: skip
             meta = {"key": key, "video": {"duration_s": 6.0 + 100 * (v % 3)}}
-            writer.write(sample_from_sections(key, [noise_jpeg(v * 100 + f) for f in range(frames)], meta,
-                                      [conversation(key, 0, pair)]))  # fmt: skip
+            writer.write(build(key, [noise_jpeg(v * 100 + f) for f in range(frames)], meta, [conversation(key, 0, pair)]))
             rows.append({"key": key, "shard": shard, "frames_stored": frames, "num_conversations": 1, "split": split})
         commit_shard(run, generation, writer.close(), rows, fsync=False)
     write_tables(run)

@@ -19,6 +19,7 @@ from pipeline.decode_pyav import PyAVBackend
 from pipeline.errors import Reason, VideoError
 from pipeline.probe import probe_video
 from pipeline.run import RunLocked, check_output_dir, run_lock
+from pipeline.sample_io import conversation_from_record, dump, dump_conversations, meta_from_sections
 from pipeline.sources import load_sources
 from shards import ledger
 from shards.layout import RunDir
@@ -48,19 +49,30 @@ def test_a_concat_list_named_like_a_video_cannot_pull_in_a_file_outside(video, t
     assert err.value.reason in (Reason.INDIRECT_INPUT, Reason.NOT_MEDIA)
 
 
-def test_export_refuses_members_that_would_escape_the_frames_folder(tmp_path):
+def _escaping_members(key: str, layout1: bool) -> list[tuple[str, bytes]]:
+    frame = b"\xff\xd8x\xff\xd9"
+    if layout1:
+        return [(f"{key}.0000.jpg", frame), (f"{key}.json", b'{"source": "v.mp4"}'),
+                (f"{key}.conversations.json", b'[{"conversations": []}]')]  # fmt: skip
+    meta = dump(meta_from_sections(key, "v.mp4", "shard", "train", {}, [len(frame)]))
+    conversations = dump_conversations([conversation_from_record({"conversations": []}, f"{key}-0")])
+    return [(f"{key}.conversations.json", conversations), (f"{key}.frames.mjpeg", frame), (f"{key}.json", meta)]
+
+
+@pytest.mark.parametrize("layout1", [False, True])
+def test_export_refuses_members_that_would_escape_the_frames_folder(tmp_path, layout1):
     run = RunDir(tmp_path / "run").make()
     with tarfile.open(run.shards / "s.tar", "w") as tar:
         for key in ("../../evil", "good"):
-            for name, data in ((f"{key}.0000.jpg", b"\xff\xd8x\xff\xd9"), (f"{key}.json", b'{"source": "v.mp4"}'),
-                               (f"{key}.conversations.json", b'[{"conversations": []}]')):
+            for name, data in _escaping_members(key, layout1):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     pq.write_table(pa.table({"key": ["good"], "shard": ["s.tar"]}), run.index)
     frames = tmp_path / "a" / "b" / "frames"
-    assert export_llava(run.root, tmp_path / "out.json", frames) == 1
-    assert (frames / "good" / "0000.jpg").exists()
+    summary = export_llava(run.root, tmp_path / "out.json", frames)
+    assert summary.records == 1 and [s.split(":")[0] for s in summary.skipped] == ["../../evil"]
+    assert (frames / "shareVideoGPTV" / "good" / "0000.jpg").read_bytes() == b"\xff\xd8x\xff\xd9"
     assert not (tmp_path / "a" / "evil").exists() and not list(tmp_path.glob("**/evil*"))
 
 

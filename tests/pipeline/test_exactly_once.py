@@ -61,6 +61,7 @@ def _cli_run(small_videos: Path, out: Path, ray_temp: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pipeline", "run", str(ROOT / "configs" / "demo.yaml"),
            "--set", f"input.path={small_videos}", "--set", "input.format=auto", "--set", f"output.dir={out}",
            "--set", "llm.enabled=false", "--set", "shards.max_samples=2", "--set", "ray.num_cpus=2",
+           "--set", "shards.eval_fraction=0",  # as the reference's `pipeline_config`: a sample's json names its split
            "--set", f"ray.temp_dir={ray_temp}"]
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

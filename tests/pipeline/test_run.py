@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from PIL import Image
 
 from pipeline.run import RunLocked, run_lock, run_pipeline
-from shards.layout import RunDir
+from shards.layout import RunDir, Sample
 from shards.reader import open_run, read_index, read_rejects
 from shards.verify import verify_run
 from tests.conftest import BAD_REASONS, GOOD_MIX, pipeline_config
@@ -61,14 +64,18 @@ def test_plain_webdataset_reads_the_shards(clean_run):
     samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil"))
     assert len(samples) == len(keys(out))
     for s in samples:
-        frames = sorted(k for k in s if k.endswith(".jpg"))
-        assert frames[0] == "0000.jpg" and len(frames) == 192
-        assert s["0000.jpg"].size == (384, 384)
-        meta = s["json"]
-        assert meta["key"] == s["__key__"] and meta["source"]
-        ts = meta["decode"]["sets"]["shard"]["timestamps_s"]
-        assert len(ts) == 192 and ts == sorted(ts)  # frames in time order
-        assert s["conversations.json"] == []
+        assert sorted(k for k in s if not k.startswith("__")) == ["conversations.json", "frames.mjpeg", "json"]
+        sample = Sample(s)  # webdataset decoded the json members; the frames stay one byte string
+        assert sample.meta.frames.count == sample.num_frames == 192
+        frames = sample.frames()
+        assert len(frames) == 192 and b"".join(frames) == s["frames.mjpeg"]
+        assert all(f[:2] == b"\xff\xd8" and f[-2:] == b"\xff\xd9" for f in frames)  # each a whole JPEG
+        assert Image.open(io.BytesIO(frames[0])).size == (384, 384)
+        meta = sample.meta
+        assert meta.key == s["__key__"] == sample.key and meta.source and meta.format_version == "2.0"
+        ts = meta.stored_set().timestamps_s
+        assert meta.frame_set == "shard" and len(ts) == 192 and ts == sorted(ts)  # frames in time order
+        assert s["conversations.json"] == {"records": []} and sample.conversations == []
 
 
 def test_run_json_and_tables(clean_run):
@@ -182,8 +189,10 @@ def test_cli_run_stats_and_verify_exit_codes(clean_run, tmp_path):
     ok = subprocess.run(cli + ["stats", str(copy), "--verify"], capture_output=True, text=True, cwd=ROOT)
     assert ok.returncode == 0 and "verify: OK" in ok.stderr and "samples" in ok.stdout
     tar = sorted((copy / "shards").glob("*.tar"))[0]
+    with tarfile.open(tar) as t:
+        first = next(m for m in t.getmembers() if m.name.endswith(".frames.mjpeg"))
     data = bytearray(tar.read_bytes())
-    data[700] ^= 0xFF  # one flipped byte inside the first frame
+    data[first.offset_data + 100] ^= 0xFF  # one flipped byte inside the first frame
     tar.write_bytes(bytes(data))
     bad = subprocess.run(cli + ["stats", str(copy), "--verify"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and f"shards/{tar.name}: sha256" in bad.stderr

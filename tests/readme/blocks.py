@@ -30,6 +30,9 @@ REWRITES: list[tuple[str, str, str]] = [  # (pattern, replacement, why)
     (r"--set filters\.clip\.arch=ViT-L-14 --set filters\.clip\.weights=openai", "{tiny_clip}",
      "no downloads: a tiny random open_clip built by the test"),
     (r"^(\.venv/bin/python bench/\S+\.py)\b.*$", r"\1 --quick", "the full benchmarks take hours on 2 CPUs"),
+    (r"(?m)^import ray$", "import ray\nfrom pipeline.ray_local import start_local_ray\nstart_local_ray({'num_cpus': 1})",
+     "the suite's Ray stays on loopback behind a token (`pipeline/ray_local.py`); a user's read_webdataset starts "
+     "or joins their own"),
 ]
 
 
@@ -84,3 +87,60 @@ def cpu_form(command: str, stand_ins: dict[str, str]) -> str:
     for placeholder, value in stand_ins.items():
         command = command.replace(placeholder, value)
     return command
+
+
+# Demo output lines whose numbers come from the tiny random-weight LLM (its noise decides retries, QA pairs kept,
+# caption lengths) or from the bytes that text takes: the README shows one run's; a run must print the label and
+# numbers there. Every other line of the README's demo block must be printed exactly (spacing aside).
+LLM_NOISE = ("LLM ", "QA ", "caption ", "tokens ", "conversations per sample", "frame bytes", "  vs the largest")
+FIRST_NUMBER_ONLY = ("  split ", "shards ")  # the sample / shard count exact, the rest (conversations, MiB) noise
+
+
+def demo_output_block() -> str:
+    """The text block the README shows as the demo's output."""
+    text = README.read_text()
+    start = text.index("```\nrun out/demo\n") + 4
+    return text[start : text.index("```", start)]
+
+
+def _label_value(line: str) -> tuple[str, str]:
+    parts = re.split(r"\s{2,}", line.strip(), maxsplit=1)
+    label = line[: len(line) - len(line.lstrip())] + parts[0]  # an indented label keeps its indent
+    return label, " ".join(parts[1].split()) if len(parts) > 1 else ""
+
+
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _pattern(value: str, loose_from: int) -> re.Pattern:
+    """`value` exactly, except that its numbers from the `loose_from`-th on (from 0) may be any number."""
+    out, at = [], 0
+    for n, m in enumerate(NUMBER.finditer(value)):
+        out.append(re.escape(value[at : m.start()]))
+        out.append(NUMBER.pattern if n >= loose_from else re.escape(m.group()))
+        at = m.end()
+    out.append(re.escape(value[at:]))
+    return re.compile("".join(out))
+
+
+def demo_output_problems(shown: str, printed: str) -> list[str]:
+    """README demo lines the printed output does not hold (`...` lines stand for lines left out)."""
+    seen: dict[str, list[str]] = {}
+    for line in printed.splitlines():
+        if line.strip() and not set(line.strip()) <= {"-", " "}:
+            label, value = _label_value(line)
+            seen.setdefault(label, []).append(value)
+    problems = []
+    for line in shown.splitlines():
+        if not line.strip() or line.strip() == "..." or set(line.strip()) <= {"-", " "}:
+            continue
+        label, value = _label_value(line)
+        values = seen.get(label)
+        if not values:
+            problems.append(f"{label!r}: not printed")
+            continue
+        loose_from = 0 if label.startswith(LLM_NOISE) else 1 if label.startswith(FIRST_NUMBER_ONLY) else 10**9
+        want = _pattern(value, loose_from)
+        if not any(want.fullmatch(v) for v in values):
+            problems.append(f"{label!r}: README {value!r}, printed {values}")
+    return problems

@@ -24,7 +24,7 @@ import pytest
 
 from fixtures.videos import SynthVideo, make_video
 from tests.chaos.cluster import NODE_IP, Namespace, namespaces_available
-from tests.readme.blocks import ROOT, cpu_form, readme_blocks
+from tests.readme.blocks import ROOT, cpu_form, demo_output_block, demo_output_problems, readme_blocks
 
 pytestmark = pytest.mark.slow
 SKIP = (".git", ".venv", ".venv-vllm", ".venv-lmms", ".cache", "out", "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info")
@@ -105,6 +105,8 @@ def test_local_blocks_run_as_written(scratch, stand_ins, tmp_path):
                 line = f"{sys.executable} - <<'EOF'\n{cpu_form(block.text, stand_ins)}\nEOF"
             done = run_line(line, scratch, env)
             assert done.returncode == 0, f"README line {block.line}: {line}\n{(done.stdout + done.stderr)[-3000:]}"
+            if line.startswith("make ") and line.endswith(" demo"):  # what the README says the demo prints, it prints
+                assert demo_output_problems(demo_output_block(), done.stdout) == [], done.stdout[-4000:]
             ran.append(line)
             if block.lang == "python":
                 break

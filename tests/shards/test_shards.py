@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.run import run_pipeline
 from shards import ledger
-from shards.layout import RunDir, sample_from_sections
+from shards.layout import RunDir, Sample, sample_from_sections
 from shards.reader import iter_tar_samples, open_run, read_index
 from shards.stats import compute_stats
 from shards.tarformat import member_header
@@ -25,8 +25,12 @@ from tests.conftest import pipeline_config
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _frames(n):
+    return [b"\xff\xd8" + bytes([i]) * 100 + b"\xff\xd9" for i in range(n)]
+
+
 def _sample(key, n=3):
-    return sample_from_sections(key, [b"\xff\xd8" + bytes([i]) * 100 + b"\xff\xd9" for i in range(n)], {"key": key}, [])
+    return sample_from_sections(key, _frames(n), {"key": key}, [])
 
 
 def test_a_shard_is_invisible_until_closed_and_its_hash_is_of_the_final_bytes(tmp_path):
@@ -38,12 +42,14 @@ def test_a_shard_is_invisible_until_closed_and_its_hash_is_of_the_final_bytes(tm
     assert [p.name for p in tmp_path.iterdir()] == ["s-000.tar"]
     assert info.sha256 == sha256_file(tmp_path / "s-000.tar") and info.bytes == (tmp_path / "s-000.tar").stat().st_size
     samples = list(iter_tar_samples(tmp_path / "s-000.tar"))
-    assert [k for k, _ in samples] == ["a", "b"] and sorted(samples[0][1]) == ["0000.jpg", "0001.jpg", "0002.jpg", "conversations.json", "json"]
+    assert [k for k, _ in samples] == ["a", "b"] and sorted(samples[0][1]) == ["conversations.json", "frames.mjpeg", "json"]
+    back = Sample(samples[0][1], "a")
+    assert back.meta.frames.count == back.num_frames == 3 and back.frames() == _frames(3)
     with tarfile.open(tmp_path / "s-000.tar") as tar:  # the stdlib reads our USTAR framing member by member
         members = tar.getmembers()
-        assert [m.name for m in members][:4] == ["a.0000.jpg", "a.0001.jpg", "a.0002.jpg", "a.conversations.json"]
+        assert [m.name for m in members][:4] == ["a.conversations.json", "a.frames.mjpeg", "a.json", "b.conversations.json"]
         assert all(m.isfile() and m.mode == 0o444 for m in members)
-        assert tar.extractfile(members[1]).read() == _sample("a")["0001.jpg"]
+        assert tar.extractfile(members[1]).read() == _sample("a")["frames.mjpeg"] == b"".join(_frames(3))
     gnu = subprocess.run(["tar", "tf", str(tmp_path / "s-000.tar")], capture_output=True, text=True)
     assert gnu.returncode == 0 and gnu.stdout.split() == [m.name for m in members] and not gnu.stderr
     assert (tmp_path / "s-000.tar").stat().st_size % 10240 == 0

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from shards.viewer import (FilterError, build_site, index_entries, parse_filter, read_members, score_thresholds,
-                           stratified_sample, strip_members)
+from shards.layout import Sample
+from shards.viewer import (FilterError, ShardSample, build_site, index_entries, load_shard, locate_members, parse_filter,
+                           score_thresholds, stratified_sample, strip_positions)  # fmt: skip
 from tests.shards.viewer_run import make_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,12 +110,13 @@ def test_filter_limits_the_site_and_bad_filters_exit_2(tmp_path):
     assert bad.returncode == 2 and "bad filter term" in bad.stderr
 
 
-def test_only_the_sampled_samples_members_are_read(tmp_path, monkeypatch):
+@pytest.mark.parametrize("layout1", [False, True], ids=["format2", "layout1"])
+def test_only_the_sampled_samples_json_and_strip_frames_are_read(tmp_path, monkeypatch, layout1):
     import builtins
 
     import shards.viewer
 
-    run = make_run(tmp_path / "run")
+    run = make_run(tmp_path / "run", layout1=layout1)
     shard = run.shards / "w0-001.tar"  # vid001, vid003, vid005 in that order
     with tarfile.open(shard) as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar}
@@ -138,15 +140,27 @@ def test_only_the_sampled_samples_members_are_read(tmp_path, monkeypatch):
         def seek(self, *a):
             return self.f.seek(*a)
 
+        def tell(self):
+            return self.f.tell()
+
     monkeypatch.setattr(shards.viewer, "open", lambda *a: Counting(builtins.open(*a)), raising=False)
-    got = read_members(shard, {"vid003": None})
-    assert got == {"vid003": {n.split(".", 1)[1]: v for n, v in members.items() if n.startswith("vid003.")}}
-    headers = sum(1 for n in members if not n.startswith("vid005.")) + 1  # stops at vid005's first header
-    assert sum(read) == 512 * headers + sum(len(v) for v in got["vid003"].values())
+    with shards.viewer.open(shard, "rb") as f:
+        where = locate_members(f, {"vid003"})
+        headers = sum(1 for n in members if not n.startswith("vid005.")) + 1  # stops at vid005's first header
+        assert sum(read) == 512 * headers  # headers only: no member's data
+        mine = {n.split(".", 1)[1]: v for n, v in members.items() if n.startswith("vid003.")}
+        assert sorted(where["vid003"]) == sorted(mine)
+        assert dict(ShardSample(f, where["vid003"])) == mine  # each member's bytes, where the headers put them
     read.clear()
-    got = read_members(shard, {"vid005": strip_members(8, 3)})
-    assert sorted(got["vid005"]) == ["0000.jpg", "0004.jpg", "0007.jpg", "conversations.json", "json"]
-    assert sum(read) == 512 * (len(members) + 1) + sum(len(v) for v in got["vid005"].values())  # + the end block
+    vid005 = {n.split(".", 1)[1]: v for n, v in members.items() if n.startswith("vid005.")}
+    shown, unreadable = load_shard(shard, {"vid005"}, 3)
+    assert unreadable == {} and [(f.name, f.pos) for f in shown["vid005"].frames] == [("0000.jpg", 0), ("0004.jpg", 4),
+                                                                                      ("0007.jpg", 7)]  # fmt: skip
+    strip = Sample(vid005, "vid005").frames([0, 4, 7])
+    assert [f.jpeg for f in shown["vid005"].frames] == strip  # 48 px wide: under the strip's width, kept as stored
+    # every header and the end block, then the json, the conversations and the three frames: nothing else
+    assert sum(read) == 512 * (len(members) + 1) + len(vid005["json"]) + len(vid005["conversations.json"]) + sum(map(len, strip))
+    assert strip_positions(8, 3) == [0, 4, 7] and strip_positions(2, 3) == [0, 1] and strip_positions(0, 3) == []
 
 
 def test_shards_with_other_header_kinds_are_read_through_tarfile(tmp_path):
@@ -157,7 +171,45 @@ def test_shards_with_other_header_kinds_are_read_through_tarfile(tmp_path):
             info = tarfile.TarInfo(f"{key}.{suffix}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    assert read_members(path, {key: None}) == {key: {"json": b"{}", "0000.jpg": b"jpg"}}
+    with open(path, "rb") as f:
+        assert dict(ShardSample(f, locate_members(f, {key})[key])) == {"json": b"{}", "0000.jpg": b"jpg"}
+
+
+def test_a_sample_that_does_not_read_gets_no_page_and_is_named(tmp_path):
+    run = make_run(tmp_path / "run")
+    shard = run.shards / "w0-000.tar"  # vid000, vid002, vid004
+    with tarfile.open(shard) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members:
+            if name == "vid002.json":
+                data = data.replace(b'"format_version": "2.0"', b'"format_version": "3.0"')
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    done = subprocess.run([sys.executable, "-m", "pipeline", "view", str(run.root)], capture_output=True, text=True,
+                          cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "7 sample pages" in done.stdout and "sample vid002 has no page" in done.stderr and "format_version 3.0" in done.stderr
+    assert not (run.root / "viewer" / "pages" / "vid002.html").exists() and not (run.root / "viewer" / "frames" / "vid002").exists()
+
+
+def test_a_layout1_run_gets_the_same_frames_and_strips(tmp_path):
+    sites = {}
+    for layout1 in (False, True):
+        run = make_run(tmp_path / f"run{int(layout1)}", layout1=layout1)
+        out = tmp_path / f"site{int(layout1)}"
+        assert build_site(run, out)["pages"] == 8
+        sites[layout1] = out
+    frames = {layout1: {p.relative_to(out).as_posix(): p.read_bytes() for p in (out / "frames").rglob("*.jpg")}
+              for layout1, out in sites.items()}  # fmt: skip
+    assert frames[True] == frames[False] and len(frames[True]) == 6 * 8
+    for key in ("vid000", "vid003"):
+        pages = [(out / "pages" / f"{key}.html").read_text() for out in sites.values()]
+        strips = [p[p.index('<div id="strip"') : p.index("<h2>Metadata")] for p in pages]
+        assert strips[0] == strips[1] and strips[0].count('class="frame"') == 8  # strip, captions, QA and scores
+    for layout1, version in ((True, "1.0"), (False, "2.0")):  # the metadata as the model reads it, escaped
+        assert f"&quot;format_version&quot;: &quot;{version}&quot;" in (sites[layout1] / "pages" / "vid003.html").read_text()
 
 
 def test_a_long_strip_shows_frames_spread_over_the_video_with_their_own_timestamps(tmp_path, monkeypatch):

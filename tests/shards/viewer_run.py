@@ -4,6 +4,7 @@ metadata, and text planted with markup (a caption, a question, a source file nam
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -45,8 +46,18 @@ def sample_meta(key: str, duration: float, times: list[float], planted: bool) ->
     }  # fmt: skip
 
 
-def make_run(root: Path, n: int = 6) -> RunDir:
-    """n samples over two shards (durations 10s .. 10+100*i s), two rejects; sample 0 carries the planted text."""
+def layout1_sample(key: str, frames: list[bytes], sections: dict, conversations: list[dict], frame_set: str = "shard",
+                   source: str = "") -> dict:  # fmt: skip
+    """A sample as layout 1 (before format 2) wrote it: one `NNNN.jpg` member per frame, the task's sections as the
+    json (nulls and per-video keys as they came, no format_version) and the LLaVA records as they came."""
+    meta = {"key": key, "source": source or sections.get("source") or key, "frame_set": frame_set, **sections}
+    return {"__key__": key, **{f"{i:04d}.jpg": f for i, f in enumerate(frames)},
+            "json": json.dumps(meta, sort_keys=True).encode(), "conversations.json": json.dumps(conversations).encode()}
+
+
+def make_run(root: Path, n: int = 6, layout1: bool = False) -> RunDir:
+    """n samples over two shards (durations 10s .. 10+100*i s), two rejects; sample 0 carries the planted text.
+    `layout1`: the shards hold layout-1 samples (one member per frame), as a run from before format 2."""
     run = RunDir(root).make()
     rows = []
     for i in range(n):
@@ -54,7 +65,8 @@ def make_run(root: Path, n: int = 6) -> RunDir:
         times = [round(duration * j / 8, 3) for j in range(8)]
         frames = [jpeg(20 * j) for j in range(8)]
         shard = f"w0-{i % 2:03d}.tar"
-        sample = sample_from_sections(key, frames, sample_meta(key, duration, times, planted=i == 0), [])
+        build = layout1_sample if layout1 else sample_from_sections
+        sample = build(key, frames, sample_meta(key, duration, times, planted=i == 0), [])
         with tarfile.open(run.shards / shard, "a") as tar:
             for suffix, value in sample.items():
                 if suffix == "__key__":

@@ -11,10 +11,12 @@ import torch
 from fixtures.tiny_train_model import build_tokenizer
 from pipeline.run import run_pipeline
 from pipeline.sampling import uniform_indices
+from shards.layout import MEMBERS, Sample, build_sample
 from shards.reader import iter_tar_samples
 from tests.conftest import pipeline_config
+from tests.train.synth import frames_of, union_sections, write_run
 from train.chat import IGNORE, ChatEncoder
-from train.data import DataConfig, build_dataset, shard_urls, training_items
+from train.data import DataConfig, build_dataset, decode_frames, shard_urls, training_items
 from train.frames import frame_indices
 from train.position import WorkerEnd
 
@@ -24,6 +26,18 @@ TURNS = [
     {"from": "human", "value": "How many objects are visible?"},
     {"from": "gpt", "value": "Two."},
 ]
+
+
+def with_frame(members: dict, position: int, jpeg: bytes) -> dict:
+    """A copy of a format-2 sample with one stored frame replaced: the frames member and its offsets redone."""
+    sample = Sample(members)
+    frames = sample.frames()
+    frames[position] = jpeg
+    sizes = [len(f) for f in frames]
+    layout = sample.meta.frames.model_copy(update={"sizes": sizes, "offsets": [sum(sizes[:i]) for i in range(len(sizes))]})
+    out = build_sample(sample.key, frames, sample.meta.model_copy(update={"frames": layout}), sample.conversations)
+    assert Sample(out).frames([position]) == [jpeg]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +108,10 @@ def test_items_from_pipeline_shards(shards, encoder):
         members = raw[item["key"]]
         from torchvision.io import decode_jpeg
 
-        last = decode_jpeg(torch.frombuffer(bytearray(members[f"{item['frame_indices'][-1]:04d}.jpg"]), dtype=torch.uint8))
+        stored = Sample(members, item["key"])
+        assert stored.num_frames == 40 and item["meta"] == stored.meta  # the item's metadata is the sample's model
+        jpeg = stored.frames([item["frame_indices"][-1]])[0]
+        last = decode_jpeg(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8))
         assert torch.allclose(item["pixel_values"][-1], (last.float() / 255 - 0.5) / 0.5, atol=1e-5)  # that very frame
     clock = next(i for i in items if i["id"] == "c0")
     grey = clock["pixel_values"].mean(dim=(1, 2, 3))
@@ -135,12 +152,95 @@ def test_a_huge_or_corrupt_frame_skips_its_sample_never_the_training(shards, enc
     assert len(samples) == 2
     big = io.BytesIO()
     Image.new("RGB", (12000, 12000)).save(big, "JPEG", quality=10)
-    huge, broken = samples[0], samples[1]
-    huge["0000.jpg"] = big.getvalue()
-    broken["0039.jpg"] = b"\xff\xd8\xff\xe0" + b"\x00" * 300  # a JPEG start, then nothing a decoder can use
+    assert uniform_indices(40, 8)[[0, -1]].tolist() == [0, 39]  # an 8-frame stage takes both frames replaced
+    huge = with_frame(samples[0], 0, big.getvalue())
+    broken = with_frame(samples[1], 39, b"\xff\xd8\xff\xe0" + b"\x00" * 300)  # a JPEG start, then nothing to decode
+    again = with_frame(huge, 0, Sample(samples[1]).frames([0])[0]) | {"__key__": "again"}
     cfg = DataConfig(shards=str(shards), frames=8, image_size=64, tokens_per_frame=10, shuffle_buffer=0)
     counts = LoaderCounts()
-    items = list(training_items(iter([huge, broken, samples[0] | {"__key__": "again"} | {"0000.jpg": samples[1]["0000.jpg"]}]),
-                                cfg, encoder, counts))
+    items = list(training_items(iter([huge, broken, again]), cfg, encoder, counts))
     assert counts.reasons["bad_frames"] == 2 and counts.samples == 3
     assert {i["key"] for i in items} == {"again"}  # training goes on with the next sample
+
+
+STORED = 244  # the union of the 32-, 128- and 192-frame stages' picks over a 300-frame source (`synth.union_sections`)
+
+
+def union_run(root, layout1: bool = False):
+    return write_run(root, samples=3, per_shard=2, frames=STORED, layout1=layout1,
+                     meta_of=lambda s: union_sections(f"video{s:03d}"))  # fmt: skip
+
+
+def streamed_items(run, cfg: DataConfig, encoder) -> dict:
+    import webdataset as wds
+
+    samples = wds.WebDataset(shard_urls(str(run)), shardshuffle=False, empty_check=False)
+    return {i["id"]: i for i in training_items(iter(samples), cfg, encoder)}
+
+
+def permuted_items(run, cfg: DataConfig, encoder) -> dict:
+    tagged = list(build_dataset(cfg.model_copy(update={"shards": str(run), "order": "permutation"}), encoder))
+    assert tagged[-1] == WorkerEnd(0)
+    return {t.item["id"]: t.item for t in tagged[:-1]}
+
+
+def test_a_layout1_shard_trains_on_the_same_frames_as_its_format2_twin(tmp_path, encoder):
+    """Shards written before format 2 (one member per frame, dict-shaped json with nulls) still train, in both
+    orders, on the very frames and pixels the same videos give in format 2."""
+    new, old = union_run(tmp_path / "format2"), union_run(tmp_path / "layout1", layout1=True)
+    key, members = next(iter_tar_samples(shard_urls(str(old))[0]))
+    assert sorted(members)[:2] == ["0000.jpg", "0001.jpg"] and "frames.mjpeg" not in members
+    assert "format_version" not in json.loads(members["json"]) and json.loads(members["json"])["captions"] is None
+    assert Sample(members, key).num_frames == STORED and Sample(members, key).meta.frames.member == ""
+    positions = union_sections("any")["decode"]["sets"]["shard"]["stages"]["32"]
+    assert positions != uniform_indices(STORED, 32).tolist()  # the stored set's record decides, not a linspace over 244
+    cfg = DataConfig(shards=str(new), frames=32, image_size=64, tokens_per_frame=1, shuffle_buffer=0)
+    for read in (streamed_items, permuted_items):
+        got_new, got_old = read(new, cfg, encoder), read(old, cfg, encoder)
+        assert sorted(got_new) == sorted(got_old) == ["s000c0", "s001c0", "s002c0"]
+        for cid, item in got_new.items():
+            twin, s = got_old[cid], int(cid[1:4])
+            assert item["frame_indices"] == twin["frame_indices"] == positions and item["frame_offset"] == 0
+            assert item["meta"].stored_set().indices == twin["meta"].stored_set().indices
+            assert item["meta"].decode.num_frames == twin["meta"].decode.num_frames == 300
+            expected = decode_frames([frames_of(s, STORED)[p] for p in positions], cfg)
+            assert torch.equal(item["pixel_values"], expected) and torch.equal(twin["pixel_values"], expected)
+            assert torch.equal(item["input_ids"], twin["input_ids"])
+
+
+def test_the_permutation_loader_reads_only_the_frames_a_stage_takes(tmp_path, encoder, monkeypatch):
+    """A format-2 sample's frames are one member; a 32-frame stage reads its 32 frames' byte ranges (and the two
+    json members), never the other 212 frames."""
+    import tarfile
+
+    from train.order import TarMembers
+
+    run = union_run(tmp_path / "run")
+    reads: list[tuple[str, int, int]] = []
+    real = TarMembers.read
+
+    def counted(self, path, offset, size):
+        reads.append((path, offset, size))
+        return real(self, path, offset, size)
+
+    monkeypatch.setattr(TarMembers, "read", counted)
+    cfg = DataConfig(shards=str(run), frames=32, image_size=64, tokens_per_frame=1, shuffle_buffer=0)
+    items = permuted_items(run, cfg, encoder)
+    monkeypatch.undo()
+    assert len(items) == 3
+    expected, sizes = [], {}
+    for url in shard_urls(str(run)):
+        with tarfile.open(url) as tar:
+            where = {m.name: (m.offset_data, m.size) for m in tar.getmembers()}
+        for key, members in iter_tar_samples(url):
+            sample = Sample(members, key)
+            layout, positions = sample.meta.frames, sample.meta.stored_set().stage(32).positions
+            assert layout.count == STORED and len(positions) == 32
+            start = where[f"{key}.frames.mjpeg"][0]
+            frames = [(url, start + layout.offsets[p], layout.sizes[p]) for p in positions]
+            whole = [(url, *where[f"{key}.{m}"]) for m in ("json", "conversations.json")]
+            expected += whole + frames
+            sizes[key] = (sum(s for _, _, s in whole + frames), sum(where[f"{key}.{m}"][1] for m in MEMBERS))
+    assert sorted(reads) == sorted(expected)  # each range once: the json, the conversations, the stage's frames
+    for key, (read, stored) in sizes.items():
+        assert read < stored / 3, (key, read, stored)  # about 32 frames and the json of a 244-frame sample

@@ -51,7 +51,7 @@ def items(run, encoder, k, counts=None):
 
 
 def source_frames(item) -> list[int]:
-    stored = item["meta"]["decode"]["sets"][item["meta"]["frame_set"]]["indices"]
+    stored = item["meta"].stored_set().indices
     return [stored[p] for p in item["frame_indices"]]
 
 
@@ -61,7 +61,7 @@ def test_a_stage_trains_on_the_papers_frames(union_run, encoder, k):
     assert sorted(got) == sorted(SOURCE_FRAMES)
     for name, n in SOURCE_FRAMES.items():
         item = got[name]
-        assert item["meta"]["decode"]["num_frames"] == n  # the source length the pipeline decoded
+        assert item["meta"].decode.num_frames == n  # the source length the pipeline decoded
         assert source_frames(item) == np.linspace(0, n - 1, k, dtype=int).tolist()  # the paper's picks
         assert item["pixel_values"].shape[0] == k and item["frame_offset"] == 0
     # The clock video's grey level is its time: the frames fed are the ones at the paper's times (±3 frames).
@@ -74,7 +74,8 @@ def test_a_stage_trains_on_the_papers_frames(union_run, encoder, k):
 def test_another_k_gets_the_nearest_stored_frames_and_its_offset(union_run, encoder):
     counts = LoaderCounts()
     item = items(union_run, encoder, 64, counts)["h264_2min"]
-    stored = np.asarray(item["meta"]["decode"]["sets"]["shard"]["indices"])
+    assert item["meta"].frame_set == "shard"
+    stored = np.asarray(item["meta"].stored_set().indices)
     want = np.linspace(0, 1799, 64, dtype=int)
     taken = np.asarray(source_frames(item))
     best = np.abs(stored[None, :] - want[:, None]).min(axis=1)
@@ -115,12 +116,13 @@ def test_shards_without_the_union_and_the_papers_repetition_rule(tmp_path, encod
 
 def test_export_for_the_papers_trainer_writes_the_largest_stages_frames(union_run, tmp_path):
     from shards.llava import export_llava
+    from shards.layout import Sample
     from shards.reader import iter_tar_samples
 
     export_llava(union_run, tmp_path / "out.json", frames_dir=tmp_path / "frames")
     for url in shard_urls(str(union_run)):
         for key, members in iter_tar_samples(url):
-            meta = json.loads(members["json"])
-            positions = meta["decode"]["sets"]["shard"]["stages"]["192"]
-            written = sorted((tmp_path / "frames" / key).iterdir())
-            assert [p.read_bytes() for p in written] == [members[f"{p:04d}.jpg"] for p in positions]
+            sample = Sample(members, key)
+            positions = sample.meta.stored_set().stage(192).positions
+            written = sorted((tmp_path / "frames" / "shareVideoGPTV" / key).iterdir())
+            assert len(written) == 192 and [p.read_bytes() for p in written] == sample.frames(positions)

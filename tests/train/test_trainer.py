@@ -123,6 +123,8 @@ def test_two_ranks_match_one_rank_with_the_same_global_batch(shards, tmp_path, p
     root = Path(__file__).resolve().parents[2]
     two = tmp_path / "two_shards"
     two.mkdir()
+    from pipeline.sample import CONVERSATIONS_MEMBER
+    from pipeline.sample_io import dump_conversations, parse_conversations
     from shards.reader import iter_tar_samples
     from shards.tarwriter import ShardFile
 
@@ -131,7 +133,8 @@ def test_two_ranks_match_one_rank_with_the_same_global_batch(shards, tmp_path, p
     for tar in sorted((shards / "shards").glob("*.tar"))[:2]:
         out = ShardFile(two, tar.name)
         for key, members in iter_tar_samples(tar):
-            members["conversations.json"] = json.dumps(json.loads(members["conversations.json"])[:1]).encode()
+            first = parse_conversations(members[CONVERSATIONS_MEMBER], key)[:1]
+            members[CONVERSATIONS_MEMBER] = dump_conversations(first)
             out.write({"__key__": key, **members})
         out.close()
     common = [f"data.shards={two}", "optim.max_steps=3", "data.shuffle_buffer=0", "output.log_every=1",
