@@ -43,12 +43,14 @@ import numpy as np
 import PIL
 
 from fixtures.videos import SynthError, SynthVideo, make_video
-from pipeline.config import ConfigError, DecodeConfig, FrameSetConfig, ResizeConfig, SamplingConfig, load_config
-from pipeline.decoders import import_decord
-from pipeline.errors import VideoError
-from pipeline.extract import available_cpus, extract_frames
-from pipeline.probe import preflight
-from pipeline.records import VideoInfo
+from pipeline.core.config_load import ConfigError
+from pipeline.run_config import load_run_config
+from pipeline.video.config_video import DecodeConfig, FrameSetConfig, ResizeConfig, SamplingConfig
+from pipeline.video.decoders import import_decord
+from pipeline.core.errors import VideoError
+from pipeline.video.extract import available_cpus, extract_frames
+from pipeline.video.probe import preflight
+from pipeline.core.records import VideoInfo
 
 log = logging.getLogger("bench.decode")
 decord = import_decord()  # the project's import: only the build proven exact (decord 0.6.0)
@@ -70,13 +72,13 @@ def video_label(seconds: int, width: int, height: int) -> str:
 
 
 def default_backend() -> str:
-    return load_config(None, ["input.path=unused", "output.dir=unused"]).decode.backend
+    return load_run_config(None, ["input.path=unused", "output.dir=unused"]).decode.backend
 
 
 def decode_config(backend: str) -> DecodeConfig:
     """The run config's decode section with only the backend chosen; no fallback, so the named backend is what runs."""
     overrides = ["input.path=unused", "output.dir=unused", f"decode.backend={backend}", "decode.fallback=none"]
-    return load_config(None, overrides).decode
+    return load_run_config(None, overrides).decode
 
 
 # ---------------------------------------------------------------- the cases

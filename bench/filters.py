@@ -34,9 +34,9 @@ from filters.dedup import find_duplicates  # noqa: E402
 from filters.visual import visual_scores  # noqa: E402
 from filters.config import ClipFilterConfig, DedupConfig  # noqa: E402
 from fixtures.videos import SynthVideo, make_video  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.extract import extract_frames  # noqa: E402
-from pipeline.probe import preflight  # noqa: E402
+from pipeline.run_config import load_run_config
+from pipeline.video.extract import extract_frames  # noqa: E402
+from pipeline.video.probe import preflight  # noqa: E402
 
 
 def cpu_median(fn, repeats: int) -> float:
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     path = make_video(spec, args.workdir)
     rows, targets = [], []
     for backend in ("decord", "pyav"):
-        cfg = load_config(None, ["input.path=.", "output.dir=.", f"decode.backend={backend}", "decode.threads=1"])
+        cfg = load_run_config(None, ["input.path=.", "output.dir=.", f"decode.backend={backend}", "decode.threads=1"])
         info = preflight(path, cfg.probe, cfg.limits)
         result = extract_frames(info, cfg.sampling, cfg.decode)
         floor = cpu_median(lambda: extract_frames(info, cfg.sampling, cfg.decode), repeats)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"backend": backend, "floor_s": round(floor, 4), "cheap_s": round(cheap, 4),
                      "frames_checked": min(len(frames), visual.max_frames), "cheap_videos_per_s": round(1 / cheap, 1),
                      "ratio": round(cheap / floor, 4)})
-        default = load_config(None, ["input.path=.", "output.dir=."]).decode.backend
+        default = load_run_config(None, ["input.path=.", "output.dir=."]).decode.backend
         targets.append(target(f"filters/cheap_vs_decode_floor{'' if backend == default else '[' + backend + ']'}",
                               cheap / floor, "<=", 0.10))
     clip = bench_clip(result.sets[cfg.shards.frame_set].jpegs, repeats)

@@ -38,8 +38,8 @@ import webdataset as wds  # noqa: E402
 
 from bench.common import machine, table, target, targets_table  # noqa: E402
 from fixtures.videos import SynthVideo, make_video  # noqa: E402
-from pipeline.sample import FRAMES_MEMBER, LAYOUT1_VERSION, SampleMeta  # noqa: E402
-from pipeline.sample_io import parse_meta  # noqa: E402
+from pipeline.core.sample import FRAMES_MEMBER, LAYOUT1_VERSION, SampleMeta  # noqa: E402
+from pipeline.core.sample_io import parse_meta  # noqa: E402
 from shards.layout import FRAME_MEMBER, Sample, frame_member  # noqa: E402
 from shards.tarwriter import ShardFile  # noqa: E402
 
@@ -51,7 +51,7 @@ SHARD_SET = "[{name: shard, mode: uniform, num_frames: 192, stage_frames: [32, 1
 
 def make_run(work: Path, cache: Path, n: int, seconds: int, short_s: int) -> Path:
     """The pipeline's format-2 shards of n copies of a `seconds` video and one `short_s` video."""
-    from pipeline.config import load_config
+    from pipeline.run_config import load_run_config
     from pipeline.run import run_pipeline
 
     spec = SynthVideo(name=f"bench_{seconds}s_640x360", duration_s=seconds, width=640, height=360, fps=30, audio=False)
@@ -63,7 +63,7 @@ def make_run(work: Path, cache: Path, n: int, seconds: int, short_s: int) -> Pat
         shutil.copy(source, videos / f"{key}.mp4")
     records = [{"id": key, "video": f"{key}.mp4", "conversations": TURNS} for key in sources]
     (videos / "ann.json").write_text(json.dumps(records))
-    cfg = load_config(None, [f"input.path={videos / 'ann.json'}", "input.format=llava", f"output.dir={work / 'out'}",
+    cfg = load_run_config(None, [f"input.path={videos / 'ann.json'}", "input.format=llava", f"output.dir={work / 'out'}",
                              "filters.visual.enabled=false", "ray.progress=false", f"sampling.sets={SHARD_SET}"])
     run_pipeline(cfg)
     return work / "out" / "shards"

@@ -55,7 +55,7 @@ def run_pipeline_stage(videos: Path, out: Path, url: str, model: str, concurrenc
                        extra: tuple[str, ...] = ()) -> dict:
     import ray
 
-    from pipeline.config import load_config
+    from pipeline.run_config import load_run_config
     from pipeline.run import run_pipeline
 
     overrides = [
@@ -64,7 +64,7 @@ def run_pipeline_stage(videos: Path, out: Path, url: str, model: str, concurrenc
         f"llm.http.max_concurrency={concurrency}", "llm.videos_in_flight=64", f"llm.http.record_requests={record}",
         "filters.visual.enabled=false", *extra,
     ]  # fmt: skip
-    cfg = load_config(ROOT / "configs" / "demo.yaml", overrides)
+    cfg = load_run_config(ROOT / "configs" / "demo.yaml", overrides)
     from pipeline.ray_local import start_local_ray
 
     start_local_ray(dict(num_cpus=2, include_dashboard=False, log_to_driver=False))  # loopback, behind a run token
@@ -128,10 +128,9 @@ async def replay(url: str, bodies: list[dict], concurrency: int, timeout_s: floa
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if "--gpu" in argv:  # one GPU, a 7B-shaped Qwen2.5-VL: bench/llm_gpu.py
-        from bench.llm_gpu import main as gpu_main
-
-        return gpu_main([a for a in argv if a != "--gpu"])
+    if "--gpu" in argv:  # one GPU, a 7B-shaped Qwen2.5-VL: its own script (it builds on this one's replay)
+        sys.exit(f"the GPU bench is its own script: {sys.executable} bench/llm_gpu.py "
+                 + " ".join(a for a in argv if a != "--gpu"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=24)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of the first video (each next +1 s)")

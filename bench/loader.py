@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 
 from bench.common import machine, table, target, targets_table  # noqa: E402
 from fixtures.videos import SynthVideo, make_video  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.decoders import import_decord  # noqa: E402
+from pipeline.run_config import load_run_config
+from pipeline.video.decoders import import_decord  # noqa: E402
 from pipeline.run import run_pipeline  # noqa: E402
 
 FRAMES = 128
@@ -49,7 +49,7 @@ def make_shards(work: Path, n: int, seconds: int) -> tuple[list[Path], Path]:
         shutil.copy(source, paths[-1])
     records = [{"id": p.stem, "video": p.name, "conversations": TURNS} for p in paths]
     (videos / "ann.json").write_text(json.dumps(records))
-    cfg = load_config(None, [f"input.path={videos / 'ann.json'}", "input.format=llava", f"output.dir={work / 'out'}",
+    cfg = load_run_config(None, [f"input.path={videos / 'ann.json'}", "input.format=llava", f"output.dir={work / 'out'}",
                              "filters.visual.enabled=false", "ray.progress=false",
                              "sampling.sets=[{name: shard, mode: uniform, num_frames: 192}]"])
     run_pipeline(cfg)

@@ -46,12 +46,12 @@ def write_manifest(path: Path, video: Path, n: int) -> None:
 
 
 def run_graph(manifest: Path, out: Path, cpus: int) -> dict:
-    from pipeline.config import load_config
+    from pipeline.run_config import load_run_config
     from pipeline.run import run_pipeline
 
     overrides = [f"input.path={manifest}", "input.format=jsonl", f"output.dir={out}", "ray.progress=false",
                  f"ray.num_cpus={cpus}", *GRAPH_SETTINGS]  # fmt: skip
-    cfg = load_config(None, overrides)
+    cfg = load_run_config(None, overrides)
     start = time.perf_counter()
     summary = run_pipeline(cfg, force=True)
     wall = time.perf_counter() - start
@@ -69,12 +69,12 @@ def tiny_work(path: Path, repeats: int = 20) -> tuple[float, float]:
     import resource
     import statistics
 
-    from pipeline.config import load_config
+    from pipeline.run_config import load_run_config
     from pipeline.graph import build_groups
-    from pipeline.stage import run_chain
-    from pipeline.task import VideoTask
+    from pipeline.core.stage import run_chain
+    from pipeline.core.task import VideoTask
 
-    cfg = load_config(None, ["input.path=.", "output.dir=.", *GRAPH_SETTINGS])
+    cfg = load_run_config(None, ["input.path=.", "output.dir=.", *GRAPH_SETTINGS])
     stages = build_groups(cfg)[0][0]
 
     def cpu() -> float:
@@ -110,19 +110,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.pipeline import extract_floor
     from fixtures.videos import SynthVideo, make_video
-    from pipeline.config import load_config
+    from pipeline.run_config import load_run_config
     from pipeline.run import init_ray
 
     long = make_video(SynthVideo(name="bench_3min_640x360", duration_s=180, width=640, height=360, fps=30,
                                  audio=False), args.workdir)  # fmt: skip
     tiny = make_video(SynthVideo(name="bench_tiny_64x36", duration_s=2, width=64, height=36, fps=2, audio=False),
                       args.workdir)  # fmt: skip
-    default = load_config(None, ["input.path=.", "output.dir=."]).decode.backend
+    default = load_run_config(None, ["input.path=.", "output.dir=."]).decode.backend
     floor = extract_floor(long, default, 1 if args.quick else 3)
     work_s, work_cpu_s = tiny_work(tiny)
     work = Path(tempfile.mkdtemp(dir=args.workdir, prefix="overhead-"))
     try:
-        init_ray(load_config(None, ["input.path=.", "output.dir=.", f"ray.num_cpus={cpus}"]))
+        init_ray(load_run_config(None, ["input.path=.", "output.dir=.", f"ray.num_cpus={cpus}"]))
         runs = {}
         for rows in (1, n):
             manifest = work / f"manifest_{rows}.jsonl"

@@ -42,7 +42,7 @@ import av
 
 from bench.common import machine, table, target, targets_table  # noqa: E402
 from fixtures.videos import SynthVideo, make_video  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from pipeline.run_config import load_run_config
 from pipeline.run import init_ray, run_pipeline  # noqa: E402
 
 log = logging.getLogger("bench.pipeline")
@@ -61,10 +61,10 @@ def decode_floor(path: Path, repeats: int) -> float:
 
 
 def extract_floor(path: Path, backend: str, repeats: int) -> float:
-    from pipeline.extract import extract_frames
-    from pipeline.probe import preflight
+    from pipeline.video.extract import extract_frames
+    from pipeline.video.probe import preflight
 
-    cfg = load_config(None, ["input.path=.", "output.dir=.", f"decode.backend={backend}", "decode.threads=1"])
+    cfg = load_run_config(None, ["input.path=.", "output.dir=.", f"decode.backend={backend}", "decode.threads=1"])
     info = preflight(path, cfg.probe, cfg.limits)
     times = []
     for _ in range(repeats):  # CPU seconds, not wall: decord runs helper threads even with num_threads=1
@@ -77,7 +77,7 @@ def extract_floor(path: Path, backend: str, repeats: int) -> float:
 def run_once(videos: Path, out: Path, backend: str, cpus: int) -> dict:
     overrides = [f"input.path={videos}", f"output.dir={out}", f"decode.backend={backend}", "ray.progress=false",
                  f"ray.num_cpus={cpus}", "shards.max_samples=8"]
-    cfg = load_config(None, overrides)
+    cfg = load_run_config(None, overrides)
     summary = run_pipeline(cfg, force=True)
     this = json.loads((out / "run.json").read_text())["this_run"]
     return {"backend": backend, "videos": summary.accepted, "rejected": summary.rejected, "wall_s": summary.wall_s,
@@ -106,11 +106,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy(source, videos / f"video_{i:03d}.mp4")
         repeats = 1 if args.quick else 3
         raw = decode_floor(source, repeats)
-        default = load_config(None, ["input.path=.", "output.dir=."]).decode.backend
+        default = load_run_config(None, ["input.path=.", "output.dir=."]).decode.backend
         backends = [default, *sorted({"decord", "pyav"} - {default})]
         floors = {b: extract_floor(source, b, repeats) for b in backends}
         log.info("raw decode %.2fs, per-video floors %s on %d cores", raw, floors, cpus)
-        init_ray(load_config(None, ["input.path=.", "output.dir=.", f"ray.num_cpus={cpus}"]))
+        init_ray(load_run_config(None, ["input.path=.", "output.dir=.", f"ray.num_cpus={cpus}"]))
         runs = [run_once(videos, work / f"out_{b}", b, cpus) for b in backends]
         after = {b: extract_floor(source, b, repeats) for b in backends}  # the host's speed drifts: measured again
         log.info("per-video floors after the runs %s", after)

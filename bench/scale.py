@@ -56,9 +56,9 @@ def child_dispatch(manifest: Path, out: Path) -> dict:
     """In a fresh process: run the pipeline over the manifest with the graph replaced by a stand-in."""
     import pipeline.graph
     import pipeline.run
-    from pipeline.config import load_config
+    from pipeline.run_config import load_run_config
 
-    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"input.path={manifest}", f"output.dir={out}",
+    cfg = load_run_config(ROOT / "configs" / "demo.yaml", [f"input.path={manifest}", f"output.dir={out}",
                                                        "input.format=auto", "llm.enabled=false", "ray.progress=false"])
     seen = {"first": None, "tasks": 0, "waves": 0}
     base = rss_mb()
@@ -120,7 +120,7 @@ def synth_run(root: Path, rows: int) -> None:
 
 def measure_ledger(rows: int, work: Path) -> dict:
     from pipeline.resume import resume_state
-    from pipeline.task import VideoTask
+    from pipeline.core.task import VideoTask
     from shards import ledger
     from shards.layout import RunDir
     from shards.stats import compute_stats

@@ -1,7 +1,7 @@
 """Shard-writing benchmark: our writer (webdataset TarWriter, hashed on the fly, .partial + fsync + rename)
 against a raw sequential write of the same bytes, in the same run.
 
-Samples look like the pipeline's (format 2, `pipeline/sample.py`): 192 JPEG-sized
+Samples look like the pipeline's (format 2, `pipeline/core/sample.py`): 192 JPEG-sized
 frames (random bytes between JPEG markers, so nothing compresses) back to back in
 one `frames.mjpeg` member, plus the metadata model and conversations. Both writers split the
 stream into the same shards and fsync each one, so the ratio is the cost of the

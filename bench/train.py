@@ -37,7 +37,7 @@ TURNS = [{"from": "human", "value": "<image>\nWhat happens in the video?"},
 
 def make_shards(work: Path, n: int) -> Path:
     from fixtures.videos import SynthVideo, make_video
-    from pipeline.config import load_config
+    from pipeline.run_config import load_run_config
     from pipeline.run import run_pipeline
 
     out = work / "out"
@@ -49,7 +49,7 @@ def make_shards(work: Path, n: int) -> Path:
         make_video(SynthVideo(f"t{i}", duration_s=20 + i, width=320, height=180, fps=10, audio=False), videos)
     records = [{"id": f"t{i}-{k}", "video": f"t{i}.mp4", "conversations": TURNS} for i in range(n) for k in range(2)]
     (videos / "ann.json").write_text(json.dumps(records))
-    cfg = load_config(None, [f"input.path={videos / 'ann.json'}", "input.format=llava", f"output.dir={out}",
+    cfg = load_run_config(None, [f"input.path={videos / 'ann.json'}", "input.format=llava", f"output.dir={out}",
                              "filters.visual.enabled=false", "ray.progress=false", "llm.enabled=false", "shards.max_samples=1",
                              "sampling.sets=[{name: shard, mode: uniform, num_frames: 64, resize: {size: 64}}]"])  # fmt: skip
     run_pipeline(cfg)
@@ -64,7 +64,7 @@ ANSWERS = ["Yes.", "A test pattern moves across the screen.",
 def make_mixed_shards(work: Path, n: int) -> Path:
     """`n` videos of 8, 16 or 32 s stored at 1 frame a second, two conversations each with answers of 1 to ~400 words."""
     from fixtures.videos import SynthVideo, make_video
-    from pipeline.config import load_config
+    from pipeline.run_config import load_run_config
     from pipeline.run import run_pipeline
 
     out = work / f"mixed{n}"
@@ -78,7 +78,7 @@ def make_mixed_shards(work: Path, n: int) -> Path:
                 "conversations": [TURNS[0], {"from": "gpt", "value": ANSWERS[(i + k) % 3]}]}
                for i in range(n) for k in range(2)]  # fmt: skip
     (videos / "ann.json").write_text(json.dumps(records))
-    cfg = load_config(None, [f"input.path={videos / 'ann.json'}", "input.format=llava", f"output.dir={out}",
+    cfg = load_run_config(None, [f"input.path={videos / 'ann.json'}", "input.format=llava", f"output.dir={out}",
                              "filters.visual.enabled=false", "ray.progress=false", "llm.enabled=false",
                              "shards.max_samples=2",
                              "sampling.sets=[{name: shard, mode: fps, fps: 1, max_frames: 32, resize: {size: 64}}]"])  # fmt: skip
@@ -88,7 +88,7 @@ def make_mixed_shards(work: Path, n: int) -> Path:
 
 def mixed(shards: Path, steps: int, packing: bool) -> dict:
     """The trainer on the mixed shards, batch 4, bucketed by frame count (the default) or packed."""
-    from pipeline.config import load_config
+    from pipeline.core.config_load import load_config
     from train.config import TrainConfig
     from train.trainer import train
 
@@ -108,7 +108,7 @@ def train_sets(shards: Path, out: Path, steps: int, frames: int) -> list[str]:
 
 
 def trainer(shards: Path, steps: int, frames: int) -> dict:
-    from pipeline.config import load_config
+    from pipeline.core.config_load import load_config
     from train.config import TrainConfig
     from train.trainer import train
 
@@ -125,7 +125,8 @@ def compute_only(shards: Path, steps: int, frames: int) -> dict:
     """Forward + backward + AdamW on one batch held in memory: the trainer's step without the trainer."""
     import torch
 
-    from pipeline.config import load_config
+    from pipeline.core.config_load import load_config
+
     from train.chat import ChatEncoder
     from train.config import TrainConfig
     from train.model import tokens_per_frame

@@ -20,7 +20,7 @@ from dense_caption.client import ChatBackend, ChatRequest, LLMFailure, Usage, co
 from dense_caption.config import LLMConfig
 from dense_caption.media import image_parts, video_part
 from dense_caption.templates import Prompts, mmss, span
-from pipeline.errors import Reason
+from pipeline.core.errors import Reason
 
 
 def windows(duration_s: float, step_s: float) -> list[tuple[float, float]]:

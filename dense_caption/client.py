@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, Protocol
 import jsonschema
 
 from dense_caption.config import RetryConfig
-from pipeline.errors import Reason
+from pipeline.core.errors import Reason
 
 
 class LLMFailure(Exception):

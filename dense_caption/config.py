@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from pipeline.config_base import (
+from pipeline.core.config_base import (
     MAX_SAMPLE_FRAMES, MAX_TOKENS, Attempts, Range, RunSection, SampleFrames, Seconds, SecondsOrZero, Temperature,
     Tokens, VideoSeconds, Workers,
 )

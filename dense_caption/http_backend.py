@@ -19,7 +19,7 @@ import aiohttp
 
 from dense_caption.client import ChatRequest, ChatResult, LLMFailure
 from dense_caption.config import HttpBackendConfig
-from pipeline.errors import Reason
+from pipeline.core.errors import Reason
 
 
 class ServerUnavailable(RuntimeError):

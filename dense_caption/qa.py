@@ -21,7 +21,7 @@ from dense_caption.config import LLMConfig
 from dense_caption.qa_batch import Part, batch_prompt, batch_schema, chunks
 from dense_caption.templates import Prompts, mmss
 from filters.text import is_refusal, near_duplicates
-from pipeline.errors import Reason
+from pipeline.core.errors import Reason
 
 LETTERS = ("A", "B", "C", "D")
 DESCRIPTION_QUESTION = "Describe this video in detail."

@@ -19,11 +19,11 @@ from dense_caption.client import ChatBackend, LLMFailure, Usage
 from dense_caption.config import LLMConfig
 from dense_caption.qa import QAJob, conversation
 from dense_caption.templates import Prompts
-from pipeline.config_run import StageResources
-from pipeline.errors import Reason, VideoError
-from pipeline.meta import frame_times
-from pipeline.stage import Stage
-from pipeline.task import VideoTask
+from pipeline.core.config_run import StageResources
+from pipeline.core.errors import Reason, VideoError
+from pipeline.core.meta import frame_times
+from pipeline.core.stage import Stage
+from pipeline.core.task import VideoTask
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.config_load import ConfigError
+from pipeline.core.config_load import ConfigError
 from shards.split import EVAL, TRAIN
 
 SPLITS = (EVAL, TRAIN, "all")

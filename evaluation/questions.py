@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dense_caption.qa import LETTERS, conversation
-from pipeline.config_load import ConfigError
+from pipeline.core.config_load import ConfigError
 from shards.layout import RunDir, Sample
 from shards.reader import iter_tar_samples, read_shard_list
 from shards.split import EVAL, of_split
@@ -138,9 +138,9 @@ def decoded_frames(video: Path) -> Callable[[int, int], list[bytes]]:
 
     def frames(k: int, size: int) -> list[bytes]:
         if (k, size) not in cache:
-            from pipeline.config_video import DecodeConfig, FrameSetConfig, ResizeConfig, SamplingConfig
-            from pipeline.extract import extract_frames
-            from pipeline.probe import preflight
+            from pipeline.video.config_video import DecodeConfig, FrameSetConfig, ResizeConfig, SamplingConfig
+            from pipeline.video.extract import extract_frames
+            from pipeline.video.probe import preflight
 
             sampling = SamplingConfig(sets=[FrameSetConfig(name="eval", num_frames=k, resize=ResizeConfig(size=size))])
             result = extract_frames(preflight(video), sampling, DecodeConfig(isolate=False))

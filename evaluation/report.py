@@ -60,7 +60,7 @@ def write_chart(result: dict[str, Any], path: Path, title: str | None = None) ->
 
 
 def summary_table(result: dict[str, Any]) -> str:
-    from pipeline.tables import table
+    from pipeline.core.tables import table
 
     rows: list[list[Any]] = [["overall", _percent(result["overall"]), result["overall"]["questions"],
                               result["overall"]["unparseable"]]]  # fmt: skip
@@ -72,7 +72,7 @@ def summary_table(result: dict[str, Any]) -> str:
 
 def compare_table(results: list[dict[str, Any]]) -> str:
     """One row per checkpoint: frames, accuracy by duration class (the paper's Video-MME columns), overall."""
-    from pipeline.tables import table
+    from pipeline.core.tables import table
 
     durations = [d for d in DURATIONS if any(d in r["by_duration"] for r in results)]
     durations += sorted({d for r in results for d in r["by_duration"]} - set(durations))

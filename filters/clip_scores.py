@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config_run import StageResources
+from pipeline.core.config_run import StageResources
 from filters.config import ClipFilterConfig
-from pipeline.errors import Reason, VideoError
-from pipeline.meta import frame_times
-from pipeline.stage import Stage, apply_verdict
-from pipeline.task import VideoTask
+from pipeline.core.errors import Reason, VideoError
+from pipeline.core.meta import frame_times
+from pipeline.core.stage import Stage, apply_verdict
+from pipeline.core.task import VideoTask
 
 
 def _torch():

@@ -6,11 +6,11 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config_base import (
+from pipeline.core.config_base import (
     MAX_FPS, MAX_SAMPLE_FRAMES, MAX_TOKENS, Luma, Range, RunSection, SampleFrames, Share, Tokens, VideoFrames,
     VideoSeconds, VideoSecondsOrZero, Workers,
 )
-from pipeline.video_tokens import TOKENS_PER_FRAME
+from pipeline.core.video_tokens import TOKENS_PER_FRAME
 
 
 class LengthFilterConfig(RunSection):

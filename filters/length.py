@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pipeline.config_run import StageResources
+from pipeline.core.config_run import StageResources
 from filters.config import LengthFilterConfig
-from pipeline.errors import Reason, VideoError
-from pipeline.stage import Stage
-from pipeline.task import VideoTask
+from pipeline.core.errors import Reason, VideoError
+from pipeline.core.stage import Stage
+from pipeline.core.task import VideoTask
 
 
 class LengthFilter(Stage):

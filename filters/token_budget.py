@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pipeline.config_run import StageResources
+from pipeline.core.config_run import StageResources
 from filters.config import TokenBudgetConfig
-from pipeline.errors import Reason, VideoError
-from pipeline.stage import Stage
-from pipeline.task import VideoTask
+from pipeline.core.errors import Reason, VideoError
+from pipeline.core.stage import Stage
+from pipeline.core.task import VideoTask
 
 
 def conversation_texts(meta: dict[str, Any]) -> list[list[str]]:

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipeline.config_run import StageResources
+from pipeline.core.config_run import StageResources
 from filters.config import VisualFilterConfig
-from pipeline.errors import Reason, VideoError
-from pipeline.stage import Stage, apply_verdict
-from pipeline.task import VideoTask
+from pipeline.core.errors import Reason, VideoError
+from pipeline.core.stage import Stage, apply_verdict
+from pipeline.core.task import VideoTask
 
 
 def grey_small(jpeg: bytes, width: int) -> np.ndarray:

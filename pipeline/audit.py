@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import Reason, VideoError
-from pipeline.extract import available_cpus
-from pipeline.frames import swscale_rgb
-from pipeline.imageops import decode_jpeg
-from pipeline.opened import Identity, OpenedSource, SourceRules, open_source
-from pipeline.paths import PROTOCOL_WHITELIST
-from pipeline.probe import ffmpeg_binary, ffprobe_binary, run_ffprobe
-from pipeline.sample import FileIdentity, FrameSetRecord, VideoRecord
+from pipeline.core.errors import Reason, VideoError
+from pipeline.video.extract import available_cpus
+from pipeline.video.frames import swscale_rgb
+from pipeline.video.imageops import decode_jpeg
+from pipeline.video.opened import Identity, OpenedSource, SourceRules, open_source
+from pipeline.video.paths import PROTOCOL_WHITELIST
+from pipeline.video.probe import ffmpeg_binary, ffprobe_binary, run_ffprobe
+from pipeline.core.sample import FileIdentity, FrameSetRecord, VideoRecord
 from shards.layout import Sample
 from shards.reader import iter_tar_samples, open_run, read_index, read_run_json
 

@@ -17,15 +17,17 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, RunConfig, load_config, write_resolved_config
-from pipeline.errors import VideoError
+from pipeline.core.config_load import ConfigError, write_resolved_config
+
+from pipeline.run_config import RunConfig, load_run_config
+from pipeline.core.errors import VideoError
 from pipeline.plan import add_plan_command
 from evaluation.cli import add_eval_command
-from pipeline.probe import ToolMissing
+from pipeline.video.probe import ToolMissing
 from dense_caption.http_backend import ServerUnavailable
 from pipeline.run import RunLocked
 from pipeline.run_summary import print_run_summary
-from pipeline.sample import NewerFormat
+from pipeline.core.sample import NewerFormat
 from shards.reader import NotARunDir
 from shards.viewer import cmd_view
 from train.cli import cmd_train
@@ -38,7 +40,7 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # t
 def _config(args: argparse.Namespace, **defaults: str) -> RunConfig:
     """Load --config (or defaults only) with --set overrides; input/output get placeholders for file-only commands."""
     sets = [f"{k}={v}" for k, v in defaults.items()] + list(args.set or [])
-    return load_config(args.config, sets)
+    return load_run_config(args.config, sets)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -47,8 +49,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from pipeline.probe import preflight
-    from pipeline.report import probe_table
+    from pipeline.video.probe import preflight
+    from pipeline.video.report import probe_table
 
     cfg = _config(args, **{"input.path": ".", "output.dir": "."}) if not args.config else _config(args)
     rows = []
@@ -62,9 +64,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from pipeline.extract import extract_frames
-    from pipeline.probe import preflight
-    from pipeline.report import write_frame_sets
+    from pipeline.video.extract import extract_frames
+    from pipeline.video.probe import preflight
+    from pipeline.video.report import write_frame_sets
 
     cfg = _config(args, **{"input.path": args.path, "output.dir": args.out})
     try:
@@ -83,9 +85,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import run_demo
+    try:  # the demo's example videos and tiny VLM are fixtures: in a checkout, not in the installed wheel
+        from pipeline.demo import run_demo
+    except ModuleNotFoundError as e:
+        if e.name != "fixtures":
+            raise
+        raise ConfigError("the demo runs from a checkout of the repository (`make demo`): its example videos and "
+                          "tiny model (fixtures/) are not part of the installed package") from None
 
-    cfg = load_config(args.config, [f"output.dir={args.out}", f"input.path={Path(args.out) / 'videos' / 'annotations.json'}",
+    cfg = load_run_config(args.config, [f"output.dir={args.out}", f"input.path={Path(args.out) / 'videos' / 'annotations.json'}",
                                     "input.format=llava", *(args.set or [])])
     return run_demo(cfg)
 
@@ -93,7 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.run import run_pipeline
 
-    cfg = load_config(args.config, args.set or [])
+    cfg = load_run_config(args.config, args.set or [])
     summary = run_pipeline(cfg, force=args.force, retry_reasons=args.retry_rejects or [], repair=args.repair)
     print_run_summary(summary)
     return 0
@@ -128,7 +136,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from pipeline.audit import audit_report, run_audit
-    from pipeline.tables import table
+    from pipeline.core.tables import table
 
     results = run_audit(args.run_dir, samples=args.samples, seed=args.seed, max_frames=args.frames, keys=args.key)
     report = audit_report(results, args.min_psnr)
@@ -153,7 +161,7 @@ def cmd_import_llava(args: argparse.Namespace) -> int:
     sets = [f"input.path={args.annotations}", "input.format=llava", f"input.video_root={args.video_root}",
             f"output.dir={args.out_dir}", *(args.set or [])]
     config = args.config or str(IMPORT_PRESET)
-    cfg = load_config(config, sets)
+    cfg = load_run_config(config, sets)
     print(f"import-llava: config {config}", file=sys.stderr)
     summary = run_pipeline(cfg, force=args.force, retry_reasons=args.retry_rejects or [])
     print_run_summary(summary)
@@ -161,11 +169,11 @@ def cmd_import_llava(args: argparse.Namespace) -> int:
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
-    from pipeline.tables import table
+    from pipeline.core.tables import table
     from shards.dedup_apply import dedup_run
 
     config = args.config or str(Path(args.run_dir) / "config.resolved.yaml")
-    cfg = load_config(config if Path(config).exists() else None,
+    cfg = load_run_config(config if Path(config).exists() else None,
                       [f"input.path={args.run_dir}", f"output.dir={args.run_dir}", *(args.set or [])])
     from contextlib import nullcontext
 
@@ -198,7 +206,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 
 def cmd_export_llava(args: argparse.Namespace) -> int:
-    from pipeline.sample import NewerFormat
+    from pipeline.core.sample import NewerFormat
     from shards.llava import export_llava, summary_path
 
     try:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from fixtures.videos import CATALOGUE, SynthError, can_encode, make_bad_file, make_video
-from pipeline.config import RunConfig
+from pipeline.run_config import RunConfig
 
 EXAMPLES = ["h264_2min", "h264_10s", "hevc_10s", "vp9_10s", "theora_10s", "vfr_10s", "rotated_10s"]
 BAD_EXAMPLES = ["zero_byte", "truncated", "truncated_index", "random_bytes", "audio_only", "png_as_mp4", "unknown_codec"]

@@ -16,14 +16,15 @@ from filters.clip_scores import CaptionAgreement, ClipScores
 from filters.length import LengthFilter
 from filters.token_budget import TokenBudget
 from filters.visual import VisualFilter
-from pipeline.config import ConfigError, RunConfig
-from pipeline.config_run import StageResources
-from pipeline.meta import SOURCE_WRITES, check_data_flow
-from pipeline.opened import SourceRules
-from pipeline.records import WriteTotals
-from pipeline.stage import Stage, apply_stages, ray_args
-from pipeline.stages import DecodeStage, ProbeStage
-from pipeline.task import VideoTask
+from pipeline.core.config_load import ConfigError
+from pipeline.run_config import RunConfig
+from pipeline.core.config_run import StageResources
+from pipeline.core.meta import SOURCE_WRITES, check_data_flow
+from pipeline.video.opened import SourceRules
+from pipeline.core.records import WriteTotals
+from pipeline.core.stage import Stage, apply_stages, ray_args
+from pipeline.video.stages import DecodeStage, ProbeStage
+from pipeline.core.task import VideoTask
 from shards.sink import ShardSink
 
 MAX_BLOCKS = 50_000  # beyond this, a block holds a few videos: fewer objects for the driver to track

@@ -188,7 +188,7 @@ def assumptions(pilot: dict[str, Any], plan: dict[str, Any]) -> list[str]:
 
 
 def plan_table(pilot: dict[str, Any], plan: dict[str, Any]) -> str:
-    from pipeline.tables import table
+    from pipeline.core.tables import table
 
     c = plan["cluster"]
     rows = [["videos", f"{plan['videos']} ({plan['video_hours']:g} hours, {plan['accepted']} accepted)"],

@@ -10,9 +10,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.keyset import KeySet
-from pipeline.records import Rejection
-from pipeline.task import VideoTask
+from pipeline.video.keyset import KeySet
+from pipeline.core.records import Rejection
+from pipeline.core.task import VideoTask
 from shards import ledger
 from shards.layout import RunDir
 from shards.rows import ledger_keys, row_identity

@@ -22,10 +22,12 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from pipeline.config import ConfigError, RunConfig, config_record, write_resolved_config
-from pipeline.records import WriteTotals
+from pipeline.core.config_load import ConfigError, config_record, write_resolved_config
+
+from pipeline.run_config import RunConfig
+from pipeline.core.records import WriteTotals
 from pipeline.resume import resume_state
-from pipeline.sources import SourceChunk, SourceStream, open_sources
+from pipeline.video.sources import SourceChunk, SourceStream, open_sources
 from pipeline.waves import dispatch
 from shards.commit import begin_generation, commit_lock
 from shards import ledger

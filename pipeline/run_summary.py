@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.tables import table
+from pipeline.core.tables import table
 
 if TYPE_CHECKING:
     from pipeline.run import RunSummary

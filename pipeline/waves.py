@@ -13,11 +13,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from pipeline.config import RunConfig
-from pipeline.records import WriteTotals
+from pipeline.run_config import RunConfig
+from pipeline.core.records import WriteTotals
 from pipeline.resume import ResumeState
-from pipeline.sources import CHUNK, SourceChunk
-from pipeline.task import VideoTask
+from pipeline.video.sources import CHUNK, SourceChunk
+from pipeline.core.task import VideoTask
 from shards.commit import commit_rejects
 from shards.layout import RunDir
 

@@ -28,9 +28,12 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
-# decord2 and decord both install the module `decord`; only decord 0.6.0 is trusted (pipeline/decode_decord.py).
+# decord2 and decord both install the module `decord`; only decord 0.6.0 is trusted (pipeline/video/decode_decord.py).
 if "$venv/bin/python" -m pip show -q decord2 >/dev/null 2>&1; then "$venv/bin/python" -m pip uninstall -q -y decord2; fi
 "$venv/bin/python" -m pip install -q -c constraints.txt -e ".[dev,train,filters,decord]"
+# fixtures/ (the demo's example videos and tiny models, the tests' inputs) is not in the wheel: a checkout's venv
+# puts the checkout itself on its path, so the demo, the tests and the benches import it.
+"$venv/bin/python" -c 'import pathlib, sys, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "prolongvid-checkout.pth").write_text(sys.argv[1] + "\n")' "$PWD"
 # The project's own bytecode, once: every Ray worker and decode child imports it, and with
 # PYTHONDONTWRITEBYTECODE set (or a read-only checkout) each would compile it again.
 "$venv/bin/python" -m compileall -q -j 0 pipeline shards filters dense_caption train evaluation >/dev/null

@@ -32,6 +32,9 @@ uv_args=()
 for link in $find_links; do uv_args+=(--find-links "$link"); done
 UV_LINK_MODE=copy "$vpy" -m uv pip install --quiet --python "$vpy" "${uv_args[@]}" \
   -c constraints.txt -e ".[lmms]"
+# fixtures/ (the demo's example videos and tiny models, the tests' inputs) is not in the wheel: a checkout's venv
+# puts the checkout itself on its path, so the demo, the tests and the benches import it.
+"$vpy" -c 'import pathlib, sys, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "prolongvid-checkout.pth").write_text(sys.argv[1] + "\n")' "$PWD"
 "$vpy" -c 'import lmms_eval, evaluation.lmms, av, torch; print("lmms-eval ready: av", av.__version__, "torch", torch.__version__)'
 echo "$fingerprint" > "$stamp"
 echo "installed lmms-eval into $venv in $((SECONDS - start)) s"

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.records import Rejection
+from pipeline.core.records import Rejection
 from shards.layout import RunDir
 from shards.ledger import fsync_dir, key_marker, write_atomic, write_rejects_part
 from shards.reader import iter_tar_samples

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from pipeline.config_base import Bytes, RunSection, Workers
+from pipeline.core.config_base import Bytes, RunSection, Workers
 
 
 class ShardsConfig(RunSection):

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from filters.dedup import Duplicate, find_duplicates
 from filters.config import DedupConfig
-from pipeline.errors import Reason
+from pipeline.core.errors import Reason
 from shards import ledger
 from shards.layout import RunDir
 from shards.reader import iter_tar_samples, open_run, read_index

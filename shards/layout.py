@@ -1,6 +1,6 @@
 """What a sample and a run directory look like on disk: the one place names are decided.
 
-A sample (one video) in a tar, format 2 (`pipeline/sample.py`): `<key>.frames.mjpeg` (the stored frames' JPEGs
+A sample (one video) in a tar, format 2 (`pipeline/core/sample.py`): `<key>.frames.mjpeg` (the stored frames' JPEGs
 back to back, in time order; where each starts is in the json's `frames.offsets`), `<key>.json` (the sample's
 metadata, `SampleMeta`) and `<key>.conversations.json` (LLaVA conversations, `Conversation`; empty before
 captioning). The same three member names in every sample, whatever its frame count. Layout 1 (before format 2)
@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.sample import CONVERSATIONS_MEMBER, FRAMES_MEMBER, META_MEMBER, Conversation, SampleMeta
-from pipeline.sample_io import (conversation_from_record, dump, dump_conversations, meta_from_sections,
+from pipeline.core.sample import CONVERSATIONS_MEMBER, FRAMES_MEMBER, META_MEMBER, Conversation, SampleMeta
+from pipeline.core.sample_io import (conversation_from_record, dump, dump_conversations, meta_from_sections,
                                 parse_conversations, parse_meta)  # fmt: skip
 
 SHARDS_DIR = "shards"
@@ -52,7 +52,7 @@ def build_sample(key: str, frames: list[bytes], meta: SampleMeta, conversations:
 
 def sample_from_sections(key: str, frames: list[bytes], sections: dict[str, Any], conversations: list[dict[str, Any]],
                          frame_set: str = "shard", split: str = "train", source: str = "") -> dict[str, Any]:  # fmt: skip
-    """A sample's members from a task's `meta` sections (`pipeline/meta.py`) and LLaVA records, through the model."""
+    """A sample's members from a task's `meta` sections (`pipeline/core/meta.py`) and LLaVA records, through the model."""
     meta = meta_from_sections(key, source or str(sections.get("source") or key), frame_set, split, sections,
                               [len(f) for f in frames])  # fmt: skip
     convs = [conversation_from_record(r, f"{key}-{n}") for n, r in enumerate(conversations)]

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.sample import LAYOUT1_VERSION
+from pipeline.core.sample import LAYOUT1_VERSION
 from shards.layout import TMP_SUFFIX, RunDir
 from shards.runfolder import (MARKER_FILE, ROOT_FILES, WRITER_NAME, RefusedFolder, check_layout, check_own, check_record,
                               is_run_temp, remove_own)

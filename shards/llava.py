@@ -31,8 +31,8 @@ from typing import Any, Iterator
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from pipeline.config_video import InputConfig
-from pipeline.sample import LAYOUT1_VERSION, Conversation
+from pipeline.video.config_video import InputConfig
+from pipeline.core.sample import LAYOUT1_VERSION, Conversation
 from shards.layout import RunDir, Sample, check_key
 from shards.reader import open_run, read_run_json, read_shard_list
 from shards.split import EVAL, TRAIN, split_name

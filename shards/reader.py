@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pyarrow.parquet as pq
 
-from pipeline.sample import LAYOUT1_VERSION, check_version
+from pipeline.core.sample import LAYOUT1_VERSION, check_version
 from shards.layout import RunDir
 
 

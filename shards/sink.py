@@ -18,10 +18,10 @@ from typing import Any, Iterable
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
-from pipeline.records import Rejection, WriteTotals
-from pipeline.sample import Conversation, SampleMeta
-from pipeline.sample_io import conversation_from_record, meta_from_sections
-from pipeline.task import VideoTask
+from pipeline.core.records import Rejection, WriteTotals
+from pipeline.core.sample import Conversation, SampleMeta
+from pipeline.core.sample_io import conversation_from_record, meta_from_sections
+from pipeline.core.task import VideoTask
 from shards.config import ShardsConfig
 from shards.layout import RunDir, build_sample
 from shards.commit import commit_rejects, commit_shard, committed_in
@@ -31,7 +31,7 @@ from shards.tarwriter import ShardFile
 
 
 def sample_meta(task: VideoTask, frame_set: str, split: str, frames: list[bytes]) -> SampleMeta:
-    """The sample's `json` member (`pipeline/sample.py`): everything known about the video except conversations,
+    """The sample's `json` member (`pipeline/core/sample.py`): everything known about the video except conversations,
     timings and the embedding, and which frame set the sample's frames are."""
     return meta_from_sections(task.key, task.source, frame_set, split, task.meta, [len(f) for f in frames])
 

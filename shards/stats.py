@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.sample import LAYOUT1_VERSION
+from pipeline.core.sample import LAYOUT1_VERSION
 from shards.layout import RunDir
 from shards.reader import read_rejects, read_run_json, read_shard_list
 
@@ -125,7 +125,7 @@ def _fmt(s: dict[str, float], unit: str = "", scale: float = 1.0) -> str:
 
 
 def stats_table(stats: dict[str, Any]) -> str:
-    from pipeline.tables import table
+    from pipeline.core.tables import table
 
     rows: list[list[Any]] = [
         ["samples", stats["samples"]],

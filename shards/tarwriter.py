@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.sample import FORMAT_VERSION
+from pipeline.core.sample import FORMAT_VERSION
 from shards.layout import TMP_SUFFIX, sample_bytes
 from shards.tarformat import end_of_archive, member_header, padding
 
@@ -65,7 +65,7 @@ class ShardInfo:
     sha256: str
     bytes: int
     samples: int
-    format_version: str = FORMAT_VERSION  # the sample format its samples are written in (`pipeline/sample.py`)
+    format_version: str = FORMAT_VERSION  # the sample format its samples are written in (`pipeline/core/sample.py`)
 
 
 class ShardFile:

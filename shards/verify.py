@@ -4,7 +4,7 @@ Checks: each listed shard exists with the recorded size and sha256; each tar
 parses; every sample holds exactly format 2's members (`frames.mjpeg`, `json`,
 `conversations.json`) or layout 1's (a run of `NNNN.jpg` frames, `json`,
 `conversations.json`); its json and conversations parse through the sample model
-(`pipeline/sample.py`; a newer major format is named, not read); a format-2 sample's
+(`pipeline/core/sample.py`; a newer major format is named, not read); a format-2 sample's
 frame offsets tile its `frames.mjpeg` exactly and every frame is a whole JPEG
 (SOI/EOI markers); the index and the shards hold the same keys in the same shards,
 with the same frame counts; no key appears twice and no unlisted tar sits in
@@ -17,8 +17,8 @@ import tarfile
 from collections import Counter
 from typing import Any
 
-from pipeline.sample import FramesLayout, NewerFormat, SampleMeta
-from pipeline.sample_io import parse_conversations, parse_meta
+from pipeline.core.sample import FramesLayout, NewerFormat, SampleMeta
+from pipeline.core.sample_io import parse_conversations, parse_meta
 from shards.layout import (CONVERSATIONS_MEMBER, FRAME_MEMBER, FRAMES_MEMBER, MEMBERS, META_MEMBER, RunDir,
                            layout1_frame_names)  # fmt: skip
 from shards.rows import row_totals

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from pipeline.sample import Caption, Captions, Conversation, QAPair, SampleMeta
+from pipeline.core.sample import Caption, Captions, Conversation, QAPair, SampleMeta
 from shards.viewer_assets import INDEX_JS, SAMPLE_JS, VIEW_CSS
 
 

@@ -9,10 +9,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ["PROLONGVID_STRICT_META"] = "1"  # every product stage's writes are checked against pipeline/meta.py
+os.environ["PROLONGVID_STRICT_META"] = "1"  # every product stage's writes are checked against pipeline/core/meta.py
 
 from fixtures.videos import CATALOGUE, can_encode, make_bad_file, make_video  # noqa: E402
-from pipeline.config import RunConfig, load_config  # noqa: E402
+from pipeline.run_config import RunConfig, load_run_config
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +43,7 @@ def bad_file(video_dir):
 def run_config(tmp_path) -> RunConfig:
     """The demo config pointed at a temporary output folder."""
     root = Path(__file__).resolve().parents[1]
-    return load_config(root / "configs" / "demo.yaml", [f"output.dir={tmp_path / 'out'}", f"input.path={tmp_path}", "input.format=auto", "llm.enabled=false"])
+    return load_run_config(root / "configs" / "demo.yaml", [f"output.dir={tmp_path / 'out'}", f"input.path={tmp_path}", "input.format=auto", "llm.enabled=false"])
 
 
 GOOD_MIX = ["h264_10s", "hevc_10s", "theora_10s", "vfr_10s", "rotated_10s"]
@@ -95,4 +95,4 @@ def pipeline_config(input_path, out_dir, *sets: str) -> RunConfig:
     root = Path(__file__).resolve().parents[1]
     base = [f"input.path={input_path}", "input.format=auto", f"output.dir={out_dir}", "shards.max_samples=2",
             "ray.progress=false", "llm.enabled=false", "shards.eval_fraction=0"]
-    return load_config(root / "configs" / "demo.yaml", base + list(sets))
+    return load_run_config(root / "configs" / "demo.yaml", base + list(sets))

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from pipeline.sample_io import parse_meta
+from pipeline.core.sample_io import parse_meta
 from shards.layout import META_MEMBER, RunDir
 from shards.reader import iter_tar_samples, open_run
 from shards.verify import verify_run

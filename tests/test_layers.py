@@ -1,16 +1,21 @@
 """The import graph of the code points one way: no cycle, and no module imports a layer above its own.
 
-Layers, bottom to top (a module may import its own layer and those below):
-  0 contract       the stage contract, task, errors, records, the strict config base, config loading
-  1 video I/O      probe, decoders, frame extraction and sampling, image ops, watchdog, paths, inputs
-  2 stages         the stage packages (filters/, dense_caption/, shards/), train/, evaluation/, the video stages
-  3 orchestration  the stage graph, a run, the CLI, the demo, the Ray cluster helpers
+A module's layer is its folder (a module may import its own layer and those below):
+  0 contract       pipeline/core/: the stage contract, task, errors, records, the sample model, the strict config
+                   base, config loading
+  1 video I/O      pipeline/video/: probe, decoders, frame extraction and sampling, image ops, watchdog, paths,
+                   inputs, and the probe and decode stages
+  2 stages         filters/, dense_caption/, shards/: the stage packages, the shard writer and reader
+  3 training       train/, evaluation/: the trainer and held-out evaluation on the shards
+  4 orchestration  pipeline/*.py: the run config, the stage graph, a run, the CLI, the demo, the Ray cluster helpers
 
-Beside them, not part of the pipeline:
-  4 fixtures       synthetic videos, the codec corpus, tiny random models, the local vLLM server (fixtures/):
-                   for the demo, the tests and the benches. Fixtures may import contract, video I/O and
-                   stages; a product module imports fixtures only if FIXTURE_USERS lists it, and only the
+Beside them, not part of the product:
+  5 fixtures       fixtures/: synthetic videos, the codec corpus, tiny random models, the local vLLM server, for
+                   the demo, the tests and the benches. Fixtures may import contract, video I/O, stages and
+                   training; a product module imports fixtures only if FIXTURE_USERS lists it, and only the
                    fixtures listed there (the demo's examples and tiny VLM, the trainer's `model.tiny` switch).
+  6 benches        bench/: may import every layer above, never the tests; one bench may use another's helpers,
+                   never in a circle.
 
 Imports inside functions count as much as those at the top of a file: a lazy import
 that points up is still a dependency on the layer above.
@@ -23,20 +28,21 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("pipeline", "dense_caption", "evaluation", "filters", "fixtures", "shards", "train")
-LAYER_NAMES = ["contract", "video I/O", "stages", "orchestration", "fixtures"]
+PACKAGES = ("pipeline", "dense_caption", "evaluation", "filters", "fixtures", "shards", "train", "bench")
+LAYER_NAMES = ["contract", "video I/O", "stages", "training", "orchestration", "fixtures", "benches"]
 FIXTURES = LAYER_NAMES.index("fixtures")
+BENCHES = LAYER_NAMES.index("benches")
 
-PIPELINE_LAYERS = {
-    0: ["config_base", "config_errors", "config_load", "config_run", "errors", "meta", "records", "redact", "sample",
-        "sample_io", "sample_schema", "stage", "tables", "task", "video_tokens"],
-    1: ["config_video", "decode_decord", "decode_log", "decord_build", "decode_pyav", "decoders", "extract", "frames",
-        "imageops", "keyset", "llava_source", "manifests", "opened", "paths", "probe", "report", "sampling", "sources", "watchdog"],
-    2: ["stages"],
-    3: ["__init__", "__main__", "audit", "cli", "config", "demo", "graph", "plan", "resume", "run", "run_summary",
-        "ray_local", "raystop", "waves"],
+# A module's layer from its folder: the longest folder prefix that names one.
+FOLDER_LAYERS = {
+    "pipeline.core": 0,
+    "pipeline.video": 1,
+    "filters": 2, "dense_caption": 2, "shards": 2,
+    "train": 3, "evaluation": 3,
+    "pipeline": 4,
+    "fixtures": FIXTURES,
+    "bench": BENCHES,
 }
-STAGE_PACKAGES = ("dense_caption", "evaluation", "filters", "shards", "train")  # every module of these sits in layer 2
 
 # The only product modules that may import fixtures, and which fixtures each may import: the entry points that
 # run on made-up inputs (the demo's example videos and tiny VLM) and the trainer's `model.tiny: true` switch.
@@ -56,14 +62,11 @@ def module_files() -> dict[str, Path]:
 
 
 def layer_of(module: str) -> int | None:
-    pkg, _, rest = module.partition(".")
-    if pkg == "fixtures":
-        return FIXTURES
-    if pkg in STAGE_PACKAGES:
-        return 2
-    for layer, names in PIPELINE_LAYERS.items():
-        if rest in names:
-            return layer
+    folder = module.rpartition(".")[0]
+    while folder:
+        if folder in FOLDER_LAYERS:
+            return FOLDER_LAYERS[folder]
+        folder = folder.rpartition(".")[0]
     return None
 
 
@@ -133,14 +136,21 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_every_module_has_a_layer():
     unplaced = sorted(m for m in module_files() if layer_of(m) is None)
-    assert not unplaced, f"modules with no layer (add them to PIPELINE_LAYERS): {unplaced}"
+    assert not unplaced, f"modules in no layer folder (FOLDER_LAYERS): {unplaced}"
 
 
-def test_no_layer_list_names_a_missing_module():
-    files = module_files()
-    missing = sorted(f"pipeline.{n}" for names in PIPELINE_LAYERS.values() for n in names
-                     if f"pipeline.{n}" not in files)
-    assert not missing, f"layers name modules that do not exist: {missing}"
+def test_every_package_is_checked():
+    """A new top-level package (or a folder inside pipeline/) must be given a layer here, not slip past."""
+    tops = sorted(p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name not in ("tests",))
+    assert sorted(set(tops) - set(PACKAGES)) == [], "packages the layer check does not see"
+    inner = sorted(f"pipeline.{p.parent.name}" for p in (ROOT / "pipeline").glob("*/__init__.py"))
+    assert sorted(set(inner) - set(FOLDER_LAYERS)) == [], "folders inside pipeline/ with no layer"
+
+
+def test_fixtures_stay_out_of_the_wheel():
+    text = (ROOT / "pyproject.toml").read_text()
+    include = re.search(r"\[tool\.setuptools\.packages\.find\][^\[]*?\ninclude = \[([^\]]*)\]", text).group(1)
+    assert "fixtures" not in include and "bench" not in include
 
 
 def test_no_import_points_up():
@@ -148,6 +158,8 @@ def test_no_import_points_up():
     upward = []
     for mod, deps in sorted(import_graph().items()):
         mine = layer_of(mod)
+        if mine == BENCHES:
+            continue
         for dep in sorted(deps):
             theirs = layer_of(dep)
             if theirs == FIXTURES:
@@ -163,7 +175,7 @@ def test_product_imports_fixtures_only_from_entry_points():
     assert not stale, f"FIXTURE_USERS names modules that do not exist: {stale}"
     wrong = []
     for mod, deps in sorted(import_graph().items()):
-        if layer_of(mod) == FIXTURES:
+        if layer_of(mod) in (FIXTURES, BENCHES):
             continue
         for dep in sorted(d for d in deps if layer_of(d) == FIXTURES):
             if dep not in FIXTURE_USERS.get(mod, set()):
@@ -175,10 +187,10 @@ def test_product_imports_fixtures_only_from_entry_points():
 
 
 def test_fixtures_import_no_orchestration():
-    """Fixtures build on the contract, video I/O and the stages, never on a run, the graph or the CLI."""
+    """Fixtures build on the contract, video I/O, the stages and training, never on a run, the graph or the CLI."""
     wrong = [f"{mod} -> {dep} ({LAYER_NAMES[layer_of(dep)]})"
              for mod, deps in sorted(import_graph().items()) if layer_of(mod) == FIXTURES
-             for dep in sorted(deps) if layer_of(dep) not in (0, 1, 2, FIXTURES)]
+             for dep in sorted(deps) if layer_of(dep) not in (0, 1, 2, 3, FIXTURES)]
     assert not wrong, "fixtures importing orchestration:\n" + "\n".join(wrong)
 
 
@@ -194,7 +206,8 @@ def test_the_checks_see_lazy_imports_and_cycles(tmp_path):
     known = {"pipeline.run", "shards.ledger", "shards.__init__", "pipeline.m"}
     assert imports_of("pipeline.m", src, known) == {"pipeline.run", "shards.ledger"}
     assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
-    assert layer_of("pipeline.run") == 3 and layer_of("pipeline.stage") == 0 and layer_of("train.model") == 2
+    assert layer_of("pipeline.run") == 4 and layer_of("pipeline.core.stage") == 0 and layer_of("train.model") == 3
+    assert layer_of("pipeline.video.probe") == 1 and layer_of("shards.sink") == 2 and layer_of("bench.llm") == BENCHES
     assert layer_of("fixtures.videos") == FIXTURES
 
 
@@ -208,9 +221,9 @@ def test_the_readme_architecture_table_places_modules_as_this_test_does():
         if len(cells) != 3 or cells[0] not in LAYER_NAMES:
             continue
         layer = LAYER_NAMES.index(cells[0])
-        for path in re.findall(r"`([a-z_]+/(?:[a-z_*]+\.py)?)`", cells[1]):
+        for path in re.findall(r"`([a-z_/]+/(?:[a-z_*]+\.py)?)`", cells[1]):
             modules = [m for m, f in module_files().items() if f.relative_to(ROOT).match(path)] if path.endswith(".py") \
-                else [m for m in module_files() if m.startswith(path.rstrip("/") + ".")]
+                else [m for m in module_files() if m.startswith(path.rstrip("/").replace("/", ".") + ".")]
             assert modules and all(layer_of(m) == layer for m in modules), f"README puts {path} in {cells[0]}"
             checked += len(modules)
     assert checked > 30

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from pipeline.config_load import ConfigError, load_config
+from pipeline.core.config_load import ConfigError, load_config
 from train.config import TrainConfig
 from train.preflight import check_training_data, world_size
 

@@ -6,8 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.config_base import Strict
-from pipeline.video_tokens import VIDEO_POOL
+from pipeline.core.config_base import Strict
+from pipeline.core.video_tokens import VIDEO_POOL
 from train.data import DataConfig
 
 

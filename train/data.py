@@ -25,9 +25,9 @@ from typing import Annotated, Any, Iterator, Literal
 
 from pydantic import Field
 
-from pipeline.config_base import Strict
-from pipeline.video_tokens import TOKENS_PER_FRAME
-from pipeline.sample import Conversation, NewerFormat, SampleMeta
+from pipeline.core.config_base import Strict
+from pipeline.core.video_tokens import TOKENS_PER_FRAME
+from pipeline.core.sample import Conversation, NewerFormat, SampleMeta
 from shards.layout import RunDir, Sample
 from shards.reader import read_shard_list
 from shards.split import TRAIN, of_split

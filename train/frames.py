@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.sample import SampleMeta
-from pipeline.sampling import uniform_indices
+from pipeline.core.sample import SampleMeta
+from pipeline.video.sampling import uniform_indices
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from pipeline.video_tokens import VIDEO_POOL, frame_tokens
+from pipeline.core.video_tokens import VIDEO_POOL, frame_tokens
 
 
 def pool_frames(features: torch.Tensor, pool: int) -> torch.Tensor:

@@ -120,7 +120,7 @@ def shapes(cfg: Any) -> Shapes:
 
 def memory_plan(cfg: Any, world: int, found: Shapes | None = None) -> MemoryPlan:
     """Per-GPU bytes for `cfg` on `world` ranks (`found`: shapes already read, else read from the config)."""
-    from pipeline.video_tokens import frame_tokens
+    from pipeline.core.video_tokens import frame_tokens
 
     s = found or shapes(cfg)
     sp, fsdp = cfg.parallel.sp_size, cfg.parallel.sharding == "fsdp" and world > 1

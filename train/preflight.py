@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.config_load import ConfigError
+from pipeline.core.config_load import ConfigError
 from shards.layout import INDEX_FILE
 from train.data import shard_urls
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config_load import write_resolved_config
+from pipeline.core.config_load import ConfigError, write_resolved_config
 from train import checkpoint, fsdp, optim, packing, sequence
 from train.batching import DataStream
 from train.chat import ChatEncoder
@@ -45,9 +45,14 @@ log = logging.getLogger(__name__)
 
 def load_parts(cfg: TrainConfig) -> tuple[Any, Any]:
     """Tokenizer and model as stored (the checkpoint's own dtype); `prepare` sets what trains and its precision."""
-    from fixtures.tiny_train_model import build_model, build_tokenizer
-
     if cfg.model.tiny:
+        try:  # the tiny random model is a fixture: in a checkout, not in the installed wheel
+            from fixtures.tiny_train_model import build_model, build_tokenizer
+        except ModuleNotFoundError as e:
+            if e.name != "fixtures":
+                raise
+            raise ConfigError("model.tiny: the tiny random model (fixtures/) comes with a checkout of the "
+                              "repository, not with the installed package; set model.path") from None
         tokenizer = build_tokenizer()
         model = build_model(tokenizer, pool=cfg.model.video_pool_size, seed=cfg.seed)
     else:

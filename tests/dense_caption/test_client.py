@@ -12,7 +12,7 @@ from dense_caption.config import HttpBackendConfig, RetryConfig
 from dense_caption.http_backend import HttpChatBackend, ServerUnavailable, check_server
 from dense_caption.qa import check_pair, qa_schema, times_in_text
 from filters.text import is_refusal, near_duplicates
-from pipeline.errors import Reason
+from pipeline.core.errors import Reason
 from tests.dense_caption.fake_llm import FakeLLM
 
 FAST = RetryConfig(attempts=2, transport_window_s=2.0, backoff_s=0.02, backoff_max_s=0.1)

@@ -7,7 +7,8 @@ import pytest
 from dense_caption.config import LLMConfig
 from dense_caption.http_backend import ServerUnavailable
 from dense_caption.ray_engine import engine_args
-from pipeline.config import ConfigError, load_config
+from pipeline.core.config_load import ConfigError
+from pipeline.run_config import load_run_config
 from pipeline.run import run_pipeline
 from tests.conftest import pipeline_config
 
@@ -30,7 +31,7 @@ BASE = ["input.path=x", "output.dir=y", "llm.enabled=true"]
 )
 def test_bad_llm_configs_fail_at_load_naming_the_field(overrides, message):
     with pytest.raises(ConfigError) as e:
-        load_config(None, BASE + overrides)
+        load_run_config(None, BASE + overrides)
     assert message in str(e.value)
 
 
@@ -61,7 +62,7 @@ def test_llm_workers_are_pinned_to_the_driver_node_only_for_a_loopback_server(ra
     from pipeline.graph import llm_placement
 
     def placement(url):
-        return llm_placement(load_config(None, BASE + ["llm.model=m", f"llm.http.url={url}"]))
+        return llm_placement(load_run_config(None, BASE + ["llm.model=m", f"llm.http.url={url}"]))
 
     pinned = placement("http://127.0.0.1:8000/v1")["scheduling_strategy"]
     assert isinstance(pinned, NodeAffinitySchedulingStrategy) and not pinned.soft

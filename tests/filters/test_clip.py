@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from filters.clip_scores import CaptionAgreement, ClipModel, ClipScores, build_aesthetic_head, caption_agreement
-from pipeline.config import load_config
+from pipeline.run_config import load_run_config
 from pipeline.graph import build_stages
 from filters.config import ClipFilterConfig
 from pipeline.run import run_pipeline
-from pipeline.stage import run_stage
-from pipeline.stages import DecodeStage, ProbeStage
-from pipeline.task import VideoTask
+from pipeline.core.stage import run_stage
+from pipeline.video.stages import DecodeStage, ProbeStage
+from pipeline.core.task import VideoTask
 from shards.reader import open_run, read_index, read_rejects
 from tests.conftest import pipeline_config
 from tests.dense_caption.fake_llm import FakeLLM
@@ -51,7 +51,7 @@ def tiny_clip(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def decoded(video):
-    cfg = load_config(None, ["input.path=.", "output.dir=.", "decode.isolate=false", "sampling.sets.0.num_frames=12",
+    cfg = load_run_config(None, ["input.path=.", "output.dir=.", "decode.isolate=false", "sampling.sets.0.num_frames=12",
                            "sampling.sets.0.stage_frames=[]"])
     decode = DecodeStage(cfg.sampling, cfg.decode)
     task = run_stage(ProbeStage(cfg.probe, cfg.limits), VideoTask("v", str(video("testsrc2_20s"))))

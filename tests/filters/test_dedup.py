@@ -139,7 +139,8 @@ def test_dedup_enabled_in_the_config_runs_at_the_end_of_the_run(tiny_clip, video
 
 
 def test_dedup_without_clip_is_a_config_error():
-    from pipeline.config import ConfigError, load_config
+    from pipeline.core.config_load import ConfigError
+    from pipeline.run_config import load_run_config
 
     with pytest.raises(ConfigError, match="filters.dedup.enabled needs filters.clip.enabled"):
-        load_config(None, ["input.path=.", "output.dir=.", "filters.dedup.enabled=true"])
+        load_run_config(None, ["input.path=.", "output.dir=.", "filters.dedup.enabled=true"])

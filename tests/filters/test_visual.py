@@ -7,12 +7,12 @@ import shutil
 import pytest
 
 from filters.visual import VisualFilter
-from pipeline.config import load_config
+from pipeline.run_config import load_run_config
 from pipeline.graph import build_stages
 from pipeline.run import run_pipeline
-from pipeline.stage import run_stage
-from pipeline.stages import DecodeStage, ProbeStage
-from pipeline.task import VideoTask
+from pipeline.core.stage import run_stage
+from pipeline.video.stages import DecodeStage, ProbeStage
+from pipeline.core.task import VideoTask
 from shards.reader import open_run, read_index, read_rejects
 from shards.stats import compute_stats
 from tests.conftest import pipeline_config
@@ -29,7 +29,7 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def decoded(video):
     """Each fixture probed and decoded once (the frames every filter test reuses)."""
-    cfg = load_config(None, ["input.path=.", "output.dir=.", "decode.isolate=false"])
+    cfg = load_run_config(None, ["input.path=.", "output.dir=.", "decode.isolate=false"])
     decode = DecodeStage(cfg.sampling, cfg.decode)
     out = {}
     for name in EXPECTED:
@@ -45,7 +45,7 @@ def _copy(task):
 
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_each_cheap_filter_catches_its_video_and_passes_the_normal_one(decoded, name):
-    cfg = load_config(None, ["input.path=.", "output.dir=."]).filters.visual.model_copy(update={"frame_set": "caption"})
+    cfg = load_run_config(None, ["input.path=.", "output.dir=."]).filters.visual.model_copy(update={"frame_set": "caption"})
     task = run_stage(VisualFilter(cfg), _copy(decoded[name]))
     want = EXPECTED[name]
     if want is None:
@@ -58,14 +58,14 @@ def test_each_cheap_filter_catches_its_video_and_passes_the_normal_one(decoded, 
 
 
 def test_reject_detail_names_the_score_and_the_threshold(decoded):
-    cfg = load_config(None, ["input.path=.", "output.dir=."]).filters.visual.model_copy(update={"frame_set": "caption"})
+    cfg = load_run_config(None, ["input.path=.", "output.dir=."]).filters.visual.model_copy(update={"frame_set": "caption"})
     task = run_stage(VisualFilter(cfg), _copy(decoded["blurred_20s"]))
     score = task.meta["scores"]["sharpness"]
     assert task.error.detail == f"sharpness {score:.1f} < min_sharpness 100"
 
 
 def test_score_only_keeps_the_video_and_records_what_would_have_happened(decoded):
-    cfg = load_config(None, ["input.path=.", "output.dir=."]).filters.visual
+    cfg = load_run_config(None, ["input.path=.", "output.dir=."]).filters.visual
     cfg = cfg.model_copy(update={"frame_set": "caption", "score_only": True})
     task = run_stage(VisualFilter(cfg), _copy(decoded["black_20s"]))
     assert not task.rejected and task.meta["scores"]["blank_ratio"] == 1.0
@@ -73,17 +73,17 @@ def test_score_only_keeps_the_video_and_records_what_would_have_happened(decoded
 
 
 def test_thresholds_come_from_the_config(decoded):
-    cfg = load_config(None, ["input.path=.", "output.dir=.", "filters.visual.min_sharpness=5"]).filters.visual
+    cfg = load_run_config(None, ["input.path=.", "output.dir=.", "filters.visual.min_sharpness=5"]).filters.visual
     task = run_stage(VisualFilter(cfg.model_copy(update={"frame_set": "caption"})), _copy(decoded["blurred_20s"]))
     assert not task.rejected
 
 
 def test_cheap_filters_run_before_anything_expensive():
-    cfg = load_config(None, ["input.path=.", "output.dir=."])
+    cfg = load_run_config(None, ["input.path=.", "output.dir=."])
     names = [s.name for s in build_stages(cfg)]
     assert names == ["probe", "length_filter", "decode", "visual_filter", "token_budget"]
     assert build_stages(cfg)[3].cfg.frame_set == "caption"
-    only_shard = load_config(None, ["input.path=.", "output.dir=.", "sampling.sets=[{name: shard, num_frames: 8}]"])
+    only_shard = load_run_config(None, ["input.path=.", "output.dir=.", "sampling.sets=[{name: shard, num_frames: 8}]"])
     assert build_stages(only_shard)[3].cfg.frame_set == "shard"
 
 

@@ -10,9 +10,9 @@ from PIL import Image
 
 from fixtures import framecode
 from fixtures.codec_corpus import CodedVideo
-from pipeline.config import FrameSetConfig, ResizeConfig, SamplingConfig
-from pipeline.records import DecodeResult
-from pipeline.sampling import uniform_indices
+from pipeline.video.config_video import FrameSetConfig, ResizeConfig, SamplingConfig
+from pipeline.core.records import DecodeResult
+from pipeline.video.sampling import uniform_indices
 
 SQUARE = ResizeConfig(policy="square", size=384, resample="bicubic")
 SMALL = ResizeConfig(policy="short_side", size=224, resample="area")

@@ -13,7 +13,7 @@ import pytest
 from fixtures.codec_corpus import CORPUS, make_coded
 from pipeline.cli import main
 from pipeline.run import run_pipeline
-from pipeline.sample import FramesLayout, SampleMeta
+from pipeline.core.sample import FramesLayout, SampleMeta
 from shards.layout import Sample, build_sample
 from shards.reader import open_run, read_index
 from tests.conftest import pipeline_config

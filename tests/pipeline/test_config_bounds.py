@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.core.config_load import ConfigError
+
+from pipeline.run_config import load_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ["input.path=videos", "output.dir=out", "llm.enabled=false"]
@@ -78,7 +80,7 @@ def test_a_value_out_of_bounds_exits_2_naming_the_key_before_anything_is_made(tm
 ])
 def test_every_section_bounds_its_numbers(override, key, says):
     with pytest.raises(ConfigError) as err:
-        load_config(ROOT / "configs/demo.yaml", BASE + [override])
+        load_run_config(ROOT / "configs/demo.yaml", BASE + [override])
     line = next(x for x in str(err.value).splitlines() if x.startswith(f"  {key}: "))
     assert says in line, line
 
@@ -93,7 +95,7 @@ def test_a_yaml_config_with_ints_for_floats_still_loads(tmp_path):
         "filters: {visual: {black_level: 20, min_sharpness: 0}, length: {min_duration_s: 1, max_duration_s: 600}}\n"
         "resources: {video: {num_cpus: 1}}\nllm: {temperature: 0, retry: {backoff_s: 1}}\n"
     )
-    cfg = load_config(f, ["sampling.sets.0.min_distinct=1", "shards.eval_fraction=0", "decode.threads=2"])
+    cfg = load_run_config(f, ["sampling.sets.0.min_distinct=1", "shards.eval_fraction=0", "decode.threads=2"])
     floats = [cfg.probe.timeout_s, cfg.decode.timeout_s, cfg.sampling.sets[1].fps, cfg.filters.visual.black_level,
               cfg.resources.video.num_cpus, cfg.llm.temperature, cfg.sampling.sets[0].min_distinct]
     assert floats == [30, 900, 2, 20, 1, 0, 1] and all(type(x) is float for x in floats)
@@ -102,11 +104,11 @@ def test_a_yaml_config_with_ints_for_floats_still_loads(tmp_path):
 
 def test_yaml_12_numbers_are_numbers():
     """`1e-1` is a float in YAML 1.2 (PyYAML's 1.1 rules make it a string, which a number field now refuses)."""
-    cfg = load_config(None, BASE + ["sampling.sets.1.fps=5e-1", "probe.timeout_s=3E1"])
+    cfg = load_run_config(None, BASE + ["sampling.sets.1.fps=5e-1", "probe.timeout_s=3E1"])
     assert cfg.sampling.sets[1].fps == 0.5 and cfg.probe.timeout_s == 30.0
 
 
 def test_the_default_extensions_are_suffixes():
-    exts = load_config(None, BASE).input.extensions
+    exts = load_run_config(None, BASE).input.extensions
     assert len(exts) == len(set(exts)) and all(e.startswith(".") and e == e.lower() for e in exts)
     assert {".wmv", ".asf", ".3gp", ".mpg", ".mpeg", ".m2ts", ".mts", ".vob", ".m2v", ".divx", ".f4v"} <= set(exts)

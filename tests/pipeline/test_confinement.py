@@ -14,13 +14,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import ConfigError, load_config
-from pipeline.decode_pyav import PyAVBackend
-from pipeline.errors import Reason, VideoError
-from pipeline.probe import probe_video
+from pipeline.core.config_load import ConfigError
+
+from pipeline.run_config import load_run_config
+from pipeline.video.decode_pyav import PyAVBackend
+from pipeline.core.errors import Reason, VideoError
+from pipeline.video.probe import probe_video
 from pipeline.run import RunLocked, check_output_dir, run_lock
-from pipeline.sample_io import conversation_from_record, dump, dump_conversations, meta_from_sections
-from pipeline.sources import load_sources
+from pipeline.core.sample_io import conversation_from_record, dump, dump_conversations, meta_from_sections
+from pipeline.video.sources import load_sources
 from shards import ledger
 from shards.layout import RunDir
 from shards.runfolder import claim
@@ -109,7 +111,7 @@ def test_a_manifest_cannot_ask_for_unbounded_frames_or_bad_paths(tmp_path, video
             {"path": str(video("h264_10s")), "id": "huge", "num_frames": 20000},
             {"path": "a\u0000b.mp4", "id": "nul"}]
     manifest.write_text("\n".join(json.dumps(r) for r in rows))
-    sources = load_sources(load_config(None, [f"input.path={manifest}", "output.dir=unused"]).input)
+    sources = load_sources(load_run_config(None, [f"input.path={manifest}", "output.dir=unused"]).input)
     assert [t.key for t in sources.tasks] == ["ok"]
     reasons = {r.reason for r in sources.rejects}
     assert reasons == {"bad_source", "bad_path"}
@@ -131,9 +133,9 @@ def test_the_loser_of_the_lock_leaves_it_alone_and_dedup_waits_its_turn(tmp_path
 
 def test_secrets_in_server_arguments_are_never_written(tmp_path):
     from dense_caption.managed import ManagedServer
-    from pipeline.config import dump_config, write_resolved_config
+    from pipeline.core.config_load import dump_config, write_resolved_config
 
-    cfg = load_config(ROOT / "configs" / "demo.yaml", [
+    cfg = load_run_config(ROOT / "configs" / "demo.yaml", [
         f"output.dir={tmp_path}", "input.path=.",
         "llm.http.managed.args=[--api-key, sk-live-123, --max-model-len, '4096']",
         "llm.http.managed.env={HF_TOKEN: hf_secret_456, OMP_NUM_THREADS: '1'}",
@@ -191,7 +193,7 @@ def test_no_manifest_row_stops_the_run(tmp_path, video):
                      + '{"id": "r1", "video": "x.mp4", "conversations": ' + deep + "},"
                      + json.dumps({"id": "r2", "video": str(video("hevc_10s")), "conversations": []}) + "]")
     for path, kept, bad in ((jsonl, 2, 2), (csv_file, 2, 1), (llava, 2, 1)):
-        sources = load_sources(load_config(None, [f"input.path={path}", "output.dir=unused"]).input)
+        sources = load_sources(load_run_config(None, [f"input.path={path}", "output.dir=unused"]).input)
         assert len(sources.tasks) == kept, path
         assert [r.reason for r in sources.rejects] == ["bad_source"] * bad, (path, sources.rejects)
         assert all(r.detail for r in sources.rejects)

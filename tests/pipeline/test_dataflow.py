@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.core.config_load import ConfigError
+
+from pipeline.run_config import load_run_config
 from pipeline.graph import MAX_BLOCKS, MAX_VIDEOS_PER_BLOCK, build_stages, check_graph, videos_per_block
-from pipeline.meta import SECTIONS, check_data_flow
-from pipeline.stage import Stage, run_stage
-from pipeline.task import VideoTask
+from pipeline.core.meta import SECTIONS, check_data_flow
+from pipeline.core.stage import Stage, run_stage
+from pipeline.core.task import VideoTask
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ["input.path=.", "output.dir=out"]
@@ -35,7 +37,7 @@ def test_a_stage_declaring_an_unknown_section_fails_when_defined():
 
 
 def test_every_stage_of_every_graph_declares_known_sections():
-    cfg = load_config(None, BASE + ["filters.clip.enabled=true", "llm.enabled=true", "llm.model=m"])
+    cfg = load_run_config(None, BASE + ["filters.clip.enabled=true", "llm.enabled=true", "llm.model=m"])
     stages = build_stages(cfg)
     assert [s.name for s in stages] == ["probe", "length_filter", "decode", "visual_filter", "clip_scores", "caption",
                                         "qa", "caption_agreement", "token_budget"]  # fmt: skip
@@ -53,7 +55,7 @@ def test_every_stage_of_every_graph_declares_known_sections():
       "llm.captions.enabled=false", "llm.qa.enabled=false"], "filters.clip.min_frame_text"),
 ])
 def test_a_config_asking_for_data_nothing_writes_fails_naming_the_field(overrides, field):
-    cfg = load_config(None, BASE + overrides)
+    cfg = load_run_config(None, BASE + overrides)
     with pytest.raises(ConfigError) as e:
         check_graph(cfg)
     assert str(e.value).startswith(f"{field}: stage ") and "meta.captions" in str(e.value), str(e.value)
@@ -71,16 +73,16 @@ def test_the_cli_refuses_it_before_touching_the_output_dir(tmp_path):
 
 
 def test_frame_sets_are_resolved_once_at_load_and_shown_in_the_resolved_config(tmp_path):
-    from pipeline.config import write_resolved_config
+    from pipeline.core.config_load import write_resolved_config
 
-    cfg = load_config(None, BASE)
+    cfg = load_run_config(None, BASE)
     assert cfg.filters.visual.frame_set == "caption" and cfg.filters.clip.frame_set == "shard"
-    no_caption = load_config(None, BASE + ["sampling.sets=[{name: shard, mode: uniform, num_frames: 8}]"])
+    no_caption = load_run_config(None, BASE + ["sampling.sets=[{name: shard, mode: uniform, num_frames: 8}]"])
     assert no_caption.filters.visual.frame_set == "shard"
-    chosen = load_config(None, BASE + ["filters.visual.frame_set=shard", "filters.clip.frame_set=caption"])
+    chosen = load_run_config(None, BASE + ["filters.visual.frame_set=shard", "filters.clip.frame_set=caption"])
     assert (chosen.filters.visual.frame_set, chosen.filters.clip.frame_set) == ("shard", "caption")
     write_resolved_config(cfg, tmp_path)
-    resolved = load_config(tmp_path / "config.resolved.yaml")
+    resolved = load_run_config(tmp_path / "config.resolved.yaml")
     assert resolved.filters.visual.frame_set == "caption" and resolved.filters.clip.frame_set == "shard"
     text = (tmp_path / "config.resolved.yaml").read_text()
     assert "frame_set: caption" in text and "frame_set: null" not in text
@@ -115,7 +117,7 @@ def test_strict_mode_fails_a_stage_that_writes_undeclared_or_mistyped_data():
 
 def test_the_video_stages_write_what_they_declare_in_the_declared_types(video):
     """Strict mode through the real probe, length, decode, visual and token-budget stages of a default graph."""
-    cfg = load_config(None, [f"input.path={video('h264_10s')}", "output.dir=out", "decode.isolate=false",
+    cfg = load_run_config(None, [f"input.path={video('h264_10s')}", "output.dir=out", "decode.isolate=false",
                              "filters.visual.min_motion=0", "filters.visual.min_sharpness=0"])  # fmt: skip
     task = VideoTask("k", video("h264_10s"), {"conversations": [{"id": "k", "conversations": [
         {"from": "human", "value": "<image>\nWhat happens?"}, {"from": "gpt", "value": "A test pattern moves."}]}]})

@@ -22,11 +22,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 LOOP = textwrap.dedent("""
     import sys
-    from pipeline.config import load_config
-    from pipeline.extract import extract_frames
-    from pipeline.probe import preflight
+    from pipeline.run_config import load_run_config
+    from pipeline.video.extract import extract_frames
+    from pipeline.video.probe import preflight
 
-    cfg = load_config(None, ["input.path=.", "output.dir=.", "decode.backend=pyav", "decode.threads=2",
+    cfg = load_run_config(None, ["input.path=.", "output.dir=.", "decode.backend=pyav", "decode.threads=2",
                              "sampling.sets=[{name: shard, mode: uniform, num_frames: 1, resize: {size: 32}}]"])
     info = preflight(sys.argv[1], cfg.probe, cfg.limits)
     for _ in range(int(sys.argv[2])):

@@ -18,9 +18,10 @@ import pytest
 
 from fixtures import framecode
 from fixtures.codec_corpus import CORPUS, make_coded
-from pipeline.config import ConfigError, load_config
-from pipeline.decode_decord import DecordBackend
-from pipeline.decord_build import decord_problem
+from pipeline.core.config_load import ConfigError
+from pipeline.run_config import load_run_config
+from pipeline.video.decode_decord import DecordBackend
+from pipeline.video.decord_build import decord_problem
 
 BASE = ["input.path=videos", "output.dir=out"]
 
@@ -44,9 +45,9 @@ def test_an_untrusted_or_missing_decord_fails_the_config_naming_the_field(monkey
     _installed(monkeypatch, dists)
     assert says in decord_problem()
     with pytest.raises(ConfigError) as err:
-        load_config(None, BASE + ["decode.backend=decord"])
+        load_run_config(None, BASE + ["decode.backend=decord"])
     assert "decode.backend" in str(err.value) and says in str(err.value)
-    assert load_config(None, BASE + ["decode.backend=pyav"]).decode.backend == "pyav"  # PyAV needs no decord
+    assert load_run_config(None, BASE + ["decode.backend=pyav"]).decode.backend == "pyav"  # PyAV needs no decord
 
 
 def test_the_installed_decord_is_the_trusted_one():

@@ -10,7 +10,7 @@ import pytest
 import webdataset as wds
 
 from fixtures.codec_corpus import CORPUS, can_make, encoder_of, make_coded
-from pipeline.config import load_config
+from pipeline.run_config import load_run_config
 from pipeline.run import run_pipeline
 from shards.layout import Sample
 from shards.reader import open_run, read_index, read_rejects
@@ -25,7 +25,7 @@ def test_a_default_folder_run_stores_3gp_and_wmv_files(ray_local, tmp_path):
             pytest.skip(f"local ffmpeg has no {encoder_of(case)} encoder")
         make_coded(case, videos)
     out = tmp_path / "out"
-    cfg = load_config(None, [f"input.path={videos}", f"output.dir={out}", "ray.progress=false"])
+    cfg = load_run_config(None, [f"input.path={videos}", f"output.dir={out}", "ray.progress=false"])
     summary = run_pipeline(cfg)
 
     assert summary.skipped_by_extension == 0, summary.skipped_suffixes

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from fixtures.videos import BAD_KINDS, CLOCK_RATE, ffmpeg_binary
-from pipeline.config import DecodeConfig, FrameSetConfig, ProbeConfig, ResizeConfig, SamplingConfig
-from pipeline.errors import Reason, VideoError
-from pipeline.extract import extract_frames
-from pipeline.imageops import decode_jpeg
-from pipeline.probe import preflight
+from pipeline.video.config_video import DecodeConfig, FrameSetConfig, ProbeConfig, ResizeConfig, SamplingConfig
+from pipeline.core.errors import Reason, VideoError
+from pipeline.video.extract import extract_frames
+from pipeline.video.imageops import decode_jpeg
+from pipeline.video.probe import preflight
 
 NATIVE = ResizeConfig(policy="none")
 BACKENDS = ["decord", "pyav"]

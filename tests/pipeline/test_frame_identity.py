@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 from fixtures.codec_corpus import CORPUS, can_make, encoder_of, make_coded
-from pipeline.config import DecodeConfig, InputConfig
-from pipeline.extract import extract_frames
-from pipeline.probe import preflight
+from pipeline.video.config_video import DecodeConfig, InputConfig
+from pipeline.video.extract import extract_frames
+from pipeline.video.probe import preflight
 from tests.pipeline.identity import every_mode, identity_problems
 
 

@@ -15,11 +15,12 @@ import pytest
 from filters.visual import first_failure, visual_scores
 from fixtures.codec_corpus import CORPUS, CodedVideo, make_coded
 from fixtures.videos import SynthVideo, make_video
-from pipeline.config import DecodeConfig, ProbeConfig, SamplingConfig, load_config
-from pipeline.errors import Reason, VideoError
-from pipeline.extract import extract_frames
-from pipeline.probe import probe_video
-from pipeline.sources import load_sources
+from pipeline.run_config import load_run_config
+from pipeline.video.config_video import DecodeConfig, ProbeConfig, SamplingConfig
+from pipeline.core.errors import Reason, VideoError
+from pipeline.video.extract import extract_frames
+from pipeline.video.probe import probe_video
+from pipeline.video.sources import load_sources
 from tests.pipeline.identity import read_jpeg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +74,7 @@ def test_one_frame_and_half_a_second_are_rejected_not_repeated(files):
     with pytest.raises(VideoError) as err:
         extract_frames(info, SamplingConfig(), DecodeConfig(isolate=False))
     assert err.value.reason is Reason.TOO_FEW_DISTINCT_FRAMES and "15 distinct of 192" in err.value.detail
-    relaxed = load_config(None, ["input.path=.", "output.dir=.", "sampling.sets.0.min_distinct=0"]).sampling
+    relaxed = load_run_config(None, ["input.path=.", "output.dir=.", "sampling.sets.0.min_distinct=0"]).sampling
     kept = extract_frames(info, relaxed, DecodeConfig(isolate=False)).sets["shard"]
     # every stage's frames stored once each (15), each stage's 192 / 128 / 32 picks repeating them
     assert len(kept) == 15 and [len(kept.stages[k]) for k in ("32", "128", "192")] == [32, 128, 192]
@@ -92,7 +93,7 @@ def test_every_folder_entry_is_accounted_for(files, tmp_path):
     (tmp_path / "sub").mkdir()
     os.symlink("..", tmp_path / "sub" / "up")  # a folder loop: walked once
     (tmp_path / os.fsdecode(b"bad\xff.mp4")).write_bytes(good.read_bytes())
-    sources = load_sources(load_config(None, [f"input.path={tmp_path}", "output.dir=unused"]).input)
+    sources = load_sources(load_run_config(None, [f"input.path={tmp_path}", "output.dir=unused"]).input)
     assert [t.source for t in sources.tasks] == [str(tmp_path / "a.mp4")]
     reasons = {Path(r.source).name: r.reason for r in sources.rejects}
     assert reasons == {"x.mp4": "not_regular_file", "loop.mp4": "symlink_loop", "dangling.mp4": "missing",
@@ -118,7 +119,7 @@ def test_probe_names_what_it_sees(tmp_path, files):
 @pytest.mark.parametrize("name", ["testsrc2_20s", "blurred_20s", "slideshow_40s", "still_60s", "tiny_64"])
 def test_filters_see_the_same_frames_whatever_the_backend(video, video_dir, name):
     path = make_video(SynthVideo("tiny_64", width=64, height=64, audio=False), video_dir) if name == "tiny_64" else video(name)
-    cfg = load_config(ROOT / "configs" / "default.yaml", ["input.path=.", "output.dir=."])
+    cfg = load_run_config(ROOT / "configs" / "default.yaml", ["input.path=.", "output.dir=."])
     info = probe_video(path)
     scores, verdicts = {}, {}
     for backend in ("pyav", "decord"):

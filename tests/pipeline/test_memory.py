@@ -16,19 +16,19 @@ BOUND_MB = 300
 CHILD = textwrap.dedent(
     """
     import json, sys
-    from pipeline.config import load_config
-    from pipeline.extract import extract_frames
-    from pipeline.probe import preflight
+    from pipeline.run_config import load_run_config
+    from pipeline.video.extract import extract_frames
+    from pipeline.video.probe import preflight
 
     def status(key):
         for line in open("/proc/self/status"):
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
-    cfg = load_config(None, ["input.path=x", "output.dir=y", "decode.backend=" + sys.argv[2],
+    cfg = load_run_config(None, ["input.path=x", "output.dir=y", "decode.backend=" + sys.argv[2],
                              "sampling.sets.1.resize.size=160"])
     info = preflight(sys.argv[1], cfg.probe, cfg.limits)
     import av, PIL.Image
-    from pipeline.decoders import import_decord
+    from pipeline.video.decoders import import_decord
     import_decord()  # everything the decode loads, before the baseline
     base = status("VmRSS")
     result = extract_frames(info, cfg.sampling, cfg.decode)

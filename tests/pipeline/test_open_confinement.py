@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from pipeline.audit import run_audit
-from pipeline.config import load_config
+from pipeline.run_config import load_run_config
 from pipeline.graph import build_groups
-from pipeline.opened import SourceRules, open_source
-from pipeline.sources import load_sources
-from pipeline.stage import Stage, run_stage
-from pipeline.task import VideoTask
+from pipeline.video.opened import SourceRules, open_source
+from pipeline.video.sources import load_sources
+from pipeline.core.stage import Stage, run_stage
+from pipeline.core.task import VideoTask
 from shards.reader import open_run, read_index, read_rejects
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ def planted(tmp_path, video):
 
 def video_stages(inside: Path, tmp_path: Path, *sets: str) -> tuple[list[Stage], VideoTask]:
     """The run's own probe and decode stages (built from the config as a run builds them) and the listed source."""
-    cfg = load_config(ROOT / "configs/demo.yaml", [f"input.path={inside}", "input.format=auto", "llm.enabled=false",
+    cfg = load_run_config(ROOT / "configs/demo.yaml", [f"input.path={inside}", "input.format=auto", "llm.enabled=false",
                                                    f"output.dir={tmp_path / 'out'}", *sets])
     stages = {s.name: s for s in build_groups(cfg)[0][0]}
     (task,) = load_sources(cfg.input).tasks
@@ -130,7 +130,7 @@ def test_the_opener_reads_the_open_file_not_the_name(planted, tmp_path):
     inside, outside, outside_bytes = planted
     name = inside / "sub" / "clip.mp4"
     mine = name.read_bytes()
-    rules = SourceRules.from_input(load_config(None, [f"input.path={inside}", "output.dir=unused",
+    rules = SourceRules.from_input(load_run_config(None, [f"input.path={inside}", "output.dir=unused",
                                                       f"input.allowed_roots=[{inside}]"]).input)
     with open_source(name, rules) as opened:
         swap_for_symlink(inside / "sub", outside / "sub")  # the name now leads outside

@@ -1,9 +1,9 @@
 import pytest
 
 from fixtures.videos import SynthVideo, make_video
-from pipeline.config import LimitsConfig, ProbeConfig
-from pipeline.errors import Reason, VideoError
-from pipeline.probe import check_limits, preflight, probe_video
+from pipeline.video.config_video import LimitsConfig, ProbeConfig
+from pipeline.core.errors import Reason, VideoError
+from pipeline.video.probe import check_limits, preflight, probe_video
 
 
 def test_h264_with_audio_is_described_fully(video):

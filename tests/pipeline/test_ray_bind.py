@@ -34,10 +34,10 @@ USER_TOKEN = b"f" * 64  # the user's own token for their own cluster: must not o
 HOLD = """
 import json, os, sys
 import ray
-from pipeline.config import load_config
+from pipeline.run_config import load_run_config
 from pipeline.run import init_ray
 
-init_ray(load_config(sys.argv[1], ["llm.enabled=false", "ray.num_cpus=1", "ray.temp_dir=" + sys.argv[2]]))
+init_ray(load_run_config(sys.argv[1], ["llm.enabled=false", "ray.num_cpus=1", "ray.temp_dir=" + sys.argv[2]]))
 
 
 @ray.remote
@@ -57,9 +57,9 @@ JOIN = """
 import os, sys
 import ray
 if sys.argv[2] == "init_ray":
-    from pipeline.config import load_config
+    from pipeline.run_config import load_run_config
     from pipeline.run import init_ray
-    init_ray(load_config(sys.argv[3], ["llm.enabled=false", "ray.address=" + sys.argv[1]]))
+    init_ray(load_run_config(sys.argv[3], ["llm.enabled=false", "ray.address=" + sys.argv[1]]))
 else:
     ray.init(address=sys.argv[1])
 print("CONNECTED", ray.cluster_resources().get("CPU"), sorted(k for k in os.environ if k.startswith("RAY_AUTH")))

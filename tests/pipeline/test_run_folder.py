@@ -220,8 +220,8 @@ def test_a_killed_llava_reader_leaves_nothing_the_next_one_does_not_remove(tmp_p
     tmp.mkdir()
     annotations = tmp_path / "a.json"
     annotations.write_text(json.dumps([{"id": "r", "video": str(video("h264_10s")), "conversations": []}]))
-    reader = ("import sys, time\nfrom pipeline.config import load_config\nfrom pipeline.sources import open_sources\n"
-              f"cfg = load_config(None, ['input.path={annotations}', 'output.dir=unused'])\n"
+    reader = ("import sys, time\nfrom pipeline.run_config import load_run_config\nfrom pipeline.video.sources import open_sources\n"
+              f"cfg = load_run_config(None, ['input.path={annotations}', 'output.dir=unused'])\n"
               "for chunk in open_sources(cfg.input).chunks():\n    print('reading', flush=True); time.sleep(600)\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp)}
     proc = subprocess.Popen([sys.executable, "-c", reader], stdout=subprocess.PIPE, text=True, env=env)

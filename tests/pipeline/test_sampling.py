@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import FrameSetConfig
-from pipeline.extract import split_positions
-from pipeline.sampling import (
+from pipeline.video.config_video import FrameSetConfig
+from pipeline.video.extract import split_positions
+from pipeline.video.sampling import (
     FrameIndex,
     fps_indices,
     nearest_frames,

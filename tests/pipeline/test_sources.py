@@ -9,13 +9,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import ConfigError, load_config
-from pipeline.sources import key_for_path, load_sources, sanitize_key
+from pipeline.core.config_load import ConfigError
+
+from pipeline.run_config import load_run_config
+from pipeline.video.sources import key_for_path, load_sources, sanitize_key
 from shards.layout import check_key
 
 
 def cfg_for(path, *sets):
-    return load_config(None, [f"input.path={path}", "output.dir=/tmp/unused", *sets]).input
+    return load_run_config(None, [f"input.path={path}", "output.dir=/tmp/unused", *sets]).input
 
 
 @pytest.mark.parametrize("raw", ["../../etc/passwd", "a b/c.d.mp4", "x\x00y\n", "..", "ünï/cödé", "/abs/path", "a.b"])

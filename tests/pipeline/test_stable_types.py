@@ -1,4 +1,4 @@
-"""Every field of a sample has one type in every sample of a run, whatever the input (`pipeline/sample.py`).
+"""Every field of a sample has one type in every sample of a run, whatever the input (`pipeline/core/sample.py`).
 
 Columnar readers infer a schema from a few samples and cast the rest to it: HF `datasets`' webdataset builder
 infers from the first 5 samples (`pa.concat_tables(..., promote_options="default")`) and casts every later one.
@@ -22,10 +22,10 @@ import pytest
 
 from fixtures.codec_corpus import CORPUS, CodedVideo, can_make, make_coded
 from fixtures.videos import SynthVideo, make_video
-from pipeline.config import load_config
+from pipeline.run_config import load_run_config
 from pipeline.run import RunSummary, run_pipeline
-from pipeline.sample import FORMAT_VERSION, ConversationsMember, SampleMeta
-from pipeline.sample_io import dump, dump_conversations
+from pipeline.core.sample import FORMAT_VERSION, ConversationsMember, SampleMeta
+from pipeline.core.sample_io import dump, dump_conversations
 from shards.reader import iter_samples, open_run, read_rejects
 from tests.dense_caption.fake_llm import FakeLLM
 from tests.pipeline.test_hard_files import X264, cut
@@ -104,7 +104,7 @@ def manifest(tmp_path_factory, video, bad_file) -> Path:
 
 def run_once(manifest: Path, out: Path, *overrides: str) -> Run:
     sets = [f"input.path={manifest}", f"output.dir={out}", *COMMON, *overrides]
-    cfg = load_config(ROOT / "configs" / "default.yaml", sets)
+    cfg = load_run_config(ROOT / "configs" / "default.yaml", sets)
     run = Run(run_pipeline(cfg), read_rejects(open_run(out)))
     for sample in iter_samples(open_run(out)):
         run.keys.append(sample["__key__"])

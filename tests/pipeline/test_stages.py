@@ -9,13 +9,13 @@ import pytest
 
 from filters.length import LengthFilter
 from filters.token_budget import TokenBudget
-from pipeline.config import load_config
+from pipeline.run_config import load_run_config
 from filters.config import LengthFilterConfig, TokenBudgetConfig
-from pipeline.errors import Reason, VideoError
-from pipeline.stage import Stage, run_chain, run_stage
-from pipeline.stages import DecodeStage, ProbeStage
-from pipeline.task import VideoTask
-from pipeline.watchdog import CallOverMemory, CallTimeout, WatchedProcess
+from pipeline.core.errors import Reason, VideoError
+from pipeline.core.stage import Stage, run_chain, run_stage
+from pipeline.video.stages import DecodeStage, ProbeStage
+from pipeline.core.task import VideoTask
+from pipeline.video.watchdog import CallOverMemory, CallTimeout, WatchedProcess
 
 
 class Exploding(Stage):
@@ -65,7 +65,7 @@ class SlowSetup(Stage):
 
 def test_setup_seconds_are_kept_apart_from_the_per_video_seconds():
     """`plan` scales per-video seconds with the corpus; a worker's setup is paid once, so it must not be in them."""
-    from pipeline.records import WriteTotals
+    from pipeline.core.records import WriteTotals
 
     stage, totals = SlowSetup(), WriteTotals()
     tasks = [run_stage(stage, VideoTask(f"k{i}", "s")) for i in range(3)]
@@ -116,7 +116,7 @@ def test_watched_process_cuts_off_hangs_and_blowups_and_restarts():
 
 
 def _probed(video_path, *sets):
-    cfg = load_config(None, ["input.path=.", "output.dir=.", *sets])
+    cfg = load_run_config(None, ["input.path=.", "output.dir=.", *sets])
     task = run_stage(ProbeStage(cfg.probe, cfg.limits), VideoTask("k", str(video_path)))
     assert not task.rejected
     return cfg, task

@@ -7,17 +7,17 @@ import json
 
 import numpy as np
 
-import pipeline.keyset as keyset
-from pipeline.config import load_config
-from pipeline.keyset import GrowingKeySet, KeySet
-from pipeline.records import Rejection
+import pipeline.video.keyset as keyset
+from pipeline.run_config import load_run_config
+from pipeline.video.keyset import GrowingKeySet, KeySet
+from pipeline.core.records import Rejection
 from pipeline.resume import ResumeState
-from pipeline.sources import load_sources, open_sources
-from pipeline.task import VideoTask
+from pipeline.video.sources import load_sources, open_sources
+from pipeline.core.task import VideoTask
 
 
 def cfg_for(path, *extra):
-    return load_config(None, [f"input.path={path}", "output.dir=unused", *extra]).input
+    return load_run_config(None, [f"input.path={path}", "output.dir=unused", *extra]).input
 
 
 def test_key_sets_are_exact_even_when_every_hash_collides(monkeypatch):
@@ -94,7 +94,7 @@ def test_a_run_in_several_waves_writes_every_video_once_and_resumes(tmp_path, vi
     import shutil
 
     import pipeline.graph
-    import pipeline.sources
+    import pipeline.video.sources
     import pipeline.waves as waves
     from pipeline.run import run_pipeline
     from shards.reader import open_run, read_index, read_rejects
@@ -106,7 +106,7 @@ def test_a_run_in_several_waves_writes_every_video_once_and_resumes(tmp_path, vi
         shutil.copy(video("h264_10s"), src / f"v{i}.mp4")
     shutil.copy(bad_file("truncated"), src / "z_bad.mp4")
     (src / "notes.txt").write_text("x")
-    monkeypatch.setattr(pipeline.sources, "CHUNK", 2)
+    monkeypatch.setattr(pipeline.video.sources, "CHUNK", 2)
     monkeypatch.setattr(waves, "CHUNK", 2)
     graphs = []
     real = pipeline.graph.run_graph

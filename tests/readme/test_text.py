@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.config import RunConfig
-from pipeline.config_errors import keys_at
-from pipeline.errors import Reason
+from pipeline.run_config import RunConfig
+from pipeline.core.config_errors import keys_at
+from pipeline.core.errors import Reason
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -43,7 +43,7 @@ NOT_KEYS = {"frames.mjpeg", "decode.sets.<set>.stages", "resume.damaged_shards",
 def test_every_dotted_name_in_the_readme_is_a_full_config_key():
     """`llm.captions.clip_s`, never a shortened `captions.clip_s`: a user copies these into --set. A sample's
     fields (`video.keyframe_interval_s`) are names of the sample model."""
-    from pipeline.sample import SampleMeta
+    from pipeline.core.sample import SampleMeta
     from train.config import TrainConfig
 
     text = README.read_text()

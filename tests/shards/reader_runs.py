@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from fixtures.videos import CATALOGUE, SynthVideo, can_encode, make_video
-from pipeline.sample import Conversation, SampleMeta
+from pipeline.core.sample import Conversation, SampleMeta
 from shards.layout import Sample
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fixtures.videos import CLOCK_RATE
-from pipeline.sample import SampleMeta
+from pipeline.core.sample import SampleMeta
 from shards.layout import Sample
 from shards.split import split_of
 from tests.shards import reader_runs as rr

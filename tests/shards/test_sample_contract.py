@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.sample import FORMAT_VERSION, LAYOUT1_VERSION, NewerFormat, SampleMeta
-from pipeline.sample_io import conversation_from_record, meta_from_sections, parse_conversations, parse_meta
-from pipeline.sample_schema import render, schemas
+from pipeline.core.sample import FORMAT_VERSION, LAYOUT1_VERSION, NewerFormat, SampleMeta
+from pipeline.core.sample_io import conversation_from_record, meta_from_sections, parse_conversations, parse_meta
+from pipeline.core.sample_schema import render, schemas
 from shards.layout import Sample, sample_from_sections
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def nulls(value, path="") -> list[str]:
 def test_the_schema_files_in_docs_are_generated_from_the_model():
     for name, schema in schemas().items():
         path = ROOT / "docs" / name
-        assert path.read_text() == render(schema), f"{path} is stale: run `python -m pipeline.sample_schema docs/`"
+        assert path.read_text() == render(schema), f"{path} is stale: run `python -m pipeline.core.sample_schema docs/`"
     assert FORMAT_VERSION in (ROOT / "docs" / "sample.schema.json").read_text()
 
 
@@ -109,7 +109,7 @@ def test_layout1_metadata_reads_into_the_model():
 
 # Product modules that may name a sample's members: the model, the layout, the writer, and the checker of
 # member sets (verify). Every other reader goes through `shards.layout.Sample`.
-MEMBER_OWNERS = {"pipeline/sample.py", "pipeline/sample_io.py", "pipeline/sample_schema.py", "shards/layout.py", "shards/sink.py",
+MEMBER_OWNERS = {"pipeline/core/sample.py", "pipeline/core/sample_io.py", "pipeline/core/sample_schema.py", "shards/layout.py", "shards/sink.py",
                  "shards/verify.py"}  # fmt: skip
 HAND_READS = re.compile(r"META_MEMBER|CONVERSATIONS_MEMBER|FRAME_MEMBER|FRAMES_MEMBER|frame_member\(|"
                         r"\.get\(\"decode\"\)|\[\"decode\"\]\[\"sets\"\]|\.get\(\"sets\"\)")  # fmt: skip
@@ -120,7 +120,7 @@ def test_no_product_module_reads_a_sample_by_hand():
     for pkg in ("pipeline", "shards", "train", "evaluation", "filters", "dense_caption"):
         for path in sorted((ROOT / pkg).rglob("*.py")):
             rel = str(path.relative_to(ROOT))
-            if rel in MEMBER_OWNERS or rel == "pipeline/meta.py":  # meta.py: the stages' own sections, not a sample
+            if rel in MEMBER_OWNERS or rel == "pipeline/core/meta.py":  # meta.py: the stages' own sections, not a sample
                 continue
             found += [f"{rel}:{n}: {line.strip()}" for n, line in enumerate(path.read_text().splitlines(), 1)
                       if HAND_READS.search(line)]  # fmt: skip

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from pipeline.config_load import ConfigError
+from pipeline.core.config_load import ConfigError
 from pipeline.run import run_pipeline
 from shards.layout import RunDir
 from shards.reader import open_run, read_index, read_shard_list

@@ -11,7 +11,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from pipeline.sample import LAYOUT1_VERSION
+from pipeline.core.sample import LAYOUT1_VERSION
 from shards.commit import begin_generation, commit_shard
 from shards.layout import RunDir, sample_from_sections
 from shards.ledger import write_tables

@@ -10,7 +10,7 @@ import torch
 
 from fixtures.tiny_train_model import build_tokenizer
 from pipeline.run import run_pipeline
-from pipeline.sampling import uniform_indices
+from pipeline.video.sampling import uniform_indices
 from shards.layout import MEMBERS, Sample, build_sample
 from shards.reader import iter_tar_samples
 from tests.conftest import pipeline_config

@@ -56,7 +56,7 @@ def test_decord_and_torch_share_a_process():
     import sys
 
     code = (
-        "from pipeline.decoders import import_decord; import_decord(); import torch; "
+        "from pipeline.video.decoders import import_decord; import_decord(); import torch; "
         "print(torch.nn.Linear(32, 64)(torch.randn(4, 32)).shape[-1])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

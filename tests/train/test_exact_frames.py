@@ -13,7 +13,7 @@ import webdataset as wds
 from fixtures.tiny_train_model import build_tokenizer
 from fixtures.videos import CLOCK_RATE
 from pipeline.run import run_pipeline
-from pipeline.sampling import uniform_indices
+from pipeline.video.sampling import uniform_indices
 from tests.conftest import pipeline_config
 from tests.train.synth import write_run
 from train.chat import ChatEncoder

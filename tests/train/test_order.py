@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
+from pipeline.core.config_load import load_config
 from tests.train.synth import write_run
 from train.config import TrainConfig
 from train.trainer import train

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
+from pipeline.run_config import load_run_config
 from train.config import TrainConfig
 from train.plan import GIB, memory_plan, shapes
 
@@ -18,7 +18,7 @@ STAGE4 = ROOT / "configs/train/stage4_384f.yaml"
 
 
 def stage4(*sets: str) -> TrainConfig:
-    return load_config(STAGE4, list(sets), model=TrainConfig)
+    return load_run_config(STAGE4, list(sets), model=TrainConfig)
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,8 @@ def test_warmup_ceil_is_the_hugging_face_schedule_and_round_starts_a_step_ahead(
 
 
 def test_global_batch_sets_accumulation_from_the_world_size(tmp_path):
-    from pipeline.config import ConfigError, load_config
+    from pipeline.core.config_load import ConfigError
+    from pipeline.core.config_load import load_config
     from train.config import TrainConfig
 
     base = [f"data.shards={tmp_path}", f"output.dir={tmp_path}", "model.tiny=true", "optim.max_steps=1"]
@@ -153,7 +154,7 @@ PAPER = {  # the paper's stage settings (its stage-2 script; frames per stage fr
 def test_stage_presets_carry_the_papers_recipe(name, frames):
     from pathlib import Path
 
-    from pipeline.config import load_config
+    from pipeline.core.config_load import load_config
     from train.config import TrainConfig
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "train" / f"{name}.yaml", model=TrainConfig)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import load_config
+from pipeline.core.config_load import load_config
 from tests.train.synth import write_run
 from train import checkpoint
 from train.config import TrainConfig
@@ -97,7 +97,7 @@ def test_stage4_preset_loads_and_chains_from_stage3():
 
 
 def test_bad_sp_settings_name_the_field(tmp_path):
-    from pipeline.config import ConfigError
+    from pipeline.core.config_load import ConfigError
 
     base = [f"data.shards={tmp_path}", f"output.dir={tmp_path}", "model.tiny=true", "optim.max_steps=1"]
     with pytest.raises(ConfigError, match="parallel.sp_size"):

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from pipeline.config import load_config
+from pipeline.core.config_load import load_config
 from pipeline.run import run_pipeline
 from tests.conftest import pipeline_config
 from train import checkpoint
@@ -84,7 +84,7 @@ def test_checkpoint_loads_with_transformers_and_starts_the_next_stage(shards, tm
 
 
 def test_bad_train_configs_name_the_field(tmp_path):
-    from pipeline.config import ConfigError
+    from pipeline.core.config_load import ConfigError
 
     with pytest.raises(ConfigError, match="optim"):
         load_config(None, [f"data.shards={tmp_path}", f"output.dir={tmp_path}", "model.tiny=true"], model=TrainConfig)
@@ -123,8 +123,8 @@ def test_two_ranks_match_one_rank_with_the_same_global_batch(shards, tmp_path, p
     root = Path(__file__).resolve().parents[2]
     two = tmp_path / "two_shards"
     two.mkdir()
-    from pipeline.sample import CONVERSATIONS_MEMBER
-    from pipeline.sample_io import dump_conversations, parse_conversations
+    from pipeline.core.sample import CONVERSATIONS_MEMBER
+    from pipeline.core.sample_io import dump_conversations, parse_conversations
     from shards.reader import iter_tar_samples
     from shards.tarwriter import ShardFile
 

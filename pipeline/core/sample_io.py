@@ -1,4 +1,4 @@
-"""Conversions of the sample model (`pipeline/sample.py`): a task's meta sections and LLaVA records into the
+"""Conversions of the sample model (`pipeline/core/sample.py`): a task's meta sections and LLaVA records into the
 model (the writer), and a sample's members back into it from any format version (every reader).
 """
 
@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel
 
-from pipeline.sample import (FORMAT_VERSION, LAYOUT1_VERSION, LLM_DROP_REASONS, Caption, Captions, Conversation,
+from pipeline.core.sample import (FORMAT_VERSION, LAYOUT1_VERSION, LLM_DROP_REASONS, Caption, Captions, Conversation,
                              ConversationsMember, DecodeRecord, FileIdentity, FrameSetRecord, FramesLayout, LLMUsage,
                              Named, NamedCount, QADropped, QAPair, QARecord, SampleMeta, StagePick, Turn, VideoRecord,
                              FRAMES_MEMBER, check_version)  # fmt: skip
@@ -57,7 +57,7 @@ def _json_text(value: Any) -> str:
 
 def meta_from_sections(key: str, source: str, frame_set: str, split: str, meta: dict[str, Any],
                        frame_sizes: list[int], member: str = FRAMES_MEMBER, version: str = FORMAT_VERSION) -> SampleMeta:  # fmt: skip
-    """The sample's metadata from a task's `meta` sections (`pipeline/meta.py`) and its stored frames' sizes."""
+    """The sample's metadata from a task's `meta` sections (`pipeline/core/meta.py`) and its stored frames' sizes."""
     decode = dict(meta.get("decode") or {})
     sets = decode.pop("sets", None) or {}
     set_list = [_frame_set(n, s) for n, s in sets.items()] if isinstance(sets, dict) else [_frame_set("", s) for s in sets]

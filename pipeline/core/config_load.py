@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.config_errors import format_validation_error
-from pipeline.redact import redacted
+from pipeline.core.config_errors import format_validation_error
+from pipeline.core.redact import redacted
 
 
 class ConfigError(ValueError):

@@ -21,11 +21,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.decode_log import DecoderLog
-from pipeline.errors import NotExact, Reason, VideoError
-from pipeline.frames import swscale_rgb
-from pipeline.paths import indirect_format
-from pipeline.sampling import FrameIndex
+from pipeline.video.decode_log import DecoderLog
+from pipeline.core.errors import NotExact, Reason, VideoError
+from pipeline.video.frames import swscale_rgb
+from pipeline.video.paths import indirect_format
+from pipeline.video.sampling import FrameIndex
 
 _RESEEK_STEPS = (1, 4, 16)  # keyframes further back to try after a late landing, before the start
 

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.records import Rejection
+from pipeline.core.records import Rejection
 
 FRAMES_PREFIX = "frames_"
 

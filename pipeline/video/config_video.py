@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.config_base import (
+from pipeline.core.config_base import (
     MAX_MEMORY_MB, MAX_SAMPLE_FRAMES, MAX_VIDEO_FRAMES, Bytes, Fps, Range, RunSection, SampleFrames, SampleFramesOrZero,
     Seconds, SecondsOrZero, Share, Side, Threads, VideoSeconds,
 )
@@ -127,7 +127,7 @@ class DecodeConfig(RunSection):
     def _decord_installed(cls, backend: str) -> str:
         """decord only if the installed build is the one proven exact (a fork stores wrong frames under load)."""
         if backend == "decord":
-            from pipeline.decord_build import decord_problem
+            from pipeline.video.decord_build import decord_problem
 
             problem = decord_problem()
             if problem:

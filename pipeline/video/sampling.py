@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config_video import FrameSetConfig
+from pipeline.video.config_video import FrameSetConfig
 
 
 @dataclass(frozen=True)

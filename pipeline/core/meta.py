@@ -41,7 +41,7 @@ class VideoSection(TypedDict):
     duration_from_stream: bool
     variable_frame_rate: bool
     declared_duration_s: NotRequired[float]  # the header's longer duration of a cut file kept (decode.truncated: keep)
-    file_identity: NotRequired[list[int] | None]  # [st_dev, st_ino, size, mtime_ns] the probe read (pipeline/opened.py)
+    file_identity: NotRequired[list[int] | None]  # [st_dev, st_ino, size, mtime_ns] the probe read (pipeline/video/opened.py)
 
 
 class FrameSetSection(TypedDict):
@@ -191,7 +191,7 @@ def check_written(stage: Any, before: dict[str, Any], meta: dict[str, Any]) -> s
         if f"meta.{key}" not in allowed:
             return f"stage {stage.name} wrote meta.{key}, which it does not declare in `writes`"
         if key not in SECTIONS:
-            return f"stage {stage.name} wrote meta.{key}, a section not declared in pipeline/meta.py"
+            return f"stage {stage.name} wrote meta.{key}, a section not declared in pipeline/core/meta.py"
         adapter = _ADAPTERS.get(key) or _ADAPTERS.setdefault(key, TypeAdapter(SECTIONS[key]))
         try:
             adapter.validate_python(value, strict=False)

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config_video import InputConfig
-from pipeline.errors import Reason, VideoError
-from pipeline.paths import check_path_text, check_regular_file, check_stat_regular, os_error
+from pipeline.video.config_video import InputConfig
+from pipeline.core.errors import Reason, VideoError
+from pipeline.video.paths import check_path_text, check_regular_file, check_stat_regular, os_error
 
 _FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK  # no blocking open (a fifo), no terminal taken
 

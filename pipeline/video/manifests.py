@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from pipeline.config_load import ConfigError
+from pipeline.core.config_load import ConfigError
 
 MAX_DEPTH = 64  # nesting a manifest record may have; deeper is refused, not recursed into
 MAX_LINE = 1 << 20  # bytes a JSONL line or a CSV field may have

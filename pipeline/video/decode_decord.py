@@ -28,11 +28,11 @@ from types import ModuleType
 
 import numpy as np
 
-from pipeline.decode_log import DecoderLog
-from pipeline.decord_build import decord_problem
-from pipeline.errors import NotExact, Reason, VideoError
-from pipeline.frames import rotate_upright, scale_array
-from pipeline.sampling import FrameIndex
+from pipeline.video.decode_log import DecoderLog
+from pipeline.video.decord_build import decord_problem
+from pipeline.core.errors import NotExact, Reason, VideoError
+from pipeline.video.frames import rotate_upright, scale_array
+from pipeline.video.sampling import FrameIndex
 
 _DECORD_IMPORT = threading.Lock()
 

@@ -7,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from pipeline.errors import Reason, VideoError
+from pipeline.core.errors import Reason, VideoError
 
 # Demuxers that open other files or URLs named inside the input (a concat list, a playlist, an image pattern,
 # a session description): a file of this kind under a video name would pull in data from anywhere.

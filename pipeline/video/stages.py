@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from pipeline.config_video import DecodeConfig, LimitsConfig, ProbeConfig, SamplingConfig
-from pipeline.config_run import StageResources
-from pipeline.errors import Reason, VideoError
-from pipeline.extract import available_cpus, extract_frames
-from pipeline.opened import SourceRules
-from pipeline.probe import preflight
-from pipeline.records import VideoInfo
-from pipeline.stage import Stage
-from pipeline.task import VideoTask
-from pipeline.watchdog import CallOverMemory, CallTimeout, ChildDied, WatchedProcess
+from pipeline.video.config_video import DecodeConfig, LimitsConfig, ProbeConfig, SamplingConfig
+from pipeline.core.config_run import StageResources
+from pipeline.core.errors import Reason, VideoError
+from pipeline.video.extract import available_cpus, extract_frames
+from pipeline.video.opened import SourceRules
+from pipeline.video.probe import preflight
+from pipeline.core.records import VideoInfo
+from pipeline.core.stage import Stage
+from pipeline.core.task import VideoTask
+from pipeline.video.watchdog import CallOverMemory, CallTimeout, ChildDied, WatchedProcess
 
 
 class ProbeStage(Stage):

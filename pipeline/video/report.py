@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.records import DecodeResult, VideoInfo
-from pipeline.tables import table
+from pipeline.core.records import DecodeResult, VideoInfo
+from pipeline.core.tables import table
 
 
 def probe_table(rows: list[dict[str, Any]]) -> str:

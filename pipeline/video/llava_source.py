@@ -21,10 +21,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from pipeline.errors import Reason
-from pipeline.keyset import GrowingKeySet
-from pipeline.records import Rejection
-from pipeline.task import VideoTask
+from pipeline.core.errors import Reason
+from pipeline.video.keyset import GrowingKeySet
+from pipeline.core.records import Rejection
+from pipeline.core.task import VideoTask
 
 SPILL_ROWS = 2000  # records buffered before an insert
 # The table's folder in the temp dir names the process that made it: a killed process leaves it, and the next

@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from pipeline.config_load import ConfigError
-from pipeline.config_video import InputConfig
-from pipeline.errors import Reason, VideoError
-from pipeline.keyset import GrowingKeySet
-from pipeline.llava_source import llava_chunks
-from pipeline.manifests import LOADERS
-from pipeline.paths import check_path_text, check_regular_file
-from pipeline.records import Rejection
-from pipeline.task import VideoTask
+from pipeline.core.config_load import ConfigError
+from pipeline.video.config_video import InputConfig
+from pipeline.core.errors import Reason, VideoError
+from pipeline.video.keyset import GrowingKeySet
+from pipeline.video.llava_source import llava_chunks
+from pipeline.video.manifests import LOADERS
+from pipeline.video.paths import check_path_text, check_regular_file
+from pipeline.core.records import Rejection
+from pipeline.core.task import VideoTask
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 PATH_FIELDS = ("path", "video", "video_path")
@@ -83,7 +83,7 @@ class SourceStream:
     their record numbers), so the driver never holds every task. The counters are complete once it is exhausted.
 
     Manifests and folders stream; a LLaVA JSON's records are grouped per video (a video's conversations may be
-    anywhere in the file) through a temporary on-disk table (`pipeline/llava_source.py`).
+    anywhere in the file) through a temporary on-disk table (`pipeline/video/llava_source.py`).
     """
 
     def __init__(self, cfg: InputConfig, chunk: int | None = None):

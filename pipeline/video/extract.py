@@ -23,16 +23,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pipeline.config_video import DecodeConfig, FrameSetConfig, SamplingConfig
-from pipeline.decode_decord import container_problem
-from pipeline.decode_log import DecoderLog, captured
-from pipeline.decoders import Backend, DecordBackend, PyAVBackend
-from pipeline.errors import NotExact, Reason, VideoError
-from pipeline.imageops import encode_jpeg, output_size
-from pipeline.opened import Identity, OpenedSource, SourceRules, open_source
-from pipeline.paths import indirect_format
-from pipeline.records import DecodeResult, FrameSet, VideoInfo
-from pipeline.sampling import FrameIndex, SetPlan, plan_frame_set
+from pipeline.video.config_video import DecodeConfig, FrameSetConfig, SamplingConfig
+from pipeline.video.decode_decord import container_problem
+from pipeline.video.decode_log import DecoderLog, captured
+from pipeline.video.decoders import Backend, DecordBackend, PyAVBackend
+from pipeline.core.errors import NotExact, Reason, VideoError
+from pipeline.video.imageops import encode_jpeg, output_size
+from pipeline.video.opened import Identity, OpenedSource, SourceRules, open_source
+from pipeline.video.paths import indirect_format
+from pipeline.core.records import DecodeResult, FrameSet, VideoInfo
+from pipeline.video.sampling import FrameIndex, SetPlan, plan_frame_set
 
 log = logging.getLogger(__name__)
 

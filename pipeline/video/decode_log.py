@@ -67,7 +67,7 @@ class DecoderLog:
 
     def open_options(self) -> dict[str, str]:
         """Options every container is opened with: local files only."""
-        from pipeline.paths import PROTOCOL_WHITELIST
+        from pipeline.video.paths import PROTOCOL_WHITELIST
 
         return {"protocol_whitelist": PROTOCOL_WHITELIST}
 

@@ -19,10 +19,10 @@ import time
 import traceback
 from typing import Any, ClassVar
 
-from pipeline.config_run import StageResources
-from pipeline.errors import Reason, VideoError
-from pipeline.meta import check_names, check_written, strict
-from pipeline.task import VideoTask
+from pipeline.core.config_run import StageResources
+from pipeline.core.errors import Reason, VideoError
+from pipeline.core.meta import check_names, check_written, strict
+from pipeline.core.task import VideoTask
 
 log = logging.getLogger(__name__)
 _setup_lock = threading.Lock()
@@ -32,7 +32,7 @@ class Stage(ABC):
     """Base class of every pipeline step. Subclasses set `name` and implement `process`."""
 
     name: ClassVar[str] = "stage"
-    # Task data, as `frames` or `meta.<section>` (pipeline/meta.py): what must be there, what is used when there,
+    # Task data, as `frames` or `meta.<section>` (pipeline/core/meta.py): what must be there, what is used when there,
     # what the stage writes. The graph checks at build time that every read is written earlier.
     reads: ClassVar[tuple[str, ...]] = ()
     may_read: ClassVar[tuple[str, ...]] = ()

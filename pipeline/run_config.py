@@ -1,8 +1,7 @@
-"""The run config: every section of a pipeline run composed into one typed model.
+"""The run config: every section of a pipeline run composed into one typed model, and its cross-section checks.
 
-The sections live beside what reads them (`config_video`, `config_run`, `filters.config`, `shards.config`,
-`dense_caption.config`); loading, overrides and the resolved file are `config_load`'s. This module re-exports them, so `pipeline.config` stays
-the one import for code above the stages (the CLI, a run, the benchmarks, the tests).
+The sections live beside what reads them (`core.config_run`, `video.config_video`, `filters.config`, `shards.config`,
+`dense_caption.config`); loading, overrides and the resolved file are `core.config_load`'s.
 """
 
 from __future__ import annotations
@@ -10,27 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from dense_caption.config import LLMConfig
 from filters.config import FiltersConfig, default_budget_stages
-from pipeline.config_base import RunSection
-from pipeline.config_load import (
-    ConfigError, apply_override, config_record, dump_config, parse_override, write_resolved_config,
-)
-from pipeline.config_load import load_config as load_model
-from pipeline.config_run import RayConfig, ResourcesConfig
-from pipeline.config_video import (
-    DecodeConfig, FrameSetConfig, InputConfig, LimitsConfig, ProbeConfig, ResizeConfig, SamplingConfig, default_sets,
+from pipeline.core.config_base import RunSection
+from pipeline.core.config_load import load_config
+from pipeline.core.config_run import RayConfig, ResourcesConfig
+from pipeline.video.config_video import (
+    DecodeConfig, InputConfig, LimitsConfig, ProbeConfig, SamplingConfig, default_sets,
 )
 from shards.config import ShardsConfig
-
-__all__ = [
-    "ConfigError", "DecodeConfig", "FrameSetConfig", "InputConfig", "LimitsConfig", "OutputConfig", "ProbeConfig",
-    "ResizeConfig", "RunConfig", "SamplingConfig", "apply_override", "config_record", "default_sets", "dump_config",
-    "load_config", "parse_override", "write_resolved_config",
-]
 
 
 class OutputConfig(RunSection):
@@ -125,8 +115,6 @@ class RunConfig(RunSection):
         return data
 
 
-def load_config(
-    path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), model: type[BaseModel] = RunConfig
-) -> Any:
-    """Load a run config (or another `model`): see `config_load.load_config`."""
-    return load_model(path, overrides, model=model)
+def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a pipeline run's config: see `core.config_load.load_config`."""
+    return load_config(path, overrides, model=RunConfig)

@@ -14,9 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.decode_decord import DecordBackend, import_decord
-from pipeline.decode_pyav import PyAVBackend
-from pipeline.sampling import FrameIndex
+from pipeline.video.decode_decord import DecordBackend, import_decord
+from pipeline.video.decode_pyav import PyAVBackend
+from pipeline.video.sampling import FrameIndex
 
 __all__ = ["Backend", "DecodedFrame", "DecordBackend", "PyAVBackend", "import_decord"]
 

@@ -16,11 +16,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from pipeline.config_video import LimitsConfig, ProbeConfig
-from pipeline.errors import Reason, VideoError
-from pipeline.opened import OpenedSource, SourceRules, open_source
-from pipeline.paths import INDIRECT_FORMATS, PROTOCOL_WHITELIST, indirect_format
-from pipeline.records import VideoInfo
+from pipeline.video.config_video import LimitsConfig, ProbeConfig
+from pipeline.core.errors import Reason, VideoError
+from pipeline.video.opened import OpenedSource, SourceRules, open_source
+from pipeline.video.paths import INDIRECT_FORMATS, PROTOCOL_WHITELIST, indirect_format
+from pipeline.core.records import VideoInfo
 
 _IMAGE_FORMATS = re.compile(r"(_pipe$|^image2$|^apng$|^webp$)")
 
@@ -158,7 +158,7 @@ def _stream_kind(stream: dict[str, Any]) -> str:
 
 
 def _decoder_available(codec: str) -> bool:
-    import av  # local: keeps `import pipeline.probe` light for the CLI
+    import av  # local: keeps `import pipeline.video.probe` light for the CLI
 
     try:
         av.codec.Codec(codec, "r")

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from pipeline.imageops import RESAMPLE
+from pipeline.video.imageops import RESAMPLE
 
 _INTERPOLATION = {name: name.upper() for name in RESAMPLE}
 _local = threading.local()

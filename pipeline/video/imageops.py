@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline.config_video import ResizeConfig
+from pipeline.video.config_video import ResizeConfig
 
 RESAMPLE = {
     "area": Image.Resampling.BOX,

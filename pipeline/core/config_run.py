@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from pipeline.config_base import (
+from pipeline.core.config_base import (
     MAX_MEMORY_MB, MAX_NODE_CPUS, MAX_NODE_GPUS, MemoryMB, Range, RunSection, Threads, Workers,
 )
 
