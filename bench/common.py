@@ -6,6 +6,8 @@ import os
 import platform
 from importlib import metadata
 
+from pipeline.core.tables import table as text_table
+
 
 def machine(packages: tuple[str, ...] = ("ray", "webdataset", "pyarrow", "av", "decord", "numpy")) -> dict:
     info = {"cpu_count": os.cpu_count(), "cpus_available": len(os.sched_getaffinity(0)),
@@ -24,12 +26,8 @@ def target(name: str, value: float, op: str, threshold: float) -> dict:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    """The benches' tables: the first column text, the rest numbers (right-aligned)."""
+    return text_table(headers, rows, left_columns=1)
 
 
 def targets_table(targets: list[dict]) -> str:

@@ -48,6 +48,7 @@ from pipeline.run_config import load_run_config
 from pipeline.video.config_video import DecodeConfig, FrameSetConfig, ResizeConfig, SamplingConfig
 from pipeline.video.decoders import import_decord
 from pipeline.core.errors import VideoError
+from pipeline.core.tables import table as text_table
 from pipeline.video.extract import available_cpus, extract_frames
 from pipeline.video.probe import preflight
 from pipeline.core.records import VideoInfo
@@ -211,12 +212,8 @@ def machine() -> dict:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:  # text columns (the first three) left, numbers right
-        return "  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    """Text columns (the first three) left, numbers right."""
+    return text_table(headers, rows, left_columns=3)
 
 
 def fmt(value: float | None, spec: str) -> str:

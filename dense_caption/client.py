@@ -21,16 +21,15 @@ from typing import Any, Awaitable, Callable, Protocol
 import jsonschema
 
 from dense_caption.config import RetryConfig
-from pipeline.core.errors import Reason
+from pipeline.core.errors import Reason, VideoError
 
 
-class LLMFailure(Exception):
-    """One failed request. `transport` failures are the server's fault and are retried on a clock."""
+class LLMFailure(VideoError):
+    """One failed request, the video's reject if retries do not mend it. `transport` failures are the server's
+    fault and are retried on a clock."""
 
     def __init__(self, reason: Reason, detail: str, transport: bool = False):
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail)
         self.transport = transport
 
     def __reduce__(self):

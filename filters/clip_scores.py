@@ -25,9 +25,9 @@ import numpy as np
 
 from pipeline.core.config_run import StageResources
 from filters.config import ClipFilterConfig
-from pipeline.core.errors import Reason, VideoError
+from pipeline.core.errors import Reason, Verdict, VideoError
 from pipeline.core.meta import frame_times
-from pipeline.core.stage import Stage, apply_verdict
+from pipeline.core.stage import Stage
 from pipeline.core.task import VideoTask
 
 
@@ -143,6 +143,7 @@ class _ClipStage(Stage):
         super().__init__(resources)
         self.cfg = cfg
         self.frame_set = frame_set
+        self.score_only = cfg.score_only
 
     def setup(self) -> None:
         self._model = ClipModel(self.cfg)
@@ -172,9 +173,9 @@ class ClipScores(_ClipStage):
             return task
         scores["aesthetic"] = round(aesthetic, 4)
         low = self.cfg.min_aesthetic
-        failure = (Reason.LOW_AESTHETIC, f"aesthetic {aesthetic:.3f} < min_aesthetic {low:g}") \
-            if low is not None and scores["aesthetic"] < low else None
-        return apply_verdict(task, failure, self.cfg.score_only)
+        if low is not None and scores["aesthetic"] < low:
+            raise Verdict(Reason.LOW_AESTHETIC, f"aesthetic {aesthetic:.3f} < min_aesthetic {low:g}")
+        return task
 
 
 class CaptionAgreement(_ClipStage):
@@ -195,6 +196,6 @@ class CaptionAgreement(_ClipStage):
         scores["frame_text_min"] = round(min(agree), 4)
         scores["frame_text_mean"] = round(float(np.mean(agree)), 4)
         low, floor = scores["frame_text_min"], self.cfg.min_frame_text
-        failure = (Reason.CAPTION_MISMATCH, f"frame_text_min {low:.3f} < min_frame_text {floor:g}") \
-            if floor is not None and low < floor else None
-        return apply_verdict(task, failure, self.cfg.score_only)
+        if floor is not None and low < floor:
+            raise Verdict(Reason.CAPTION_MISMATCH, f"frame_text_min {low:.3f} < min_frame_text {floor:g}")
+        return task

@@ -20,8 +20,8 @@ from PIL import Image
 
 from pipeline.core.config_run import StageResources
 from filters.config import VisualFilterConfig
-from pipeline.core.errors import Reason, VideoError
-from pipeline.core.stage import Stage, apply_verdict
+from pipeline.core.errors import Reason, Verdict, VideoError
+from pipeline.core.stage import Stage
 from pipeline.core.task import VideoTask
 
 
@@ -83,25 +83,24 @@ def visual_scores(jpegs: list[bytes], cfg: VisualFilterConfig) -> VisualScores:
     )
 
 
-def first_failure(s: VisualScores, cfg: VisualFilterConfig, duration_s: float) -> tuple[Reason, str] | None:
+def first_failure(s: VisualScores, cfg: VisualFilterConfig, duration_s: float) -> Verdict | None:
     """The cheapest-first order of the checks; the detail carries the score and its threshold."""
     if s.blank_ratio > cfg.max_blank_ratio:
-        return Reason.BLANK_FRAMES, f"blank_ratio {s.blank_ratio:.3f} > max_blank_ratio {cfg.max_blank_ratio:g}"
+        return Verdict(Reason.BLANK_FRAMES, f"blank_ratio {s.blank_ratio:.3f} > max_blank_ratio {cfg.max_blank_ratio:g}")
     if s.brightness < cfg.min_brightness:
-        return Reason.TOO_DARK, f"brightness {s.brightness:.1f} < min_brightness {cfg.min_brightness:g}"
+        return Verdict(Reason.TOO_DARK, f"brightness {s.brightness:.1f} < min_brightness {cfg.min_brightness:g}")
     if s.brightness > cfg.max_brightness:
-        return Reason.TOO_BRIGHT, f"brightness {s.brightness:.1f} > max_brightness {cfg.max_brightness:g}"
+        return Verdict(Reason.TOO_BRIGHT, f"brightness {s.brightness:.1f} > max_brightness {cfg.max_brightness:g}")
     if s.frames > 1 and s.scenes == 1 and s.motion < cfg.min_motion:
-        return Reason.STATIC, f"motion {s.motion:.3f} < min_motion {cfg.min_motion:g}"
+        return Verdict(Reason.STATIC, f"motion {s.motion:.3f} < min_motion {cfg.min_motion:g}")
     per_minute = s.scenes / max(duration_s / 60, 1e-6)
     if s.scenes > 1 and s.scene_motion < cfg.min_motion:
-        return Reason.SLIDESHOW, (
-            f"scene_motion {s.scene_motion:.3f} < min_motion {cfg.min_motion:g} over {s.scenes} scenes"
-        )
+        return Verdict(Reason.SLIDESHOW,
+                       f"scene_motion {s.scene_motion:.3f} < min_motion {cfg.min_motion:g} over {s.scenes} scenes")
     if cfg.max_scenes_per_minute and per_minute > cfg.max_scenes_per_minute:
-        return Reason.TOO_MANY_CUTS, f"scenes_per_minute {per_minute:.1f} > max_scenes_per_minute {cfg.max_scenes_per_minute:g}"
+        return Verdict(Reason.TOO_MANY_CUTS, f"scenes_per_minute {per_minute:.1f} > max_scenes_per_minute {cfg.max_scenes_per_minute:g}")
     if s.sharpness < cfg.min_sharpness:
-        return Reason.BLURRY, f"sharpness {s.sharpness:.1f} < min_sharpness {cfg.min_sharpness:g}"
+        return Verdict(Reason.BLURRY, f"sharpness {s.sharpness:.1f} < min_sharpness {cfg.min_sharpness:g}")
     return None
 
 
@@ -113,9 +112,13 @@ class VisualFilter(Stage):
     def __init__(self, cfg: VisualFilterConfig, resources: StageResources | None = None):
         super().__init__(resources)
         self.cfg = cfg
+        self.score_only = cfg.score_only
 
     def process(self, task: VideoTask) -> VideoTask:
         scores = visual_scores(task.frames.get(self.cfg.frame_set or "", []), self.cfg)
         task.meta.setdefault("scores", {}).update(scores.as_dict())
         task.meta.setdefault("counts", {}).update(scores.counts())
-        return apply_verdict(task, first_failure(scores, self.cfg, float(task.meta.get("video", {}).get("duration_s", 0.0))), self.cfg.score_only)
+        failure = first_failure(scores, self.cfg, float(task.meta.get("video", {}).get("duration_s", 0.0)))
+        if failure:
+            raise failure
+        return task

@@ -33,6 +33,18 @@ from shards.viewer import cmd_view
 from train.cli import cmd_train
 
 log = logging.getLogger("prolongvid")
+
+# What a command exits with, by the error that stopped it (the first class that matches), and the prefix of the
+# one line it prints. 0: done; 1: done, with problems the command reports (a failed verify, rejects over a limit).
+EXIT_CODES: list[tuple[type[Exception], int, str]] = [
+    (ConfigError, 2, ""),               # a bad config, argument or input: the line names the field
+    (NotARunDir, 2, "error: "),         # a folder that is not a run (or not this run's)
+    (NewerFormat, 2, "error: "),        # shards written by a newer major sample format
+    (ToolMissing, 3, "error: "),        # ffmpeg / ffprobe not installed
+    (RunLocked, 4, "error: "),          # another live run holds the output folder
+    (ServerUnavailable, 5, "error: "),  # the LLM server did not come up or went away for good
+]
+DISK_FULL = 6  # ENOSPC, however Ray wrapped it: the run resumes where it stopped once there is space
 IMPORT_PRESET = Path(__file__).with_name("import_llava.yaml")  # import-llava's default: inside the package, never the cwd
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # the demo's, beside the packages
 
@@ -358,31 +370,27 @@ def disk_full(error: BaseException) -> OSError | str | None:
     return "" if "[Errno 28]" in str(error) or "No space left on device" in str(error) else None
 
 
+def exit_code(error: BaseException) -> tuple[int, str] | None:
+    """The exit code and the line the CLI prints for an error that stopped a command; None: a bug (raise it)."""
+    for cls, code, prefix in EXIT_CODES:
+        if isinstance(error, cls):
+            return code, f"{prefix}{error}"
+    full = disk_full(error)
+    if full is None:
+        return None
+    where = f" writing {full.filename}" if isinstance(full, OSError) and full.filename else ""
+    return DISK_FULL, (f"error: no space left on device{where}: free space where output.dir lives and rerun (the run "
+                       "resumes where it stopped; --log-level DEBUG shows the traceback)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
-        return 2
-    except ToolMissing as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except (NotARunDir, NewerFormat) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except RunLocked as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 4
-    except ServerUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 5
     except Exception as e:
-        full = disk_full(e)
-        if full is None or args.log_level == "DEBUG":
+        known = exit_code(e)
+        if known is None or (known[0] == DISK_FULL and args.log_level == "DEBUG"):
             raise
-        where = f" writing {full.filename}" if isinstance(full, OSError) and full.filename else ""
-        print(f"error: no space left on device{where}: free space where output.dir lives and rerun (the run "
-              "resumes where it stopped; --log-level DEBUG shows the traceback)", file=sys.stderr)
-        return 6
+        print(known[1], file=sys.stderr)
+        return known[0]

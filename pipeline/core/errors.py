@@ -90,6 +90,14 @@ class VideoError(Exception):
         return (VideoError, (self.reason, self.detail))
 
 
+class Verdict(VideoError):
+    """A filter's quality judgement: rejects the video like any `VideoError`, unless the stage only scores
+    (`Stage.score_only`), where the harness keeps the video and notes the verdict in `would_reject`."""
+
+    def __reduce__(self):
+        return (Verdict, (self.reason, self.detail))
+
+
 class NotExact(VideoError):
     """A decoder cannot prove that a frame it would return is the frame asked for: try the next exact path."""
 

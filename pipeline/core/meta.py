@@ -128,7 +128,7 @@ SECTIONS: dict[str, Any] = {
     "would_reject": list[str],  # score-only filters: what would have been rejected
 }
 FRAMES = "frames"
-# Written for any stage by the harness (`run_stage`, `apply_verdict`), whatever the stage declares.
+# Written for any stage by the harness (`run_stage`, also for a score-only filter's `Verdict`), whatever the stage declares.
 HARNESS_WRITES = ("meta.timings", "meta.setup_s", "meta.started_at", "meta.would_reject")
 # What sources put on a task before the first stage, by input format.
 SOURCE_WRITES = {

@@ -20,7 +20,7 @@ import traceback
 from typing import Any, ClassVar
 
 from pipeline.core.config_run import StageResources
-from pipeline.core.errors import Reason, VideoError
+from pipeline.core.errors import Reason, Verdict, VideoError
 from pipeline.core.meta import check_names, check_written, strict
 from pipeline.core.task import VideoTask
 
@@ -39,6 +39,7 @@ class Stage(ABC):
     writes: ClassVar[tuple[str, ...]] = ()
     thread_safe: ClassVar[bool] = False  # may `process` run on several threads of one worker at once?
     config_field: str = ""  # the config path that put the stage in the graph (named when its reads are missing)
+    score_only: bool = False  # a filter that scores and drops nothing: its `Verdict`s go to `would_reject`
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -79,16 +80,6 @@ class Stage(ABC):
         self.__dict__.update(state)
 
 
-def apply_verdict(task: VideoTask, failure: tuple[Reason, str] | None, score_only: bool) -> VideoTask:
-    """A filter's verdict: reject (raise), or in score-only mode keep the video and note what would have happened."""
-    if failure is None:
-        return task
-    if score_only:
-        task.meta.setdefault("would_reject", []).append(f"{failure[0].value}: {failure[1]}")
-        return task
-    raise VideoError(*failure)
-
-
 def run_stage(stage: Stage, task: VideoTask) -> VideoTask:
     """Run one stage on one task: time it, and turn every failure into a reject on the task."""
     if task.rejected:
@@ -107,6 +98,11 @@ def run_stage(stage: Stage, task: VideoTask) -> VideoTask:
         problem = check_written(stage, before, task.meta) if before is not None else None
         if problem:
             raise RuntimeError(problem)
+    except Verdict as e:
+        if stage.score_only:  # the filter scores, drops nothing: note what it would have done
+            task.meta.setdefault("would_reject", []).append(f"{e.reason.value}: {e.detail}")
+        else:
+            task.reject(stage.name, e.reason.value, e.detail)
     except VideoError as e:
         task.reject(stage.name, e.reason.value, e.detail)
     except Exception as e:  # a bug must not stop the run: record it where the user will see it

@@ -35,14 +35,6 @@ def output_size(width: int, height: int, resize: ResizeConfig) -> tuple[int, int
     return width, height
 
 
-def resize_rgb(rgb: np.ndarray, size: tuple[int, int], resample: str = "bicubic") -> np.ndarray:
-    """Resize an HxWx3 uint8 array to (width, height); returns the input when the size already matches."""
-    h, w = rgb.shape[:2]
-    if (w, h) == size:
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize(size, RESAMPLE[resample]))
-
-
 def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
