@@ -1,0 +1,152 @@
+"""One storage seam: a local folder or an object-store prefix (`s3://`, `gs://`, `az://`) behind the same calls,
+so what reads and writes runs, sources and shards does it the same way wherever the data lives.
+
+Built on obstore (Rust's object_store): create-only writes (`If-None-Match: *` on S3, GCS, R2 and MinIO; an
+exclusive create on a local disk), ranged reads, multipart uploads and retries with backoff on 5xx, throttling
+and connection resets are the library's, the same for every store. Credentials and endpoints come from the
+provider's own chain (the `AWS_*` environment variables, `AWS_ENDPOINT_URL` for an S3-compatible server; with
+boto3 installed, its whole chain: shared config files, instance roles), never from a config file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REMOTE_SCHEMES = ("s3://", "gs://", "az://", "abfs://", "azure://")
+
+
+class StorageError(Exception):
+    """A store refused or failed a call after the library's retries; the message names the object."""
+
+
+class AlreadyExists(StorageError):
+    """A create-only write found the object there: someone else created it first."""
+
+
+class NotFound(StorageError):
+    """No object at that path."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    path: str  # relative to the storage's root, "/"-separated
+    size: int
+    etag: str  # the store's version tag ("" where it has none): a changed object has a new one
+    modified_ns: int
+
+
+def is_remote(location: str | Path) -> bool:
+    return str(location).startswith(REMOTE_SCHEMES)
+
+
+def _s3_options(url: str) -> dict[str, Any]:
+    """The S3 endpoint and credentials from the standard chain: boto3's when installed (it reads the shared config
+    files and instance roles too), else object_store's own reading of the `AWS_*` variables."""
+    options: dict[str, Any] = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and endpoint.startswith("http://"):
+        options["client_options"] = {"allow_http": True}  # an S3-compatible server without TLS (loopback, MinIO)
+    try:
+        import boto3  # noqa: F401
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError:
+        return options
+    if not os.environ.get("AWS_ACCESS_KEY_ID"):  # object_store reads explicit keys itself; boto3 for the rest
+        options["credential_provider"] = Boto3CredentialProvider()
+    return options
+
+
+class Storage:
+    """A root (a local folder or a bucket prefix) and the calls every reader and writer of the project needs."""
+
+    def __init__(self, root: str | Path):
+        from obstore.store import LocalStore, from_url
+
+        self.root = str(root).rstrip("/") if is_remote(root) else str(Path(root).resolve())
+        self.remote = is_remote(root)
+        if not self.remote:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+            self._store = LocalStore(self.root)
+        else:
+            self._store = from_url(self.root, **(_s3_options(self.root) if self.root.startswith("s3://") else {}))
+
+    def __repr__(self) -> str:
+        return f"Storage({self.root!r})"
+
+    def url(self, path: str) -> str:
+        """Where `path` lives, for messages and for readers that take URLs (webdataset, Ray Data)."""
+        return f"{self.root}/{path}"
+
+    def _call(self, what: str, path: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from obstore.exceptions import AlreadyExistsError, NotFoundError
+
+        try:
+            return fn(self._store, path, *args, **kwargs)
+        except AlreadyExistsError:
+            raise AlreadyExists(f"{self.url(path)} already exists") from None
+        except (NotFoundError, FileNotFoundError):
+            raise NotFound(f"{self.url(path)}: no such object") from None
+        except Exception as e:  # the library retried already: name the call and the object
+            raise StorageError(f"{what} {self.url(path)}: {type(e).__name__}: {e}") from e
+
+    def put(self, path: str, data: bytes, create_only: bool = False) -> None:
+        """Write `data` whole (a reader never sees part of it); `create_only` raises `AlreadyExists` instead of
+        replacing an object that is there (the commit point of a run's ledger)."""
+        import obstore
+
+        self._call("put", path, obstore.put, data, mode="create" if create_only else "overwrite")
+
+    def get(self, path: str) -> bytes:
+        import obstore
+
+        return bytes(self._call("get", path, obstore.get).bytes())
+
+    def get_range(self, path: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object: one ranged request, not the whole object."""
+        import obstore
+
+        if end <= start:
+            return b""
+        return bytes(self._call("get_range", path, obstore.get_range, start=start, end=end))
+
+    def head(self, path: str) -> ObjectInfo:
+        import obstore
+
+        return _info(self._call("head", path, obstore.head))
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.head(path)
+        except NotFound:
+            return False
+        return True
+
+    def delete(self, path: str) -> None:
+        """Remove one object; one that is gone already is not an error (a retried cleanup)."""
+        import obstore
+
+        try:
+            self._call("delete", path, obstore.delete)
+        except NotFound:
+            pass
+
+    def list_pages(self, prefix: str = "") -> Iterator[list[ObjectInfo]]:
+        """The objects under `prefix`, a page at a time as the store returns them (a million objects never sit in
+        memory at once); each page sorted by path."""
+        import obstore
+
+        try:
+            for page in obstore.list(self._store, prefix=prefix or None):
+                yield sorted((_info(meta) for meta in page), key=lambda info: info.path)
+        except FileNotFoundError:  # a local prefix that does not exist yet: nothing under it
+            return
+
+
+def _info(meta: dict[str, Any]) -> ObjectInfo:
+    modified = meta.get("last_modified")
+    return ObjectInfo(path=str(meta["path"]), size=int(meta["size"]), etag=str(meta.get("e_tag") or ""),
+                      modified_ns=int(modified.timestamp() * 1e9) if modified else 0)
