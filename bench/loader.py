@@ -60,6 +60,7 @@ def ours(run_dir: Path) -> tuple[float, int]:
     import webdataset as wds
 
     from fixtures.tiny_train_model import build_tokenizer
+    from pipeline.core.video_tokens import TOKENS_PER_FRAME
     from train.chat import ChatEncoder
     from train.data import DataConfig, shard_urls, training_items
 
@@ -67,7 +68,7 @@ def ours(run_dir: Path) -> tuple[float, int]:
     cfg = DataConfig(shards=str(run_dir), frames=FRAMES, shuffle_buffer=0)
     start = time.perf_counter()
     samples = wds.WebDataset(shard_urls(str(run_dir)), shardshuffle=False, empty_check=False)
-    n = sum(1 for _ in training_items(iter(samples), cfg, encoder))
+    n = sum(1 for _ in training_items(iter(samples), cfg, encoder, tokens_per_frame=TOKENS_PER_FRAME))  # the 7B's
     return time.perf_counter() - start, n
 
 

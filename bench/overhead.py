@@ -70,12 +70,12 @@ def tiny_work(path: Path, repeats: int = 20) -> tuple[float, float]:
     import statistics
 
     from pipeline.run_config import load_run_config
-    from pipeline.graph import build_groups
     from pipeline.core.stage import run_chain
     from pipeline.core.task import VideoTask
+    from pipeline.run_plan import resolve_plan
 
     cfg = load_run_config(None, ["input.path=.", "output.dir=.", *GRAPH_SETTINGS])
-    stages = build_groups(cfg)[0][0]
+    stages = list(resolve_plan(cfg).groups[0].stages)
 
     def cpu() -> float:
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -64,7 +64,7 @@ def child_dispatch(manifest: Path, out: Path) -> dict:
     base = rss_mb()
     start = time.perf_counter()
 
-    def stand_in(cfg, tasks, run_stamp, generation):
+    def stand_in(plan, tasks, run_stamp, generation):
         seen["waves"] += 1
         for task in tasks:
             if seen["first"] is None:

@@ -76,19 +76,6 @@ class Usage:
     # token economy shows which prompts cost what
     by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def add(self, other: "Usage") -> None:
-        for name in ("requests", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "retries", "failures",
-                     "parts_asked_again", "seconds"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.window(other.first_at, other.last_at)
-        self.peak_in_flight = max(self.peak_in_flight, other.peak_in_flight)
-        for reason, n in other.by_reason.items():
-            self.by_reason[reason] = self.by_reason.get(reason, 0) + n
-        for kind, counts in other.by_kind.items():
-            mine = self.by_kind.setdefault(kind, {})
-            for name, n in counts.items():
-                mine[name] = mine.get(name, 0) + n
-
     def count(self, kind: str, result: "ChatResult") -> None:
         """One answered attempt's tokens, in the totals and under its kind."""
         self.prompt_tokens += result.prompt_tokens

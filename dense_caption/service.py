@@ -13,6 +13,7 @@ import logging
 import sys
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -27,30 +28,36 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class LLMEndpoints:
+    """Where the run's LLM answers, known once its service is up: what the caption and QA workers call."""
+
+    http_url: str  # the http backend's server (a managed one's address, reachable from the workers)
+    engine_urls: tuple[str, ...] = ()  # the ray_engine backend's replicas
+    run_key: SecretStr | None = None  # the key the replicas take (made for this run, never written out)
+
+
 @contextmanager
-def llm_service(llm: LLMConfig, log_dir: Path, start_ray: Callable[[], None]) -> Iterator[LLMConfig]:
-    """Yield the LLM config the stages run with (it carries the URLs of servers started here).
+def llm_service(llm: LLMConfig, log_dir: Path, start_ray: Callable[[], None]) -> Iterator[LLMEndpoints]:
+    """Check or start the LLM the run's caption/QA stages use; yield where it answers, stop it afterwards (a run
+    enters it when its plan has caption or QA stages).
 
     `start_ray` connects to the run's Ray cluster; the engine backend calls it before placing its replicas.
     """
-    if not llm.enabled or not (llm.captions.enabled or llm.qa.enabled):
-        yield llm
-        return
     if llm.backend == "ray_engine":
         from dense_caption.ray_engine import start_replicas, stop_replicas
 
         start_ray()
         handles, urls, key = start_replicas(llm)
         try:
-            engine = llm.engine.model_copy(update={"urls": urls, "run_key": SecretStr(key)})
-            yield llm.model_copy(update={"engine": engine})
+            yield LLMEndpoints(llm.http.url, tuple(urls), SecretStr(key))
         finally:
             stop_replicas(handles)
         return
     if llm.http.mode == "external":
         served = check_server(llm.http.url, llm.model, llm.http)
         log.info("LLM server %s serves %s", llm.http.url, served)
-        yield llm
+        yield LLMEndpoints(llm.http.url)
         return
     from dense_caption.managed import ManagedServer, ServerStartError
 
@@ -69,7 +76,7 @@ def llm_service(llm: LLMConfig, log_dir: Path, start_ray: Callable[[], None]) ->
     try:
         check_server(url, llm.model, llm.http)
         keeper.start()
-        yield llm.model_copy(update={"http": llm.http.model_copy(update={"url": url})})
+        yield LLMEndpoints(url)
     finally:
         keeper.stop()
         server.stop()

@@ -22,6 +22,7 @@ from dense_caption.templates import Prompts
 from pipeline.core.config_run import StageResources
 from pipeline.core.errors import Reason, VideoError
 from pipeline.core.meta import frame_times
+from pipeline.core.records import merge_llm_usage
 from pipeline.core.stage import Stage
 from pipeline.core.task import VideoTask
 
@@ -75,13 +76,14 @@ def make_backend(cfg: LLMConfig) -> ChatBackend:
 
 
 def add_usage(task: VideoTask, usage: Usage) -> None:
-    total = Usage(**{k: v for k, v in (task.meta.get("llm") or {}).items()})
-    total.add(usage)
-    task.meta["llm"] = total.to_dict()
+    """A stage's LLM usage into the video's (`meta.llm`, summed over its caption and QA) and its counts."""
+    total = dict(task.meta.get("llm") or {})
+    merge_llm_usage(total, usage.to_dict())
+    total["seconds"] = round(total["seconds"], 3)
+    task.meta["llm"] = total
     counts = task.meta.setdefault("counts", {})
-    counts["llm_requests"] = total.requests
-    counts["llm_prompt_tokens"] = total.prompt_tokens
-    counts["llm_completion_tokens"] = total.completion_tokens
+    for name in ("requests", "prompt_tokens", "completion_tokens"):
+        counts[f"llm_{name}"] = total[name]
 
 
 class _LLMStage(Stage):
@@ -164,12 +166,3 @@ class QAStage(_LLMStage):
         for pair in qa["pairs"]:
             counts[f"qa_{pair['type']}"] = counts.get(f"qa_{pair['type']}", 0) + 1
         return task
-
-
-def llm_stages(cfg: LLMConfig, resources: StageResources) -> list[Stage]:
-    stages: list[Stage] = []
-    if cfg.enabled and cfg.captions.enabled:
-        stages.append(CaptionStage(cfg, resources))
-    if cfg.enabled and cfg.qa.enabled:
-        stages.append(QAStage(cfg, resources))
-    return stages

@@ -34,7 +34,7 @@ def evaluate(checkpoint: str, bench: str, out: str | Path, frames: int | None = 
             rows.append(row)
             bar.update(1)
     info = {"checkpoint": evaluator.source, "bench": str(bench), "split": split if Path(bench).is_dir() else None,
-            "frames": evaluator.data.frames, "tokens_per_frame": evaluator.data.tokens_per_frame}  # fmt: skip
+            "frames": evaluator.data.frames, "tokens_per_frame": evaluator.tokens_per_frame}  # fmt: skip
     return write_report(out, rows, info)
 
 

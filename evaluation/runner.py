@@ -26,14 +26,15 @@ from train.model import VideoLlava, tokens_per_frame
 class Evaluator:
     model: Any
     tokenizer: Any
-    data: DataConfig  # frames, image size, tokens a frame, SigLIP normalisation
+    data: DataConfig  # frames, image size, SigLIP normalisation
+    tokens_per_frame: int  # the model's
     encoder: ChatEncoder
     device: torch.device
     source: str  # the checkpoint directory
 
     def prompt_ids(self, question: Question) -> list[int]:
         turns = [{"from": "human", "value": question.prompt}]
-        return self.encoder.prompt(turns, self.data.frames * self.data.tokens_per_frame)
+        return self.encoder.prompt(turns, self.data.frames * self.tokens_per_frame)
 
     def pixels(self, question: Question) -> torch.Tensor:
         return decode_frames(question.frames(self.data.frames, self.data.image_size), self.data)
@@ -98,7 +99,6 @@ def load_evaluator(ckpt: str | Path, frames: int | None = None, device: str | No
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = VideoLlava.from_pretrained(str(path), dtype=dtype).to(dev).eval()
     k = frames or trained_frames(path) or 32
-    data = DataConfig(shards=str(path), frames=k, image_size=model.config.vision_config.image_size,
-                      tokens_per_frame=tokens_per_frame(model.config))  # fmt: skip
-    video_token = tokenizer.convert_ids_to_tokens(model.config.video_token_id)
-    return Evaluator(model, tokenizer, data, ChatEncoder(tokenizer, video_token=video_token), dev, str(path))
+    data = DataConfig(shards=str(path), frames=k, image_size=model.config.vision_config.image_size)
+    encoder = ChatEncoder(tokenizer, video_token=tokenizer.convert_ids_to_tokens(model.config.video_token_id))
+    return Evaluator(model, tokenizer, data, tokens_per_frame(model.config), encoder, dev, str(path))

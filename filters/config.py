@@ -10,6 +10,7 @@ from pipeline.core.config_base import (
     MAX_FPS, MAX_SAMPLE_FRAMES, MAX_TOKENS, Luma, Range, RunSection, SampleFrames, Share, Tokens, VideoFrames,
     VideoSeconds, VideoSecondsOrZero, Workers,
 )
+from pipeline.core.recipe import MAX_LENGTH, PAPER_STAGES
 from pipeline.core.video_tokens import TOKENS_PER_FRAME
 
 
@@ -40,12 +41,8 @@ class BudgetStage(RunSection):
 
 
 def default_budget_stages() -> list[BudgetStage]:
-    # The paper's stages; 256000 is its model_max_length.
-    return [
-        BudgetStage(name="stage1", frames=32, max_tokens=256000),
-        BudgetStage(name="stage2", frames=128, max_tokens=256000),
-        BudgetStage(name="stage3", frames=192, max_tokens=256000),
-    ]
+    """The paper's stages at its model_max_length."""
+    return [BudgetStage(name=s.name, frames=s.frames, max_tokens=MAX_LENGTH) for s in PAPER_STAGES]
 
 
 class TokenBudgetConfig(RunSection):

@@ -33,10 +33,9 @@ class TokenBudget(Stage):
     may_read = ("meta.num_frames", "meta.conversations")
     writes = ("meta.tokens",)
 
-    def __init__(self, cfg: TokenBudgetConfig, frames_available_set: str, resources: StageResources | None = None):
+    def __init__(self, cfg: TokenBudgetConfig, resources: StageResources | None = None):
         super().__init__(resources)
         self.cfg = cfg
-        self.frame_set = frames_available_set
 
     def setup(self) -> None:
         self._tokenizer = None

@@ -86,11 +86,13 @@ def write_annotations(paths: list[Path], video_dir: Path) -> Path:
     return target
 
 
-def prepare_tiny_llm(cfg: RunConfig) -> RunConfig:
-    """With a managed server on a model folder that does not exist yet, build the tiny test VLM there first."""
+def prepare_tiny_llm(cfg: RunConfig) -> str | None:
+    """With a managed server on a model folder that does not exist yet, build the tiny test VLM there first.
+
+    Returns the python with vLLM the managed server runs on (None: no managed server)."""
     llm = cfg.llm
     if not (llm.enabled and llm.backend == "http" and llm.http.mode == "managed"):
-        return cfg
+        return None
     from fixtures.local_vllm import ensure_tiny_vlm, vllm_python
 
     managed = llm.http.managed
@@ -99,8 +101,7 @@ def prepare_tiny_llm(cfg: RunConfig) -> RunConfig:
         t0 = time.perf_counter()
         ensure_tiny_vlm(Path(managed.model), python)
         print(f"built the tiny random-weight VLM in {managed.model} ({time.perf_counter() - t0:.1f}s): its captions are noise")
-    managed = managed.model_copy(update={"python": str(python)})
-    return cfg.model_copy(update={"llm": llm.model_copy(update={"http": llm.http.model_copy(update={"managed": managed})})})
+    return str(python)
 
 
 def run_demo(cfg: RunConfig) -> int:
@@ -119,9 +120,9 @@ def run_demo(cfg: RunConfig) -> int:
         video_dir = video_dir.parent
     paths = make_examples(video_dir)
     write_annotations(paths, video_dir)
-    cfg = prepare_tiny_llm(cfg)
+    llm_python = prepare_tiny_llm(cfg)
     print(f"{len(paths)} example files in {video_dir} ({time.perf_counter() - t0:.1f}s)\n")
-    summary = run_pipeline(cfg, force=True)  # a demo always shows a whole run
+    summary = run_pipeline(cfg, force=True, llm_python=llm_python)  # a demo always shows a whole run
     print_run_summary(summary)
     print()
     print(stats_table(compute_stats(open_run(cfg.output.dir))))

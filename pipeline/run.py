@@ -13,14 +13,13 @@ import json
 import logging
 import os
 import time
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from itertools import chain, islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from pipeline.core.config_load import ConfigError, config_record, write_resolved_config
 
@@ -35,6 +34,9 @@ from shards.dedup_apply import finish_journal
 from shards.layout import RunDir
 from shards.rows import row_totals
 from shards.runfolder import claim, release_unused
+
+if TYPE_CHECKING:
+    from pipeline.run_plan import RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -141,31 +143,30 @@ def _quiet_ray_data(level: int) -> None:
 
 
 def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] | tuple[str, ...] = (),
-                 repair: bool = False) -> RunSummary:
+                 repair: bool = False, llm_python: str | None = None) -> RunSummary:
     """Run the graph over every source not done yet. Raises ServerUnavailable before any change when the LLM is unusable.
 
     Every run redoes the samples of shards whose size no longer matches their record (or that repeat a key);
-    `repair` also checks every shard's sha256 first.
+    `repair` also checks every shard's sha256 first. `llm_python`: the interpreter of a managed LLM server.
     """
     from dense_caption.http_backend import ServerUnavailable
     from dense_caption.service import llm_service
-    from pipeline.graph import check_graph
+    from pipeline.run_plan import resolve_plan
 
-    check_graph(cfg)  # a stage that reads what nothing before it writes: ConfigError naming the field
     root = check_output_dir(cfg.output.dir)
-    sources = open_sources(cfg.input)
+    plan = resolve_plan(cfg, root, llm_python)  # a stage that reads what nothing before it writes: ConfigError
+    sources = open_sources(cfg.input, kind=plan.input_kind)
     chunks = sources.chunks()
     head = list(islice(chunks, 1))  # the first chunk read now: a bad input fails before anything in the output dir changes
-    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG and cfg.decode.log_dir is None:
-        cfg = cfg.model_copy(update={"decode": cfg.decode.model_copy(update={"log_dir": str(root / "logs")})})
     run = RunDir(root)
     made = not root.exists()
     fresh = claim(run)  # someone else's folder is refused before anything in it changes; ours gets the marker
     try:
         with run_lock(run):  # the lock comes first: no server starts and nothing changes without it
-            with llm_service(cfg.llm, root / "logs", lambda: init_ray(cfg)) as served:
-                return _run(cfg.model_copy(update={"llm": served}), run, sources, chain(head, chunks), force, retry_reasons,
-                            repair)
+            if not plan.llm_stages:
+                return _run(plan, run, sources, chain(head, chunks), force, retry_reasons, repair)
+            with llm_service(plan.llm, root / "logs", lambda: init_ray(cfg)) as endpoints:
+                return _run(plan.served(endpoints), run, sources, chain(head, chunks), force, retry_reasons, repair)
     except ServerUnavailable:
         if fresh:  # the LLM was unusable before anything was written: leave no trace of the run but its log
             release_unused(run, made)
@@ -194,23 +195,23 @@ def check_output_dir(text: str) -> Path:
     return path
 
 
-def _run(cfg: RunConfig, run: RunDir, sources: SourceStream, chunks: Iterable[SourceChunk], force: bool,
+def _run(plan: RunPlan, run: RunDir, sources: SourceStream, chunks: Iterable[SourceChunk], force: bool,
          retry_reasons: list[str] | tuple[str, ...], repair: bool = False) -> RunSummary:
+    cfg = plan.cfg
     start = time.perf_counter()
     started = datetime.now(timezone.utc)
     if force:
         ledger.reset(run)
     run.make()
     generation = begin_generation(run)  # writers of any earlier attempt can no longer commit
-    if cfg.decode.log_dir:
-        Path(cfg.decode.log_dir).mkdir(parents=True, exist_ok=True)
+    if plan.decode.log_dir:
+        Path(plan.decode.log_dir).mkdir(parents=True, exist_ok=True)
     finish_journal(run)  # a dedup that was interrupted is completed before anything else
     state = resume_state(run, retry_reasons, repair)
-    cleaned, dropped = state.cleaned, state.dropped
     write_resolved_config(cfg, run.root)
 
-    done = dispatch(cfg, run, generation, chunks, state, started.strftime("%Y%m%d%H%M%S"), lambda: init_ray(cfg))
-    log.info("%d sources (%s): %d dispatched, %d already done", sources.tasks_seen, sources.kind, done.dispatched,
+    done = dispatch(plan, run, generation, chunks, state, started.strftime("%Y%m%d%H%M%S"), lambda: init_ray(cfg))
+    log.info("%d sources (%s): %d dispatched, %d already done", sources.tasks_seen, plan.input_kind, done.dispatched,
              done.skipped)
     cluster: dict[str, float] = {}
     if done.waves:
@@ -227,24 +228,19 @@ def _run(cfg: RunConfig, run: RunDir, sources: SourceStream, chunks: Iterable[So
         if any(late.values()):
             log.info("left by writers of lost nodes, removed: %s", late)
     samples_total, rejects_total = ledger.write_tables(run)
-    deduped = 0
+    written = done.totals
     if cfg.filters.dedup.enabled and run.embeddings.exists():
         from shards.dedup_apply import dedup_run
 
-        deduped = len(dedup_run(run.root, cfg.filters.dedup).removed)
+        written.count_rejects(["near_duplicate"] * len(dedup_run(run.root, cfg.filters.dedup).removed))
         samples_total, rejects_total = len(ledger.index_rows(run)), len(ledger.reject_rows(run))
 
-    written = WriteTotals.total(done.results)
-    by_reason: Counter[str] = Counter(written.rejects)
-    by_reason.update(done.source_rejects)
-    if deduped:
-        by_reason["near_duplicate"] += deduped
     summary = RunSummary(
         out_dir=str(run.root),
         sources=sources.tasks_seen + sources.rejects_seen,
         skipped=done.skipped,
         accepted=written.samples,
-        rejected=dict(by_reason),
+        rejected=dict(written.rejects),
         samples_total=samples_total,
         rejects_total=rejects_total,
         wall_s=time.perf_counter() - start,
@@ -255,19 +251,18 @@ def _run(cfg: RunConfig, run: RunDir, sources: SourceStream, chunks: Iterable[So
         cluster=cluster,
     )
     summary.llm = written.llm_summary(summary.wall_s)
-    _write_run_json(run, cfg, summary, started, written, cleaned, dropped, sources.kind)
+    _write_run_json(run, plan, summary, started, written, state.cleaned, state.dropped)
     return summary
 
 
 def _write_run_json(
     run: RunDir,
-    cfg: RunConfig,
+    plan: RunPlan,
     summary: RunSummary,
     started: datetime,
     written: WriteTotals,
     cleaned: dict[str, int],
     dropped: int,
-    kind: str,
 ) -> None:
     previous: list[dict[str, Any]] = []
     if run.run_json.exists():
@@ -278,9 +273,10 @@ def _write_run_json(
             previous = []
     shards = written.shards
     doc = {
-        "config": config_record(cfg),
+        "config": config_record(plan.cfg),
+        "plan": plan.record(),
         "versions": versions(),
-        "input_kind": kind,
+        "input_kind": plan.input_kind,
         "this_run": {
             "started": started.isoformat(timespec="seconds"),
             "wall_s": round(summary.wall_s, 3),

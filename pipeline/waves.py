@@ -9,17 +9,18 @@ rest of the input), later ones double in size up to WAVE_MAX tasks (`videos_per_
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
-from pipeline.run_config import RunConfig
 from pipeline.core.records import WriteTotals
 from pipeline.resume import ResumeState
 from pipeline.video.sources import CHUNK, SourceChunk
 from pipeline.core.task import VideoTask
 from shards.commit import commit_rejects
 from shards.layout import RunDir
+
+if TYPE_CHECKING:
+    from pipeline.run_plan import RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,13 @@ WAVE_MAX = 50_000  # the graph's MAX_BLOCKS: a wave never needs more than 1 vide
 
 @dataclass
 class Dispatched:
-    results: list[WriteTotals] = field(default_factory=list)
-    source_rejects: Counter[str] = field(default_factory=Counter)  # reasons of the rejects committed from sources
+    totals: WriteTotals = field(default_factory=WriteTotals)  # every write task's, and the sources' rejects
     skipped: int = 0  # tasks already done (in a finished shard or in the rejects)
     dispatched: int = 0
     waves: int = 0
 
 
-def dispatch(cfg: RunConfig, run: RunDir, generation: int, chunks: Iterable[SourceChunk], state: ResumeState,
+def dispatch(plan: RunPlan, run: RunDir, generation: int, chunks: Iterable[SourceChunk], state: ResumeState,
              run_stamp: str, start_ray: Callable[[], None]) -> Dispatched:
     """Run every task of `chunks` that is not done through the graph; commit every fresh source reject."""
     out = Dispatched()
@@ -48,7 +48,8 @@ def dispatch(cfg: RunConfig, run: RunDir, generation: int, chunks: Iterable[Sour
 
         if out.waves == 0:
             start_ray()
-        out.results += run_graph(cfg, wave[:n], run_stamp, generation)
+        for part in run_graph(plan, wave[:n], run_stamp, generation):
+            out.totals.add(part)
         out.dispatched += len(wave[:n])
         out.waves += 1
         log.info("wave %d: %d videos (%d so far)", out.waves, len(wave[:n]), out.dispatched)
@@ -58,7 +59,7 @@ def dispatch(cfg: RunConfig, run: RunDir, generation: int, chunks: Iterable[Sour
         fresh = state.fresh(chunk.rejects)
         if fresh:
             commit_rejects(run, generation, fresh)
-            out.source_rejects.update(r.reason for r in fresh)
+            out.totals.count_rejects(r.reason for r in fresh)
         todo = state.todo(chunk.tasks)
         out.skipped += len(chunk.tasks) - len(todo)
         wave += todo

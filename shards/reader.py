@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.sample import LAYOUT1_VERSION, check_version
 from shards.layout import RunDir
+from shards.split import of_split
 
 
 class NotARunDir(ValueError):
@@ -45,10 +46,13 @@ def read_run_json(run: RunDir) -> dict[str, Any]:
     return json.loads(run.run_json.read_text()) if run.run_json.exists() else {}
 
 
-def shard_urls(run: RunDir) -> list[str]:
-    """Shard paths in index order, for webdataset.WebDataset(urls) or any tar reader."""
-    names = [s["name"] for s in read_shard_list(run)] or sorted(p.name for p in run.shards.glob("*.tar"))
-    return [str(run.shards / n) for n in names]
+def shard_urls(run: RunDir, split: str | None = None) -> list[str]:
+    """Shard paths in index order, for webdataset.WebDataset(urls) or any tar reader; only `split`'s when given
+    (a run without a shard list: every tar in its shards/ folder)."""
+    listed = read_shard_list(run)
+    if not listed:
+        return [str(p) for p in sorted(run.shards.glob("*.tar"))]
+    return [str(run.shards / s["name"]) for s in (listed if split is None else of_split(listed, split))]
 
 
 def iter_samples(run: RunDir) -> Iterator[dict[str, Any]]:

@@ -31,8 +31,8 @@ from shards.tarwriter import ShardFile
 
 
 def sample_meta(task: VideoTask, frame_set: str, split: str, frames: list[bytes]) -> SampleMeta:
-    """The sample's `json` member (`pipeline/core/sample.py`): everything known about the video except conversations,
-    timings and the embedding, and which frame set the sample's frames are."""
+    """The sample's `json` member (`pipeline/core/sample.py`): everything known about the video except conversations
+    and the embedding, and which frame set the sample's frames are."""
     return meta_from_sections(task.key, task.source, frame_set, split, task.meta, [len(f) for f in frames])
 
 
@@ -143,12 +143,10 @@ class ShardSink(Datasink):
             for block in blocks:
                 for raw in BlockAccessor.for_block(block).iter_rows(public_row_format=True):
                     task = VideoTask.from_row(dict(raw))
-                    summary.add_video(task.meta.get("timings") or {}, task.meta.get("llm") or {},  # kept and rejected
-                                      (task.meta.get("video") or {}).get("duration_s") or 0.0, task.meta.get("setup_s"),
-                                      task.meta.get("started_at"))
+                    summary.add_video(task.metrics, task.meta.get("llm") or {},  # kept and rejected
+                                      (task.meta.get("video") or {}).get("duration_s") or 0.0)
                     if task.error is not None:
                         rejects.append(task.error)
-                        summary.rejects[task.error.reason] += 1
                         continue
                     if committed_in(run, task.key):  # a retried task's second copy: the first is in the run
                         summary.already_committed += 1
@@ -178,6 +176,7 @@ class ShardSink(Datasink):
                 current.abort()
             raise
         commit_rejects(run, self.generation, rejects)
+        summary.count_rejects(r.reason for r in rejects)
         summary.add_time("write", time.perf_counter() - start, summary.samples)
         summary.last_written_at = time.time()
         return summary

@@ -31,6 +31,8 @@ from train.chat import IGNORE, ChatEncoder
 from train.data import build_dataset
 from train.packing import collate_packed
 from train.position import DataPosition, WorkerEnd, WorkerItem
+from train.topology import Topology
+
 
 def collate(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     frames = {tuple(i["pixel_values"].shape) for i in items}
@@ -64,15 +66,20 @@ class EpochEnd:
 
 
 class DataStream:
-    """Endless batches over epochs; `position` (`state()` as plain data) is what a checkpoint keeps to continue them
-    exactly, `restore` (or the constructor's `position` / `**state`) continues from it."""
+    """Endless batches over epochs; `position` (`state_dict()` as plain data) is what a checkpoint keeps to continue
+    them exactly, `restore` (or `load_state_dict`) continues from it.
 
-    def __init__(self, cfg: Any, encoder: ChatEncoder, pad_id: int, position: DataPosition | None = None,
-                 **state: Any):  # fmt: skip
+    `tokens_per_frame`: the model's; `topology`: which data reader this rank is (`train/topology.py`; None: the
+    process group's rank). The data seed is the run's (`cfg.seed`), the same on every rank.
+    """
+
+    def __init__(self, cfg: Any, encoder: ChatEncoder, pad_id: int, *, tokens_per_frame: int,
+                 topology: Topology | None = None):  # fmt: skip
         self.cfg, self.encoder, self.pad_id = cfg, encoder, pad_id
+        self.tokens_per_frame, self.topology = tokens_per_frame, topology
         self.workers = max(1, cfg.data.num_workers)
         self._buckets: dict[tuple[int, int], list[WorkerItem]] = {}
-        self.restore(position if position is not None else DataPosition.from_state(state))
+        self.restore(DataPosition())
 
     def restore(self, position: DataPosition) -> None:
         """Continue from `position` (before the first batch is drawn)."""
@@ -90,8 +97,11 @@ class DataStream:
     def position(self) -> DataPosition:
         return DataPosition(self.epoch, list(self.consumed), self.pending, self.next_worker)
 
-    def state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return self.position.to_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.restore(DataPosition.from_state(state))
 
     def _items(self) -> Iterator[Taken | EpochEnd]:
         """Items in one canonical order, round robin over the loader workers, then the epoch's end; epoch after epoch.
@@ -103,7 +113,8 @@ class DataStream:
         while True:
             before, replay = list(self.consumed), list(self._replay)
             skips = [min([i for w, i in replay if w == worker] + [before[worker]]) for worker in range(self.workers)]
-            dataset = build_dataset(self.cfg.data, self.encoder, epoch=self.epoch, skip=skips)
+            dataset = build_dataset(self.cfg.data, self.encoder, tokens_per_frame=self.tokens_per_frame,
+                                    seed=self.cfg.seed, topology=self.topology, epoch=self.epoch, skip=skips)
             loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.cfg.data.num_workers)
             queues: list[deque[WorkerItem | WorkerEnd]] = [deque() for _ in range(self.workers)]
             restored: dict[tuple[int, int], WorkerItem] = {}

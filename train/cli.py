@@ -12,29 +12,26 @@ import sys
 
 from pipeline.core.config_load import ConfigError, load_config
 from train.config import TrainConfig
-from train.preflight import check_training_data, world_size
+from train.preflight import check_training_data
+from train.topology import Topology
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set or [], model=TrainConfig)
-    world = world_size(cfg.nproc_per_node)
-    try:
-        readers = cfg.parallel.data_ranks(world)
-    except ValueError as e:
-        raise ConfigError(f"parallel.sp_size: {e}") from None
+    topology = Topology.launched(cfg, cfg.nproc_per_node)  # this rank's, or the ranks about to be launched
     if getattr(args, "dry_run", False):
         from train.plan import format_plan, memory_plan
 
         try:
-            plan = memory_plan(cfg, world)
+            plan = memory_plan(cfg, topology)
         except ConfigError:
             raise
         except ValueError as e:  # the model's heads do not split over sp
             raise ConfigError(str(e)) from None
         print(format_plan(plan, cfg))
         return 0
-    data = check_training_data(cfg.data.shards, readers)  # before anything is written
-    if os.environ.get("RANK", "0") == "0":
+    data = check_training_data(cfg.data.shards, topology.readers)  # before anything is written
+    if topology.rank == 0:
         print(f"training on {cfg.data.shards}: {data}", file=sys.stderr)
     if cfg.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # launch the ranks; a multi-node launcher sets WORLD_SIZE
         sets = [x for s in args.set or [] for x in ("--set", s)]
@@ -45,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from train.trainer import train
 
     quiet_libraries()
-    result = train(cfg)
-    if os.environ.get("RANK", "0") == "0":
+    result = train(cfg, topology)
+    if topology.rank == 0:
         print(result["summary"])
     return 0

@@ -85,11 +85,10 @@ class ParallelConfig(Strict):
         1, description="sequence parallelism: ranks that split each sequence (and its frames); consecutive ranks"
     )
 
-    def data_ranks(self, world: int) -> int:
-        """Ranks that read different data: the world over the sequence-parallel group size."""
-        if world % self.sp_size:
-            raise ValueError(f"parallel.sp_size {self.sp_size} does not divide the {world} ranks")
-        return world // self.sp_size
+
+def parallel_section(value: Any) -> Any:
+    """`parallel: fsdp` -> `{sharding: fsdp}`; whether FSDP is on for a run is the topology's (`train/topology.py`)."""
+    return {"sharding": value} if isinstance(value, str) else value
 
 
 class StageEval(Strict):
@@ -121,26 +120,13 @@ class TrainConfig(Strict):
 
     @classmethod
     def prefill(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """`parallel: fsdp` -> `{sharding: fsdp}`, so `--set parallel.sp_size=2` works on either form."""
-        if isinstance(data.get("parallel"), str):
-            data["parallel"] = {"sharding": data["parallel"]}
+        """The YAML's `parallel: fsdp` as a section before the overrides, so `--set parallel.sp_size=2` works on it."""
+        if "parallel" in data:
+            data["parallel"] = parallel_section(data["parallel"])
         return data
 
     @field_validator("parallel", mode="before")
     @classmethod
     def _sharding_alone(cls, value: Any) -> Any:
-        return {"sharding": value} if isinstance(value, str) else value
-
-    def grad_accum(self, world: int) -> int:
-        """Micro-batches per optimizer step on each rank, from the global batch when one is set.
-
-        `world` counts every rank; a sequence-parallel group reads one micro-batch together.
-        """
-        if self.optim.global_batch_size is None:
-            return self.optim.grad_accum or 1
-        ranks = self.parallel.data_ranks(world)
-        per_micro = ranks * self.data.batch_size
-        if self.optim.global_batch_size % per_micro:
-            raise ValueError(f"optim.global_batch_size {self.optim.global_batch_size} is not a multiple of "
-                             f"{ranks} data ranks x data.batch_size {self.data.batch_size}")
-        return self.optim.global_batch_size // per_micro
+        """`--set parallel=fsdp`, after the overrides."""
+        return parallel_section(value)

@@ -8,8 +8,10 @@ item gets k frames (`frame_count: fixed`, the paper's `fixed_num_frames`:
 short videos repeat frames) unless its record, or the sample, names its own
 count. Items longer than `model_max_length` are dropped or given fewer frames,
 as configured, and counted. Samples come in one of two orders (`order.py`):
-shards shuffled and split across ranks and loader workers by webdataset with
-a shuffle buffer, or a whole-epoch permutation of the sample keys.
+shards shuffled and split across readers and loader workers by webdataset with
+a shuffle buffer, or a whole-epoch permutation of the sample keys. `DataConfig`
+holds only what a user sets; what the model and the run decide (the tokens a
+frame costs, the seed, which reader a rank is: `train/topology.py`) is passed in.
 """
 
 from __future__ import annotations
@@ -26,21 +28,22 @@ from typing import Annotated, Any, Iterator, Literal
 from pydantic import Field
 
 from pipeline.core.config_base import Strict
-from pipeline.core.video_tokens import TOKENS_PER_FRAME
+from pipeline.core.recipe import MAX_LENGTH, PAPER_STAGES
 from pipeline.core.sample import Conversation, NewerFormat, SampleMeta
+from shards import reader
 from shards.layout import RunDir, Sample
-from shards.reader import read_shard_list
-from shards.split import TRAIN, of_split
+from shards.split import TRAIN
 from train.chat import ChatEncoder
 from train.frames import pick_frames
 from train.position import WorkerEnd, WorkerItem
+from train.topology import Topology
 
 log = logging.getLogger(__name__)
 
 
 class DataConfig(Strict):
     shards: str = Field(description="a pipeline output dir (its shards.json) or a folder / glob of .tar shards")
-    frames: Annotated[int, Field(gt=0)] = 32  # the stage's frame count (32 / 128 / 192)
+    frames: Annotated[int, Field(gt=0)] = PAPER_STAGES[0].frames  # the stage's frame count (pipeline/core/recipe.py)
     frame_count: Literal["fixed", "up_to_stored"] = Field(
         "fixed", description="fixed: always `frames` (short videos repeat frames, the paper); up_to_stored: at most stored"
     )
@@ -53,37 +56,33 @@ class DataConfig(Strict):
     order: Literal["shard_shuffle", "permutation"] = Field(
         "shard_shuffle", description="permutation: every epoch a full permutation of the index's samples"
     )
-    tokens_per_frame: Annotated[int, Field(gt=0)] = TOKENS_PER_FRAME
     image_size: Annotated[int, Field(gt=0)] = 384
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # SigLIP normalisation
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    model_max_length: Annotated[int, Field(gt=0)] = 256000
+    model_max_length: Annotated[int, Field(gt=0)] = MAX_LENGTH
     overlong: Literal["drop", "fewer_frames"] = "fewer_frames"
     min_frames: Annotated[int, Field(gt=0)] = 4  # fewer_frames never goes below this
     shuffle_buffer: Annotated[int, Field(ge=0)] = 64
     length_bucket_tokens: Annotated[int, Field(ge=0)] = 0  # batch items whose lengths share this bucket (0: frames only)
-    seed: int = 0
     # A stored frame above this is refused before decoding (a 12000x12000 JPEG would take 1.7 GB); shards hold 384 px.
     max_frame_pixels: Annotated[int, Field(gt=0)] = 4096 * 4096
-    # Set by the trainer: the ranks of a sequence-parallel group read the same items, as one reader.
-    reader: tuple[int, int] | None = Field(None, description="(reader, readers) this rank reads as; None: its rank")
 
 
-def split_by_reader(src: Iterator[Any], cfg: DataConfig) -> Iterator[Any]:
+def split_by_reader(src: Iterator[Any], topology: Topology | None) -> Iterator[Any]:
     """webdataset's `split_by_node`, by reader (a sequence-parallel group shares one)."""
     from itertools import islice
 
     from train.order import reader_info
 
-    rank, world, _, _ = reader_info(cfg)
+    rank, world, _, _ = reader_info(topology)
     yield from islice(src, rank, None, world) if world > 1 else src
 
 
 def shard_urls(spec: str) -> list[str]:
+    """The training shards `data.shards` names: a run's train split, a folder's tars, or a glob's matches."""
     path = Path(spec)
     if (path / "shards.json").exists():  # a run's held-out eval shards are never trained on
-        listed = read_shard_list(RunDir(path))  # refuses shards of a newer sample format
-        return [str(path / "shards" / s["name"]) for s in of_split(listed, TRAIN)]
+        return reader.shard_urls(RunDir(path), TRAIN)  # refuses shards of a newer sample format
     if path.is_dir():
         return sorted(str(p) for p in path.glob("*.tar")) or sorted(str(p) for p in (path / "shards").glob("*.tar"))
     return sorted(glob.glob(spec)) if any(c in spec for c in "*?[") else [spec]  # absolute or relative patterns
@@ -160,11 +159,14 @@ def training_items(
     encoder: ChatEncoder,
     counts: LoaderCounts | None = None,
     skip: int = 0,
+    *,
+    tokens_per_frame: int,
 ) -> Iterator[dict[str, Any]]:
     """webdataset samples (raw bytes) -> one item per conversation: pixel_values, input_ids, labels.
 
-    `skip` items are passed over without decoding their frames (resuming mid-epoch); `counts.items` counts every
-    item made, so while an item is yielded, `counts.items - 1` is its place in the stream.
+    `tokens_per_frame`: the model's (`train.model.tokens_per_frame`), what a frame costs in the sequence. `skip`
+    items are passed over without decoding their frames (resuming mid-epoch); `counts.items` counts every item made,
+    so while an item is yielded, `counts.items - 1` is its place in the stream.
     """
     import torch
 
@@ -187,16 +189,16 @@ def training_items(
         for number, record in enumerate(sample.conversations):
             turns = record.turns()
             k = item_frames(cfg, record, meta, stored)
-            enc = encoder.encode(turns, k * cfg.tokens_per_frame)
+            enc = encoder.encode(turns, k * tokens_per_frame)
             if len(enc) > cfg.model_max_length:
                 text = len(enc) - enc.video_positions
-                fit = (cfg.model_max_length - text) // cfg.tokens_per_frame
+                fit = (cfg.model_max_length - text) // tokens_per_frame
                 if cfg.overlong == "drop" or fit < cfg.min_frames:
                     counts.reasons["dropped_overlong"] += 1
                     continue
                 counts.reasons["fewer_frames"] += 1
                 k = fit
-                enc = encoder.encode(turns, k * cfg.tokens_per_frame)
+                enc = encoder.encode(turns, k * tokens_per_frame)
             pick = pick_frames(meta, stored, k)
             counts.items += 1
             if counts.items <= skip:
@@ -237,44 +239,51 @@ def item_frames(cfg: DataConfig, record: Conversation, meta: SampleMeta, stored:
     return cfg.frames if cfg.frame_count == "fixed" else min(cfg.frames, stored)
 
 
-def worker_items(src: Iterator[dict[str, Any]], cfg: DataConfig, encoder: ChatEncoder,
-                 skips: list[int]) -> Iterator[WorkerItem | WorkerEnd]:  # fmt: skip
+def worker_items(src: Iterator[dict[str, Any]], cfg: DataConfig, encoder: ChatEncoder, skips: list[int],
+                 tokens_per_frame: int) -> Iterator[WorkerItem | WorkerEnd]:  # fmt: skip
     """One loader worker's items, each with its worker and place in the stream, then the end of the stream."""
     import torch.utils.data
 
     info = torch.utils.data.get_worker_info()
     worker = info.id if info is not None else 0
     counts = LoaderCounts()
-    for item in training_items(src, cfg, encoder, counts, skip=skips[worker] if worker < len(skips) else 0):
+    skip = skips[worker] if worker < len(skips) else 0
+    for item in training_items(src, cfg, encoder, counts, skip, tokens_per_frame=tokens_per_frame):
         yield WorkerItem(worker, counts.items - 1, item)  # items dropped after counting keep their places
     yield WorkerEnd(worker)
 
 
-def build_dataset(cfg: DataConfig, encoder: ChatEncoder, epoch: int = 0, skip: int | list[int] = 0) -> Any:
-    """The items of this rank and loader worker: a webdataset pipeline over the shards (split by node and worker,
-    shuffled with a seed), or the epoch's permutation of the index (`order.py`).
+def build_dataset(cfg: DataConfig, encoder: ChatEncoder, *, tokens_per_frame: int, seed: int = 0,
+                  topology: Topology | None = None, epoch: int = 0, skip: int | list[int] = 0) -> Any:  # fmt: skip
+    """The items of this reader and loader worker: a webdataset pipeline over the shards (split by reader and
+    worker, shuffled with `seed`), or the epoch's permutation of the index (`order.py`).
 
-    `skip`: items to pass over, per loader worker when a list.
+    `tokens_per_frame`: the model's; `seed`: the run's, the same on every rank; `topology`: which reader this rank
+    is (None: the process group's rank and size); `skip`: items to pass over, per loader worker when a list.
     """
     import webdataset as wds
 
     skips = list(skip) if isinstance(skip, (list, tuple)) else [skip]
+
+    def items(src: Iterator[Any]) -> Iterator[WorkerItem | WorkerEnd]:
+        return worker_items(src, cfg, encoder, skips, tokens_per_frame)
+
     if cfg.order == "permutation":
         from train.order import build_permuted
 
-        return build_permuted(cfg, epoch, lambda src: worker_items(src, cfg, encoder, skips))
+        return build_permuted(cfg.shards, seed, topology, epoch, items)
     urls = shard_urls(cfg.shards)
     if not urls:
         raise FileNotFoundError(f"no shards found at {cfg.shards}")
     dataset = wds.WebDataset(
         urls,
         shardshuffle=len(urls) if cfg.shuffle_buffer else False,
-        nodesplitter=functools.partial(split_by_reader, cfg=cfg),
+        nodesplitter=functools.partial(split_by_reader, topology=topology),
         workersplitter=wds.split_by_worker,
         empty_check=False,
-        seed=cfg.seed + epoch,
+        seed=seed + epoch,
         handler=wds.warn_and_continue,  # a damaged tar member is logged and passed over, never stops training
     )
     if cfg.shuffle_buffer:
-        dataset = dataset.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=cfg.seed + epoch)
-    return dataset.compose(lambda src: worker_items(src, cfg, encoder, skips))
+        dataset = dataset.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=seed + epoch)
+    return dataset.compose(items)

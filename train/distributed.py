@@ -8,17 +8,15 @@ from typing import Any
 import torch
 
 
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, this rank's device), joining the process group when there are several ranks."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+def setup_distributed(world: int) -> torch.device:
+    """This rank's device, joining the process group when there are several ranks (`world`: the topology's)."""
     device = torch.device("cpu")
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
+    return device
 
 
 def gather(value: Any, world: int) -> list[Any]:
@@ -37,3 +35,9 @@ def all_reduce_sum(value: float, device: torch.device, world: int) -> float:
     t = torch.tensor([value], device=device)
     torch.distributed.all_reduce(t)
     return float(t.item())
+
+
+def barrier(world: int) -> None:
+    """Every rank waits for the others (a collective when world > 1)."""
+    if world > 1:
+        torch.distributed.barrier()

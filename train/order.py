@@ -22,6 +22,7 @@ import numpy as np
 
 from shards.layout import RunDir
 from shards.split import TRAIN, of_split
+from train.topology import Topology
 
 
 def epoch_keys(keys: list[str], seed: int, epoch: int) -> list[str]:
@@ -105,21 +106,20 @@ class LazySample(Mapping):
         return self._tars.read(self._path, offset + start, size)
 
 
-def reader_info(cfg: Any) -> tuple[int, int, int, int]:
-    """(reader, readers, loader worker, workers): the process group's rank and size unless `cfg.reader` (the data
-    config's) is set: the ranks of a sequence-parallel group read as one reader."""
+def reader_info(topology: Topology | None) -> tuple[int, int, int, int]:
+    """(reader, readers, loader worker, workers): the topology's reader (the ranks of a sequence-parallel group
+    read as one), or without one the process group's rank and size."""
     from webdataset.utils import pytorch_worker_info
 
     rank, world, worker, workers = pytorch_worker_info()
-    if cfg.reader is not None:
-        rank, world = cfg.reader
+    if topology is not None:
+        rank, world = topology.reader, topology.readers
     return rank, world, worker, workers
 
 
-def permuted_samples(cfg: Any, epoch: int) -> Iterator[LazySample]:
+def permuted_samples(spec: str, seed: int, topology: Topology | None, epoch: int) -> Iterator[LazySample]:
     """This reader's (`reader_info`) and loader worker's share of the epoch's permutation, in order."""
-    spec, seed = cfg.shards, cfg.seed
-    rank, world, worker, workers = reader_info(cfg)
+    rank, world, worker, workers = reader_info(topology)
     where = dict(run_samples(spec))
     mine = epoch_keys(list(where), seed, epoch)[rank::world][worker::workers]
     tars = TarMembers()
@@ -130,13 +130,14 @@ def permuted_samples(cfg: Any, epoch: int) -> Iterator[LazySample]:
         tars.close()
 
 
-def build_permuted(cfg: Any, epoch: int, items: Callable[[Iterator[LazySample]], Iterator[Any]]) -> Any:
+def build_permuted(spec: str, seed: int, topology: Topology | None, epoch: int,
+                   items: Callable[[Iterator[LazySample]], Iterator[Any]]) -> Any:  # fmt: skip
     """An iterable dataset of this worker's items: `items` turns the epoch's samples into training items
     (`data.worker_items`, which tags them with their worker and place for exact resume: `train/position.py`)."""
     import torch.utils.data
 
     class _Permuted(torch.utils.data.IterableDataset):
         def __iter__(self) -> Iterator[Any]:
-            return items(permuted_samples(cfg, epoch))
+            return items(permuted_samples(spec, seed, topology, epoch))
 
     return _Permuted()

@@ -1,7 +1,8 @@
 """`prolongvid train CONFIG --dry-run`: the per-GPU memory a config needs, before any GPU is taken.
 
 Frames, `parallel.sp_size` and sharding decide whether a long-video stage
-fits, so they are chosen here, from the config alone: parameter counts come
+fits, so they are chosen here, from the config and its `Topology` alone (the
+ranks it launches, `train/topology.py`): parameter counts come
 from the model built on the meta device (no weights read or allocated), from
 the checkpoint's config.json when it is local or cached, else from the public
 LLaVA-OneVision-Qwen2-7B shapes. The numbers are an estimate (allocator
@@ -25,6 +26,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from train.topology import Topology
 
 GIB = 1024**3
 TEXT_TOKENS = 512  # a conversation's text beside the video tokens, for the estimate
@@ -51,9 +54,7 @@ class Shapes:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    world: int
-    sp: int
-    sharding: str
+    topology: Topology
     frames: int
     tokens: int  # a sequence, padded to a multiple of sp
     weights: float  # bytes, per GPU
@@ -118,17 +119,16 @@ def shapes(cfg: Any) -> Shapes:
                   vision.intermediate_size, (vision.image_size // vision.patch_size) ** 2, source)  # fmt: skip
 
 
-def memory_plan(cfg: Any, world: int, found: Shapes | None = None) -> MemoryPlan:
-    """Per-GPU bytes for `cfg` on `world` ranks (`found`: shapes already read, else read from the config)."""
+def memory_plan(cfg: Any, topology: Topology, found: Shapes | None = None) -> MemoryPlan:
+    """Per-GPU bytes for `cfg` laid out as `topology` (`found`: shapes already read, else read from the config)."""
     from pipeline.core.video_tokens import frame_tokens
 
     s = found or shapes(cfg)
-    sp, fsdp = cfg.parallel.sp_size, cfg.parallel.sharding == "fsdp" and world > 1
-    cfg.parallel.data_ranks(world)  # sp must divide the ranks
+    sp = topology.sp
     if s.heads % sp:
         raise ValueError(f"parallel.sp_size {sp} does not divide the language model's {s.heads} attention heads")
     value = 2 if cfg.optim.precision == "bf16" else 4  # bytes of an activation
-    shard = world if fsdp else 1
+    shard = topology.world if topology.fsdp else 1
     frames, batch = cfg.data.frames, cfg.data.batch_size
     tokens = frames * frame_tokens(cfg.model.video_pool_size) + TEXT_TOKENS
     tokens += -tokens % sp
@@ -139,7 +139,7 @@ def memory_plan(cfg: Any, world: int, found: Shapes | None = None) -> MemoryPlan
     vision = (my_frames * (4 * s.vision_hidden + s.vision_intermediate) * value  # one tower layer at a time
               + my_frames * (s.vision_hidden + 2 * s.hidden) * value)  # the projector's saved values  # fmt: skip
     return MemoryPlan(
-        world=world, sp=sp, sharding="fsdp" if fsdp else "ddp", frames=frames, tokens=tokens,
+        topology=topology, frames=frames, tokens=tokens,
         weights=(s.trainable * 4 + s.frozen * value) / shard, gradients=s.trainable * 4 / shard,
         optimizer=s.trainable * 8 / shard, lm_activations=kept, logits=mine * s.vocab * (value + 8), vision=vision,
         embeddings=2 * batch * tokens * s.hidden * value, source=s.source,  # token embeddings, video tokens placed
@@ -149,8 +149,9 @@ def memory_plan(cfg: Any, world: int, found: Shapes | None = None) -> MemoryPlan
 def format_plan(plan: MemoryPlan, cfg: Any) -> str:
     """The table `--dry-run` prints."""
     ckpt = "on" if cfg.model.activation_checkpointing else "off"
-    head = (f"{plan.frames} frames -> {plan.tokens} tokens a sequence ({plan.tokens // plan.sp} a rank); "
-            f"{plan.world} ranks, {plan.sharding}, sp {plan.sp} ({plan.world // plan.sp} reading data); "
+    topo = plan.topology
+    head = (f"{plan.frames} frames -> {plan.tokens} tokens a sequence ({plan.tokens // topo.sp} a rank); "
+            f"{topo.world} ranks, {topo.sharding}, sp {topo.sp} ({topo.readers} reading data); "
             f"{cfg.optim.precision}; activation checkpointing {ckpt}")  # fmt: skip
     rows = [("weights", plan.weights), ("gradients", plan.gradients), ("optimizer state", plan.optimizer),
             ("activations", plan.activations), ("  language model", plan.lm_activations),

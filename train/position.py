@@ -3,7 +3,7 @@
 - `WorkerItem`: a training item tagged with the loader worker that made it and its place in that worker's stream.
 - `WorkerEnd`: a worker's stream has ended (this epoch).
 - `DataPosition`: epoch, items taken from each worker, items waiting in batch buckets, next worker of the round
-  robin (`train/batching.py`); a checkpoint stores each field as a list over ranks (`to_state` / `from_state`).
+  robin (`train/batching.py`); a checkpoint keeps every rank's (`to_state` / `from_state`).
 
 All are plain dataclasses: the DataLoader pickles the first two between processes.
 """
@@ -43,15 +43,11 @@ class DataPosition:
                 "next_worker": self.next_worker}  # fmt: skip
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], rank: int | None = None) -> DataPosition:
-        """`to_state`'s dict, or with `rank` this rank's position in a checkpoint (each field a list over ranks).
-
-        Older states may hold one count for `consumed` (one worker); entries of `pending` that are not pairs are
-        passed over.
-        """
-        pick = (lambda name: state[name][rank]) if rank is not None else (lambda name: state.get(name))
-        consumed = pick("consumed") or 0
-        return cls(epoch=int(pick("epoch") or 0),
+    def from_state(cls, state: dict[str, Any]) -> DataPosition:
+        """`to_state`'s dict. Older states may hold one count for `consumed` (one worker) and lack the later fields;
+        entries of `pending` that are not pairs are passed over."""
+        consumed = state.get("consumed") or 0
+        return cls(epoch=int(state.get("epoch") or 0),
                    consumed=[int(c) for c in consumed] if isinstance(consumed, (list, tuple)) else [int(consumed)],
-                   pending=[(int(p[0]), int(p[1])) for p in pick("pending") or [] if isinstance(p, (list, tuple))],
-                   next_worker=int(pick("next_worker") or 0))  # fmt: skip
+                   pending=[(int(p[0]), int(p[1])) for p in state.get("pending") or [] if isinstance(p, (list, tuple))],
+                   next_worker=int(state.get("next_worker") or 0))  # fmt: skip

@@ -7,7 +7,6 @@ deep inside torch and webdataset. Each problem is one line that says what to do.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -49,7 +48,3 @@ def check_training_data(spec: str, world_size: int) -> str:
         raise ConfigError(f"data.shards: {samples} samples, 0 conversations in {spec}: rerun the pipeline with the LLM "
                           "on (llm.enabled=true) or import LLaVA annotations (prolongvid import-llava)")  # fmt: skip
     return f"{samples} samples, {talks} conversations in {len(urls)} shards"
-
-
-def world_size(nproc_per_node: int) -> int:
-    return int(os.environ.get("WORLD_SIZE") or nproc_per_node)

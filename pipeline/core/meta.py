@@ -122,14 +122,12 @@ SECTIONS: dict[str, Any] = {
     "conversations": list[ConversationRecord],
     "llm": dict[str, Any],  # request and token accounting (`dense_caption.client.Usage.to_dict`)
     "tokens": dict[str, int],
-    "timings": dict[str, float],  # seconds per stage, written by the stage harness
-    "setup_s": dict[str, float],  # seconds of a stage's setup, on the first video of each worker (the harness)
-    "started_at": float,  # epoch seconds when the video's first stage started (the harness)
     "would_reject": list[str],  # score-only filters: what would have been rejected
 }
 FRAMES = "frames"
-# Written for any stage by the harness (`run_stage`, also for a score-only filter's `Verdict`), whatever the stage declares.
-HARNESS_WRITES = ("meta.timings", "meta.setup_s", "meta.started_at", "meta.would_reject")
+# Written for any stage by the harness (`run_stage`, for a score-only filter's `Verdict`), whatever the stage declares;
+# what the harness measures (stage seconds, setups) travels beside the data (`VideoTask.metrics`), never in `meta`.
+HARNESS_WRITES = ("meta.would_reject",)
 # What sources put on a task before the first stage, by input format.
 SOURCE_WRITES = {
     "folder": (),

@@ -143,15 +143,18 @@ class DecodeResult:
         return d
 
 
-def add_llm_usage(total: Counter, usage: dict[str, Any]) -> None:
-    """Sum request/token counts; keep the earliest start and the latest finish of the LLM's working window."""
+def merge_llm_usage(total: dict[str, Any], usage: dict[str, Any]) -> None:
+    """Add one LLM usage record (`dense_caption.client.Usage.to_dict`) into `total`: counts summed (by_reason and
+    by_kind key by key), the earliest start and the latest finish of the working window, the highest peak.
+    The one merge: a video's caption and QA usage, and every video's into the run's."""
     for name, value in usage.items():
-        if name == "first_at" and value:
-            total[name] = min(total[name] or value, value)
+        if name == "first_at":
+            earlier = total.get(name) or value
+            total[name] = min(earlier, value) if value else earlier
         elif name in ("last_at", "peak_in_flight"):
-            total[name] = max(total[name], value)
+            total[name] = max(total.get(name, 0), value)
         elif isinstance(value, (int, float)):
-            total[name] += value
+            total[name] = total.get(name, 0) + value
         elif isinstance(value, dict):  # by_reason, by_kind: summed key by key
             merged = dict(total.get(name) or {})
             for key, part in value.items():
@@ -166,6 +169,29 @@ def add_llm_usage(total: Counter, usage: dict[str, Any]) -> None:
 
 
 @dataclass
+class VideoMetrics:
+    """What the stage harness measured on one video: beside its data, summed by the writer, never in a sample."""
+
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> the video's own seconds in it
+    setup_s: dict[str, float] = field(default_factory=dict)  # stage -> its worker's setup, paid on this video
+    started_at: float = 0.0  # epoch seconds when the video's first stage started (0: none ran)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def add_setup_time(self, stage: str, seconds: float) -> None:
+        """A stage's setup in this worker (loading a model, starting a decode child): paid once, not per video."""
+        self.setup_s[stage] = self.setup_s.get(stage, 0.0) + seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return _as_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "VideoMetrics":
+        return cls(dict(d.get("seconds") or {}), dict(d.get("setup_s") or {}), float(d.get("started_at") or 0.0))
+
+
+@dataclass
 class StageTime:
     """Worker seconds a stage spent on videos, the videos it saw, and its workers' one-off setup seconds."""
 
@@ -177,30 +203,34 @@ class StageTime:
 
 @dataclass
 class WriteTotals:
-    """What writing did: one per write task (the sink's summary), and their sum (a run's totals, `total`)."""
+    """What writing did: one per write task (the sink's summary), and a run's totals: every write task's `add`ed,
+    with the rejects of its sources and of dedup."""
 
     samples: int = 0  # committed to shards
     frames: int = 0  # frames those samples store
     already_committed: int = 0  # a retried task's second copy, dropped
-    rejects: Counter = field(default_factory=Counter)  # reason -> videos
+    rejects: Counter = field(default_factory=Counter)  # reason -> videos: the run's one count (`count_rejects`)
     timings: dict[str, StageTime] = field(default_factory=dict)
     shards: list[dict[str, Any]] = field(default_factory=list)  # the committed shards' records
-    llm: Counter = field(default_factory=Counter)  # LLM usage of every video written or rejected
+    llm: dict[str, Any] = field(default_factory=dict)  # LLM usage of every video written or rejected
     first_started_at: float = 0.0  # epoch s: the earliest first stage of a video written here (0: none)
     last_written_at: float = 0.0  # epoch s: when the last write finished
 
-    def add_video(self, meta_timings: dict[str, float], llm_usage: dict[str, Any], duration_s: float = 0.0,
-                  setup_s: dict[str, float] | None = None, started_at: float | None = None) -> None:
+    def add_video(self, metrics: VideoMetrics, llm_usage: dict[str, Any], duration_s: float = 0.0) -> None:
         """One video's stage times (and setups it paid for) and LLM use; `video_s` sums the length of the videos
         the LLM saw."""
-        for stage, seconds in meta_timings.items():
+        for stage, seconds in metrics.seconds.items():
             self.add_time(stage, seconds, 1)
-        for stage, seconds in (setup_s or {}).items():
+        for stage, seconds in metrics.setup_s.items():
             self.add_time(stage, 0.0, 0, setup_s=seconds, setups=1)
-        if started_at:
-            self.first_started_at = min(self.first_started_at or started_at, started_at)
+        if metrics.started_at:
+            self.first_started_at = min(self.first_started_at or metrics.started_at, metrics.started_at)
         if llm_usage:
-            add_llm_usage(self.llm, {**llm_usage, "video_s": float(duration_s or 0.0)})
+            merge_llm_usage(self.llm, {**llm_usage, "video_s": float(duration_s or 0.0)})
+
+    def count_rejects(self, reasons: Iterable[str]) -> None:
+        """Rejects by reason, whoever made them: a stage (through the writer), a source entry, dedup."""
+        self.rejects.update(reasons)
 
     def add_time(self, stage: str, seconds: float, videos: int, setup_s: float = 0.0, setups: int = 0) -> None:
         spent = self.timings.setdefault(stage, StageTime())
@@ -213,26 +243,19 @@ class WriteTotals:
         self.samples += other.samples
         self.frames += other.frames
         self.already_committed += other.already_committed
-        self.rejects.update(other.rejects)
+        self.count_rejects(other.rejects.elements())
         for stage, spent in other.timings.items():
             self.add_time(stage, spent.seconds, spent.videos, spent.setup_s, spent.setups)
         self.shards.extend(other.shards)
         if other.first_started_at:
             self.first_started_at = min(self.first_started_at or other.first_started_at, other.first_started_at)
         self.last_written_at = max(self.last_written_at, other.last_written_at)
-        add_llm_usage(self.llm, dict(other.llm))
-
-    @classmethod
-    def total(cls, parts: Iterable["WriteTotals"]) -> "WriteTotals":
-        out = cls()
-        for part in parts:
-            out.add(part)
-        return out
+        merge_llm_usage(self.llm, other.llm)
 
     def llm_summary(self, wall_s: float) -> dict[str, Any]:
         """run.json's `llm`: requests, tokens, retries, failures; tokens/s over `active_s` (first request sent to
         last answer received); the prefix cache's share of prompt tokens; tokens per minute of video captioned."""
-        total = Counter(self.llm)
+        total = Counter(self.llm)  # a missing count reads 0
         if not total:
             return {}
         first, last, video_s = total.pop("first_at", 0), total.pop("last_at", 0), total.pop("video_s", 0.0)

@@ -85,14 +85,15 @@ def run_stage(stage: Stage, task: VideoTask) -> VideoTask:
     if task.rejected:
         return task
     start = time.perf_counter()
-    task.meta.setdefault("started_at", time.time())  # the run's processing window starts with its first video
+    metrics = task.metrics  # measured beside the data, never in `meta`
+    metrics.started_at = metrics.started_at or time.time()  # the run's processing window starts with its first video
     before = copy.deepcopy(task.meta) if strict(stage) else None
     try:
         if not stage._ready:  # a worker's one-off cost: kept apart from the per-video seconds `plan` scales
             did_setup = stage.ensure_setup()
             ready = time.perf_counter()
             if did_setup:
-                task.add_setup_time(stage.name, ready - start)
+                metrics.add_setup_time(stage.name, ready - start)
             start = ready
         task = stage.process(task)
         problem = check_written(stage, before, task.meta) if before is not None else None
@@ -109,7 +110,8 @@ def run_stage(stage: Stage, task: VideoTask) -> VideoTask:
         log.exception("stage %s failed on %s", stage.name, task.source)
         tail = "".join(traceback.format_exception_only(type(e), e)).strip()
         task.reject(stage.name, Reason.INTERNAL_ERROR.value, tail)
-    task.add_time(stage.name, time.perf_counter() - start)
+    task.metrics = metrics  # the stage may have handed back another task object
+    metrics.add_time(stage.name, time.perf_counter() - start)
     return task
 
 
@@ -150,6 +152,7 @@ class ChainWorker:
 
 
 def ray_args(resources: StageResources) -> dict[str, Any]:
+    """What one worker reserves, as Ray's resource arguments (a zero GPU or memory: not asked for)."""
     args: dict[str, Any] = {"num_cpus": resources.num_cpus}
     if resources.num_gpus:
         args["num_gpus"] = resources.num_gpus
@@ -159,29 +162,27 @@ def ray_args(resources: StageResources) -> dict[str, Any]:
 
 
 def apply_stages(
-    ds: Any, stages: list[Stage], resources: StageResources, set_names: list[str], rows_per_actor: int = 1,
-    placement: dict[str, Any] | None = None,
+    ds: Any, stages: list[Stage], resources: StageResources, set_names: list[str], pool_size: int,
+    rows_per_actor: int = 1, label_selector: dict[str, str] | None = None,
 ) -> Any:
-    """Add `stages` to a Ray Dataset as one map over actors (each sets up once, then streams rows).
+    """Add `stages` to a Ray Dataset as one map over `pool_size` actors (each sets up once, then streams rows).
 
     `rows_per_actor` > 1 runs that many rows at once on each actor's threads (for stages that wait on a server);
-    `placement` adds Ray scheduling arguments (e.g. pin the actors to one node).
+    `label_selector` limits the nodes the actors may run on (e.g. pins them to the driver's node).
     """
     if not stages:
         return ds
     import ray.data
 
-    if not resources.concurrency:
-        raise ValueError("apply_stages needs the pool size (resources.concurrency); graph.py computes it")
     if rows_per_actor > 1:
         compute = ray.data.ActorPoolStrategy(
-            size=resources.concurrency,
+            size=pool_size,
             max_tasks_in_flight_per_actor=rows_per_actor,
             max_concurrent_calls_per_actor=rows_per_actor,
             enable_true_multi_threading=True,
         )
     else:
         # at most 2 videos queued per actor, so one slow video never holds several others behind it
-        compute = ray.data.ActorPoolStrategy(size=resources.concurrency, max_tasks_in_flight_per_actor=2)
-    args = {**ray_args(resources), **(placement or {})}
-    return ds.map(ChainWorker, fn_constructor_args=(stages, set_names), compute=compute, **args)
+        compute = ray.data.ActorPoolStrategy(size=pool_size, max_tasks_in_flight_per_actor=2)
+    return ds.map(ChainWorker, fn_constructor_args=(stages, set_names), compute=compute, label_selector=label_selector,
+                  **ray_args(resources))

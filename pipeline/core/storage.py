@@ -105,6 +105,17 @@ class Storage:
 
         return bytes(self._call("get", path, obstore.get).bytes())
 
+    def stream(self, path: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """An object's bytes in chunks of about `chunk_size`, never whole in memory."""
+        import obstore
+
+        result = self._call("get", path, obstore.get)
+        try:
+            for chunk in result.stream(min_chunk_size=chunk_size):
+                yield bytes(chunk)
+        except Exception as e:  # the body broke off after the library's retries
+            raise StorageError(f"get {self.url(path)}: {type(e).__name__}: {e}") from e
+
     def get_range(self, path: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of an object: one ranged request, not the whole object."""
         import obstore

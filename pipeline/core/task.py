@@ -1,9 +1,9 @@
 """The unit of work that flows through the stage graph: one source video.
 
 A `VideoTask` travels between Ray stages as one flat row (`to_row` /
-`from_row`) with Arrow-friendly columns: strings for the key, source, error and
-JSON metadata, and one `list<binary>` column of JPEG bytes per frame set. Raw
-pixel arrays never cross a stage boundary.
+`from_row`) with Arrow-friendly columns: strings for the key, source, error,
+JSON metadata and the harness's measurements, and one `list<binary>` column of
+JPEG bytes per frame set. Raw pixel arrays never cross a stage boundary.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.core.records import Rejection
+from pipeline.core.records import Rejection, VideoMetrics
 
 FRAMES_PREFIX = "frames_"
 
@@ -21,11 +21,12 @@ FRAMES_PREFIX = "frames_"
 class VideoTask:
     key: str
     source: str
-    meta: dict[str, Any] = field(default_factory=dict)  # JSON-able: manifest fields, probe, decode, tokens, timings
+    meta: dict[str, Any] = field(default_factory=dict)  # JSON-able: manifest fields, probe, decode, tokens ...
     frames: dict[str, list[bytes]] = field(default_factory=dict, repr=False)  # frame set name -> JPEGs in time order
     error: Rejection | None = None  # once rejected: the same record a source's reject is
     source_row: int = -1  # the input row it came from (its first record) and how many rows it stands for
     source_rows: int = 1
+    metrics: VideoMetrics = field(default_factory=VideoMetrics, repr=False)
 
     @property
     def rejected(self) -> bool:
@@ -37,15 +38,6 @@ class VideoTask:
         self.frames = {name: [] for name in self.frames}
         return self
 
-    def add_time(self, stage: str, seconds: float) -> None:
-        timings = self.meta.setdefault("timings", {})
-        timings[stage] = timings.get(stage, 0.0) + seconds
-
-    def add_setup_time(self, stage: str, seconds: float) -> None:
-        """A stage's setup in this worker (loading a model, starting a decode child): paid once, not per video."""
-        setup = self.meta.setdefault("setup_s", {})
-        setup[stage] = setup.get(stage, 0.0) + seconds
-
     def to_row(self, set_names: list[str]) -> dict[str, Any]:
         row: dict[str, Any] = {
             "key": self.key,
@@ -54,6 +46,7 @@ class VideoTask:
             "meta": json.dumps(self.meta),
             "source_row": self.source_row,
             "source_rows": self.source_rows,
+            "metrics": json.dumps(self.metrics.to_dict()),
         }
         for name in set_names:
             row[FRAMES_PREFIX + name] = list(self.frames.get(name, []))
@@ -75,4 +68,5 @@ class VideoTask:
             error=Rejection.from_dict(json.loads(error)) if error else None,
             source_row=int(row.get("source_row", -1)),
             source_rows=int(row.get("source_rows", 1)),
+            metrics=VideoMetrics.from_dict(json.loads(row.get("metrics") or "{}")),
         )

@@ -14,6 +14,7 @@ from pipeline.core.config_base import (
     MAX_MEMORY_MB, MAX_SAMPLE_FRAMES, MAX_VIDEO_FRAMES, Bytes, Fps, Range, RunSection, SampleFrames, SampleFramesOrZero,
     Seconds, SecondsOrZero, Share, Side, Threads, VideoSeconds,
 )
+from pipeline.core.recipe import PAPER_STAGES
 
 # Containers ffmpeg reads whose frames the identity corpus proves exact (README: codec x backend table).
 VIDEO_EXTENSIONS = [
@@ -185,7 +186,8 @@ class FrameSetConfig(RunSection):
 
 def default_sets() -> list[FrameSetConfig]:
     return [
-        FrameSetConfig(name="shard", mode="uniform", num_frames=192, stage_frames=[32, 128, 192], min_distinct=1.0),
+        FrameSetConfig(name="shard", mode="uniform", num_frames=PAPER_STAGES[-1].frames,
+                       stage_frames=[s.frames for s in PAPER_STAGES], min_distinct=1.0),
         FrameSetConfig(
             name="caption",
             mode="time_fps",

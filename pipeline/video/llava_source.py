@@ -12,17 +12,14 @@ be JSON fails at load with nothing committed, as before.
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import sqlite3
-import tempfile
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from pipeline.core.errors import Reason
 from pipeline.video.keyset import GrowingKeySet
+from pipeline.video.scratch import scratch_dir
 from pipeline.core.records import Rejection
 from pipeline.core.task import VideoTask
 
@@ -30,37 +27,6 @@ SPILL_ROWS = 2000  # records buffered before an insert
 # The table's folder in the temp dir names the process that made it: a killed process leaves it, and the next
 # reader of a LLaVA JSON removes every such folder of this user whose process is gone.
 SCRATCH_PREFIX = "prolongvid-llava-"
-_SCRATCH = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d+)-[A-Za-z0-9_]+$")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: its folder is not ours to judge
-    return True
-
-
-def sweep_stale_scratch(folder: str | None = None) -> list[str]:
-    """Remove the scratch folders of this user's LLaVA readers that died (SIGKILL, power loss); returns them."""
-    base = Path(folder or tempfile.gettempdir())
-    removed = []
-    try:
-        entries = list(os.scandir(base))
-    except OSError:
-        return removed
-    for entry in entries:
-        m = _SCRATCH.fullmatch(entry.name)
-        try:
-            mine = m and entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.getuid()
-        except OSError:
-            continue
-        if mine and not _alive(int(m.group(1))):
-            shutil.rmtree(entry.path, ignore_errors=True)
-            removed.append(entry.path)
-    return removed
 
 
 def _plain(value: Any) -> Any:
@@ -75,8 +41,7 @@ def llava_chunks(records: Iterable[Any], locate: Callable[[Any, int], Any], key_
     """(tasks, rejects) of a LLaVA JSON, a chunk at a time: first the rejects (ending with a chunk of fewer than
     `chunk`, maybe none), then the videos in order of their first record. `locate(record, n)` gives (source, rel) or a Rejection; the path fields are left out of the
     conversations."""
-    sweep_stale_scratch()
-    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as tmp:
+    with scratch_dir(SCRATCH_PREFIX) as tmp:
         db = sqlite3.connect(Path(tmp) / "records.db")
         try:
             db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"

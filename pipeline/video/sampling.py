@@ -138,29 +138,26 @@ def plan_frame_set(spec: FrameSetConfig, index: FrameIndex, num_frames_override:
     """Positions and target times for one frame set; a per-sample frame count overrides the mode (as in the paper)."""
     n = index.num_frames
     span = float(index.pts_s[-1]) if n else 0.0
-    mode = spec.mode
+    mode, count = spec.mode, spec.num_frames or 0
     if num_frames_override is not None:
         # The count replaces the set's own, in the set's own domain: frame indices or presentation time.
         if num_frames_override <= 0:
             raise ValueError(f"num_frames_override must be positive, got {num_frames_override}")
-        mode = "time_uniform" if spec.mode.startswith("time_") else "uniform"
-        spec = spec.model_copy(update={"mode": mode, "num_frames": num_frames_override})
-    if mode == "uniform" and spec.stage_frames and num_frames_override is None:
+        mode, count = ("time_uniform" if mode.startswith("time_") else "uniform"), num_frames_override
+    elif mode == "uniform" and spec.stage_frames:
         return _union_plan(spec, index)
     if mode == "uniform":
-        indices = uniform_indices(n, spec.num_frames or 0)
+        indices = uniform_indices(n, count)
         targets = index.pts_s[indices]
     elif mode == "fps":
         indices = fps_indices(n, index.avg_fps, spec.fps or 1.0, spec.min_frames, spec.max_frames)
         targets = index.pts_s[indices]
     elif mode == "time_uniform":
-        targets = time_uniform_targets(span, spec.num_frames or 0)
+        targets = time_uniform_targets(span, count)
         indices = nearest_frames(index.pts_s, targets)
-    elif mode == "time_fps":
+    else:  # time_fps (the config's Literal allows no other)
         targets = time_fps_targets(span, spec.fps or 1.0, spec.min_frames, spec.max_frames)
         indices = nearest_frames(index.pts_s, targets)
-    else:  # the config's Literal makes this unreachable; kept for callers building specs by hand
-        raise ValueError(f"unknown sampling mode {spec.mode!r}")
     if spec.seek == "keyframe":
         indices = snap_to_keyframes(index, targets)
     return SetPlan(spec.name, np.asarray(indices, dtype=np.int64), np.asarray(targets, dtype=np.float64), mode)

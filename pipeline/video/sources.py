@@ -64,6 +64,7 @@ class SourceChunk:
 
 
 def input_kind(cfg: InputConfig) -> str:
+    """folder, jsonl, csv, parquet or llava: the format, or what the path is when the format is auto."""
     if cfg.format != "auto":
         return cfg.format
     path = Path(cfg.path)
@@ -83,11 +84,12 @@ class SourceStream:
     their record numbers), so the driver never holds every task. The counters are complete once it is exhausted.
 
     Manifests and folders stream; a LLaVA JSON's records are grouped per video (a video's conversations may be
-    anywhere in the file) through a temporary on-disk table (`pipeline/video/llava_source.py`).
+    anywhere in the file) through a temporary on-disk table (`pipeline/video/llava_source.py`). `kind` is the
+    run plan's `input_kind`; a reader without a plan leaves it to `input_kind`.
     """
 
-    def __init__(self, cfg: InputConfig, chunk: int | None = None):
-        self.cfg, self.chunk, self.kind = cfg, chunk or CHUNK, input_kind(cfg)
+    def __init__(self, cfg: InputConfig, chunk: int | None = None, kind: str | None = None):
+        self.cfg, self.chunk, self.kind = cfg, chunk or CHUNK, kind or input_kind(cfg)
         self.root = Path(cfg.path).resolve()
         if self.kind == "folder" and not self.root.is_dir():
             raise ConfigError(f"input.path: {cfg.path} is not a folder")
@@ -153,8 +155,8 @@ class SourceStream:
                 yield item
 
 
-def open_sources(cfg: InputConfig, chunk: int | None = None) -> SourceStream:
-    return SourceStream(cfg, chunk)
+def open_sources(cfg: InputConfig, chunk: int | None = None, kind: str | None = None) -> SourceStream:
+    return SourceStream(cfg, chunk, kind)
 
 
 def load_sources(cfg: InputConfig) -> Sources:

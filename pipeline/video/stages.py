@@ -18,7 +18,8 @@ class ProbeStage(Stage):
     """ffprobe metadata plus the preflight limits; the result lands in `meta['video']`.
 
     The source is opened and confined (`rules`) when it is read, not only when it was listed; the file's identity
-    goes into `meta['video']` for the decode stage to check.
+    goes into `meta['video']` for the decode stage to check. A run gives it the probe settings of its plan
+    (no keyframe scan: the decode stage records the spacing from its index of the whole video).
     """
 
     name = "probe"
@@ -28,9 +29,7 @@ class ProbeStage(Stage):
                  rules: SourceRules | None = None):
         super().__init__(resources)
         self.rules = rules or SourceRules()
-        # No keyframe scan (an ffprobe run of its own, a third of the probe's cost): the decode stage
-        # records the spacing from its index of the whole video.
-        self.probe_cfg = probe.model_copy(update={"keyframe_scan_s": 0.0})
+        self.probe_cfg = probe
         self.limits = limits
 
     def process(self, task: VideoTask) -> VideoTask:
@@ -40,7 +39,9 @@ class ProbeStage(Stage):
 
 
 class DecodeStage(Stage):
-    """Decode each video once into every configured frame set (JPEG bytes), in a watched child process."""
+    """Decode each video once into every configured frame set (JPEG bytes), in a watched child process.
+
+    A run gives it the decode settings of its plan (threads: the CPUs the video stage reserves, unless set)."""
 
     name = "decode"
     reads = ("meta.video",)
@@ -52,8 +53,7 @@ class DecodeStage(Stage):
         super().__init__(resources)
         self.sampling = sampling
         self.rules = rules or SourceRules()  # the decoder opens the source again: confined, and the probe's file
-        threads = decode.threads or max(1, int(self.resources.num_cpus))  # never more threads than the CPUs reserved
-        self.decode = decode.model_copy(update={"threads": threads})
+        self.decode = decode
 
     def setup(self) -> None:
         self._child = WatchedProcess() if self.decode.isolate else None

@@ -57,18 +57,21 @@ def test_ray_engine_refuses_a_cluster_without_gpus(ray_local, video, tmp_path):
 
 def test_llm_workers_are_pinned_to_the_driver_node_only_for_a_loopback_server(ray_local):
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from pipeline.graph import llm_placement
+    from dense_caption.service import LLMEndpoints
+    from pipeline.graph import NODE_ID_LABEL, driver_node
+    from pipeline.run_plan import resolve_plan
 
-    def placement(url):
-        return llm_placement(load_run_config(None, BASE + ["llm.model=m", f"llm.http.url={url}"]))
+    def pinned(url):
+        cfg = load_run_config(None, ["input.path=.", "output.dir=y", "llm.enabled=true", "llm.model=m",
+                                     f"llm.http.url={url}"])  # fmt: skip
+        return resolve_plan(cfg).pin_llm
 
-    pinned = placement("http://127.0.0.1:8000/v1")["scheduling_strategy"]
-    assert isinstance(pinned, NodeAffinitySchedulingStrategy) and not pinned.soft
-    assert pinned.node_id == ray.get_runtime_context().get_node_id()
-    assert placement("http://localhost:9/v1") is not None
-    assert placement("http://gpu-node-3:8000/v1") is None  # reachable from every node: Ray places the actors
+    assert pinned("http://127.0.0.1:8000/v1") and pinned("http://localhost:9/v1")
+    assert not pinned("http://gpu-node-3:8000/v1")  # reachable from every node: Ray places the actors
+    plan = resolve_plan(load_run_config(None, ["input.path=.", "output.dir=y", "llm.enabled=true", "llm.model=m"]))
+    assert not plan.served(LLMEndpoints("http://10.1.2.3:8000/v1")).pin_llm  # a managed server on every interface
+    assert driver_node() == {NODE_ID_LABEL: ray.get_runtime_context().get_node_id()}
 
 
 def test_a_managed_server_on_every_interface_is_reached_through_the_node_address():

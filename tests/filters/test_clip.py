@@ -12,7 +12,7 @@ import torch
 
 from filters.clip_scores import CaptionAgreement, ClipModel, ClipScores, build_aesthetic_head, caption_agreement
 from pipeline.run_config import load_run_config
-from pipeline.graph import build_stages
+from pipeline.run_plan import resolve_plan
 from filters.config import ClipFilterConfig
 from pipeline.run import run_pipeline
 from pipeline.core.stage import run_stage
@@ -124,7 +124,7 @@ def test_caption_agreement_runs_after_the_captions_and_rejects_the_mismatch(tiny
     """Through the graph: captions from the fake server, then CLIP agreement. A first run scores every video;
     a second, with the bar between the two scores, rejects the caption that agrees least with its frames."""
     cfg = pipeline_config(".", ".", "filters.clip.enabled=true", "llm.enabled=true", "llm.qa.enabled=false")
-    names = [s.name for s in build_stages(cfg)]
+    names = [s.name for s in resolve_plan(cfg).stages]
     assert names.index("caption_agreement") > names.index("caption") > names.index("clip_scores")
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -8,7 +8,7 @@ import pytest
 
 from filters.visual import VisualFilter
 from pipeline.run_config import load_run_config
-from pipeline.graph import build_stages
+from pipeline.run_plan import resolve_plan
 from pipeline.run import run_pipeline
 from pipeline.core.stage import run_stage
 from pipeline.video.stages import DecodeStage, ProbeStage
@@ -80,11 +80,11 @@ def test_thresholds_come_from_the_config(decoded):
 
 def test_cheap_filters_run_before_anything_expensive():
     cfg = load_run_config(None, ["input.path=.", "output.dir=."])
-    names = [s.name for s in build_stages(cfg)]
+    names = [s.name for s in resolve_plan(cfg).stages]
     assert names == ["probe", "length_filter", "decode", "visual_filter", "token_budget"]
-    assert build_stages(cfg)[3].cfg.frame_set == "caption"
+    assert resolve_plan(cfg).stages[3].cfg.frame_set == "caption"
     only_shard = load_run_config(None, ["input.path=.", "output.dir=.", "sampling.sets=[{name: shard, num_frames: 8}]"])
-    assert build_stages(only_shard)[3].cfg.frame_set == "shard"
+    assert resolve_plan(only_shard).stages[3].cfg.frame_set == "shard"
 
 
 def test_a_run_rejects_with_filter_reasons_and_indexes_the_scores(video, tmp_path, ray_local):

@@ -166,8 +166,6 @@ def test_every_frame_set_name_is_checked_at_load():
 def test_tokens_per_frame_has_one_definition():
     from pipeline.core.video_tokens import TOKENS_PER_FRAME, frame_tokens
     from train.config import ModelConfig
-    from train.data import DataConfig
 
     assert TOKENS_PER_FRAME == frame_tokens(ModelConfig(tiny=True).video_pool_size) == 12 * 13
     assert load_run_config(None, BASE).filters.token_budget.tokens_per_frame == TOKENS_PER_FRAME
-    assert DataConfig(shards=".").tokens_per_frame == TOKENS_PER_FRAME

@@ -13,10 +13,11 @@ import pytest
 from pipeline.core.config_load import ConfigError
 
 from pipeline.run_config import load_run_config
-from pipeline.graph import MAX_BLOCKS, MAX_VIDEOS_PER_BLOCK, build_stages, check_graph, videos_per_block
+from pipeline.graph import MAX_BLOCKS, MAX_VIDEOS_PER_BLOCK, videos_per_block
 from pipeline.core.meta import SECTIONS, check_data_flow
 from pipeline.core.stage import Stage, run_stage
 from pipeline.core.task import VideoTask
+from pipeline.run_plan import resolve_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ["input.path=.", "output.dir=out"]
@@ -38,7 +39,7 @@ def test_a_stage_declaring_an_unknown_section_fails_when_defined():
 
 def test_every_stage_of_every_graph_declares_known_sections():
     cfg = load_run_config(None, BASE + ["filters.clip.enabled=true", "llm.enabled=true", "llm.model=m"])
-    stages = build_stages(cfg)
+    stages = resolve_plan(cfg).stages
     assert [s.name for s in stages] == ["probe", "length_filter", "decode", "visual_filter", "clip_scores", "caption",
                                         "qa", "caption_agreement", "token_budget"]  # fmt: skip
     for stage in stages:
@@ -46,7 +47,7 @@ def test_every_stage_of_every_graph_declares_known_sections():
             assert name == "frames" or name[5:] in SECTIONS, (stage.name, name)
         assert stage.config_field, stage.name
     assert check_data_flow(stages, ()) == []
-    check_graph(cfg)
+    resolve_plan(cfg)
 
 
 @pytest.mark.parametrize("overrides, field", [
@@ -57,7 +58,7 @@ def test_every_stage_of_every_graph_declares_known_sections():
 def test_a_config_asking_for_data_nothing_writes_fails_naming_the_field(overrides, field):
     cfg = load_run_config(None, BASE + overrides)
     with pytest.raises(ConfigError) as e:
-        check_graph(cfg)
+        resolve_plan(cfg)
     assert str(e.value).startswith(f"{field}: stage ") and "meta.captions" in str(e.value), str(e.value)
 
 
@@ -106,7 +107,7 @@ class _Writes(Stage):
 
 def test_strict_mode_fails_a_stage_that_writes_undeclared_or_mistyped_data():
     ok = run_stage(_Writes("scores", {"sharpness": 12.5}), VideoTask("k", "s"))
-    assert not ok.rejected and "writer" in ok.meta["timings"]
+    assert not ok.rejected and "writer" in ok.metrics.seconds
     undeclared = run_stage(_Writes("tokens", {"stage1": 10}), VideoTask("k", "s"))
     assert undeclared.error.reason == "internal_error" and "meta.tokens" in undeclared.error.detail
     mistyped = run_stage(_Writes("scores", {"sharpness": "very"}), VideoTask("k", "s"))
@@ -117,14 +118,15 @@ def test_strict_mode_fails_a_stage_that_writes_undeclared_or_mistyped_data():
 
 def test_the_video_stages_write_what_they_declare_in_the_declared_types(video):
     """Strict mode through the real probe, length, decode, visual and token-budget stages of a default graph."""
-    cfg = load_run_config(None, [f"input.path={video('h264_10s')}", "output.dir=out", "decode.isolate=false",
+    cfg = load_run_config(None, [f"input.path={video('h264_10s').parent}", "output.dir=out", "decode.isolate=false",
                              "filters.visual.min_motion=0", "filters.visual.min_sharpness=0"])  # fmt: skip
     task = VideoTask("k", video("h264_10s"), {"conversations": [{"id": "k", "conversations": [
         {"from": "human", "value": "<image>\nWhat happens?"}, {"from": "gpt", "value": "A test pattern moves."}]}]})
-    for stage in build_stages(cfg):
+    for stage in resolve_plan(cfg).stages:
         task = run_stage(stage, task)
         assert not task.rejected, (stage.name, task.error)
-    assert {"video", "decode", "scores", "counts", "tokens", "timings"} <= set(task.meta)
+    assert {"video", "decode", "scores", "counts", "tokens"} <= set(task.meta)
+    assert {"probe", "decode", "token_budget"} <= set(task.metrics.seconds)  # beside the data, not in it
 
 
 def test_videos_share_a_block_only_when_every_slot_still_gets_many_blocks():

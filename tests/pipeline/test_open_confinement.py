@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.audit import run_audit
 from pipeline.run_config import load_run_config
-from pipeline.graph import build_groups
+from pipeline.run_plan import resolve_plan
 from pipeline.video.opened import SourceRules, open_source
 from pipeline.video.sources import load_sources
 from pipeline.core.stage import Stage, run_stage
@@ -43,7 +43,7 @@ def video_stages(inside: Path, tmp_path: Path, *sets: str) -> tuple[list[Stage],
     """The run's own probe and decode stages (built from the config as a run builds them) and the listed source."""
     cfg = load_run_config(ROOT / "configs/demo.yaml", [f"input.path={inside}", "input.format=auto", "llm.enabled=false",
                                                    f"output.dir={tmp_path / 'out'}", *sets])
-    stages = {s.name: s for s in build_groups(cfg)[0][0]}
+    stages = {s.name: s for s in resolve_plan(cfg).groups[0].stages}
     (task,) = load_sources(cfg.input).tasks
     return [stages["probe"], stages["decode"]], task
 

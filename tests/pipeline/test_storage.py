@@ -41,6 +41,7 @@ def test_ranged_reads_and_metadata(storage):
     storage.put("shards/a.tar", data)
     assert storage.get_range("shards/a.tar", 1000, 1010) == data[1000:1010]
     assert storage.get_range("shards/a.tar", 5, 5) == b""
+    assert b"".join(storage.stream("shards/a.tar", chunk_size=4096)) == data
     first = storage.head("shards/a.tar")
     assert first.size == len(data) and first.etag
     storage.put("shards/a.tar", data[::-1])

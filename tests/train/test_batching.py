@@ -24,12 +24,15 @@ def items(skip):
 
 @pytest.fixture(autouse=True)
 def fake_items(monkeypatch):
-    monkeypatch.setattr(batching, "build_dataset", lambda data, encoder, epoch=0, skip=(0,): items(skip))
+    monkeypatch.setattr(batching, "build_dataset", lambda data, encoder, epoch=0, skip=(0,), **run: items(skip))
 
 
-def stream(batch_size, bucket_tokens=0, **state):
+def stream(batch_size, bucket_tokens=0, state=None):
     data = SimpleNamespace(batch_size=batch_size, length_bucket_tokens=bucket_tokens, num_workers=0, shards="x")
-    return batching.DataStream(SimpleNamespace(data=data), encoder=None, pad_id=-1, **state)
+    made = batching.DataStream(SimpleNamespace(data=data, seed=0), encoder=None, pad_id=-1, tokens_per_frame=1)
+    if state is not None:
+        made.load_state_dict(state)
+    return made
 
 
 def ids(batch) -> list[int]:
@@ -58,8 +61,8 @@ def test_resume_from_any_batch_gives_the_same_batches(cut):
     first = stream(2)
     batches = first.batches()
     done = [ids(next(batches)) for _ in range(cut)]
-    state = first.state()
+    state = first.state_dict()
     if cut == 1:
         assert state["pending"] == [[0, 1]]  # worker 0's item 1 (2 frames) waits for a partner in its bucket
-    resumed = [ids(b) for b in itertools.islice(stream(2, **state).batches(), 14 - cut)]
+    resumed = [ids(b) for b in itertools.islice(stream(2, state=state).batches(), 14 - cut)]
     assert done + resumed == reference

@@ -93,8 +93,8 @@ def test_frame_subsampling_is_the_papers_uniform_linspace(stored, k):
 
 
 def test_items_from_pipeline_shards(shards, encoder):
-    cfg = DataConfig(shards=str(shards), frames=8, image_size=64, tokens_per_frame=10, shuffle_buffer=0)
-    *tagged, end = list(build_dataset(cfg, encoder))
+    cfg = DataConfig(shards=str(shards), frames=8, image_size=64, shuffle_buffer=0)
+    *tagged, end = list(build_dataset(cfg, encoder, tokens_per_frame=10))
     assert end == WorkerEnd(0)  # the end marker of the (only) worker's stream
     items = [t.item for t in tagged]
     assert sorted(i["id"] for i in items) == ["c0", "c1", "h0"]  # one item per conversation
@@ -125,11 +125,11 @@ def test_overlong_items_are_dropped_or_shortened_and_counted(shards, encoder):
     text = encoder.text_tokens(TURNS)
     limit = text + 5 * 10  # room for five 10-token frames
     for policy, expect_frames in (("fewer_frames", 5), ("drop", None)):
-        cfg = DataConfig(shards=str(shards), frames=8, image_size=64, tokens_per_frame=10, model_max_length=limit,
+        cfg = DataConfig(shards=str(shards), frames=8, image_size=64, model_max_length=limit,
                          overlong=policy, shuffle_buffer=0)
         counts = LoaderCounts()
         samples = wds.WebDataset(shard_urls(str(shards)), shardshuffle=False, empty_check=False)
-        items = list(training_items(iter(samples), cfg, encoder, counts))
+        items = list(training_items(iter(samples), cfg, encoder, counts, tokens_per_frame=10))
         assert counts.samples == 2
         if expect_frames is None:
             assert counts.reasons["dropped_overlong"] == 3 and items == []
@@ -156,9 +156,9 @@ def test_a_huge_or_corrupt_frame_skips_its_sample_never_the_training(shards, enc
     huge = with_frame(samples[0], 0, big.getvalue())
     broken = with_frame(samples[1], 39, b"\xff\xd8\xff\xe0" + b"\x00" * 300)  # a JPEG start, then nothing to decode
     again = with_frame(huge, 0, Sample(samples[1]).frames([0])[0]) | {"__key__": "again"}
-    cfg = DataConfig(shards=str(shards), frames=8, image_size=64, tokens_per_frame=10, shuffle_buffer=0)
+    cfg = DataConfig(shards=str(shards), frames=8, image_size=64, shuffle_buffer=0)
     counts = LoaderCounts()
-    items = list(training_items(iter([huge, broken, again]), cfg, encoder, counts))
+    items = list(training_items(iter([huge, broken, again]), cfg, encoder, counts, tokens_per_frame=10))
     assert counts.reasons["bad_frames"] == 2 and counts.samples == 3
     assert {i["key"] for i in items} == {"again"}  # training goes on with the next sample
 
@@ -175,11 +175,12 @@ def streamed_items(run, cfg: DataConfig, encoder) -> dict:
     import webdataset as wds
 
     samples = wds.WebDataset(shard_urls(str(run)), shardshuffle=False, empty_check=False)
-    return {i["id"]: i for i in training_items(iter(samples), cfg, encoder)}
+    return {i["id"]: i for i in training_items(iter(samples), cfg, encoder, tokens_per_frame=1)}
 
 
 def permuted_items(run, cfg: DataConfig, encoder) -> dict:
-    tagged = list(build_dataset(cfg.model_copy(update={"shards": str(run), "order": "permutation"}), encoder))
+    permuted = cfg.model_copy(update={"shards": str(run), "order": "permutation"})
+    tagged = list(build_dataset(permuted, encoder, tokens_per_frame=1))
     assert tagged[-1] == WorkerEnd(0)
     return {t.item["id"]: t.item for t in tagged[:-1]}
 
@@ -194,7 +195,7 @@ def test_a_layout1_shard_trains_on_the_same_frames_as_its_format2_twin(tmp_path,
     assert Sample(members, key).num_frames == STORED and Sample(members, key).meta.frames.member == ""
     positions = union_sections("any")["decode"]["sets"]["shard"]["stages"]["32"]
     assert positions != uniform_indices(STORED, 32).tolist()  # the stored set's record decides, not a linspace over 244
-    cfg = DataConfig(shards=str(new), frames=32, image_size=64, tokens_per_frame=1, shuffle_buffer=0)
+    cfg = DataConfig(shards=str(new), frames=32, image_size=64, shuffle_buffer=0)
     for read in (streamed_items, permuted_items):
         got_new, got_old = read(new, cfg, encoder), read(old, cfg, encoder)
         assert sorted(got_new) == sorted(got_old) == ["s000c0", "s001c0", "s002c0"]
@@ -224,7 +225,7 @@ def test_the_permutation_loader_reads_only_the_frames_a_stage_takes(tmp_path, en
         return real(self, path, offset, size)
 
     monkeypatch.setattr(TarMembers, "read", counted)
-    cfg = DataConfig(shards=str(run), frames=32, image_size=64, tokens_per_frame=1, shuffle_buffer=0)
+    cfg = DataConfig(shards=str(run), frames=32, image_size=64, shuffle_buffer=0)
     items = permuted_items(run, cfg, encoder)
     monkeypatch.undo()
     assert len(items) == 3

@@ -45,9 +45,9 @@ def union_run(tmp_path_factory, video, ray_local):
 
 
 def items(run, encoder, k, counts=None):
-    cfg = DataConfig(shards=str(run), frames=k, image_size=64, tokens_per_frame=1, shuffle_buffer=0)
+    cfg = DataConfig(shards=str(run), frames=k, image_size=64, shuffle_buffer=0)
     samples = wds.WebDataset(shard_urls(str(run)), shardshuffle=False, empty_check=False)
-    return {i["id"]: i for i in training_items(iter(samples), cfg, encoder, counts)}
+    return {i["id"]: i for i in training_items(iter(samples), cfg, encoder, counts, tokens_per_frame=1)}
 
 
 def source_frames(item) -> list[int]:
@@ -107,10 +107,10 @@ def test_shards_without_the_union_and_the_papers_repetition_rule(tmp_path, encod
     assert fixed["s000c0"]["frame_indices"] == uniform_indices(6, 8).tolist()  # 8 frames from 6: some repeat
     assert fixed["s000c0"]["pixel_values"].shape[0] == 8
     assert fixed["s001c0"]["pixel_values"].shape[0] == 3  # the sample names its own count
-    cfg = DataConfig(shards=str(run), frames=8, image_size=64, tokens_per_frame=1, shuffle_buffer=0,
+    cfg = DataConfig(shards=str(run), frames=8, image_size=64, shuffle_buffer=0,
                      frame_count="up_to_stored")
     samples = wds.WebDataset(shard_urls(str(run)), shardshuffle=False, empty_check=False)
-    capped = {i["id"]: i for i in training_items(iter(samples), cfg, encoder)}
+    capped = {i["id"]: i for i in training_items(iter(samples), cfg, encoder, tokens_per_frame=1)}
     assert capped["s000c0"]["frame_indices"] == list(range(6))
 
 

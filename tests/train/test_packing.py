@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fixtures.tiny_train_model import build_model, build_tokenizer
-from pipeline.run_config import load_run_config
+from pipeline.core.config_load import load_config
 from tests.train.synth import write_run
 from train.batching import collate
 from train.chat import IGNORE, ChatEncoder
@@ -109,7 +109,7 @@ def test_first_label_of_each_item_is_never_a_target():
 
 def test_packing_with_sequence_parallelism_fails_at_load(tmp_path):
     with pytest.raises(Exception, match="data.packing"):
-        load_run_config(ROOT / "configs/train/tiny_debug.yaml", [f"data.shards={tmp_path}", f"output.dir={tmp_path / 'o'}",
+        load_config(ROOT / "configs/train/tiny_debug.yaml", [f"data.shards={tmp_path}", f"output.dir={tmp_path / 'o'}",
                     "data.packing=true", "parallel.sp_size=2"], model=TrainConfig)  # fmt: skip
 
 

@@ -9,16 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.run_config import load_run_config
+from pipeline.core.config_load import load_config
 from train.config import TrainConfig
 from train.plan import GIB, memory_plan, shapes
+from train.topology import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE4 = ROOT / "configs/train/stage4_384f.yaml"
 
 
 def stage4(*sets: str) -> TrainConfig:
-    return load_run_config(STAGE4, list(sets), model=TrainConfig)
+    return load_config(STAGE4, list(sets), model=TrainConfig)
+
+
+def plan(cfg: TrainConfig, shapes_7b):
+    return memory_plan(cfg, Topology.from_config(cfg, 8), shapes_7b)  # one node of 8
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +32,8 @@ def shapes_7b():
 
 
 def test_sp_halves_activations_and_fsdp_divides_the_states(shapes_7b):
-    sp1 = memory_plan(stage4("parallel.sp_size=1"), 8, shapes_7b)
-    sp2 = memory_plan(stage4("parallel.sp_size=2"), 8, shapes_7b)
+    sp1 = plan(stage4("parallel.sp_size=1"), shapes_7b)
+    sp2 = plan(stage4("parallel.sp_size=2"), shapes_7b)
     assert sp1.tokens == sp2.tokens == 384 * 156 + 512
     for part in ("lm_activations", "logits", "vision"):  # what a rank computes for its slice (and frames)
         assert getattr(sp2, part) == pytest.approx(getattr(sp1, part) / 2, rel=1e-12), part
@@ -36,8 +41,8 @@ def test_sp_halves_activations_and_fsdp_divides_the_states(shapes_7b):
     assert sp2.activations < 0.55 * sp1.activations
     assert (sp2.weights, sp2.gradients, sp2.optimizer) == (sp1.weights, sp1.gradients, sp1.optimizer)
 
-    ddp = memory_plan(stage4("parallel.sharding=ddp"), 8, shapes_7b)
-    fsdp = memory_plan(stage4(), 8, shapes_7b)
+    ddp = plan(stage4("parallel.sharding=ddp"), shapes_7b)
+    fsdp = plan(stage4(), shapes_7b)
     for part in ("weights", "gradients", "optimizer"):
         assert getattr(fsdp, part) == pytest.approx(getattr(ddp, part) / 8, rel=1e-12), part
     assert fsdp.activations == ddp.activations
@@ -47,14 +52,14 @@ def test_sp_halves_activations_and_fsdp_divides_the_states(shapes_7b):
 
 
 def test_activation_checkpointing_keeps_one_layer(shapes_7b):
-    on = memory_plan(stage4(), 8, shapes_7b)
-    off = memory_plan(stage4("model.activation_checkpointing=false"), 8, shapes_7b)
+    on = plan(stage4(), shapes_7b)
+    off = plan(stage4("model.activation_checkpointing=false"), shapes_7b)
     assert off.lm_activations > 10 * on.lm_activations
 
 
 def test_heads_that_do_not_split_are_refused(shapes_7b):
     with pytest.raises(ValueError, match="28 attention heads"):
-        memory_plan(stage4("parallel.sp_size=8"), 8, shapes_7b)
+        plan(stage4("parallel.sp_size=8"), shapes_7b)
 
 
 def dry_run(*sets: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from fixtures.tiny_train_model import build_model, build_tokenizer
-from pipeline.run_config import load_run_config
+from pipeline.core.config_load import load_config
 from tests.train.synth import write_run
 from train import checkpoint
 from train.config import TrainConfig
@@ -53,7 +53,7 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 def test_a_1e5_step_changes_a_bf16_checkpoint_through_fp32_master_weights(shards, bf16_checkpoint, tmp_path):
     before = load_file(str(bf16_checkpoint / "model.safetensors"))
     assert before[LAYER].dtype == torch.bfloat16
-    train(load_run_config(None, sets(shards, bf16_checkpoint, tmp_path / "run"), model=TrainConfig))
+    train(load_config(None, sets(shards, bf16_checkpoint, tmp_path / "run"), model=TrainConfig))
     after = weights(tmp_path / "run")
     assert after[LAYER].dtype == torch.float32  # the master copy, not the bf16 one
     update = after[LAYER] - before[LAYER].float()
@@ -74,21 +74,21 @@ def test_a_checkpoint_saved_after_training_round_trips(shards, bf16_checkpoint, 
     """Stopping after step 1 and resuming gives bit-identical weights at step 3: the fp32 master weights and the
     optimizer state come back exactly."""
     extra = ("optim.max_steps=3", "output.keep=3")
-    train(load_run_config(None, sets(shards, bf16_checkpoint, tmp_path / "full", *extra), model=TrainConfig))
+    train(load_config(None, sets(shards, bf16_checkpoint, tmp_path / "full", *extra), model=TrainConfig))
     cut = tmp_path / "cut"
-    train(load_run_config(None, sets(shards, bf16_checkpoint, cut, *extra), model=TrainConfig))
+    train(load_config(None, sets(shards, bf16_checkpoint, cut, *extra), model=TrainConfig))
     for later in ("step-000002", "step-000003"):
         shutil.rmtree(cut / "checkpoints" / later, ignore_errors=True)
     assert checkpoint.latest(cut).name == "step-000001"
     from train.trainer import load_parts, prepare
 
-    cfg = load_run_config(None, sets(shards, bf16_checkpoint, tmp_path / "x", *extra), model=TrainConfig)
+    cfg = load_config(None, sets(shards, bf16_checkpoint, tmp_path / "x", *extra), model=TrainConfig)
     _, model = load_parts(cfg)
     prepare(cfg, model, checkpoint.latest(cut))  # load back into a model prepared as the trainer prepares it
     saved = weights(cut)
     for name, p in model.named_parameters():
         assert p.dtype == saved[name].dtype and torch.equal(p.detach(), saved[name]), name
-    train(load_run_config(None, sets(shards, bf16_checkpoint, cut, *extra), model=TrainConfig))
+    train(load_config(None, sets(shards, bf16_checkpoint, cut, *extra), model=TrainConfig))
     full, resumed = weights(tmp_path / "full"), weights(cut)
     assert full.keys() == resumed.keys() and all(torch.equal(full[n], resumed[n]) for n in full)
     assert not torch.equal(full[LAYER], load_file(str(bf16_checkpoint / "model.safetensors"))[LAYER].float())

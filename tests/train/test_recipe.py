@@ -130,14 +130,16 @@ def test_global_batch_sets_accumulation_from_the_world_size(tmp_path):
     from pipeline.core.config_load import load_config
     from train.config import TrainConfig
 
+    from train.topology import Topology
+
     base = [f"data.shards={tmp_path}", f"output.dir={tmp_path}", "model.tiny=true", "optim.max_steps=1"]
     cfg = load_config(None, base + ["optim.global_batch_size=256"], model=TrainConfig)
-    assert cfg.grad_accum(8) == 32 and cfg.grad_accum(32) == 8 and cfg.grad_accum(1) == 256
-    with pytest.raises(ValueError, match="optim.global_batch_size"):
-        cfg.grad_accum(3)
+    assert [Topology.from_config(cfg, world).accum for world in (8, 32, 1)] == [32, 8, 256]
+    with pytest.raises(ConfigError, match="optim.global_batch_size"):
+        Topology.from_config(cfg, 3)
     with pytest.raises(ConfigError, match="optim"):
         load_config(None, base + ["optim.global_batch_size=8", "optim.grad_accum=2"], model=TrainConfig)
-    assert load_config(None, base, model=TrainConfig).grad_accum(4) == 1
+    assert Topology.from_config(load_config(None, base, model=TrainConfig), 4).accum == 1
 
 
 PAPER = {  # the paper's stage settings (its stage-2 script; frames per stage from its stage table)
@@ -156,6 +158,7 @@ def test_stage_presets_carry_the_papers_recipe(name, frames):
 
     from pipeline.core.config_load import load_config
     from train.config import TrainConfig
+    from train.topology import Topology
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "train" / f"{name}.yaml", model=TrainConfig)
     dumped = cfg.model_dump()
@@ -167,4 +170,33 @@ def test_stage_presets_carry_the_papers_recipe(name, frames):
         return node
 
     assert {k: at(k) for k in PAPER} == PAPER
-    assert cfg.data.frames == frames and cfg.grad_accum(cfg.nproc_per_node) * cfg.nproc_per_node == 256
+    assert cfg.data.frames == frames and Topology.from_config(cfg, cfg.nproc_per_node).accum * cfg.nproc_per_node == 256
+
+
+def test_one_recipe_sets_the_stage_defaults_and_every_preset_agrees():
+    """pipeline/core/recipe.py holds the stages' frames and length: the stored set keeps every stage's exact frames,
+    the token budget counts every stage, the trainer defaults to stage 1, and each preset trains its stage."""
+    from pathlib import Path
+
+    from filters.config import default_budget_stages
+    from pipeline.core.config_load import load_config
+    from pipeline.core.recipe import LONG_STAGE, MAX_LENGTH, PAPER_STAGES
+    from pipeline.video.config_video import default_sets
+    from train.config import TrainConfig
+    from train.data import DataConfig
+
+    assert [(s.name, s.frames) for s in PAPER_STAGES] == [("stage1", 32), ("stage2", 128), ("stage3", 192)]
+    assert MAX_LENGTH == 256000 and LONG_STAGE.frames == 384  # the paper's table; stage 4 goes beyond it
+    shard = next(s for s in default_sets() if s.name == "shard")
+    assert shard.stage_frames == [s.frames for s in PAPER_STAGES] and shard.num_frames == PAPER_STAGES[-1].frames
+    budget = [(b.name, b.frames, b.max_tokens) for b in default_budget_stages()]
+    assert budget == [(s.name, s.frames, MAX_LENGTH) for s in PAPER_STAGES]
+    data = DataConfig(shards="x")
+    assert (data.frames, data.model_max_length) == (PAPER_STAGES[0].frames, MAX_LENGTH)
+    presets = Path(__file__).resolve().parents[2] / "configs" / "train"
+    stages = [*PAPER_STAGES, LONG_STAGE]
+    names = [f"stage{n}_{s.frames}f.yaml" for n, s in enumerate(stages, start=1)]
+    assert sorted(p.name for p in presets.glob("stage*.yaml")) == names
+    for name, stage in zip(names, stages):
+        cfg = load_config(presets / name, model=TrainConfig)
+        assert (cfg.data.frames, cfg.data.model_max_length) == (stage.frames, MAX_LENGTH), name

@@ -18,6 +18,7 @@ from pipeline.core.config_load import load_config
 from tests.train.synth import write_run
 from train import checkpoint
 from train.config import TrainConfig
+from train.topology import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE4 = ROOT / "configs/train/stage4_384f.yaml"
@@ -81,7 +82,7 @@ def test_sp_resumes_exactly(run64, tmp_path):
     assert [r["step"] for r in resumed] == [3, 4]
     same_steps(resumed, full[2:])
     state = checkpoint.load_state(checkpoint.latest(cut))
-    assert state["step"] == 4 and len(state["consumed"]) == 2  # each rank's data position is kept
+    assert state["train"]["step"] == 4 and len(state["data"]) == 2  # each rank's data position is kept
 
 
 def test_stage4_preset_loads_and_chains_from_stage3():
@@ -90,7 +91,9 @@ def test_stage4_preset_loads_and_chains_from_stage3():
     assert cfg.data.frames == 384 and cfg.parallel.sp_size > 1 and cfg.parallel.sharding == "fsdp"
     assert cfg.model.init_from == stage3.output.dir  # starts from stage 3's weights
     assert 59_000 < cfg.data.frames * 156 < 61_000  # about 60K video tokens a sequence
-    assert cfg.grad_accum(8) == 256 // (8 // cfg.parallel.sp_size)  # a group reads one micro-batch
+    topology = Topology.from_config(cfg, 8)
+    assert topology.readers == 8 // cfg.parallel.sp_size and topology.fsdp
+    assert topology.accum == 256 // topology.readers  # a group reads one micro-batch
     assert stage3.parallel.sharding == "fsdp" and stage3.parallel.sp_size == 1  # the string form still loads
     flipped = load_config(ROOT / "configs/train/stage3_192f.yaml", ["parallel.sp_size=2"], model=TrainConfig)
     assert flipped.parallel.sp_size == 2 and flipped.parallel.sharding == "fsdp"
@@ -105,8 +108,8 @@ def test_bad_sp_settings_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match="parallel.sharding"):
         load_config(None, base + ["parallel.sharding=zero3"], model=TrainConfig)
     cfg = load_config(None, base + ["parallel.sp_size=3"], model=TrainConfig)
-    with pytest.raises(ValueError, match="sp_size 3 does not divide the 4 ranks"):
-        cfg.parallel.data_ranks(4)
+    with pytest.raises(ConfigError, match="parallel.sp_size 3 does not divide the 4 ranks"):
+        Topology.from_config(cfg, 4)
 
 
 def _free_port() -> int:

@@ -69,6 +69,34 @@ def test_resume_continues_the_same_loss_trajectory(shards, tmp_path, workers, ba
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), (resumed, full[8:])
 
 
+def flat_layout(state: dict) -> dict:
+    """`state.pt` as the trainer wrote it before checkpoint parts: step, optimizer and scheduler at the top, each
+    data-position field and the RNG as a list over ranks."""
+    data = state["data"]
+    return {"step": state["train"]["step"], "optimizer": state["optimizer"], "scheduler": state["scheduler"],
+            **{name: [rank[name] for rank in data] for name in ("epoch", "consumed", "pending", "next_worker")},
+            "rng": state["rng"]}  # fmt: skip
+
+
+def test_a_checkpoint_in_the_layout_before_parts_resumes_the_same(shards, tmp_path):
+    import torch
+
+    extra = ("data.num_workers=2", "data.batch_size=2")  # two loader workers, items waiting in buckets
+    full = train(config(shards, tmp_path / "full", *extra))["history"]
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "full", cut)
+    shutil.rmtree(cut / "checkpoints" / "step-000012")
+    old = checkpoint.latest(cut) / "state.pt"
+    torch.save(flat_layout(torch.load(old, weights_only=True)), old)
+    assert checkpoint.load_state(old.parent)["layout"] == 1  # read as the parts it holds
+    resumed = train(config(shards, cut, *extra))["history"]
+    assert [h["step"] for h in resumed] == [9, 10, 11, 12]
+    assert [h["items"] for h in resumed] == [h["items"] for h in full[8:]]
+    for a, b in zip(resumed, full[8:]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), (resumed, full[8:])
+    assert checkpoint.load_state(checkpoint.latest(cut))["layout"] == checkpoint.LAYOUT  # saved as parts again
+
+
 def test_checkpoint_loads_with_transformers_and_starts_the_next_stage(shards, tmp_path):
     from transformers import LlavaOnevisionForConditionalGeneration
 
@@ -77,7 +105,7 @@ def test_checkpoint_loads_with_transformers_and_starts_the_next_stage(shards, tm
     model, info = LlavaOnevisionForConditionalGeneration.from_pretrained(ckpt, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     state = checkpoint.load_state(ckpt)  # weights_only: plain tensors and numbers
-    assert state["step"] == 4
+    assert state["train"]["step"] == 4
     stage2 = train(config(shards, tmp_path / "stage2", "optim.max_steps=2", "data.frames=8",
                           f"model.init_from={tmp_path / 'stage1'}"))
     assert stage2["steps"] == 2  # a fresh schedule from the previous stage's weights
@@ -111,7 +139,7 @@ def test_two_ranks_under_torchrun_through_the_cli(shards, tmp_path):
     assert sum(bool(re.match(r"step [14]/4  loss [\d.]+  lr \S+  tokens/s \d+  data wait", x)) for x in lines) == 2
     assert "train:" in done.stderr and "Writing model shards" not in done.stderr  # the bar, not the libraries' bars
     state = checkpoint.load_state(checkpoint.latest(out))
-    assert state["step"] == 4 and len(state["consumed"]) == 2  # each rank's data position is kept
+    assert state["train"]["step"] == 4 and len(state["data"]) == 2  # each rank's data position is kept
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
@@ -181,5 +209,5 @@ def test_fsdp_resumes_exactly_and_saves_a_transformers_checkpoint(shards, tmp_pa
     assert sorted(resumed) == [5, 6]
     assert [resumed[5], resumed[6]] == pytest.approx([full[5], full[6]], rel=1e-5)
     state = checkpoint.load_state(checkpoint.latest(cut))
-    assert state["step"] == 6 and state["optimizer"]["state"]  # the full optimizer state, by parameter name
+    assert state["train"]["step"] == 6 and state["optimizer"]["state"]  # the full optimizer state, by parameter name
     VideoLlava.from_pretrained(checkpoint.latest(cut))  # plain safetensors a transformers model loads
