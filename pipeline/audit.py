@@ -119,6 +119,9 @@ def audit_sample(key: str, sample: Sample, resample: str, max_frames: int, timeo
     meta = sample.meta
     source = meta.source
     out = SampleAudit(key, source)
+    if "://" in source:
+        out.error = f"{source} is remote: audit re-reads local sources only"
+        return out
     fs = meta.stored_set()
     if fs is None or not fs.timestamps_s:
         out.error = f"no record of frame set {meta.frame_set!r} in the sample's metadata"

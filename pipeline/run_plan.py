@@ -29,9 +29,10 @@ from pipeline.core.meta import SOURCE_WRITES, check_data_flow
 from pipeline.core.stage import Stage
 from pipeline.run_config import RunConfig
 from pipeline.video.config_video import DecodeConfig, ProbeConfig
-from pipeline.video.opened import SourceRules
+from pipeline.core.storage import is_remote
+from pipeline.video.opened import SourceRules, url_prefixes
 from pipeline.video.sources import input_kind
-from pipeline.video.stages import DecodeStage, ProbeStage
+from pipeline.video.stages import DecodeStage, FetchStage, ProbeStage
 
 LLM_STAGES = {"caption": (CaptionStage, "llm.captions.enabled"), "qa": (QAStage, "llm.qa.enabled")}
 
@@ -131,7 +132,11 @@ def _groups(cfg: RunConfig, probe: ProbeConfig, decode: DecodeConfig, llm: LLMCo
     res = cfg.resources.video
     rules = SourceRules.from_input(cfg.input)  # sources are confined again where they are opened
     sets: list[tuple[str, str]] = []
-    video: list[Stage] = [_tag(ProbeStage(probe, cfg.limits, res, rules), "probe")]
+    video: list[Stage] = []
+    if is_remote(cfg.input.path) or input_kind(cfg.input) != "folder":  # rows may name s3:// or http(s):// videos
+        video.append(_tag(FetchStage(cfg.input.fetch, cfg.input.http.enabled, url_prefixes(cfg.input.allowed_roots),
+                                     res), "input.path"))
+    video.append(_tag(ProbeStage(probe, cfg.limits, res, rules), "probe"))
     if cfg.filters.length.enabled:
         video.append(_tag(LengthFilter(cfg.filters.length, res), "filters.length.enabled"))
     video.append(_tag(DecodeStage(cfg.sampling, decode, res, rules), "sampling"))

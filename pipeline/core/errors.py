@@ -42,6 +42,8 @@ class Reason(str, Enum):
     OUTSIDE_ALLOWED_ROOTS = "outside_allowed_roots"  # resolves outside input.allowed_roots (.. or symlink), or
     # the file a probe or decoder opened does (a folder swapped for a symlink out after listing)
     HARD_LINK = "hard_link"  # under input.allowed_roots, a file with more than one name (input.allow_hard_links)
+    FETCH_FAILED = "fetch_failed"  # a remote video could not be copied to scratch (HTTP status / store error in the detail)
+    FETCH_TOO_LARGE = "fetch_too_large"  # a remote video larger than input.fetch.max_bytes (refused before copying)
     SOURCE_CHANGED = "source_changed"  # the file at the path is not the one the probe read (replaced mid-run)
     BAD_SOURCE = "bad_source"  # a manifest / LLaVA record without a usable video path
     DUPLICATE_KEY = "duplicate_key"  # a second source with the sample key of an earlier one

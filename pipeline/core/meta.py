@@ -108,8 +108,26 @@ class ConversationRecord(TypedDict):
 
 
 # Every section of `meta`, by name.
+class ListingSection(TypedDict):
+    """`meta.listing`: a remote video as its listing saw it; a fetch that finds another size or ETag is a changed
+    source."""
+
+    size: int
+    etag: str
+
+
+class FetchedSection(TypedDict):
+    """`meta.fetched`: the node-local copy of a remote video the probe and decode read (removed when the video's
+    pool is done with it)."""
+
+    path: str
+    bytes: int
+
+
 SECTIONS: dict[str, Any] = {
     "video_rel": str,  # the source path as the input names it
+    "listing": ListingSection,
+    "fetched": FetchedSection,
     "extra": dict[str, Any],  # a manifest row's other columns
     "num_frames": int,  # a per-sample frame count from the manifest
     "video": VideoSection,

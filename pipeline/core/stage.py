@@ -52,6 +52,10 @@ class Stage(ABC):
     def setup(self) -> None:
         """Load heavy state once per worker process (called before the first task)."""
 
+    def release(self, task: VideoTask) -> None:
+        """Give back what `process` held for this task until its pool was done with it (a fetched copy): called
+        once the task leaves the chain, rejected or not. Must not raise."""
+
     def teardown(self) -> None:
         """Release what setup took."""
 
@@ -121,13 +125,20 @@ def run_chain(stages: list[Stage], row: dict[str, Any], set_names: list[str], lo
     `locks` (stage index -> lock) serialises stages that are not thread-safe when a worker runs several rows at once.
     """
     task = VideoTask.from_row(row)
-    for n, stage in enumerate(stages):
-        lock = (locks or {}).get(n)
-        if lock is None:
-            task = run_stage(stage, task)
-        else:
-            with lock:
+    try:
+        for n, stage in enumerate(stages):
+            lock = (locks or {}).get(n)
+            if lock is None:
                 task = run_stage(stage, task)
+            else:
+                with lock:
+                    task = run_stage(stage, task)
+    finally:
+        for stage in stages:
+            try:
+                stage.release(task)
+            except Exception:  # a cleanup that failed must not turn a kept video into a lost one
+                log.exception("release of %s failed on %s", stage.name, task.source)
     return task.to_row(set_names)
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.core.config_base import (
-    MAX_MEMORY_MB, MAX_SAMPLE_FRAMES, MAX_VIDEO_FRAMES, Bytes, Fps, Range, RunSection, SampleFrames, SampleFramesOrZero,
+    Attempts, MAX_MEMORY_MB, MAX_SAMPLE_FRAMES, MAX_VIDEO_FRAMES, Bytes, Fps, Range, RunSection, SampleFrames, SampleFramesOrZero,
     Seconds, SecondsOrZero, Share, Side, Threads, VideoSeconds,
 )
 from pipeline.core.recipe import PAPER_STAGES
@@ -24,8 +24,26 @@ VIDEO_EXTENSIONS = [
 Extension = Annotated[str, Field(pattern=r"^\.[^./\\\s]{1,16}$")]  # one suffix, as os.path.splitext gives it
 
 
+class FetchConfig(RunSection):
+    """How a remote video (object store, or http(s) when allowed) is copied to node-local scratch for decoding."""
+
+    max_bytes: Bytes = Field(64 << 30, description="a larger video is rejected (fetch_too_large) before a byte is copied")
+    timeout_s: Seconds = Field(600.0, description="per attempt: connecting and the whole body")
+    retries: Attempts = Field(5, description="extra attempts on 5xx, 429, a reset or a timeout (the store's client "
+                              "retries object stores itself)")
+    backoff_s: Seconds = Field(1.0, description="the first wait between attempts; it doubles each time")
+    scratch_dir: str = Field("", description="node-local folder for the copies (default: the temp dir); a killed "
+                             "worker's copies are removed by the next run on that node")
+
+
+class HTTPInputConfig(RunSection):
+    enabled: bool = Field(False, description="accept http(s):// video URLs in manifest rows (a URL list); off: such "
+                          "rows are rejected (bad_source)")
+
+
 class InputConfig(RunSection):
-    path: str = Field(description="a folder of videos, a manifest (jsonl/csv/parquet) or a LLaVA JSON")
+    path: str = Field(description="a folder of videos, a manifest (jsonl/csv/parquet) or a LLaVA JSON; local, or an "
+                      "object-store URL (s3://bucket/prefix/, gs://, az://)")
     format: Literal["auto", "folder", "jsonl", "csv", "parquet", "llava"] = Field(
         "auto", description="auto: a folder, or by the file's suffix (.jsonl/.csv/.parquet; .json is LLaVA)"
     )
@@ -34,7 +52,9 @@ class InputConfig(RunSection):
     )
     allowed_roots: list[str] = Field(
         default_factory=list,
-        description="when set, every video must resolve (symlinks followed) inside one of these folders",
+        description="when set, every video must resolve (symlinks followed) inside one of these folders, or, for "
+        "remote videos, start with one of these URL prefixes (s3://bucket/prefix/, https://host/prefix/); a redirect "
+        "is checked too",
     )
     allow_hard_links: bool = Field(
         False, description="with allowed_roots: accept a file that has other names (st_nlink > 1); off because a hard "
@@ -49,6 +69,8 @@ class InputConfig(RunSection):
         "fails at load, a manifest's per-sample num_frames above it is refused (bad_source)"
     )
     recursive: bool = True
+    fetch: FetchConfig = FetchConfig()
+    http: HTTPInputConfig = HTTPInputConfig()
 
 
 class ProbeConfig(RunSection):

@@ -32,23 +32,38 @@ from pipeline.video.paths import check_path_text, check_regular_file, check_stat
 _FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK  # no blocking open (a fifo), no terminal taken
 
 
+def url_prefixes(roots: list[str]) -> tuple[str, ...]:
+    """The allowed roots that are URL prefixes (s3://bucket/prefix/, https://host/prefix/): remote videos."""
+    return tuple(r for r in roots if "://" in r)
+
+
+def local_roots(roots: list[str]) -> list[str]:
+    """The allowed roots that are folders: local videos."""
+    return [r for r in roots if "://" not in r]
+
+
 @dataclass(frozen=True)
 class SourceRules:
-    """Where sources may live. Empty roots: anywhere (files are still read through one descriptor)."""
+    """Where local sources may live. Not `confined`: anywhere (files are still read through one descriptor);
+    confined with no folder (only URL prefixes allowed): no local file at all."""
 
     allowed_roots: tuple[str, ...] = ()  # resolved when the run starts, so every worker checks the same folders
     allow_hard_links: bool = False
+    confined: bool = False  # input.allowed_roots is set
+
+    @classmethod
+    def from_roots(cls, roots: list[str], allow_hard_links: bool = False) -> "SourceRules":
+        return cls(tuple(str(Path(r).resolve()) for r in local_roots(roots)), allow_hard_links, bool(roots))
 
     @classmethod
     def from_input(cls, cfg: InputConfig) -> "SourceRules":
-        return cls(tuple(str(Path(r).resolve()) for r in cfg.allowed_roots), cfg.allow_hard_links)
+        return cls.from_roots(cfg.allowed_roots, cfg.allow_hard_links)
 
     @classmethod
     def from_config_dict(cls, cfg: dict[str, Any]) -> "SourceRules":
         """The rules of a run's recorded config (`run.json`), for commands that re-read its sources."""
         section = cfg.get("input") or {}
-        roots = section.get("allowed_roots") or []
-        return cls(tuple(str(Path(r).resolve()) for r in roots), bool(section.get("allow_hard_links", False)))
+        return cls.from_roots(section.get("allowed_roots") or [], bool(section.get("allow_hard_links", False)))
 
 
 @dataclass(frozen=True)
@@ -103,7 +118,7 @@ class OpenedSource:
 
 
 def _confine(real: str, st: os.stat_result, name: str, rules: SourceRules) -> None:
-    if not rules.allowed_roots:
+    if not rules.confined:
         return
     if not any(Path(real).is_relative_to(root) for root in rules.allowed_roots):
         raise VideoError(Reason.OUTSIDE_ALLOWED_ROOTS, f"{name} opens {real}, outside input.allowed_roots")

@@ -24,12 +24,16 @@ from pipeline.core.errors import Reason, VideoError
 from pipeline.video.keyset import GrowingKeySet
 from pipeline.video.llava_source import llava_chunks
 from pipeline.video.manifests import LOADERS
+from pipeline.core.storage import is_remote
+from pipeline.video.opened import local_roots, url_prefixes
 from pipeline.video.paths import check_path_text, check_regular_file
+from pipeline.video.scratch import scratch_dir
 from pipeline.core.records import Rejection
 from pipeline.core.task import VideoTask
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 PATH_FIELDS = ("path", "video", "video_path")
+MANIFEST_SCRATCH = "prolongvid-manifest-"  # a remote manifest's local copy, in this process's scratch
 
 
 def sanitize_key(text: str, limit: int = 80) -> str:
@@ -67,11 +71,14 @@ def input_kind(cfg: InputConfig) -> str:
     """folder, jsonl, csv, parquet or llava: the format, or what the path is when the format is auto."""
     if cfg.format != "auto":
         return cfg.format
+    kinds = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".json": "llava"}
+    if is_remote(cfg.path):  # a prefix is a folder; a manifest by its suffix
+        suffix = os.path.splitext(cfg.path.rstrip("/"))[1].lower()
+        return kinds.get(suffix, "folder") if not cfg.path.endswith("/") else "folder"
     path = Path(cfg.path)
     if path.is_dir():
         return "folder"
     suffix = path.suffix.lower()
-    kinds = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".json": "llava"}
     if suffix in kinds:
         return kinds[suffix]
     if not path.exists():
@@ -90,14 +97,21 @@ class SourceStream:
 
     def __init__(self, cfg: InputConfig, chunk: int | None = None, kind: str | None = None):
         self.cfg, self.chunk, self.kind = cfg, chunk or CHUNK, kind or input_kind(cfg)
-        self.root = Path(cfg.path).resolve()
-        if self.kind == "folder" and not self.root.is_dir():
-            raise ConfigError(f"input.path: {cfg.path} is not a folder")
-        if self.kind != "folder" and not self.root.is_file():
-            raise ConfigError(f"input.path: {cfg.path} is not a file")
-        self.base = self.root if self.kind == "folder" else \
-            Path(cfg.video_root).resolve() if cfg.video_root else self.root.parent
-        self.allowed = [Path(r).resolve() for r in cfg.allowed_roots]
+        self.remote = is_remote(cfg.path)
+        self._scratch: Any = None
+        if self.remote:
+            self.root = cfg.path.rstrip("/")
+            self.base: Path | str = self.root if self.kind == "folder" else \
+                _base_of(cfg.video_root) if cfg.video_root else self.root.rpartition("/")[0]
+        else:
+            self.root = Path(cfg.path).resolve()
+            if self.kind == "folder" and not self.root.is_dir():
+                raise ConfigError(f"input.path: {cfg.path} is not a folder")
+            if self.kind != "folder" and not self.root.is_file():
+                raise ConfigError(f"input.path: {cfg.path} is not a file")
+            self.base = self.root if self.kind == "folder" else _base_of(cfg.video_root) if cfg.video_root \
+                else self.root.parent
+        self.allowed = Bounds.of(cfg.allowed_roots)
         self.tasks_seen = self.rejects_seen = 0
         self.rows_read = 0  # input rows (records, or folder entries named like videos), counted as they are read
         self.skipped_suffixes: Counter[str] = Counter()
@@ -125,13 +139,13 @@ class SourceStream:
     def _chunks(self) -> Iterator[SourceChunk]:
         max_frames = self.cfg.max_frames_per_sample
         if self.kind == "llava":
-            records = self._counted(LOADERS["llava"](self.root))
+            records = self._counted(LOADERS["llava"](self._local_manifest()))
             located = lambda rec, n: locate(rec, n, self.base, self.allowed)  # noqa: E731
             for tasks, rejects in llava_chunks(records, located, key_for_path, PATH_FIELDS, self.chunk):
                 yield SourceChunk(tasks, rejects)
             return
         seen = GrowingKeySet()  # every key handed on so far: a later source with one is a duplicate_key reject
-        records = self._counted(self._folder() if self.kind == "folder" else LOADERS[self.kind](self.root))
+        records = self._counted(self._folder() if self.kind == "folder" else LOADERS[self.kind](self._local_manifest()))
         batch: list[tuple[int, dict[str, Any]]] = []
         early: list[Rejection] = []
         for n, rec in enumerate(records):  # every record is an input row, numbered from 0, rejects included
@@ -147,8 +161,28 @@ class SourceStream:
             tasks, rejects = _to_tasks(batch, self.base, self.allowed, max_frames, seen=seen)
             yield SourceChunk(tasks, early + rejects)
 
+    def _local_manifest(self) -> Path:
+        """The manifest as a local file: a remote one is copied to this process's scratch first (read once)."""
+        if not self.remote:
+            return self.root
+        from pipeline.core.storage import NotFound, Storage, StorageError
+
+        self._scratch = scratch_dir(MANIFEST_SCRATCH)
+        local = Path(self._scratch.name) / self.root.rpartition("/")[2]
+        parent, _, name = self.root.rpartition("/")
+        try:
+            with open(local, "wb") as out:
+                for chunk in Storage(parent).stream(name):
+                    out.write(chunk)
+        except NotFound:
+            raise ConfigError(f"input.path: {self.root} does not exist") from None
+        except StorageError as e:
+            raise ConfigError(f"input.path: {e}") from None
+        return local
+
     def _folder(self) -> Iterator[dict[str, Any] | Rejection]:
-        for item in _folder_records(self.root, self.cfg):
+        records = _remote_folder_records(self.root, self.cfg) if self.remote else _folder_records(self.root, self.cfg)
+        for item in records:
             if isinstance(item, str):
                 self.skipped_suffixes[item] += 1
             else:
@@ -207,6 +241,26 @@ def _listing(folder: str, seen: set[tuple[int, int]]) -> Iterator[tuple[str, boo
         yield entry.path, is_dir, None
 
 
+def _remote_folder_records(root: str, cfg: InputConfig) -> Iterator[dict[str, Any] | str]:
+    """An object-store prefix read like a folder, a page of the listing at a time: the same extensions and keys
+    (the path relative to the prefix); every object's size and ETag go with it, for the fetch to check."""
+    from pipeline.core.storage import Storage, StorageError
+
+    exts = {e.lower() for e in cfg.extensions}
+    try:
+        for page in Storage(root).list_pages():
+            for info in page:
+                if not cfg.recursive and "/" in info.path:
+                    continue
+                suffix = os.path.splitext(info.path)[1].lower()
+                if suffix not in exts:
+                    yield suffix or "(none)"
+                    continue
+                yield {"path": info.path, "_listing": {"size": info.size, "etag": info.etag}}
+    except StorageError as e:
+        raise ConfigError(f"input.path: {e}") from None
+
+
 def _folder_records(root: Path, cfg: InputConfig) -> Iterator[dict[str, Any] | Rejection | str]:
     """Video candidates by extension as records; every candidate that cannot be a file as a reject; every other
     entry that is not a folder as its suffix (counted, not rejected)."""
@@ -239,21 +293,58 @@ def _video_field(rec: dict[str, Any]) -> str | None:
     return None
 
 
-def _resolve(raw: str, base: Path, allowed: list[Path]) -> tuple[Path, str | None]:
+@dataclass(frozen=True)
+class Bounds:
+    """input.allowed_roots split by kind: folders for local videos, URL prefixes for remote ones. Set at all
+    (`confined`): a video under none of them is refused, whichever kind it is."""
+
+    confined: bool = False
+    folders: tuple[Path, ...] = ()
+    prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, roots: list[str]) -> "Bounds":
+        return cls(bool(roots), tuple(Path(r).resolve() for r in local_roots(roots)), url_prefixes(roots))
+
+
+def _base_of(root: str) -> Path | str:
+    return root.rstrip("/") if "://" in root else Path(root).resolve()
+
+
+def _resolve_url(raw: str, base: Path | str) -> str:
+    """A row's video as a URL: itself, or joined to a remote base; `..` may not climb out of the base."""
+    if "://" in raw:
+        return raw
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"{raw}: '..' in a path under a URL")
+    return f"{base}/{'/'.join(parts)}"
+
+
+def _resolve(raw: str, base: Path | str, allowed: Bounds) -> tuple[Path | str, str | None]:
+    if "://" in raw or isinstance(base, str):
+        url = _resolve_url(raw, base)
+        if not url.startswith(("s3://", "gs://", "az://", "abfs://", "azure://", "http://", "https://")):
+            raise ValueError(f"{raw}: not a supported URL (s3://, gs://, az://, http(s)://)")
+        if allowed.confined and not url.startswith(allowed.prefixes or ("\0",)):
+            return url, f"{raw} is {url}, outside input.allowed_roots"
+        return url, None
     path = (base / raw).resolve() if not Path(raw).is_absolute() else Path(raw).resolve()
-    if allowed and not any(path.is_relative_to(root) for root in allowed):
+    if allowed.confined and not any(path.is_relative_to(root) for root in allowed.folders):
         return path, f"{raw} resolves to {path}, outside input.allowed_roots"
     return path, None
 
 
-def _rel(path: Path, raw: str, base: Path) -> str:
+def _rel(path: Path | str, raw: str, base: Path | str) -> str:
+    if isinstance(path, str):  # a URL: relative to a remote base when under it
+        return path[len(str(base)) + 1:] if isinstance(base, str) and path.startswith(f"{base}/") else path
     try:
         return str(path.relative_to(base))
     except ValueError:
         return raw
 
 
-def locate(rec: Any, n: int, base: Path, allowed: list[Path]) -> tuple[str, str] | Rejection:
+def locate(rec: Any, n: int, base: Path | str, allowed: Bounds) -> tuple[str, str] | Rejection:
     """Record `n`'s video as (resolved source, path relative to the base), or the reject saying why not."""
     raw = _video_field(rec) if isinstance(rec, dict) else None
     if raw is None:
@@ -273,7 +364,7 @@ def locate(rec: Any, n: int, base: Path, allowed: list[Path]) -> tuple[str, str]
 
 
 def _to_tasks(
-    records: Iterable[tuple[int, dict[str, Any]]], base: Path, allowed: list[Path], max_frames: int = 1024,
+    records: Iterable[tuple[int, dict[str, Any]]], base: Path | str, allowed: Bounds, max_frames: int = 1024,
     seen: GrowingKeySet | None = None,
 ) -> tuple[list[VideoTask], list[Rejection]]:
     """Tasks and rejects of (record number, record) pairs; `seen` holds the keys of earlier chunks (and gets these).
@@ -311,7 +402,10 @@ def _to_tasks(
 
 def _manifest_meta(rec: dict[str, Any], rel: str, max_frames: int) -> dict[str, Any]:
     meta: dict[str, Any] = {"video_rel": rel}
-    extra = {k: v for k, v in rec.items() if k not in PATH_FIELDS and k not in ("id", "conversations", "num_frames")}
+    if "_listing" in rec:  # a remote folder's object: its size and ETag as listed
+        meta["listing"] = rec["_listing"]
+    extra = {k: v for k, v in rec.items()
+             if k not in PATH_FIELDS and k not in ("id", "conversations", "num_frames", "_listing")}
     if extra:
         meta["extra"] = json.loads(json.dumps(extra, default=str))
     if rec.get("num_frames") not in (None, ""):
