@@ -31,7 +31,9 @@ from pipeline.core.config_base import Strict
 from pipeline.core.recipe import MAX_LENGTH, PAPER_STAGES
 from pipeline.core.sample import Conversation, NewerFormat, SampleMeta
 from shards import reader
+from pipeline.core.storage import in_fresh_process, is_remote
 from shards.layout import RunDir, Sample
+from shards.remote import register_webdataset_schemes, remote_shard_urls
 from shards.split import TRAIN
 from train.chat import ChatEncoder
 from train.frames import pick_frames
@@ -79,7 +81,10 @@ def split_by_reader(src: Iterator[Any], topology: Topology | None) -> Iterator[A
 
 
 def shard_urls(spec: str) -> list[str]:
-    """The training shards `data.shards` names: a run's train split, a folder's tars, or a glob's matches."""
+    """The training shards `data.shards` names: a run's train split, a folder's tars, or a glob's matches; on an
+    object store (`s3://bucket/run1`), the run's train split or the tars under the prefix."""
+    if is_remote(spec):  # listed in a spawned process: this one forks the loader workers that read the shards
+        return [spec] if spec.endswith(".tar") else in_fresh_process(remote_shard_urls, spec, TRAIN)
     path = Path(spec)
     if (path / "shards.json").exists():  # a run's held-out eval shards are never trained on
         return reader.shard_urls(RunDir(path), TRAIN)  # refuses shards of a newer sample format
@@ -89,6 +94,7 @@ def shard_urls(spec: str) -> list[str]:
 
 
 _POOL: Any = None
+register_webdataset_schemes()  # s3:// gs:// az:// shard URLs through the storage seam, in every loader process
 
 
 def _decode_pool(threads: int) -> Any:

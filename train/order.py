@@ -20,7 +20,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from pipeline.core.storage import is_remote
 from shards.layout import RunDir
+from shards.remote import RangedFile, remote_index
 from shards.split import TRAIN, of_split
 from train.topology import Topology
 
@@ -35,6 +37,13 @@ def run_samples(spec: str) -> list[tuple[str, str]]:
     """(key, shard path) of every sample of a pipeline output dir, from its index."""
     from shards.reader import read_index
 
+    if is_remote(spec):
+        table = remote_index(spec)
+        if table is None:
+            raise FileNotFoundError(f"data.order permutation reads the sample index: {spec}/index.parquet does not "
+                                    "exist (point data.shards at a pipeline output dir, or use data.order shard_shuffle)")
+        root = spec.rstrip("/")
+        return [(row["key"], f"{root}/shards/{row['shard']}") for row in of_split(table.to_pylist(), TRAIN)]
     run = RunDir(spec)
     if not run.index.exists():
         raise FileNotFoundError(f"data.order permutation reads the sample index: {run.index} does not exist "
@@ -52,7 +61,8 @@ class TarMembers:
     def members(self, path: str, key: str) -> dict[str, tuple[int, int]]:
         if path not in self._tables:
             table: dict[str, dict[str, tuple[int, int]]] = {}
-            with tarfile.open(path, "r:") as tar:  # headers only: tarfile seeks over the payloads
+            opened = tarfile.open(fileobj=RangedFile(path), mode="r:") if is_remote(path) else tarfile.open(path, "r:")
+            with opened as tar:  # headers only: tarfile seeks over the payloads
                 for info in tar:
                     base, _, suffix = info.name.partition(".")
                     table.setdefault(base, {})[suffix] = (info.offset_data, info.size)
@@ -65,7 +75,9 @@ class TarMembers:
     def read(self, path: str, offset: int, size: int) -> bytes:
         f = self._files.get(path)
         if f is None:
-            f = self._files[path] = open(path, "rb")
+            f = self._files[path] = RangedFile(path) if is_remote(path) else open(path, "rb")
+        if isinstance(f, RangedFile):
+            return f.read_at(offset, size)
         f.seek(offset)
         return f.read(size)
 

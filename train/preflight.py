@@ -12,11 +12,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline.core.config_load import ConfigError
+from pipeline.core.storage import in_fresh_process, is_remote
 from shards.layout import INDEX_FILE
+from shards.remote import remote_index
 from train.data import shard_urls
 
 
 def _index_of(spec: str) -> Path | None:
+    if is_remote(spec):
+        return None
     path = Path(spec)
     for candidate in (path / INDEX_FILE, path.parent / INDEX_FILE if path.name == "shards" else None):
         if candidate is not None and candidate.is_file():
@@ -29,17 +33,21 @@ def check_training_data(spec: str, world_size: int) -> str:
     if not spec.strip():
         raise ConfigError("data.shards is empty: set it to a pipeline output dir (--set data.shards=out/run1)")
     urls = shard_urls(spec)
-    missing = [u for u in urls if not Path(u).is_file()]
+    missing = [u for u in urls if not is_remote(u) and not Path(u).is_file()]
     if not urls or missing:
         shown = missing[0] if missing else spec
         raise ConfigError(f"data.shards: no shards at {shown}; point it at a pipeline output dir or a folder of .tar shards")
     if len(urls) < world_size:
         raise ConfigError(f"data.shards: {len(urls)} shard(s) for {world_size} ranks, and every rank needs one: "
                           "use fewer ranks, or rerun the pipeline with a smaller shards.max_samples")  # fmt: skip
-    index = _index_of(spec)
-    if index is None:
+    if is_remote(spec):
+        table = None if spec.endswith(".tar") else in_fresh_process(remote_index, spec)  # the trainer forks later
+    else:
+        index = _index_of(spec)
+        table = None if index is None else \
+            pq.read_table(index, columns=[c for c in ("key", "num_conversations") if c in pq.read_schema(index).names])
+    if table is None:
         return f"{len(urls)} shards (no index: conversations are counted while reading)"
-    table = pq.read_table(index, columns=[c for c in ("key", "num_conversations") if c in pq.read_schema(index).names])
     samples = table.num_rows
     talks = sum(v or 0 for v in table.column("num_conversations").to_pylist()) if "num_conversations" in table.column_names else 0
     if samples == 0:

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 REMOTE_SCHEMES = ("s3://", "gs://", "az://", "abfs://", "azure://")
+# The client's runtime (tokio) does not survive a fork: a process forked after its parent used the store would
+# hang on its first call. The pid that started it is kept, so a forked child fails with a message instead.
+_RUNTIME_PID: int | None = None
 
 
 class StorageError(Exception):
@@ -84,6 +87,7 @@ class Storage:
     def _call(self, what: str, path: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         from obstore.exceptions import AlreadyExistsError, NotFoundError
 
+        _check_not_forked(self.url(path))
         try:
             return fn(self._store, path, *args, **kwargs)
         except AlreadyExistsError:
@@ -150,11 +154,33 @@ class Storage:
         memory at once); each page sorted by path."""
         import obstore
 
+        _check_not_forked(self.url(prefix))
         try:
             for page in obstore.list(self._store, prefix=prefix or None):
                 yield sorted((_info(meta) for meta in page), key=lambda info: info.path)
         except FileNotFoundError:  # a local prefix that does not exist yet: nothing under it
             return
+
+
+def _check_not_forked(url: str) -> None:
+    global _RUNTIME_PID
+    pid = os.getpid()
+    if _RUNTIME_PID is None:
+        _RUNTIME_PID = pid
+    elif _RUNTIME_PID != pid:
+        raise StorageError(f"{url}: this process was forked after its parent used the object store, whose client "
+                           "does not survive a fork; start it with spawn or forkserver, or read in the parent "
+                           "through `in_fresh_process`")
+
+
+def in_fresh_process(fn: Any, *args: Any) -> Any:
+    """`fn(*args)` in a spawned process, so this one never starts the store's client: for a parent that reads a
+    little (a shard list, an index) and then forks workers that read the rest."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def _info(meta: dict[str, Any]) -> ObjectInfo:

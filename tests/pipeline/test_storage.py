@@ -85,3 +85,39 @@ def test_credentials_from_the_shared_files_chain(s3_endpoint, tmp_path, monkeypa
     storage = Storage("s3://runs/chain")
     storage.put("a", b"1", create_only=True)
     assert storage.get("a") == b"1" and "testing-secret" not in repr(storage)
+
+
+def _get_in_child(storage, result):
+    from pipeline.core.storage import StorageError
+
+    try:
+        storage.get("a")
+        result.put("read")
+    except StorageError as e:
+        result.put(str(e))
+
+
+def test_a_forked_child_fails_with_a_message_instead_of_hanging(tmp_path):
+    """The store's client does not survive a fork: a child forked after the parent used it is told so."""
+    import multiprocessing
+
+    storage = Storage(tmp_path / "root")
+    storage.put("a", b"1")
+    ctx = multiprocessing.get_context("fork")
+    result = ctx.Queue()
+    child = ctx.Process(target=_get_in_child, args=(storage, result))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0, "the child hung or died"
+    assert "forked after its parent used the object store" in result.get(timeout=5)
+
+
+def test_in_fresh_process_reads_without_starting_the_client_here(tmp_path):
+    from pipeline.core.storage import in_fresh_process
+
+    Storage(tmp_path / "root").put("a", b"xyz")
+    assert in_fresh_process(_read_a, str(tmp_path / "root")) == b"xyz"
+
+
+def _read_a(root):
+    return Storage(root).get("a")

@@ -1,0 +1,89 @@
+"""Training reads a run from an object store (a real S3 API server on loopback) as it reads it from disk: the
+same items step by step, in both data orders, and the same preflight line; eval shards are left out there too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.core.config_load import load_config
+from pipeline.core.storage import Storage
+from tests.s3server import make_bucket, s3_env, s3_server
+from tests.train.synth import write_run
+from train.config import TrainConfig
+from train.data import shard_urls
+from train.preflight import check_training_data
+from train.trainer import train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same run on disk and in a bucket (uploaded file by file, as `aws s3 sync` would)."""
+    local = write_run(tmp_path_factory.mktemp("run"), samples=7, per_shard=3, conversations=2)
+    with s3_server(tmp_path_factory.mktemp("s3")) as endpoint:
+        make_bucket(endpoint, "runs")
+        env = s3_env(endpoint)
+        patch = pytest.MonkeyPatch()
+        for k, v in env.items():
+            patch.setenv(k, v)
+        bucket = Storage("s3://runs/run1")
+        for path in sorted(local.rglob("*")):
+            if path.is_file():
+                bucket.put(str(path.relative_to(local)), path.read_bytes())
+        yield local, "s3://runs/run1"
+        patch.undo()
+
+
+def config(shards, out, *extra) -> TrainConfig:
+    sets = [f"data.shards={shards}", f"output.dir={out}", "model.tiny=true", "model.video_pool_size=4",
+            "data.frames=2", "data.image_size=64", "data.num_workers=0", "optim.max_steps=8", "optim.precision=fp32",
+            "optim.lr.projector=0.002", "optim.lr.language_model=0.002", "output.log_every=1", "output.save_every=8",
+            *extra]
+    return load_config(None, sets, model=TrainConfig)
+
+
+def test_the_shard_list_and_preflight_read_the_bucket(runs):
+    local, remote = runs
+    assert [u.rpartition("/")[2] for u in shard_urls(remote)] == [u.rpartition("/")[2] for u in shard_urls(str(local))]
+    assert all(u.startswith("s3://runs/run1/shards/") for u in shard_urls(remote))
+    assert check_training_data(remote, 1) == check_training_data(str(local), 1)
+
+
+@pytest.mark.parametrize("order", ["shard_shuffle", "permutation"])
+def test_training_from_the_bucket_matches_training_from_disk(runs, tmp_path, order):
+    local, remote = runs
+    want = train(config(local, tmp_path / "local", f"data.order={order}"))["history"]
+    got = train(config(remote, tmp_path / "remote", f"data.order={order}"))["history"]
+    keys = ("step", "loss", "tokens", "items")
+    assert [{k: h[k] for k in keys} for h in got] == [{k: h[k] for k in keys} for h in want]
+    assert len(got) == 8
+
+
+def test_loader_workers_read_the_bucket(runs, tmp_path):
+    """`prolongvid train` with loader worker processes: the trainer lists the bucket in a spawned process, so the
+    workers it forks start the store's client themselves (a forked client would hang)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    local, remote = runs
+    root = Path(__file__).resolve().parents[2]
+
+    def history(shards, out):
+        sets = [f"data.shards={shards}", f"output.dir={out}", "model.video_pool_size=4", "data.frames=2",
+                "data.num_workers=2", "data.order=permutation", "optim.max_steps=6", "output.log_every=1",
+                "output.save_every=6"]
+        args = [sys.executable, "-m", "pipeline", "train", str(root / "configs/train/tiny_debug.yaml")]
+        for item in sets:
+            args += ["--set", item]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+    want, got = history(local, tmp_path / "local"), history(remote, tmp_path / "remote")
+    assert [(h["items"], h["loss"]) for h in got] == [(h["items"], h["loss"]) for h in want] and len(got) == 6
