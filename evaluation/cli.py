@@ -15,6 +15,12 @@ from shards.split import EVAL, TRAIN
 SPLITS = (EVAL, TRAIN, "all")
 
 
+def _is_run(bench: str) -> bool:
+    from pipeline.core.storage import is_remote
+
+    return is_remote(bench) or Path(bench).is_dir()
+
+
 def evaluate(checkpoint: str, bench: str, out: str | Path, frames: int | None = None, video_root: str | None = None,
              split: str = EVAL, limit: int | None = None, batch_size: int = 4, progress: bool = True) -> dict[str, Any]:
     """Evaluate one checkpoint on one benchmark and write its report into `out`; returns eval.json's content."""
@@ -26,14 +32,14 @@ def evaluate(checkpoint: str, bench: str, out: str | Path, frames: int | None = 
 
     questions = load_questions(bench, video_root, split)[: limit or None]
     if not questions:
-        raise ConfigError(f"BENCH: {bench} has no multiple-choice questions" + (f" in its {split} split" if Path(bench).is_dir() else ""))
+        raise ConfigError(f"BENCH: {bench} has no multiple-choice questions" + (f" in its {split} split" if _is_run(bench) else ""))
     evaluator = load_evaluator(checkpoint, frames)
     rows = []
     with tqdm(total=len(questions), desc="eval", unit="q", disable=not progress, file=sys.stderr) as bar:
         for row in evaluator.run(questions, batch_size):
             rows.append(row)
             bar.update(1)
-    info = {"checkpoint": evaluator.source, "bench": str(bench), "split": split if Path(bench).is_dir() else None,
+    info = {"checkpoint": evaluator.source, "bench": str(bench), "split": split if _is_run(bench) else None,
             "frames": evaluator.data.frames, "tokens_per_frame": evaluator.tokens_per_frame}  # fmt: skip
     return write_report(out, rows, info)
 
@@ -75,7 +81,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def add_eval_command(sub: Any) -> None:
     p = sub.add_parser("eval", help="multiple-choice accuracy of a checkpoint on a run's eval split or a Video-MME file")
     p.add_argument("checkpoint", nargs="?", help="a checkpoint dir or a training run dir (its latest checkpoint)")
-    p.add_argument("bench", nargs="?", help="a pipeline output dir (its eval split) or a Video-MME-shaped .parquet/.json")
+    p.add_argument("bench", nargs="?", help="a pipeline output dir, on disk or s3:// / gs:// / az:// (its eval split), or a Video-MME-shaped .parquet/.json")
     p.add_argument("--frames", type=int, metavar="K", help="frames a video (default: what the checkpoint trained with)")
     p.add_argument("--out", help="where eval.json, answers.jsonl and accuracy.png go (default: CHECKPOINT/eval)")
     p.add_argument("--video-root", help="folder the question file's videos are in (default: the file's folder)")

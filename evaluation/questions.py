@@ -16,8 +16,10 @@ from typing import Any, Callable
 
 from dense_caption.qa import LETTERS, conversation
 from pipeline.core.config_load import ConfigError
+from pipeline.core.storage import is_remote
 from shards.layout import RunDir, Sample
 from shards.reader import iter_tar_samples, read_shard_list
+from shards.remote import open_stream, remote_shard_list, shard_url
 from shards.split import EVAL, of_split
 from train.frames import pick_frames
 
@@ -51,10 +53,19 @@ def parse_options(prompt: str) -> list[str]:
     return [found[letter] for letter in LETTERS if letter in found]
 
 
-def run_questions(run_dir: str | Path, split: str = EVAL) -> list[Question]:
-    """The multiple-choice questions of a run's `split` (its `eval` shards; `train` or `all` for the rest)."""
+def _run_shards(run_dir: str | Path) -> tuple[list[dict[str, Any]], Callable[[str], Any]]:
+    """A run's shards.json records and how to open one of its tars (a path, or a stream from an object store)."""
+    if is_remote(run_dir):
+        root = str(run_dir)
+        return remote_shard_list(root) or [], lambda name: open_stream(shard_url(root, name))
     run = RunDir(run_dir)
-    listed = read_shard_list(run)
+    return read_shard_list(run), lambda name: run.shards / name
+
+
+def run_questions(run_dir: str | Path, split: str = EVAL) -> list[Question]:
+    """The multiple-choice questions of a run's `split` (its `eval` shards; `train` or `all` for the rest), from
+    a run folder on disk or on an object store (`s3://bucket/run1`)."""
+    listed, open_shard = _run_shards(run_dir)
     if not listed:
         raise ConfigError(f"BENCH: {run_dir} has no shards.json (not a pipeline output dir)")
     chosen = listed if split == "all" else of_split(listed, split)
@@ -62,7 +73,7 @@ def run_questions(run_dir: str | Path, split: str = EVAL) -> list[Question]:
         raise ConfigError(f"BENCH: {run_dir} has no eval split: rerun the pipeline with shards.eval_fraction > 0")
     questions: list[Question] = []
     for shard in chosen:
-        for key, members in iter_tar_samples(run.shards / shard["name"]):
+        for key, members in iter_tar_samples(open_shard(shard["name"])):
             sample = Sample(members, key)
             duration = duration_class(sample.meta.video.duration_s or None)  # 0: not known
             for number, record in enumerate(sample.conversations):
@@ -153,6 +164,8 @@ def decoded_frames(video: Path) -> Callable[[int, int], list[bytes]]:
 
 def load_questions(bench: str, video_root: str | None = None, split: str = EVAL) -> list[Question]:
     """A run dir (its `split`) or a Video-MME-shaped file."""
+    if is_remote(bench):
+        return run_questions(bench, split)  # a run folder on an object store
     path = Path(bench)
     if path.is_dir():
         return run_questions(path, split)

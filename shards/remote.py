@@ -24,21 +24,31 @@ def _split(url: str) -> tuple[Storage, str]:
     return Storage(parent), name
 
 
+def remote_shard_list(root: str) -> list[dict[str, Any]] | None:
+    """A remote run's shards.json records (each format version checked), or None when the prefix has none."""
+    import json
+
+    try:
+        listed = json.loads(Storage(root).get(SHARDS_FILE))
+    except NotFound:
+        return None
+    for record in listed:
+        check_version(str(record.get("format_version", LAYOUT1_VERSION)), f"shard {record.get('name')}")
+    return listed
+
+
+def shard_url(root: str, name: str) -> str:
+    return f"{Storage(root).root}/{SHARDS_DIR}/{name}"
+
+
 def remote_shard_urls(root: str, split: str | None = None) -> list[str]:
     """A remote run's shard URLs in shards.json order (only `split`'s when given); a prefix without a shard
     list: every `.tar` under its `shards/`, or under the prefix itself."""
-    import json
-
-    store = Storage(root)
-    try:
-        listed = json.loads(store.get(SHARDS_FILE))
-    except NotFound:
-        listed = None
+    listed = remote_shard_list(root)
     if listed:
-        for record in listed:
-            check_version(str(record.get("format_version", LAYOUT1_VERSION)), f"shard {record.get('name')}")
         chosen = listed if split is None else of_split(listed, split)
-        return [f"{store.root}/{SHARDS_DIR}/{s['name']}" for s in chosen]
+        return [shard_url(root, s["name"]) for s in chosen]
+    store = Storage(root)
     for prefix in (f"{SHARDS_DIR}/", ""):
         tars = [info.path for page in store.list_pages(prefix) for info in page
                 if info.path.endswith(".tar") and "/" not in info.path[len(prefix):]]

@@ -62,3 +62,16 @@ def s3_env(endpoint: str) -> dict[str, str]:
     """The environment a process needs to reach the server: the standard variables, nothing in any config."""
     return {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost", **({"HOME": os.environ["HOME"]} if "HOME" in os.environ else {})}
+
+
+def upload_tree(local: Path, url: str) -> list[str]:
+    """Every file under `local` put at the same relative name under `url` (what `aws s3 sync` does); the names."""
+    from pipeline.core.storage import Storage
+
+    bucket = Storage(url)
+    names = []
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            names.append(str(path.relative_to(local)))
+            bucket.put(names[-1], path.read_bytes())
+    return names

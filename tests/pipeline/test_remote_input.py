@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.storage import Storage
 from shards.layout import RunDir
 from shards.reader import iter_tar_samples, read_rejects
 from shards.verify import verify_run
 from tests.httpserver import http_server
-from tests.s3server import make_bucket, s3_env, s3_server
+from tests.s3server import make_bucket, s3_env, s3_server, upload_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -60,10 +59,7 @@ def test_an_object_store_prefix_runs_like_a_local_folder(layout, tmp_path, monke
         env = s3_env(endpoint)
         for k, v in env.items():
             monkeypatch.setenv(k, v)
-        bucket = Storage("s3://videos/raw")
-        for path in sorted(layout.rglob("*")):
-            if path.is_file():
-                bucket.put(str(path.relative_to(layout)), path.read_bytes())
+        upload_tree(layout, "s3://videos/raw")
         remote = run_cli(tmp_path, env, "input.path=s3://videos/raw/", f"output.dir={tmp_path / 'remote'}",
                          "input.allowed_roots=[s3://videos/raw/]")
         assert remote.returncode == 0, remote.stderr[-3000:]

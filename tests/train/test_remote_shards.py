@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.config_load import load_config
-from pipeline.core.storage import Storage
-from tests.s3server import make_bucket, s3_env, s3_server
+from tests.s3server import make_bucket, s3_env, s3_server, upload_tree
 from tests.train.synth import write_run
 from train.config import TrainConfig
 from train.data import shard_urls
@@ -29,10 +28,7 @@ def runs(tmp_path_factory):
         patch = pytest.MonkeyPatch()
         for k, v in env.items():
             patch.setenv(k, v)
-        bucket = Storage("s3://runs/run1")
-        for path in sorted(local.rglob("*")):
-            if path.is_file():
-                bucket.put(str(path.relative_to(local)), path.read_bytes())
+        upload_tree(local, "s3://runs/run1")
         yield local, "s3://runs/run1"
         patch.undo()
 
