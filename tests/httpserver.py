@@ -18,6 +18,7 @@ class Faults:
         self.resets: dict[str, int] = {}  # path -> requests to cut mid-body
         self.redirects: dict[str, str] = {}  # path -> Location
         self.requests: list[tuple[str, str]] = []  # (path, Range header)
+        self.signed: dict[str, str] = {}  # path -> the X-Amz-Signature a request must carry (else 403), as S3 checks
 
 
 def _handler(root: Path, faults: Faults):
@@ -31,6 +32,11 @@ def _handler(root: Path, faults: Faults):
             if path in faults.redirects:
                 self.send_response(302)
                 self.send_header("Location", faults.redirects[path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if path in faults.signed and f"X-Amz-Signature={faults.signed[path]}" not in self.path.partition("?")[2]:
+                self.send_response(403)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return

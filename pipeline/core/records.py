@@ -12,6 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from pipeline.core.redact import scrub_urls
+
 
 def _as_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
@@ -69,6 +71,11 @@ class Rejection:
     # input row ends as a sample's, a reject's or a skipped one, so rows add up to the input (`stats --verify`).
     source_row: int = -1
     source_rows: int = 1
+
+    def __post_init__(self) -> None:
+        # A URL's password and signature never reach the rejects table (nor a log that prints the reject).
+        object.__setattr__(self, "source", scrub_urls(self.source))
+        object.__setattr__(self, "detail", scrub_urls(self.detail))
 
     def to_dict(self) -> dict[str, Any]:
         return _as_dict(self)

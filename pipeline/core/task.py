@@ -17,6 +17,14 @@ from pipeline.core.records import Rejection, VideoMetrics
 FRAMES_PREFIX = "frames_"
 
 
+def signed_source(url: str) -> dict[str, str]:
+    """A task's `source` (and `fetch_url` when the URL carries a secret) for a source as given."""
+    from pipeline.core.redact import public_url
+
+    public = public_url(url)
+    return {"source": public, "fetch_url": url if public != url else ""}
+
+
 @dataclass
 class VideoTask:
     key: str
@@ -27,6 +35,9 @@ class VideoTask:
     source_row: int = -1  # the input row it came from (its first record) and how many rows it stands for
     source_rows: int = 1
     metrics: VideoMetrics = field(default_factory=VideoMetrics, repr=False)
+    # A signed URL as given (presigned, SAS, user:password): only the fetch stage reads it, then it is dropped.
+    # `source` is its public form (`pipeline.core.redact.public_url`), the one every table and sample names.
+    fetch_url: str = field(default="", repr=False)
 
     @property
     def rejected(self) -> bool:
@@ -47,6 +58,7 @@ class VideoTask:
             "source_row": self.source_row,
             "source_rows": self.source_rows,
             "metrics": json.dumps(self.metrics.to_dict()),
+            "fetch_url": self.fetch_url,
         }
         for name in set_names:
             row[FRAMES_PREFIX + name] = list(self.frames.get(name, []))
@@ -69,4 +81,5 @@ class VideoTask:
             source_row=int(row.get("source_row", -1)),
             source_rows=int(row.get("source_rows", 1)),
             metrics=VideoMetrics.from_dict(json.loads(row.get("metrics") or "{}")),
+            fetch_url=str(row.get("fetch_url") or ""),
         )

@@ -21,7 +21,7 @@ from pipeline.core.errors import Reason
 from pipeline.video.keyset import GrowingKeySet
 from pipeline.video.scratch import scratch_dir
 from pipeline.core.records import Rejection
-from pipeline.core.task import VideoTask
+from pipeline.core.task import VideoTask, signed_source
 
 SPILL_ROWS = 2000  # records buffered before an insert
 # The table's folder in the temp dir names the process that made it: a killed process leaves it, and the next
@@ -107,11 +107,12 @@ def _videos(db: sqlite3.Connection, chunk: int, key_for_path: Callable[[str], st
         return out
 
     for source, rel, conv, first, rows in db.execute(query):
-        if current is None or current.source != source:
+        if current is None or (current.fetch_url or current.source) != source:
             if len(tasks) >= chunk:
                 yield hand_on()
             key = key_for_path(rel)
-            current = VideoTask(key, source, {"video_rel": rel, "conversations": []}, source_row=first, source_rows=rows)
+            current = VideoTask(key, meta={"video_rel": rel, "conversations": []}, source_row=first, source_rows=rows,
+                                **signed_source(source))
             if key in tasks:
                 rejects.append(Rejection(source, "source", Reason.DUPLICATE_KEY.value,
                                          f"record {first}: key {key} already taken by record {firsts[key]}", key,

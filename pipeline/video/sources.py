@@ -24,12 +24,13 @@ from pipeline.core.errors import Reason, VideoError
 from pipeline.video.keyset import GrowingKeySet
 from pipeline.video.llava_source import llava_chunks
 from pipeline.video.manifests import LOADERS
+from pipeline.core.redact import public_url
 from pipeline.core.storage import is_remote
 from pipeline.video.opened import local_roots, url_prefixes
 from pipeline.video.paths import check_path_text, check_regular_file
 from pipeline.video.scratch import scratch_dir
 from pipeline.core.records import Rejection
-from pipeline.core.task import VideoTask
+from pipeline.core.task import VideoTask, signed_source
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 PATH_FIELDS = ("path", "video", "video_path")
@@ -358,6 +359,8 @@ def locate(rec: Any, n: int, base: Path | str, allowed: Bounds) -> tuple[str, st
         detail = e.detail if isinstance(e, VideoError) else f"{printable(raw)}: {e}"
         return Rejection(printable(raw), "source", reason.value, f"record {n}: {detail}", key_for_path(printable(raw)))
     source, rel = str(path), _rel(path, raw, base)
+    if isinstance(path, str):
+        rel = public_url(rel)  # keys and `video_rel` never carry a URL's signature
     if outside:
         return Rejection(source, "source", Reason.OUTSIDE_ALLOWED_ROOTS.value, outside, key_for_path(rel))
     return source, rel
@@ -385,7 +388,7 @@ def _to_tasks(
                                      f"record {n}: key {key} already taken by record {numbers[key]} ({first})", key, n))
             continue
         try:
-            tasks[key] = VideoTask(key, source, _manifest_meta(rec, rel, max_frames), source_row=n)
+            tasks[key] = VideoTask(key, meta=_manifest_meta(rec, rel, max_frames), source_row=n, **signed_source(source))
             numbers[key] = n
         except (ValueError, TypeError) as e:
             rejects.append(Rejection(source, "source", Reason.BAD_SOURCE.value, f"record {n}: {e}", key, n))

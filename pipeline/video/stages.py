@@ -51,7 +51,7 @@ class FetchStage(Stage):
             self._scratch.cleanup()
 
     def process(self, task: VideoTask) -> VideoTask:
-        url = task.source
+        url = task.fetch_url or task.source
         if not (is_remote(url) or is_http(url)):
             return task
         if is_http(url) and not self.http:
@@ -62,6 +62,7 @@ class FetchStage(Stage):
         dest = Path(self._scratch.name) / f"{task.key}{Path(url.split('?')[0]).suffix}"
         got = fetch(url, dest, self.cfg, listing.get("size"), listing.get("etag", ""), self.allowed_prefixes)
         task.meta["fetched"] = {"path": str(got.path), "bytes": got.bytes}
+        task.fetch_url = ""  # the signed URL goes no further than the fetch
         return task
 
     def release(self, task: VideoTask) -> None:
