@@ -77,6 +77,17 @@ class RangedFile(io.RawIOBase):
         self._size = self._store.head(self._name).size
         self._pos = 0
         self._buf_start, self._buf = 0, b""
+        self.requests, self.bytes_fetched = 1, 0  # the HEAD, then each ranged GET and its body (cost accounting)
+
+    def _get(self, start: int, end: int) -> bytes:
+        data = self._store.get_range(self._name, start, end)
+        self.requests += 1
+        self.bytes_fetched += len(data)
+        return data
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     def readable(self) -> bool:
         return True
@@ -99,7 +110,7 @@ class RangedFile(io.RawIOBase):
         end = self._buf_start + len(self._buf)
         if not (self._buf_start <= self._pos and self._pos + want <= end):
             self._buf_start = self._pos
-            self._buf = self._store.get_range(self._name, self._pos, min(self._size, self._pos + max(want, READ_AHEAD)))
+            self._buf = self._get(self._pos, min(self._size, self._pos + max(want, READ_AHEAD)))
         start = self._pos - self._buf_start
         b[:want] = self._buf[start:start + want]
         self._pos += want
@@ -107,7 +118,7 @@ class RangedFile(io.RawIOBase):
 
     def read_at(self, offset: int, size: int) -> bytes:
         """Exactly `size` bytes from `offset`, one request, outside the read-ahead buffer."""
-        return self._store.get_range(self._name, offset, offset + size)
+        return self._get(offset, offset + size)
 
 
 class _Stream(io.RawIOBase):
