@@ -11,7 +11,7 @@ from evaluation.questions import run_questions
 from pipeline.cli import main
 from tests.evaluation.mc_run import write_mc_run
 from tests.evaluation.test_eval_cli import tiny_checkpoint  # noqa: F401 (fixture)
-from tests.s3server import make_bucket, s3_env, s3_server, upload_tree
+from fixtures.s3server import make_bucket, s3_env, s3_server, upload_tree
 from tests.train.synth import write_run
 
 pytestmark = pytest.mark.slow

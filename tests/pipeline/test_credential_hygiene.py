@@ -14,7 +14,7 @@ from shards.layout import RunDir
 from shards.reader import read_rejects
 from tests.httpserver import http_server
 from tests.pipeline.test_remote_input import frames_by_key, run_cli
-from tests.s3server import CREDENTIALS, make_bucket, s3_env, s3_server, upload_tree
+from fixtures.s3server import CREDENTIALS, make_bucket, s3_env, s3_server, upload_tree
 
 
 def signed(base: str, path: str, signature: str, date: str = "20261207T000000Z") -> str:

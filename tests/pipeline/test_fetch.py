@@ -13,7 +13,7 @@ from pipeline.video.config_video import FetchConfig
 from pipeline.video.fetch import fetch
 from pipeline.video.scratch import scratch_dir, sweep_stale
 from tests.httpserver import http_server
-from tests.s3server import make_bucket, s3_env, s3_server
+from fixtures.s3server import make_bucket, s3_env, s3_server
 
 FAST = FetchConfig(max_bytes=1 << 20, timeout_s=10, retries=3, backoff_s=0.01)
 BODY = bytes(range(256)) * 1000  # 256000 bytes

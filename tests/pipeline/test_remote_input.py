@@ -17,7 +17,7 @@ from shards.layout import RunDir
 from shards.reader import iter_tar_samples, read_rejects
 from shards.verify import verify_run
 from tests.httpserver import http_server
-from tests.s3server import make_bucket, s3_env, s3_server, upload_tree
+from fixtures.s3server import make_bucket, s3_env, s3_server, upload_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.core.storage import AlreadyExists, NotFound, Storage, is_remote
-from tests.s3server import make_bucket, s3_env, s3_server
+from fixtures.s3server import make_bucket, s3_env, s3_server
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_remote_roots_are_told_apart():
 
 def test_credentials_from_the_shared_files_chain(s3_endpoint, tmp_path, monkeypatch):
     """No key in the environment: the shared credentials file (as boto3 reads it) is enough."""
-    from tests.s3server import CREDENTIALS
+    from fixtures.s3server import CREDENTIALS
 
     creds = tmp_path / "credentials"
     creds.write_text(f"[default]\naws_access_key_id = {CREDENTIALS['AWS_ACCESS_KEY_ID']}\n"

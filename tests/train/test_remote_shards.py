@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.config_load import load_config
-from tests.s3server import make_bucket, s3_env, s3_server, upload_tree
+from fixtures.s3server import make_bucket, s3_env, s3_server, upload_tree
 from tests.train.synth import write_run
 from train.config import TrainConfig
 from train.data import shard_urls
