@@ -76,7 +76,7 @@ def committed_in(run: RunDir, key: str) -> str | None:
     return shard if (run.ledger_shards / (shard + ".json")).exists() else None
 
 
-def _rewrite_without(path: Path, drop: set[str], fsync: bool) -> ShardInfo | None:
+def rewrite_without(path: Path, drop: set[str], fsync: bool) -> ShardInfo | None:
     """The shard at `path` rewritten without the samples in `drop` (None, and no file, if nothing is left)."""
     out = ShardFile(path.parent, path.stem + ".rewrite.tar", fsync=fsync)  # a crash leaves an unrecorded tar: cleaned
     kept = 0
@@ -111,7 +111,7 @@ def commit_shard(run: RunDir, generation: int, info: ShardInfo, rows: list[dict[
             raise StaleWriter(f"{tar.name}: written by run attempt {generation}, the run is at {current_generation(run)}")
         dupes = {r["key"] for r in rows if committed_in(run, r["key"])}
         if dupes:
-            info = _rewrite_without(tar, dupes, fsync)
+            info = rewrite_without(tar, dupes, fsync)
             rows = [r for r in rows if r["key"] not in dupes]
             if info is None:
                 return None, []

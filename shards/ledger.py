@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -81,7 +82,7 @@ def write_shard_record(run: RunDir, shard: dict[str, Any], rows: list[dict[str, 
     write_atomic(run.ledger_shards / (shard["name"] + ".json"), json.dumps(record).encode())
 
 
-def _reject_row(r: dict[str, Any]) -> dict[str, Any]:
+def reject_row(r: dict[str, Any]) -> dict[str, Any]:
     row, rows = r.get("source_row"), r.get("source_rows")  # absent in an older ledger's parts
     return {**{c: str(r.get(c) or "") for c in REJECT_COLUMNS},
             "source_row": -1 if row is None else int(row), "source_rows": 1 if rows is None else int(rows)}
@@ -89,7 +90,7 @@ def _reject_row(r: dict[str, Any]) -> dict[str, Any]:
 
 def write_rejects_part(run: RunDir, rows: list[dict[str, Any]]) -> None:
     if rows:
-        table = pa.Table.from_pylist([_reject_row(r) for r in rows], schema=REJECTS_SCHEMA)
+        table = pa.Table.from_pylist([reject_row(r) for r in rows], schema=REJECTS_SCHEMA)
         write_parquet_atomic(run.ledger_rejects / f"{uuid.uuid4().hex}.parquet", table)
 
 
@@ -134,12 +135,12 @@ def reject_rows(run: RunDir) -> list[dict[str, Any]]:
         except (OSError, ValueError, pa.ArrowException):
             continue  # a part a power loss left empty or cut: its videos are simply redone (clean removes it)
     seen: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in map(_reject_row, rows):  # a crash may leave an old part beside its rewrite: the same row twice
-        seen[_reject_identity(row)] = row
+    for row in map(reject_row, rows):  # a crash may leave an old part beside its rewrite: the same row twice
+        seen[reject_identity(row)] = row
     return list(seen.values())
 
 
-def _reject_identity(row: dict[str, Any]) -> tuple[Any, ...]:
+def reject_identity(row: dict[str, Any]) -> tuple[Any, ...]:
     """What makes a reject one input row's: its row number and source; a row of an older ledger (no number) by key."""
     if row["source_row"] >= 0:
         return row["source_row"], row["source"]
@@ -301,9 +302,18 @@ def index_rows(run: RunDir) -> list[dict[str, Any]]:
     return [row for rec in shard_records(run) for row in rec["rows"]]
 
 
-def write_tables(run: RunDir) -> tuple[int, int]:
-    """Rebuild index.parquet and rejects.parquet from the ledger; returns (samples, rejects)."""
-    records = shard_records(run)  # read once: the index, the embeddings and shards.json all come from them
+@dataclass(frozen=True)
+class RunTables:
+    """What a run's records and rejects make: the files readers read (built the same for a folder or a bucket)."""
+
+    index: pa.Table
+    embeddings: pa.Table | None
+    shards: list[dict[str, Any]]
+    rejects: pa.Table
+
+
+def build_tables(records: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> RunTables:
+    """index.parquet, embeddings.parquet, shards.json and rejects.parquet from the committed shard records."""
     rows = sorted((row for rec in records for row in rec["rows"]), key=lambda r: (r["shard"], r["key"]))
     seen: dict[str, str] = {}
     for row in rows:
@@ -311,20 +321,29 @@ def write_tables(run: RunDir) -> tuple[int, int]:
             raise DuplicateKeys(f"key {row['key']} is committed in {seen[row['key']]} and {row['shard']}: "
                                 "the run directory is corrupt; `prolongvid run CONFIG --repair` redoes those samples")
     embedded = [(r["key"], r["embedding"]) for r in rows if r.get("embedding")]
-    write_parquet_atomic(run.index, _index_table(rows))  # without the embeddings: they go to their own table
+    embeddings = None
     if embedded:
         keys, vectors = zip(*embedded)
-        table = pa.table({"key": pa.array(keys, pa.string()), "embedding": pa.array(vectors, pa.list_(pa.float32()))})
-        write_parquet_atomic(run.embeddings, table)
+        embeddings = pa.table({"key": pa.array(keys, pa.string()), "embedding": pa.array(vectors, pa.list_(pa.float32()))})
+    shards = [{"format_version": LAYOUT1_VERSION, **{k: v for k, v in rec.items() if k not in ("rows", "replaces")},
+               **({"split": rec["rows"][0]["split"]} if rec["rows"] and rec["rows"][0].get("split") else {})}
+              for rec in records]  # a held-out shard says so
+    ordered = sorted(rejects, key=lambda r: r["source"])
+    return RunTables(_index_table(rows), embeddings, shards,  # the index without the embeddings: their own table
+                     pa.Table.from_pylist(ordered, schema=REJECTS_SCHEMA))
+
+
+def write_tables(run: RunDir) -> tuple[int, int]:
+    """Rebuild index.parquet and rejects.parquet from the ledger; returns (samples, rejects)."""
+    tables = build_tables(shard_records(run), reject_rows(run))  # records read once
+    write_parquet_atomic(run.index, tables.index)
+    if tables.embeddings is not None:
+        write_parquet_atomic(run.embeddings, tables.embeddings)
     else:
         run.embeddings.unlink(missing_ok=True)
-    shards = [{"format_version": LAYOUT1_VERSION, **{k: v for k, v in rec.items() if k != "rows"},  # held-out: says so
-               **({"split": rec["rows"][0]["split"]} if rec["rows"] and rec["rows"][0].get("split") else {})}
-              for rec in records]
-    write_atomic(run.shards_json, json.dumps(shards, indent=1).encode())
-    rejects = sorted(reject_rows(run), key=lambda r: r["source"])
-    write_parquet_atomic(run.rejects, pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA))
-    return len(rows), len(rejects)
+    write_atomic(run.shards_json, json.dumps(tables.shards, indent=1).encode())
+    write_parquet_atomic(run.rejects, tables.rejects)
+    return tables.index.num_rows, tables.rejects.num_rows
 
 
 def _index_table(rows: list[dict[str, Any]]) -> pa.Table:

@@ -34,6 +34,10 @@ class NotFound(StorageError):
     """No object at that path."""
 
 
+class Conflict(StorageError):
+    """A conditional replace (`if_match`) found another version there: someone else wrote it in between."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     path: str  # relative to the storage's root, "/"-separated
@@ -85,24 +89,37 @@ class Storage:
         return f"{self.root}/{path}"
 
     def _call(self, what: str, path: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        from obstore.exceptions import AlreadyExistsError, NotFoundError
+        from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
 
         _check_not_forked(self.url(path))
         try:
             return fn(self._store, path, *args, **kwargs)
         except AlreadyExistsError:
             raise AlreadyExists(f"{self.url(path)} already exists") from None
+        except PreconditionError:
+            raise Conflict(f"{self.url(path)} changed since it was read") from None
         except (NotFoundError, FileNotFoundError):
             raise NotFound(f"{self.url(path)}: no such object") from None
         except Exception as e:  # the library retried already: name the call and the object
             raise StorageError(f"{what} {self.url(path)}: {type(e).__name__}: {e}") from e
 
-    def put(self, path: str, data: bytes, create_only: bool = False) -> None:
-        """Write `data` whole (a reader never sees part of it); `create_only` raises `AlreadyExists` instead of
-        replacing an object that is there (the commit point of a run's ledger)."""
+    def put(self, path: str, data: bytes | Path, create_only: bool = False, if_match: str = "") -> str:
+        """Write `data` (bytes, or a local file streamed up in parts when large) whole: a reader never sees part of
+        it. `create_only` raises `AlreadyExists` instead of replacing an object that is there (a commit point);
+        `if_match` replaces only the version with that ETag, else raises `Conflict` (a lease's compare-and-swap).
+        Returns the new version's ETag ("" where the store has none)."""
         import obstore
 
-        self._call("put", path, obstore.put, data, mode="create" if create_only else "overwrite")
+        mode: Any = {"e_tag": if_match} if if_match else "create" if create_only else "overwrite"
+        result = self._call("put", path, obstore.put, data, mode=mode)
+        return str((result or {}).get("e_tag") or "")
+
+    def get_versioned(self, path: str) -> tuple[bytes, str]:
+        """An object's bytes and the ETag of that version (for a later `put(..., if_match=etag)`)."""
+        import obstore
+
+        result = self._call("get", path, obstore.get)
+        return bytes(result.bytes()), str(result.meta.get("e_tag") or "")
 
     def get(self, path: str) -> bytes:
         import obstore

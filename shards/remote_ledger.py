@@ -1,0 +1,282 @@
+"""The ledger of a run folder on an object store (`s3://bucket/run1`): exactly once without rename and without a
+lock file, built on the two conditional writes S3, GCS, MinIO and R2 honour: create-only (`If-None-Match: *`) and
+compare-and-swap (`If-Match: <etag>`).
+
+- The run lease (`.ledger/lease.json`): one driver at a time. Taken by a create-only write, or by a compare-and-swap
+  over a lease that was released or not renewed within its `ttl_s`; each taking starts a new generation. The
+  holder renews it by compare-and-swap: a holder whose swap fails has lost it and must stop.
+- A commit: the writer uploads its tar under the attempt's own name (`shards/<writer name>.tar`; a killed upload
+  leaves no object, or an unrecorded one), then writes the shard's record create-only
+  (`.ledger/shards/<name>.json`): that write is the commit point. A writer whose generation is not the lease's
+  commits nothing (the check is repeated just before the commit point).
+- Settling (the lease holder, at the start and the end of a run): a rewrite whose record says `replaces` finishes
+  (the replaced record and tar go); a record whose tar is gone is dropped (its videos are redone); a key that two
+  committed records hold stays in the first by (generation, name) and the later tar is rewritten without it (new
+  name, new record with `replaces`, then the old record and tar go: a crash in between is finished by the next
+  settle); a writer's tar that no record names is removed. Only then are `shards.json` and the tables written:
+  readers read `shards.json`, so they never see an unsettled or uncommitted shard.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.core.records import Rejection
+from pipeline.core.storage import AlreadyExists, Conflict, NotFound, Storage
+from shards.commit import StaleWriter, rewrite_without
+from shards.layout import EMBEDDINGS_FILE, INDEX_FILE, LEDGER_DIR, REJECTS_FILE, SHARDS_DIR, SHARDS_FILE
+from shards.ledger import REJECTS_SCHEMA, reject_identity, reject_row, build_tables
+from shards.runfolder import MARKER_FILE, MARKER_FORMAT, WRITER_NAME, RefusedFolder
+from shards.tarwriter import ShardInfo
+
+LEASE = f"{LEDGER_DIR}/lease.json"
+MARKER = f"{LEDGER_DIR}/{MARKER_FILE}"
+RECORDS = f"{LEDGER_DIR}/shards/"
+REJECT_PARTS = f"{LEDGER_DIR}/rejects/"
+_SETTLED = re.compile(r"\.s[0-9a-f]{8}$")  # a settle's rewrite: `<writer name>.s<8 hex>.tar`
+
+
+class RunInProgress(RuntimeError):
+    """Another driver holds the run's lease and renewed it within its time to live."""
+
+
+class LeaseLost(RuntimeError):
+    """The lease was taken over (this driver stalled past its time to live): it must stop writing."""
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Lease:
+    store: Storage
+    owner: str
+    generation: int
+    ttl_s: float
+    etag: str
+    clock: Callable[[], float] = field(default=time.time, repr=False)
+
+    def body(self, released: bool = False) -> bytes:
+        return json.dumps({"owner": self.owner, "generation": self.generation, "renewed_at": self.clock(),
+                           "ttl_s": self.ttl_s, "released": released}).encode()
+
+    def renew(self) -> None:
+        try:
+            self.etag = self.store.put(LEASE, self.body(), if_match=self.etag)
+        except (Conflict, NotFound):
+            raise LeaseLost(f"{self.store.url(LEASE)}: taken over by another driver") from None
+
+    @contextmanager
+    def kept(self) -> Iterator["Lease"]:
+        """Renew every quarter of the time to live while the block runs; released at its end. A renewal that finds
+        the lease taken over stops renewing and is raised at the end (the block's writes belong to a dead attempt)."""
+        stop, lost = threading.Event(), []
+
+        def renew() -> None:
+            while not stop.wait(self.ttl_s / 4):
+                try:
+                    self.renew()
+                except LeaseLost as e:
+                    lost.append(e)
+                    return
+                except Exception:  # a store hiccup: the next renewal tries again, well within the time to live
+                    continue
+
+        thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+            if lost:
+                raise lost[0]
+            self.renew()  # still ours at the end (raises LeaseLost if not), then free
+            self.release()
+
+    def release(self) -> None:
+        """Mark the lease free (a later run takes it at once); one taken over already is left as it is."""
+        try:
+            self.etag = self.store.put(LEASE, self.body(released=True), if_match=self.etag)
+        except (Conflict, NotFound):
+            pass
+
+
+def claim_folder(store: Storage) -> None:
+    """A prefix with objects but no run marker is someone else's: refuse it; an empty one becomes a run folder."""
+    if store.exists(MARKER):
+        return
+    first = next((info.path for page in store.list_pages() for info in page[:1]), None)
+    if first is not None:
+        raise RefusedFolder(f"output.dir {store.root} holds objects ({first}) but is not a run folder (no {MARKER})")
+    try:
+        store.put(MARKER, json.dumps({"format": MARKER_FORMAT, "created": time.time()}).encode(), create_only=True)
+    except AlreadyExists:
+        pass  # another driver made it a run folder a moment ago: the lease decides who runs
+
+
+def take_lease(store: Storage, ttl_s: float = 600.0, clock: Callable[[], float] = time.time) -> Lease:
+    """The run's lease with a new generation; raises RunInProgress while another driver holds it."""
+    lease = Lease(store, owner_id(), 1, ttl_s, "", clock)
+    try:
+        lease.etag = store.put(LEASE, lease.body(), create_only=True)
+        return lease
+    except AlreadyExists:
+        pass
+    data, etag = store.get_versioned(LEASE)
+    held = json.loads(data)
+    age = clock() - float(held.get("renewed_at", 0))
+    if not held.get("released") and age < float(held.get("ttl_s", ttl_s)):
+        raise RunInProgress(f"{store.root} is being written by {held.get('owner')} (lease renewed {age:.0f} s ago, "
+                            f"time to live {held.get('ttl_s')} s)")
+    lease.generation = int(held.get("generation", 0)) + 1
+    try:
+        lease.etag = store.put(LEASE, lease.body(), if_match=etag)
+    except (Conflict, NotFound):
+        raise RunInProgress(f"{store.root}: another driver took the lease just now") from None
+    return lease
+
+
+def lease_generation(store: Storage) -> int:
+    try:
+        return int(json.loads(store.get(LEASE)).get("generation", 0))
+    except NotFound:
+        return 0
+
+
+def commit_shard(store: Storage, generation: int, tar: Path, info: ShardInfo, rows: list[dict[str, Any]]) -> None:
+    """Upload a finished local tar and commit it with its index rows (raises StaleWriter, leaving nothing)."""
+    name = f"{SHARDS_DIR}/{info.name}"
+    if lease_generation(store) != generation:
+        raise StaleWriter(f"{info.name}: written by run attempt {generation}, the run is at {lease_generation(store)}")
+    store.put(name, tar, create_only=True)
+    if lease_generation(store) != generation:
+        store.delete(name)
+        raise StaleWriter(f"{info.name}: written by run attempt {generation}, the run is at {lease_generation(store)}")
+    record = {**info.__dict__, "rows": rows, "generation": generation}
+    store.put(f"{RECORDS}{info.name}.json", json.dumps(record).encode(), create_only=True)  # the commit point
+
+
+def commit_rejects(store: Storage, generation: int, rejects: list[Rejection]) -> bool:
+    if not rejects:
+        return True
+    if lease_generation(store) != generation:
+        return False
+    table = pa.Table.from_pylist([reject_row(r.to_dict()) for r in rejects], schema=REJECTS_SCHEMA)
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    store.put(f"{REJECT_PARTS}{uuid.uuid4().hex}.parquet", out.getvalue(), create_only=True)
+    return True
+
+
+def shard_records(store: Storage) -> list[dict[str, Any]]:
+    """Every committed record (unsettled: a key may still be in two), in name order."""
+    found = []
+    for page in store.list_pages(RECORDS):
+        for info in page:
+            if info.path.endswith(".json"):
+                try:
+                    record = json.loads(store.get(info.path))
+                except (NotFound, ValueError):
+                    continue  # removed by a settle meanwhile
+                if isinstance(record, dict) and "name" in record and "rows" in record:
+                    found.append(record)
+    return sorted(found, key=lambda r: r["name"])
+
+
+def reject_rows(store: Storage) -> list[dict[str, Any]]:
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for page in store.list_pages(REJECT_PARTS):
+        for info in page:
+            for row in pq.read_table(io.BytesIO(store.get(info.path))).to_pylist():
+                row = reject_row(row)
+                seen[reject_identity(row)] = row  # a retried writer's second copy of the same reject
+    return list(seen.values())
+
+
+def _drop(store: Storage, name: str) -> None:
+    store.delete(f"{RECORDS}{name}.json")  # the record first: a tar without a record is an orphan, cleaned later
+    store.delete(f"{SHARDS_DIR}/{name}")
+
+
+def settle(store: Storage) -> dict[str, int]:
+    """Finish rewrites, drop records whose tar is gone, take duplicate keys out of later shards, remove orphans."""
+    done = {"replaced": 0, "lost": 0, "deduplicated": 0, "orphans": 0}
+    records = {r["name"]: r for r in shard_records(store)}
+    for record in list(records.values()):
+        old = record.get("replaces")
+        if old in records:
+            _drop(store, old)
+            records.pop(old)
+            done["replaced"] += 1
+    tars = _tars(store)
+    for name in [n for n in records if n not in tars]:
+        store.delete(f"{RECORDS}{name}.json")
+        records.pop(name)
+        done["lost"] += 1
+    holder: dict[str, str] = {}
+    for record in sorted(records.values(), key=lambda r: (int(r.get("generation", 0)), r["name"])):
+        dupes = {row["key"] for row in record["rows"] if holder.setdefault(row["key"], record["name"]) != record["name"]}
+        if dupes:
+            _rewrite(store, record, dupes)
+            done["deduplicated"] += len(dupes)
+    named = {r["name"] for r in shard_records(store)}
+    for name in _tars(store) - named:
+        if WRITER_NAME.fullmatch(_SETTLED.sub("", name[:-4]) + ".tar"):  # only what a writer or a settle names
+            store.delete(f"{SHARDS_DIR}/{name}")
+            done["orphans"] += 1
+    return done
+
+
+def _tars(store: Storage) -> set[str]:
+    return {info.path[len(SHARDS_DIR) + 1:] for page in store.list_pages(f"{SHARDS_DIR}/") for info in page}
+
+
+def _rewrite(store: Storage, record: dict[str, Any], drop: set[str]) -> None:
+    """The record's tar without `drop`, committed under a new name that replaces it; then the old one goes."""
+    old = record["name"]
+    with tempfile.TemporaryDirectory(prefix="prolongvid-settle-") as tmp:
+        path = Path(tmp) / old
+        with open(path, "wb") as f:
+            for chunk in store.stream(f"{SHARDS_DIR}/{old}"):
+                f.write(chunk)
+        info = rewrite_without(path, drop, fsync=False)
+        if info is not None:
+            name = f"{_SETTLED.sub('', old[:-4])}.s{uuid.uuid4().hex[:8]}.tar"
+            store.put(f"{SHARDS_DIR}/{name}", path, create_only=True)
+            rows = [{**row, "shard": name} for row in record["rows"] if row["key"] not in drop]
+            new = {**record, **ShardInfo(name, info.sha256, info.bytes, info.samples, record.get("format_version",
+                   info.format_version)).__dict__, "rows": rows, "replaces": old}  # fmt: skip
+            store.put(f"{RECORDS}{name}.json", json.dumps(new).encode(), create_only=True)
+    _drop(store, old)
+
+
+def write_tables(store: Storage) -> tuple[int, int]:
+    """shards.json, index.parquet, embeddings.parquet and rejects.parquet from the settled ledger."""
+    tables = build_tables(shard_records(store), reject_rows(store))
+    for name, table in ((INDEX_FILE, tables.index), (REJECTS_FILE, tables.rejects), (EMBEDDINGS_FILE, tables.embeddings)):
+        if table is None:
+            store.delete(name)
+            continue
+        out = io.BytesIO()
+        pq.write_table(table, out)
+        store.put(name, out.getvalue())
+    store.put(SHARDS_FILE, json.dumps(tables.shards, indent=1).encode())  # last: what readers go by
+    return tables.index.num_rows, tables.rejects.num_rows
