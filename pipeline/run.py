@@ -32,6 +32,7 @@ from shards.commit import begin_generation, commit_lock
 from shards import ledger
 from shards.dedup_apply import finish_journal
 from shards.layout import RunDir
+from shards.target import LocalTarget
 from shards.rows import row_totals
 from shards.runfolder import claim, release_unused
 
@@ -210,7 +211,8 @@ def _run(plan: RunPlan, run: RunDir, sources: SourceStream, chunks: Iterable[Sou
     state = resume_state(run, retry_reasons, repair)
     write_resolved_config(cfg, run.root)
 
-    done = dispatch(plan, run, generation, chunks, state, started.strftime("%Y%m%d%H%M%S"), lambda: init_ray(cfg))
+    done = dispatch(plan, LocalTarget(run.root), generation, chunks, state, started.strftime("%Y%m%d%H%M%S"),
+                    lambda: init_ray(cfg))
     log.info("%d sources (%s): %d dispatched, %d already done", sources.tasks_seen, plan.input_kind, done.dispatched,
              done.skipped)
     cluster: dict[str, float] = {}

@@ -16,8 +16,7 @@ from pipeline.core.records import WriteTotals
 from pipeline.resume import ResumeState
 from pipeline.video.sources import CHUNK, SourceChunk
 from pipeline.core.task import VideoTask
-from shards.commit import commit_rejects
-from shards.layout import RunDir
+from shards.target import LocalTarget, RemoteTarget
 
 if TYPE_CHECKING:
     from pipeline.run_plan import RunPlan
@@ -35,8 +34,8 @@ class Dispatched:
     waves: int = 0
 
 
-def dispatch(plan: RunPlan, run: RunDir, generation: int, chunks: Iterable[SourceChunk], state: ResumeState,
-             run_stamp: str, start_ray: Callable[[], None]) -> Dispatched:
+def dispatch(plan: RunPlan, target: LocalTarget | RemoteTarget, generation: int, chunks: Iterable[SourceChunk],
+             state: ResumeState, run_stamp: str, start_ray: Callable[[], None]) -> Dispatched:
     """Run every task of `chunks` that is not done through the graph; commit every fresh source reject."""
     out = Dispatched()
     wave: list[VideoTask] = []
@@ -58,7 +57,7 @@ def dispatch(plan: RunPlan, run: RunDir, generation: int, chunks: Iterable[Sourc
     for chunk in chunks:
         fresh = state.fresh(chunk.rejects)
         if fresh:
-            commit_rejects(run, generation, fresh)
+            target.commit_rejects(generation, fresh)
             out.totals.count_rejects(r.reason for r in fresh)
         todo = state.todo(chunk.tasks)
         out.skipped += len(chunk.tasks) - len(todo)

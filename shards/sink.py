@@ -9,8 +9,6 @@ collide. Rejected videos arrive here too and become one rejects part per task.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 import uuid
 from typing import Any, Iterable
@@ -23,10 +21,10 @@ from pipeline.core.sample import Conversation, SampleMeta
 from pipeline.core.sample_io import conversation_from_record, meta_from_sections
 from pipeline.core.task import VideoTask
 from shards.config import ShardsConfig
-from shards.layout import RunDir, build_sample
-from shards.commit import commit_rejects, commit_shard, committed_in
+from shards.layout import build_sample
 from shards.split import EVAL, split_of
 from shards.runfolder import writer_shard_name
+from shards.target import shard_target
 from shards.tarwriter import ShardFile
 
 
@@ -73,32 +71,6 @@ def index_row(task: VideoTask, meta: SampleMeta, shard: str, nbytes: int) -> dic
     return row
 
 
-FAULT_KILL_AFTER_COMMIT = "fault-kill-writer-after-commit"
-
-
-def _injected_kill(run: RunDir) -> None:
-    """The chaos tests' hook: if `.ledger/fault-kill-writer-after-commit` exists, the first writer to remove it
-    dies at once (SIGKILL, as the OOM killer would), right after a commit and before its task ends."""
-    try:
-        (run.ledger / FAULT_KILL_AFTER_COMMIT).unlink()
-    except FileNotFoundError:
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-FAULT_PAUSE_BEFORE_COMMIT = "fault-pause-writer-before-commit"
-
-
-def _injected_pause(run: RunDir) -> None:
-    """The chaos tests' hook: while `.ledger/fault-pause-writer-before-commit` exists, every writer waits the
-    seconds it names with its shard still open, so a test can take the writer's node away at that moment."""
-    try:
-        seconds = float((run.ledger / FAULT_PAUSE_BEFORE_COMMIT).read_text() or 0)
-    except (FileNotFoundError, ValueError):
-        return
-    time.sleep(min(seconds, 60.0))
-
-
 class ShardSink(Datasink):
     def __init__(self, out_dir: str, shards: ShardsConfig, run_stamp: str, generation: int):
         self.out_dir = out_dir
@@ -115,7 +87,8 @@ class ShardSink(Datasink):
         return "WriteShards"
 
     def write(self, blocks: Iterable[Any], ctx: Any) -> WriteTotals:
-        run = RunDir(self.out_dir).make()
+        target = shard_target(self.out_dir)
+        folder = target.open()
         task_idx, uid = getattr(ctx, "task_idx", 0), uuid.uuid4().hex[:8]
         summary = WriteTotals()
         rejects: list[Rejection] = []
@@ -129,13 +102,13 @@ class ShardSink(Datasink):
             current = open_shards.pop(split, None)
             if current is None:
                 return
-            _injected_pause(run)
+            target.pause_before_commit()
             info = current.close()
             # The commit point: refused for an older run attempt, and a key already committed is dropped.
-            committed, kept = commit_shard(run, self.generation, info, rows.pop(split, []), fsync=self.cfg.fsync)
+            committed, kept = target.commit(self.generation, info, rows.pop(split, []), fsync=self.cfg.fsync)
             if committed is not None:
                 summary.shards.append(committed.__dict__)
-            _injected_kill(run)
+            target.kill_after_commit()
             summary.samples += len(kept)
             summary.frames += sum(r["frames_stored"] for r in kept)
 
@@ -148,7 +121,7 @@ class ShardSink(Datasink):
                     if task.error is not None:
                         rejects.append(task.error)
                         continue
-                    if committed_in(run, task.key):  # a retried task's second copy: the first is in the run
+                    if target.committed_in(task.key):  # a retried task's second copy: the first is in the run
                         summary.already_committed += 1
                         continue
                     split = split_of(task.key, self.cfg.eval_fraction)
@@ -162,7 +135,7 @@ class ShardSink(Datasink):
                         finish(split)
                     if split not in open_shards:
                         name = writer_shard_name(self.cfg.prefix, self.run_stamp, task_idx, uid, split == EVAL, seq)
-                        open_shards[split] = ShardFile(run.shards, name, fsync=self.cfg.fsync)
+                        open_shards[split] = ShardFile(folder, name, fsync=self.cfg.fsync)
                         seq += 1
                     current = open_shards[split]
                     current.write(sample)
@@ -171,11 +144,13 @@ class ShardSink(Datasink):
                     rows.setdefault(split, []).append({**row, "split": split} if held_out else row)
             for split in sorted(open_shards):
                 finish(split)
+            target.commit_rejects(self.generation, rejects)
         except BaseException:
             for current in open_shards.values():
                 current.abort()
             raise
-        commit_rejects(run, self.generation, rejects)
+        finally:
+            target.close()
         summary.count_rejects(r.reason for r in rejects)
         summary.add_time("write", time.perf_counter() - start, summary.samples)
         summary.last_written_at = time.time()

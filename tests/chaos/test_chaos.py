@@ -25,7 +25,7 @@ from fixtures.videos import SynthVideo, make_video
 from shards.layout import RunDir, Sample
 from shards.reader import iter_tar_samples
 from shards.runfolder import claim
-from shards.sink import FAULT_KILL_AFTER_COMMIT, FAULT_PAUSE_BEFORE_COMMIT
+from shards.target import FAULT_KILL_AFTER_COMMIT, FAULT_PAUSE_BEFORE_COMMIT
 from tests.chaos.cluster import NODE_IP, ROOT, Cluster, Namespace, namespaces_available
 from tests.contents import assert_clean, content
 

@@ -23,7 +23,7 @@ from fixtures.videos import SynthVideo, make_video
 from pipeline.run import run_pipeline
 from shards.layout import RunDir
 from shards.runfolder import claim
-from shards.sink import FAULT_KILL_AFTER_COMMIT
+from shards.target import FAULT_KILL_AFTER_COMMIT
 from tests.conftest import pipeline_config
 from tests.contents import assert_clean, content
 

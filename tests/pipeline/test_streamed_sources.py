@@ -75,6 +75,7 @@ def test_waves_feed_the_graph_chunk_by_chunk(tmp_path, monkeypatch):
     import pipeline.graph
     import pipeline.waves as waves
     from shards.layout import RunDir
+    from shards.target import LocalTarget
 
     (tmp_path / "m.jsonl").write_text("".join(json.dumps({"path": f"v{i}.mp4"}) + "\n" for i in range(25)))
     monkeypatch.setattr(waves, "CHUNK", 4)
@@ -86,7 +87,7 @@ def test_waves_feed_the_graph_chunk_by_chunk(tmp_path, monkeypatch):
     done_key = load_sources(cfg_for(tmp_path / "m.jsonl")).tasks[0].key
     state = ResumeState(KeySet.build([done_key]), KeySet.build([]), KeySet.build([]))
     stream = open_sources(cfg_for(tmp_path / "m.jsonl"), chunk=4)
-    out = waves.dispatch(None, run, 1, stream.chunks(), state, "stamp", lambda: None)
+    out = waves.dispatch(None, LocalTarget(run.root), 1, stream.chunks(), state, "stamp", lambda: None)
     assert sizes == [3, 8, 10, 3] and out.skipped == 1 and out.dispatched == 24 and out.waves == 4
 
 
