@@ -4,9 +4,9 @@ measured in the same run. The server shares this host's cores with the work, so 
   pipeline  `run_pipeline` (llm off) on N copies of a video, input a local folder, then `s3://bench/videos/`
             (no `input.allowed_roots`), then the local folder again: the mean of the two local runs is the
             baseline (this host's speed drifts; the drift is printed). An untimed local run goes first: the
-            first run pays for starting Ray's workers. Output: local disk both times (a run
-            folder on object storage is not built yet). The fetch stage's bytes come from the server's access
-            log: each whole-object GET of a video counts its size (the log gives no byte counts).
+            first run pays for starting Ray's workers. Output: local disk both times (a run folder on object
+            storage is not built yet). The fetch stage's bytes come from the server's access log: each
+            whole-object GET of a video counts its size (the log gives no byte counts).
   fetch     a short and a long low-resolution video (h264, encoder's keyframe interval, index at the end),
             two ways to get the default sampling's frames (`sampling.sets`: every set's frames, and the shard
             set alone, planned by `plan_frame_set` on the video's constant-rate index):
@@ -17,9 +17,11 @@ measured in the same run. The server shares this host's cores with the work, so 
             interval ahead, else decode on, one thread, no resize or JPEG. The numbers only, no verdict.
             "server ms/GET" is the median 64 KiB ranged GET of the object: moto's cost per request grows with
             the object's size, so ranged wall times here say more about the server than about S3.
-  train     `train.trainer.train` (tiny model, `data.num_workers=0`) on the pipeline's shards on disk and in
-            the bucket, `data.order` shard_shuffle and permutation; samples/s over the steps after 3 of warmup,
-            and the requests and bytes the trainer's storage calls made (counted in this process).
+  train     `train.trainer.train` (tiny model, one torch thread, `data.num_workers=0`) on the pipeline's shards
+            on disk and in the bucket, `data.order` shard_shuffle and permutation, each order local, s3, local
+            again (the mean of the two local runs is the base), after an untimed short run; samples/s over the
+            steps after 3 of warmup, and the requests and bytes the trainer's storage calls made (counted in
+            this process).
 Targets: s3 / local >= 0.9 for pipeline videos/hour and for each order's training samples/s.
 """
 
@@ -117,9 +119,11 @@ def pipeline_run(source: str, out: Path, cpus: int) -> dict:
     from pipeline.run import run_pipeline
 
     summary = run_pipeline(cfg, force=True)
+    this = json.loads((out / "run.json").read_text())["this_run"]
     return {"input": "s3" if source.startswith("s3://") else "local", "videos": summary.accepted,
-            "rejected": summary.rejected, "wall_s": round(summary.wall_s, 2),
-            "videos_per_hour": round(summary.videos_per_hour, 1)}  # fmt: skip
+            "rejected": summary.rejected, "wall_s": round(summary.wall_s, 2), "window_s": this["window_s"],
+            "videos_per_hour": round(summary.videos_per_hour, 1),
+            "stage_s": {k: v["seconds"] for k, v in this["stages"].items()}}  # fmt: skip
 
 
 def bench_pipeline(videos: Path, log_file: Path, work: Path, cpus: int) -> dict:
@@ -224,7 +228,7 @@ def bench_fetch(paths: list[Path], work: Path) -> list[dict]:
             got_ranged = decode_at(ranged, times, keyframe_s)
             ranged_s = time.perf_counter() - start
             common = {"video": path.name, "file_mb": round(size / 2**20, 1), "sampling": name, "frames": len(times),
-                      "server_ms_per_get": get_ms}  # fmt: skip
+                      "keyframe_s": round(keyframe_s, 2), "server_ms_per_get": get_ms}  # fmt: skip
             rows.append({**common, "strategy": "full copy", "requests": 2, "bytes": fetched.bytes,
                          "bytes_vs_file": round(fetched.bytes / size, 3), "wall_s": round(full_s, 2),
                          "fetch_s": round(copied, 2), "frames_found": got})  # fmt: skip
@@ -258,14 +262,20 @@ def train_rate(shards: str, steps: int, order: str) -> dict:
 
 
 def bench_train(shards: Path, steps: int) -> dict:
+    import torch
+
+    torch.set_num_threads(1)  # a 20 ms step on two threads swings tenfold when anything else wants a core
     upload_tree(shards, f"s3://{BUCKET}/run")
     tars = sorted((shards / "shards").glob("*.tar"))
-    runs = []
-    for order in ("shard_shuffle", "permutation"):
-        runs += [train_rate(str(shards), steps, order), train_rate(f"s3://{BUCKET}/run", steps, order)]
-    ratios = {o: round(runs[2 * i + 1]["samples_per_s"] / runs[2 * i]["samples_per_s"], 3)
-              for i, o in enumerate(("shard_shuffle", "permutation"))}  # fmt: skip
-    return {"runs": runs, "s3_vs_local": ratios, "shards": len(tars),
+    train_rate(str(shards), WARMUP + 1, "shard_shuffle")  # untimed: the process's first training pays one-off costs
+    runs, ratios, drift = [], {}, {}
+    for order in ("shard_shuffle", "permutation"):  # local, s3, local: the mean of the two local runs is the base
+        trio = [train_rate(where, steps, order) for where in (str(shards), f"s3://{BUCKET}/run", str(shards))]
+        base = (trio[0]["samples_per_s"] + trio[2]["samples_per_s"]) / 2
+        ratios[order] = round(trio[1]["samples_per_s"] / base, 3)
+        drift[order] = round(trio[2]["samples_per_s"] / trio[0]["samples_per_s"], 3)
+        runs += trio
+    return {"runs": runs, "s3_vs_local": ratios, "local_drift": drift, "shards": len(tars),
             "shard_bytes": sum(p.stat().st_size for p in tars)}  # fmt: skip
 
 
@@ -287,16 +297,19 @@ def report(out: dict) -> None:
     p, f, t, c = out["pipeline"], out["fetch"], out["train"], out["config"]
     print(f"pipeline: {c['videos']} x {c['video_s']}s 640x360 30fps H.264, {c['cpus']} cores, llm off, "
           f"output: local disk; local drift (2nd/1st) {p['local_drift']:.2f}")
-    rows = [[r["input"], str(r["videos"]), f"{r['wall_s']:.1f}", f"{r['videos_per_hour']:.0f}"] for r in p["runs"]]
-    print(table(["input", "videos", "wall s", "videos/hour"], rows))
+    rows = [[r["input"], str(r["videos"]), f"{r['wall_s']:.1f}", f"{r['window_s']:.1f}", f"{r['videos_per_hour']:.0f}",
+             "  ".join(f"{k} {v:.1f}" for k, v in r["stage_s"].items() if v >= 0.05)] for r in p["runs"]]
+    print(table(["input", "videos", "wall s", "window s", "videos/hour", "worker s by stage"], rows))
     print(f"s3 / mean local {p['s3_vs_local']:.3f}; fetch copied {p['fetched_bytes'] / 2**20:.1f} MB of "
           f"{p['video_bytes'] / 2**20:.1f} MB of video ({p['fetched_vs_video_bytes']:.2f}); server saw "
           f"{p['server_requests']}\n")
-    print("frames of the default sampling (320x180 30fps H.264, keyframes every ~8.3 s), full copy vs ranged reads")
+    print(f"frames of the default sampling (320x180 30fps H.264, keyframes every {f[0]['keyframe_s']:.1f} s), "
+          "full copy vs ranged reads")
     print(table(["video", "file MB", "sampling", "frames", "strategy", "requests", "bytes / file", "wall s",
                  "server ms/GET"], [fetch_row(r) for r in f]))  # fmt: skip
-    print(f"\ntraining, tiny model, 32 frames, batch 1, {c['steps']} steps ({WARMUP} warmup), no loader workers; "
-          f"{t['shards']} shards, {t['shard_bytes'] / 2**20:.1f} MB")
+    print(f"\ntraining, tiny model, 1 thread, 32 frames, batch 1, {c['steps']} steps ({WARMUP} warmup), no loader "
+          f"workers; {t['shards']} shards, {t['shard_bytes'] / 2**20:.1f} MB; local drift (2nd/1st) "
+          + ", ".join(f"{k} {v:.2f}" for k, v in t["local_drift"].items()))
     print(table(["order / input", "samples/s", "data wait s", "wall s", "samples", "requests", "requests/sample",
                  "MB fetched"], [train_row(r) for r in t["runs"]]))  # fmt: skip
     print()
@@ -330,10 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             import ray
 
             from bench.train import make_shards
-            from pipeline.run import init_ray
 
-            init_ray(load_run_config(None, ["input.path=.", "output.dir=.", f"ray.num_cpus={cpus}"]))
-            try:
+            try:  # the first run starts embedded Ray (ray.num_cpus = cores); the later runs use it
                 pipeline = bench_pipeline(videos, work / "s3server.log", work, cpus)
                 shards = make_shards(args.workdir / "train", 4)  # bench/train.py's run, shared through the cache
             finally:

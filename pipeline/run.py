@@ -14,15 +14,15 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from pipeline.core.config_load import ConfigError, config_record, write_resolved_config
+from pipeline.core.config_load import ConfigError, write_resolved_config
+from pipeline.core.storage import is_remote
 
+from pipeline.run_base import RunLocked, RunSummary, cluster_resources, init_ray, run_document, summarize
 from pipeline.run_config import RunConfig
 from pipeline.core.records import WriteTotals
 from pipeline.resume import resume_state
@@ -41,39 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VERSIONED = ["prolongvid", "ray", "pyarrow", "webdataset", "av", "decord", "numpy", "pillow", "pydantic"]
-
-
-class RunLocked(RuntimeError):
-    """Another run is writing to the same output directory."""
-
-
-@dataclass
-class RunSummary:
-    out_dir: str
-    sources: int
-    skipped: int
-    accepted: int
-    rejected: dict[str, int]
-    samples_total: int
-    rejects_total: int
-    wall_s: float
-    stages: dict[str, dict[str, float]] = field(default_factory=dict)
-    llm: dict[str, Any] = field(default_factory=dict)  # LLM requests, tokens, retries, failures, tokens/s
-    cluster: dict[str, float] = field(default_factory=dict)  # the Ray cluster's CPUs and GPUs (what `plan` scales from)
-    skipped_by_extension: int = 0  # folder entries that are not videos by name
-    input_rows: int = 0  # every row of the input (records, or folder entries): samples' + rejects' + skipped
-    skipped_suffixes: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def processed(self) -> int:
-        return self.accepted + sum(self.rejected.values())
-
-    @property
-    def videos_per_hour(self) -> float:
-        return self.processed / self.wall_s * 3600 if self.wall_s > 0 else 0.0
-
-
 @contextmanager
 def run_lock(run: RunDir) -> Iterator[None]:
     run.root.mkdir(parents=True, exist_ok=True)
@@ -91,58 +58,6 @@ def run_lock(run: RunDir) -> Iterator[None]:
         yield
 
 
-def versions() -> dict[str, str]:
-    out = {}
-    for name in VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-# Ray kills an idle worker after 1 s once the actor pools fill the node, so every write task (one per 100
-# videos) started a fresh Python worker: about 3 s of CPU, 14 ms of a CPU slot per video (bench/overhead.py).
-IDLE_WORKER_KEEP_MS = 600_000
-
-
-def init_ray(cfg: RunConfig) -> None:
-    """Embedded local Ray unless an address is configured or `ray job submit` set RAY_ADDRESS."""
-    import ray
-
-    from pipeline.ray_local import start_local_ray
-
-    if ray.is_initialized():
-        return
-    # Ray's start-up notices ask nothing of the user: shown only at --log-level debug/info.
-    ray_level = min(logging.getLogger().getEffectiveLevel(), logging.ERROR)
-    _quiet_ray_data(ray_level)
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address and address != "local":  # "local" asks Ray for a new local cluster: the embedded one below
-        ray.init(address=address, log_to_driver=True, logging_level=ray_level)
-        _quiet_ray_data(ray_level)
-        return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "num_cpus": cfg.ray.num_cpus, "logging_level": ray_level,
-                              "_system_config": {"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS}}
-    if cfg.ray.temp_dir:
-        kwargs["_temp_dir"] = str(Path(cfg.ray.temp_dir).resolve())
-    if cfg.ray.object_store_mb:
-        kwargs["object_store_memory"] = cfg.ray.object_store_mb * 1024 * 1024
-    start_local_ray(kwargs)  # loopback only, behind a token made for this run
-    _quiet_ray_data(ray_level)
-
-
-def _quiet_ray_data(level: int) -> None:
-    """Ray Data's per-dataset INFO lines, its notice that progress bars are off (our config's choice) and the
-    token-authentication notice of a local cluster are kept off the console unless the log level asks for them."""
-    import ray.data  # noqa: F401  (its own logging set-up runs on import; the levels below come after it)
-
-    quiet = level > logging.INFO
-    for name, at in (("ray.data", logging.WARNING), ("ray.data._internal.progress", logging.ERROR),
-                     ("ray._private.authentication", logging.ERROR)):
-        logging.getLogger(name).setLevel(at if quiet else level)
-
-
 def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] | tuple[str, ...] = (),
                  repair: bool = False, llm_python: str | None = None) -> RunSummary:
     """Run the graph over every source not done yet. Raises ServerUnavailable before any change when the LLM is unusable.
@@ -154,6 +69,10 @@ def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] |
     from dense_caption.service import llm_service
     from pipeline.run_plan import resolve_plan
 
+    if is_remote(cfg.output.dir):
+        from pipeline.run_remote import run_remote_pipeline
+
+        return run_remote_pipeline(cfg, force, retry_reasons, repair, llm_python)
     root = check_output_dir(cfg.output.dir)
     plan = resolve_plan(cfg, root, llm_python)  # a stage that reads what nothing before it writes: ConfigError
     sources = open_sources(cfg.input, kind=plan.input_kind)
@@ -215,13 +134,8 @@ def _run(plan: RunPlan, run: RunDir, sources: SourceStream, chunks: Iterable[Sou
                     lambda: init_ray(cfg))
     log.info("%d sources (%s): %d dispatched, %d already done", sources.tasks_seen, plan.input_kind, done.dispatched,
              done.skipped)
-    cluster: dict[str, float] = {}
+    cluster = cluster_resources() if done.waves else {}
     if done.waves:
-        import ray
-
-        if ray.is_initialized():  # what the run had: `prolongvid plan` scales from it
-            resources = ray.cluster_resources()
-            cluster = {"cpus": float(resources.get("CPU", 0)), "gpus": float(resources.get("GPU", 0))}
         # Every write of this attempt is done, but a writer on a lost node may outlive its node for a moment: closing
         # the generation turns any late commit of its into a refusal, and the sweep removes what it left half-written.
         begin_generation(run)
@@ -237,71 +151,18 @@ def _run(plan: RunPlan, run: RunDir, sources: SourceStream, chunks: Iterable[Sou
         written.count_rejects(["near_duplicate"] * len(dedup_run(run.root, cfg.filters.dedup).removed))
         samples_total, rejects_total = len(ledger.index_rows(run)), len(ledger.reject_rows(run))
 
-    summary = RunSummary(
-        out_dir=str(run.root),
-        sources=sources.tasks_seen + sources.rejects_seen,
-        skipped=done.skipped,
-        accepted=written.samples,
-        rejected=dict(written.rejects),
-        samples_total=samples_total,
-        rejects_total=rejects_total,
-        wall_s=time.perf_counter() - start,
-        stages=written.stage_rates(),
-        skipped_by_extension=sources.skipped_by_extension,
-        input_rows=sources.input_rows,
-        skipped_suffixes=dict(sources.skipped_suffixes),
-        cluster=cluster,
-    )
-    summary.llm = written.llm_summary(summary.wall_s)
+    summary = summarize(str(run.root), sources, done, samples_total, rejects_total, time.perf_counter() - start, cluster)
     _write_run_json(run, plan, summary, started, written, state.cleaned, state.dropped)
     return summary
 
 
-def _write_run_json(
-    run: RunDir,
-    plan: RunPlan,
-    summary: RunSummary,
-    started: datetime,
-    written: WriteTotals,
-    cleaned: dict[str, int],
-    dropped: int,
-) -> None:
-    previous: list[dict[str, Any]] = []
+def _write_run_json(run: RunDir, plan: RunPlan, summary: RunSummary, started: datetime, written: WriteTotals,
+                    cleaned: dict[str, int], dropped: int) -> None:
+    previous: dict[str, Any] = {}
     if run.run_json.exists():
         try:
-            old = json.loads(run.run_json.read_text())
-            previous = old.get("previous_runs", []) + [old.get("this_run", {})]
+            previous = json.loads(run.run_json.read_text())
         except (json.JSONDecodeError, OSError):
-            previous = []
-    shards = written.shards
-    doc = {
-        "config": config_record(plan.cfg),
-        "plan": plan.record(),
-        "versions": versions(),
-        "input_kind": plan.input_kind,
-        "this_run": {
-            "started": started.isoformat(timespec="seconds"),
-            "wall_s": round(summary.wall_s, 3),
-            "sources": summary.sources,
-            "skipped_already_done": summary.skipped,
-            "skipped_by_extension": summary.skipped_by_extension,
-            "input_rows": summary.input_rows,
-            "skipped_suffixes": summary.skipped_suffixes,
-            "accepted": summary.accepted,
-            "rejected": summary.rejected,
-            "shards_written": len(shards),
-            "bytes_written": sum(s["bytes"] for s in shards),
-            "frames_written": written.frames,
-            "videos_per_hour": round(summary.videos_per_hour, 1),
-            "stages": summary.stages,
-            "window_s": round(written.window_s(), 3),  # first stage of the first video to the last write
-            "resume": {"cleaned": cleaned, "retried_rejects": dropped},
-            "llm": summary.llm,
-            "cluster": summary.cluster,
-        },
-        # every input row is a sample's, a reject's or a skipped one: `stats --verify` checks the sum
-        "totals": {"samples": summary.samples_total, "rejects": summary.rejects_total, "input_rows": summary.input_rows,
-                   "skipped_rows": summary.skipped_by_extension, **row_totals(run)},
-        "previous_runs": previous,
-    }
+            previous = {}
+    doc = run_document(plan, summary, started, written, cleaned, dropped, previous, row_totals(run))
     ledger.write_atomic(run.run_json, json.dumps(doc, indent=1).encode())

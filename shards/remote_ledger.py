@@ -41,8 +41,9 @@ from pipeline.core.records import Rejection
 from pipeline.core.storage import AlreadyExists, Conflict, NotFound, Storage
 from shards.commit import StaleWriter, rewrite_without
 from shards.layout import EMBEDDINGS_FILE, INDEX_FILE, LEDGER_DIR, REJECTS_FILE, SHARDS_DIR, SHARDS_FILE
-from shards.ledger import REJECTS_SCHEMA, reject_identity, reject_row, build_tables
-from shards.runfolder import MARKER_FILE, MARKER_FORMAT, WRITER_NAME, RefusedFolder
+from shards.ledger import REJECTS_SCHEMA, RunTables, build_tables, reject_identity, reject_row
+from shards.rows import reject_keys
+from shards.runfolder import MARKER_FILE, MARKER_FORMAT, ROOT_FILES, WRITER_NAME, RefusedFolder
 from shards.tarwriter import ShardInfo
 
 LEASE = f"{LEDGER_DIR}/lease.json"
@@ -110,6 +111,13 @@ class Lease:
                 raise lost[0]
             self.renew()  # still ours at the end (raises LeaseLost if not), then free
             self.release()
+
+    def advance(self) -> int:
+        """A new generation under the same lease: writers of the old one can no longer commit (a writer on a lost
+        node may outlive its node for a moment). Returns it."""
+        self.generation += 1
+        self.renew()
+        return self.generation
 
     def release(self) -> None:
         """Mark the lease free (a later run takes it at once); one taken over already is left as it is."""
@@ -180,9 +188,7 @@ def commit_rejects(store: Storage, generation: int, rejects: list[Rejection]) ->
     if lease_generation(store) != generation:
         return False
     table = pa.Table.from_pylist([reject_row(r.to_dict()) for r in rejects], schema=REJECTS_SCHEMA)
-    out = io.BytesIO()
-    pq.write_table(table, out)
-    store.put(f"{REJECT_PARTS}{uuid.uuid4().hex}.parquet", out.getvalue(), create_only=True)
+    _put_parquet(store, f"{REJECT_PARTS}{uuid.uuid4().hex}.parquet", table, create_only=True)
     return True
 
 
@@ -227,8 +233,8 @@ def settle(store: Storage) -> dict[str, int]:
             records.pop(old)
             done["replaced"] += 1
     tars = _tars(store)
-    for name in [n for n in records if n not in tars]:
-        store.delete(f"{RECORDS}{name}.json")
+    for name in [n for n in records if tars.get(n) != records[n].get("bytes")]:
+        _drop(store, name)  # its tar is gone or not the size committed: its videos are redone
         records.pop(name)
         done["lost"] += 1
     holder: dict[str, str] = {}
@@ -238,15 +244,16 @@ def settle(store: Storage) -> dict[str, int]:
             _rewrite(store, record, dupes)
             done["deduplicated"] += len(dupes)
     named = {r["name"] for r in shard_records(store)}
-    for name in _tars(store) - named:
+    for name in set(_tars(store)) - named:
         if WRITER_NAME.fullmatch(_SETTLED.sub("", name[:-4]) + ".tar"):  # only what a writer or a settle names
             store.delete(f"{SHARDS_DIR}/{name}")
             done["orphans"] += 1
     return done
 
 
-def _tars(store: Storage) -> set[str]:
-    return {info.path[len(SHARDS_DIR) + 1:] for page in store.list_pages(f"{SHARDS_DIR}/") for info in page}
+def _tars(store: Storage) -> dict[str, int]:
+    """Every object directly under shards/ and its size."""
+    return {info.path[len(SHARDS_DIR) + 1:]: info.size for page in store.list_pages(f"{SHARDS_DIR}/") for info in page}
 
 
 def _rewrite(store: Storage, record: dict[str, Any], drop: set[str]) -> None:
@@ -268,15 +275,56 @@ def _rewrite(store: Storage, record: dict[str, Any], drop: set[str]) -> None:
     _drop(store, old)
 
 
-def write_tables(store: Storage) -> tuple[int, int]:
-    """shards.json, index.parquet, embeddings.parquet and rejects.parquet from the settled ledger."""
+def done_keys(store: Storage) -> tuple[list[str], list[str], list[str]]:
+    """What a rerun skips, as `shards.rows.ledger_keys` gives it for a folder: committed keys, rejected input rows,
+    and sources of rejects without a row number."""
+    keys = [row["key"] for record in shard_records(store) for row in record["rows"]]
+    rows, legacy = reject_keys(reject_rows(store), keys)
+    return keys, rows, legacy
+
+
+def drop_rejects(store: Storage, reasons: list[str]) -> int:
+    """Forget rejects with these reasons (shell patterns) so the run retries them; returns how many."""
+    import fnmatch
+
+    rows = reject_rows(store)
+    keep = [r for r in rows if not any(fnmatch.fnmatchcase(r["reason"], p) for p in reasons)]
+    if len(keep) == len(rows):
+        return 0
+    old = [info.path for page in store.list_pages(REJECT_PARTS) for info in page]
+    _put_parquet(store, f"{REJECT_PARTS}{uuid.uuid4().hex}.parquet", pa.Table.from_pylist(keep, schema=REJECTS_SCHEMA),
+                 create_only=True)  # the consolidated part lands before the old parts go
+    for path in old:
+        store.delete(path)
+    return len(rows) - len(keep)
+
+
+def reset(store: Storage) -> None:
+    """--force: forget every result of earlier runs (the lease and its generation, and the marker, stay). Only
+    what the ledger names, the writer's tars and the run's own files go; anything else under the prefix stays."""
+    for record in shard_records(store):
+        _drop(store, record["name"])
+    settle(store)  # the writer's unrecorded tars
+    for page in store.list_pages(REJECT_PARTS):
+        for info in page:
+            store.delete(info.path)
+    for name in ROOT_FILES:
+        store.delete(name)
+
+
+def _put_parquet(store: Storage, path: str, table: pa.Table, create_only: bool = False) -> None:
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    store.put(path, out.getvalue(), create_only=create_only)
+
+
+def write_tables(store: Storage) -> RunTables:
+    """shards.json, index.parquet, embeddings.parquet and rejects.parquet from the settled ledger; returns them."""
     tables = build_tables(shard_records(store), reject_rows(store))
     for name, table in ((INDEX_FILE, tables.index), (REJECTS_FILE, tables.rejects), (EMBEDDINGS_FILE, tables.embeddings)):
         if table is None:
             store.delete(name)
-            continue
-        out = io.BytesIO()
-        pq.write_table(table, out)
-        store.put(name, out.getvalue())
+        else:
+            _put_parquet(store, name, table)
     store.put(SHARDS_FILE, json.dumps(tables.shards, indent=1).encode())  # last: what readers go by
-    return tables.index.num_rows, tables.rejects.num_rows
+    return tables

@@ -6,6 +6,8 @@ The resume decides what a rerun skips by row (its number and source), never by a
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -25,42 +27,59 @@ def ledger_keys(run: RunDir, keys: list[str] | None = None) -> tuple[list[str], 
     it repeats, which may not be committed yet. Only the key, source, stage and row columns of the reject parts
     are read, no row is kept."""
     keys = [row["key"] for rec in iter_shard_records(run) for row in rec["rows"]] if keys is None else keys
-    rows: list[str] = []
-    legacy: list[str] = []
+    columns: dict[str, list[Any]] = {"key": [], "source": [], "stage": [], "source_row": []}
     for part in sorted(run.ledger_rejects.glob("*.parquet")) if run.ledger_rejects.is_dir() else []:
         try:
             have = pq.read_schema(part).names
-            table = pq.read_table(part, columns=[c for c in ("key", "source", "stage", "source_row") if c in have])
+            table = pq.read_table(part, columns=[c for c in columns if c in have])
         except (OSError, ValueError, pa.ArrowException):
             continue  # cut by a power loss: its videos are redone (clean removes it)
-        columns = table.to_pydict()
-        numbers = columns.get("source_row") or [-1] * table.num_rows
-        for key, source, stage, n in zip(columns["key"], columns["source"], columns["stage"], numbers):
-            if n is not None and n >= 0:
-                rows.append(row_identity(n, source))
-                if key and stage != "source":
-                    keys.append(key)
-            else:
-                legacy.append(source)
-                if key:
-                    keys.append(key)
+        read = table.to_pydict()
+        for name in columns:
+            columns[name] += read.get(name) or [-1 if name == "source_row" else ""] * table.num_rows
+    rows, legacy = reject_keys([dict(zip(columns, values)) for values in zip(*columns.values())], keys)
     return keys, rows, legacy
+
+
+def reject_keys(rejects: Iterable[dict[str, Any]], keys: list[str]) -> tuple[list[str], list[str]]:
+    """The input rows the rejects stand for (`row_identity`) and the sources of rejects without a row number; the
+    key of a reject a stage made (not a source's) is done too, and is added to `keys`."""
+    rows: list[str] = []
+    legacy: list[str] = []
+    for r in rejects:
+        key, source, n = r.get("key"), r["source"], r.get("source_row")
+        if n is not None and n >= 0:
+            rows.append(row_identity(n, source))
+            if key and r.get("stage") != "source":
+                keys.append(key)
+        else:
+            legacy.append(source)
+            if key:
+                keys.append(key)
+    return rows, legacy
 
 
 def row_totals(run: RunDir) -> dict[str, int]:
     """Input rows the written tables account for: the samples' and the rejects'; `unnumbered_rows` counts rows
     an older version wrote without a row number (then the sum cannot be checked)."""
-    out = {"sample_rows": 0, "reject_rows": 0, "unnumbered_rows": 0}
+    read = {}
     for name, path in (("sample_rows", run.index), ("reject_rows", run.rejects)):
-        if not path.exists():
+        if path.exists():
+            have = pq.read_schema(path).names
+            columns = [c for c in ("source_row", "source_rows") if c in have]
+            read[name] = pq.read_table(path, columns=columns) if columns else pa.table({"n": [0] * pq.read_metadata(path).num_rows})
+    return table_row_totals(read)
+
+
+def table_row_totals(tables: dict[str, pa.Table]) -> dict[str, int]:
+    """`row_totals` of the index (`sample_rows`) and rejects (`reject_rows`) tables themselves."""
+    out = {"sample_rows": 0, "reject_rows": 0, "unnumbered_rows": 0}
+    for name, table in tables.items():
+        if "source_rows" not in table.column_names or "source_row" not in table.column_names:
+            out[name] += table.num_rows
+            out["unnumbered_rows"] += table.num_rows
             continue
-        names = pq.read_schema(path).names
-        if "source_rows" not in names or "source_row" not in names:
-            n = pq.read_metadata(path).num_rows
-            out[name] += n
-            out["unnumbered_rows"] += n
-            continue
-        columns = pq.read_table(path, columns=["source_row", "source_rows"]).to_pydict()
+        columns = table.select(["source_row", "source_rows"]).to_pydict()
         for row, rows in zip(columns["source_row"], columns["source_rows"]):
             out[name] += 1 if rows is None else int(rows)
             out["unnumbered_rows"] += row is None or row < 0

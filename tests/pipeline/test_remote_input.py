@@ -29,7 +29,7 @@ def run_cli(tmp: Path, env: dict[str, str], *sets: str) -> subprocess.CompletedP
     args = [sys.executable, "-m", "pipeline", "run", str(ROOT / "configs" / "demo.yaml"), "--set", "llm.enabled=false",
             "--set", "ray.progress=false", "--set", "input.format=auto", "--set", "shards.eval_fraction=0", "--set", "shards.max_samples=2"]
     for s in (*sets, f"input.fetch.scratch_dir={scratch}"):
-        args += ["--set", s]
+        args += s.split("=", 1) if s.startswith("--") else ["--set", s]  # a flag (`--force`, `--retry-rejects=R`)
     full = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     return subprocess.run(args, capture_output=True, text=True, env=full, cwd=tmp, timeout=600)
 
