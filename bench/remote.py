@@ -148,8 +148,8 @@ def bench_pipeline(videos: Path, log_file: Path, work: Path, cpus: int) -> dict:
 
 
 def sampling_times(path: Path) -> tuple[dict[str, np.ndarray], float]:
-    """Seconds from the first frame of every default frame set (the file is constant-rate), and the keyframe
-    interval a probe of the file finds."""
+    """Seconds from the first frame of every default frame set (the file is constant-rate), and the mean
+    spacing of the file's first keyframes."""
     from pipeline.video.sampling import FrameIndex, plan_frame_set
 
     with av.open(str(path)) as container:

@@ -15,9 +15,12 @@ import errno
 import json
 import logging
 import sys
+import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 from pipeline.core.config_load import ConfigError, write_resolved_config
+from pipeline.core.storage import is_remote
 
 from pipeline.run_config import RunConfig, load_run_config
 from pipeline.core.errors import VideoError
@@ -124,10 +127,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from shards.stats import compute_stats, stats_table
     from shards.verify import verify_run
 
-    run = open_run(args.run_dir)
-    stats = compute_stats(run)
+    with ExitStack() as stack:
+        if is_remote(args.run_dir):  # the tables copied here; the shards read in place by --verify
+            from shards.remote import mirror_tables, remote_tars
+
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="prolongvid-stats-")))
+            run, tars = open_run(mirror_tables(args.run_dir, tmp)), remote_tars(args.run_dir)
+        else:
+            run, tars = open_run(args.run_dir), None
+        stats = compute_stats(run)
+        problems: list[str] = verify_run(run, tars) if args.verify else []
     text = stats_table(stats)
-    problems: list[str] = verify_run(run) if args.verify else []
     if args.verify:
         stats["verify"] = {"ok": not problems, "problems": problems}
     print(json.dumps(stats, indent=1) if args.json else text)

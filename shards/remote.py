@@ -12,8 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from pipeline.core.sample import LAYOUT1_VERSION, check_version
+from pathlib import Path
+
 from pipeline.core.storage import NotFound, Storage
 from shards.layout import INDEX_FILE, SHARDS_DIR, SHARDS_FILE
+from shards.reader import NotARunDir
 from shards.split import of_split
 
 READ_AHEAD = 1 << 16  # a tar header scan reads 512-byte headers: fetch this much per request instead
@@ -154,3 +157,32 @@ def register_webdataset_schemes() -> None:
     schemes = importlib.import_module("webdataset.gopen").gopen_schemes  # the module, not its `gopen` function
     for scheme in ("s3", "gs", "az", "abfs"):
         schemes[scheme] = open_stream
+
+
+def remote_tars(root: str) -> Any:
+    """A remote run's shards/ for `verify_run`: each tar's size from the listing, each read as a stream."""
+    from shards.verify import Tars
+
+    store = Storage(root)
+    prefix = f"{SHARDS_DIR}/"
+    sizes = {info.path[len(prefix):]: info.size for page in store.list_pages(prefix) for info in page
+             if info.path.endswith(".tar") and "/" not in info.path[len(prefix):]}
+    return Tars(sizes, lambda name: open_stream(shard_url(root, name)))
+
+
+def mirror_tables(root: str, dest: Path) -> Path:
+    """A remote run's tables (index, rejects, shards.json, run.json, embeddings) copied into `dest`, with an empty
+    shards/: what `stats` reads, without a byte of the shards themselves."""
+    from shards.layout import EMBEDDINGS_FILE, REJECTS_FILE, RUN_FILE
+
+    store = Storage(root)
+    (dest / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    for name in (INDEX_FILE, REJECTS_FILE, SHARDS_FILE, RUN_FILE, EMBEDDINGS_FILE):
+        try:
+            data = store.get(name)
+        except NotFound:
+            if name == INDEX_FILE:
+                raise NotARunDir(f"{root} is not a pipeline output directory (no {INDEX_FILE})") from None
+            continue
+        (dest / name).write_bytes(data)
+    return dest

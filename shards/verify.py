@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import tarfile
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable
 
 from pipeline.core.sample import FramesLayout, NewerFormat, SampleMeta
 from pipeline.core.sample_io import parse_conversations, parse_meta
@@ -117,7 +118,22 @@ def _check_sample(shard: str, key: str, members: dict[str, bytes]) -> tuple[list
     return problems, meta.frames.count
 
 
-def verify_run(run: RunDir) -> list[str]:
+@dataclass(frozen=True)
+class Tars:
+    """A run's shards/ as verify reads it: every tar there with its size, and how to read one front to back."""
+
+    sizes: dict[str, int]
+    open: Callable[[str], BinaryIO]
+
+
+def local_tars(run: RunDir) -> Tars:
+    sizes = {p.name: p.stat().st_size for p in run.shards.glob("*.tar")} if run.shards.is_dir() else {}
+    return Tars(sizes, lambda name: open(run.shards / name, "rb"))
+
+
+def verify_run(run: RunDir, tars: Tars | None = None) -> list[str]:
+    """The run's tables read from `run`, its shards from `tars` (by default the tars in `run`'s shards/)."""
+    tars = tars or local_tars(run)
     problems: list[str] = []
     try:
         listed = read_shard_list(run)
@@ -133,21 +149,20 @@ def verify_run(run: RunDir) -> list[str]:
     names = {s["name"] for s in listed}
     for extra in sorted(set(by_shard) - names):
         problems.append(f"index.parquet: shard {extra} is not in shards.json")
-    on_disk = {p.name for p in run.shards.glob("*.tar")}
-    for stray in sorted(on_disk - names):
+    for stray in sorted(set(tars.sizes) - names):
         problems.append(f"shards/{stray}: not listed in shards.json (left by another run?)")
     seen: set[str] = set()
     for shard in listed:
-        name, path = shard["name"], run.shards / shard["name"]
-        if not path.exists():
+        name = shard["name"]
+        if name not in tars.sizes:
             problems.append(f"shards/{name}: missing")
             continue
-        size = path.stat().st_size
+        size = tars.sizes[name]
         if size != shard["bytes"]:
             problems.append(f"shards/{name}: {size} bytes, {shard['bytes']} recorded (truncated or altered)")
         expected = by_shard.get(name, {})
         found: set[str] = set()
-        with open(path, "rb") as raw:
+        with tars.open(name) as raw:
             stream = HashingReader(raw)  # one read of the shard: parsed and hashed together
             try:
                 for key, members in iter_tar_samples(stream):

@@ -20,6 +20,17 @@ from tests.pipeline.test_remote_input import run_cli
 pytestmark = pytest.mark.slow
 
 
+def run_stats(tmp, env, *args):
+    import os
+    import subprocess
+    import sys
+
+    from tests.pipeline.test_remote_input import ROOT
+
+    return subprocess.run([sys.executable, "-m", "pipeline", "stats", *args], capture_output=True, text=True,
+                          env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, cwd=tmp, timeout=300)
+
+
 def remote_rejects(store: Storage) -> list[dict]:
     import io
 
@@ -90,6 +101,12 @@ def test_a_run_into_a_bucket_equals_a_run_into_a_folder(videos, tmp_path, monkey
         assert json.loads(store.get("run.json"))["this_run"]["accepted"] == 3
         tars = sorted(i.path for p in store.list_pages("shards/") for i in p)
         assert tars == sorted(u[len(store.root) + 1:] for u in remote_shard_urls(store.root))  # nothing else left
+        stats = run_stats(tmp_path, env, "s3://runs/run1", "--verify", "--json")
+        assert stats.returncode == 0, stats.stderr[-3000:]
+        assert json.loads(stats.stdout)["verify"] == {"ok": True, "problems": []}
+        store.put(remote_shard_urls(store.root)[0][len(store.root) + 1:], b"cut")  # a damaged shard: --verify says so
+        bad = run_stats(tmp_path, env, "s3://runs/run1", "--verify")
+        assert bad.returncode == 1 and "3 bytes" in bad.stderr
         held = json.loads(store.get(".ledger/lease.json"))
         assert held["released"] and held["generation"] >= 2
 
