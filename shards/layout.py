@@ -68,7 +68,7 @@ def stored_frames(members: Mapping[str, Any], meta: SampleMeta, positions: list[
     """The JPEGs of the stored frames at `positions` (all when None), from either layout.
 
     A `members` mapping that can read part of a member (`read_range(name, start, size)`, the permutation loader's
-    lazy sample) reads only the frames asked for.
+    lazy sample) reads only the frames asked for; its `read_gap` (bytes) lets it read across small gaps instead.
     """
     if not meta.frames.member:  # layout 1
         names = layout1_frame_names(members)
@@ -77,9 +77,29 @@ def stored_frames(members: Mapping[str, Any], meta: SampleMeta, positions: list[
     wanted = range(layout.count) if positions is None else positions
     reader = getattr(members, "read_range", None)
     if reader is not None:
-        return [reader(layout.member, layout.offsets[p], layout.sizes[p]) for p in wanted]
+        gap = getattr(members, "read_gap", 0)
+        return _read_coalesced(reader, layout.member, layout.offsets, layout.sizes, list(wanted), gap)
     data = members[layout.member]
     return [bytes(data[layout.offsets[p] : layout.offsets[p] + layout.sizes[p]]) for p in wanted]
+
+
+def _read_coalesced(reader: Any, member: str, offsets: list[int], sizes: list[int], wanted: list[int], gap: int
+                    ) -> list[bytes]:
+    """The frames at `wanted` through `reader(member, start, size)`: frames no more than `gap` bytes apart are read
+    as one range (consecutive frames always: they are contiguous; a store whose every request costs sets a gap)."""
+    got: dict[int, bytes] = {}
+    order = sorted(set(wanted), key=lambda p: offsets[p])
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and offsets[order[j + 1]] - (offsets[order[j]] + sizes[order[j]]) <= gap:
+            j += 1
+        start = offsets[order[i]]
+        data = reader(member, start, offsets[order[j]] + sizes[order[j]] - start)
+        for p in order[i:j + 1]:
+            got[p] = bytes(data[offsets[p] - start:offsets[p] - start + sizes[p]])
+        i = j + 1
+    return [got[p] for p in wanted]
 
 
 def stored_count(members: Any, meta: SampleMeta) -> int:

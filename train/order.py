@@ -51,6 +51,9 @@ def run_samples(spec: str) -> list[tuple[str, str]]:
     return [(row["key"], str(run.shards / row["shard"])) for row in of_split(read_index(run), TRAIN)]
 
 
+REMOTE_READ_GAP = 1 << 20
+
+
 class TarMembers:
     """Where each sample's members sit in the tars it has opened: (offset, size) by key and member suffix."""
 
@@ -92,6 +95,8 @@ class LazySample(Mapping):
 
     def __init__(self, key: str, path: str, tars: TarMembers):
         self._key, self._path, self._tars = key, path, tars
+        # On an object store each read is a request: frames less than this apart come in one range.
+        self.read_gap = REMOTE_READ_GAP if is_remote(path) else 0
         self._where = tars.members(path, key)
         self._cache: dict[str, bytes] = {}
 

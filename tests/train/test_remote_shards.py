@@ -83,3 +83,30 @@ def test_loader_workers_read_the_bucket(runs, tmp_path):
 
     want, got = history(local, tmp_path / "local"), history(remote, tmp_path / "remote")
     assert [(h["items"], h["loss"]) for h in got] == [(h["items"], h["loss"]) for h in want] and len(got) == 6
+
+
+def test_a_stages_frames_come_in_one_ranged_request(runs):
+    """Permutation order reads a sample's frames for a stage from the bucket as one range (frames close together),
+    the same bytes as from disk: one request per sample, not one per frame."""
+    from pipeline.core.sample_io import parse_meta
+    from shards.layout import stored_frames
+    from train.order import LazySample, TarMembers
+
+    local, remote = runs
+    url = shard_urls(remote)[0]
+    path = str(local / "shards" / url.rpartition("/")[2])
+    here, there = TarMembers(), TarMembers()
+    key = _first_key(path)
+    near, far = LazySample(key, path, here), LazySample(key, url, there)
+    meta = parse_meta(near["json"])
+    assert parse_meta(far["json"]) == meta
+    before = there._files[url].requests
+    positions = [0, 2, 4, 5]
+    assert stored_frames(far, meta, positions) == stored_frames(near, meta, positions)
+    assert there._files[url].requests - before == 1
+
+
+def _first_key(path: str) -> str:
+    from shards.reader import iter_tar_samples
+
+    return next(iter_tar_samples(path))[0]
