@@ -65,6 +65,22 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def _died_here(owner: str) -> bool:
+    """The lease's holder was a process of this machine that is gone (a killed driver resubmitted on the same head
+    node): its lease is free at once instead of after its time to live."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 @dataclass
 class Lease:
     store: Storage
@@ -151,7 +167,7 @@ def take_lease(store: Storage, ttl_s: float = 600.0, clock: Callable[[], float] 
     data, etag = store.get_versioned(LEASE)
     held = json.loads(data)
     age = clock() - float(held.get("renewed_at", 0))
-    if not held.get("released") and age < float(held.get("ttl_s", ttl_s)):
+    if not held.get("released") and age < float(held.get("ttl_s", ttl_s)) and not _died_here(str(held.get("owner"))):
         raise RunInProgress(f"{store.root} is being written by {held.get('owner')} (lease renewed {age:.0f} s ago, "
                             f"time to live {held.get('ttl_s')} s)")
     lease.generation = int(held.get("generation", 0)) + 1

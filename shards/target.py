@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.records import Rejection
-from pipeline.core.storage import Storage, is_remote
+from pipeline.core.storage import Conflict, NotFound, Storage, is_remote
 from shards import commit as local_commit
 from shards import remote_ledger
-from shards.layout import RunDir
+from shards.layout import LEDGER_DIR, RunDir
 from shards.tarwriter import ShardInfo
 
 UPLOAD_SCRATCH = "prolongvid-upload-"  # a write task's tars before upload; a killed task's are swept on the node
 FAULT_KILL_AFTER_COMMIT = "fault-kill-writer-after-commit"
 FAULT_PAUSE_BEFORE_COMMIT = "fault-pause-writer-before-commit"
+FAULT_HOOKS_VAR = "PROLONGVID_FAULT_HOOKS"
 
 
 class LocalTarget:
@@ -99,7 +100,20 @@ class RemoteTarget:
         pass
 
     def kill_after_commit(self) -> None:
-        pass
+        """The chaos tests' hook (only with PROLONGVID_FAULT_HOOKS=1 in the worker's environment, so a real run
+        pays no request for it): if `.ledger/fault-kill-writer-after-commit` is in the bucket, the first writer
+        to swap it to `taken` (compare-and-swap: exactly one) dies at once, right after its commit."""
+        if os.environ.get(FAULT_HOOKS_VAR) != "1":
+            return
+        marker = f"{LEDGER_DIR}/{FAULT_KILL_AFTER_COMMIT}"
+        try:
+            data, etag = self.store.get_versioned(marker)
+            if data == b"taken":
+                return
+            self.store.put(marker, b"taken", if_match=etag)
+        except (NotFound, Conflict):
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def shard_target(out_dir: str | Path) -> LocalTarget | RemoteTarget:

@@ -44,3 +44,31 @@ def assert_clean(out: Path) -> None:
     assert verify_run(run) == []
     leftovers = [p for p in out.rglob("*") if p.name.endswith((".partial", ".rewrite.tar"))]
     assert leftovers == []
+
+
+def remote_content(url: str) -> dict[tuple[str, str], str]:
+    """`content` of a run folder on an object store: the shards its shards.json lists, streamed."""
+    from shards.remote import open_stream, remote_shard_urls
+
+    members: dict[tuple[str, str], str] = {}
+    keys: list[str] = []
+    for shard in remote_shard_urls(url):
+        for key, sample in iter_tar_samples(open_stream(shard)):
+            keys.append(key)
+            for name, data in sample.items():
+                members[(key, name)] = hashlib.sha256(stable_meta(data) if name == META_MEMBER else data).hexdigest()
+    assert len(keys) == len(set(keys)), f"a key stored twice: {sorted(keys)}"
+    return members
+
+
+def assert_remote_clean(url: str, tmp: Path) -> None:
+    """--verify clean, and nothing under shards/ or .ledger/shards/ that shards.json does not list."""
+    from pipeline.core.storage import Storage
+    from shards.remote import mirror_tables, remote_shard_list, remote_tars
+
+    assert verify_run(RunDir(mirror_tables(url, tmp)), remote_tars(url)) == []
+    listed = {s["name"] for s in remote_shard_list(url) or []}
+    store = Storage(url)
+    tars = {i.path.partition("/")[2] for p in store.list_pages("shards/") for i in p}
+    records = {i.path.rpartition("/")[2][: -len(".json")] for p in store.list_pages(".ledger/shards/") for i in p}
+    assert tars == listed and records == listed, (sorted(tars - listed), sorted(records ^ listed))

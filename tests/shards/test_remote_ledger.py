@@ -181,3 +181,18 @@ def test_a_kept_lease_is_renewed_and_released_and_a_lost_one_raises(store):
     with pytest.raises(rl.LeaseLost):
         with stalled.kept():
             rl.take_lease(store, ttl_s=60, clock=lambda: time.time() + 10)  # another driver took it over
+
+
+def test_a_lease_whose_holder_died_on_this_machine_is_free_at_once(store):
+    import json
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    held = rl.take_lease(store, ttl_s=600)
+    body = json.loads(store.get(rl.LEASE))
+    store.put(rl.LEASE, json.dumps({**body, "owner": body["owner"].replace(f":{__import__('os').getpid()}:",
+                                                                          f":{dead.stdout.strip()}:")}).encode())
+    assert rl.take_lease(store, ttl_s=600).generation == held.generation + 1  # a killed driver's: taken over
+    with pytest.raises(rl.RunInProgress):  # a live one's (this process): held
+        rl.take_lease(store, ttl_s=600)
