@@ -10,7 +10,8 @@ measured in the same run. The server shares this host's cores with the work, so 
             workers. The server's access log gives each run's requests by method (a listing page is one LIST);
             the fetch stage's bytes count each whole-object GET of a video at its size (the log gives no byte
             counts). For the bucket / bucket run: its requests under the output prefix per committed shard and
-            per video, and the bytes stored there (the shards, and every other object at its final size).
+            per video (those on the shards' own tars and records apart: the part that grows with the shards),
+            and the bytes stored there (the shards, and every other object at its final size).
   fetch     a short and a long low-resolution video (h264, encoder's keyframe interval, index at the end),
             two ways to get the default sampling's frames (`sampling.sets`: every set's frames, and the shard
             set alone, planned by `plan_frame_set` on the video's constant-rate index):
@@ -50,12 +51,13 @@ import time  # noqa: E402
 
 from bench.common import machine, table, target, targets_table  # noqa: E402
 from bench.remote_parts import (BUCKET, by_kind, by_status, counted_storage, decode_at, request_ms,  # noqa: E402
-                                sampling_times, server_requests)
+                                sampling_times, server_requests, under)
 from fixtures.s3server import make_bucket, s3_env, s3_server, upload_tree  # noqa: E402
 from fixtures.videos import SynthVideo, make_video  # noqa: E402
 from pipeline.core.storage import Storage, is_remote  # noqa: E402
 from pipeline.run_config import load_run_config  # noqa: E402
-from shards.layout import RUN_FILE, SHARDS_FILE  # noqa: E402
+from shards.layout import RUN_FILE, SHARDS_DIR, SHARDS_FILE  # noqa: E402
+from shards.remote_ledger import RECORDS  # noqa: E402
 
 log = logging.getLogger("bench.remote")
 WARMUP = 3  # training steps left out of the rates: allocators, threads and the first opens
@@ -93,16 +95,19 @@ def fetched_bytes(requests: list[tuple[str, str, str]], sizes: dict[str, int]) -
 
 
 def output_cost(url: str, requests: list[tuple[str, str, str]], videos: int, sizes: dict[str, int]) -> dict:
-    """What a run with its output in the bucket cost the store: its requests by kind under the output prefix and
-    under the input's, the committed shards (shards.json) and the bytes stored under the prefix."""
+    """What a run with its output in the bucket cost the store: its requests by kind under the output prefix (those
+    on the shards' own tars and records apart) and under the input's, the committed shards (shards.json) and the
+    bytes stored under the prefix."""
     store = Storage(url)
     shards = json.loads(store.get(SHARDS_FILE))
     stored = sum(info.size for page in store.list_pages() for info in page)
     prefix = url.removeprefix(f"s3://{BUCKET}/")
+    mine = under(requests, prefix, bulk_deletes=True)  # the run deletes nothing but under its output prefix
+    own = [r for r in under(mine, f"{prefix}{SHARDS_DIR}/", f"{prefix}{RECORDS}") if r[0] != "LIST"]
     shard_bytes = sum(s["bytes"] for s in shards)
     return {"url": url, "videos": videos, "shards": len(shards), "shard_bytes": shard_bytes,
-            "other_bytes": stored - shard_bytes, "requests": by_kind(requests, prefix),
-            "statuses": by_status(requests, prefix), "input_requests": by_kind(requests, "videos/"),
+            "other_bytes": stored - shard_bytes, "requests": by_kind(mine), "shard_object_requests": by_kind(own),
+            "statuses": by_status(mine), "input_requests": by_kind(under(requests, "videos/")),
             "fetched_bytes": fetched_bytes(requests, sizes)}  # fmt: skip
 
 
@@ -125,8 +130,9 @@ def bench_pipeline(videos: Path, log_file: Path, work: Path, cpus: int) -> dict:
             "s3_in_vs_local": round(s3_in["videos_per_hour"] / base, 3),
             "s3_in_out_vs_local": round(s3_both["videos_per_hour"] / base, 3), "video_bytes": sum(sizes.values()),
             "fetched_bytes": copied, "fetched_vs_video_bytes": round(copied / sum(sizes.values()), 3),
-            "server_requests": by_status(seen[1], "videos/"),
+            "server_requests": by_status(under(seen[1], "videos/")),
             "output_cost": output_cost(outs[2], seen[2], s3_both["videos"], sizes)}  # fmt: skip
+
 
 # ---------------------------------------------------------------------------------------------------- fetch
 
@@ -224,16 +230,18 @@ def train_row(r: dict) -> list[str]:
 
 
 def cost_rows(o: dict) -> list[list[str]]:
-    """Requests by kind (output prefix: total, per committed shard, per video; input: total, per video), then MB."""
+    """Requests by kind (output prefix: total, per committed shard, per video, and those on the shards' own tars and
+    records per shard; input: total, per video), then MB."""
     shards, videos = o["shards"], o["videos"]
-    kinds = {**o["requests"], **o["input_requests"]}
-    counts = [(kind, o["requests"].get(kind, 0), o["input_requests"].get(kind, 0)) for kind in kinds]
-    counts.append(("all", sum(o["requests"].values()), sum(o["input_requests"].values())))
-    rows = [[kind, str(n), f"{n / shards:.1f}", f"{n / videos:.1f}", str(m), f"{m / videos:.1f}"]
-            for kind, n, m in counts]  # fmt: skip
+    out, own, inp = o["requests"], o["shard_object_requests"], o["input_requests"]
+    counts = [(kind, out.get(kind, 0), own.get(kind, 0), inp.get(kind, 0)) for kind in {**out, **inp}]
+    counts.append(("all", sum(out.values()), sum(own.values()), sum(inp.values())))
+    rows = [[kind, str(n), f"{n / shards:.1f}", f"{n / videos:.1f}", f"{k / shards:.1f}", str(m), f"{m / videos:.1f}"]
+            for kind, n, k, m in counts]  # fmt: skip
     stored, fetched = (o["shard_bytes"] + o["other_bytes"]) / 2**20, o["fetched_bytes"] / 2**20
-    return rows + [["MB", f"{stored:.1f}", f"{stored / shards:.2f}", f"{stored / videos:.2f}", f"{fetched:.1f}",
-                    f"{fetched / videos:.2f}"]]  # fmt: skip
+    tars = o["shard_bytes"] / 2**20
+    return rows + [["MB", f"{stored:.1f}", f"{stored / shards:.2f}", f"{stored / videos:.2f}", f"{tars / shards:.2f}",
+                    f"{fetched:.1f}", f"{fetched / videos:.2f}"]]  # fmt: skip
 
 
 def report(out: dict) -> None:
@@ -251,7 +259,8 @@ def report(out: dict) -> None:
     print(f"the s3 / s3 run's requests: {o['videos']} videos, {o['shards']} committed shards "
           f"({o['shard_bytes'] / 2**20:.1f} MB), {o['other_bytes'] / 2**20:.2f} MB in the prefix's other objects; MB: "
           "stored under the output prefix, fetched from the input (whole-object GETs)")
-    print(table(["kind", "output", "per shard", "per video", "input", "per video"], cost_rows(o)))
+    print(table(["kind", "output", "per shard", "per video", "tar+record / shard", "input", "per video"],
+                cost_rows(o)))
     print("output statuses: " + ", ".join(f"{k} {v}" for k, v in o["statuses"].items()) + "\n")
     print(f"frames of the default sampling (320x180 30fps H.264, keyframes every {f[0]['keyframe_s']:.1f} s), "
           "full copy vs ranged reads")

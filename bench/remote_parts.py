@@ -27,7 +27,8 @@ _REQUEST = re.compile(r'"([A-Z]+) /([^ ?"]*)\??([^ "]*) HTTP/[^"]*" (\d{3})')
 
 def server_requests(log_file: Path, since: int) -> list[tuple[str, str, str]]:
     """(kind, key, status) of each request on the bench bucket the server's access log shows since byte `since`:
-    the kind is the method, or LIST for a listing page (its key: the prefix listed)."""
+    the kind is the method, or LIST for a listing page (its key: the prefix listed), or DELETE for a bulk delete
+    (key "": its keys lie in the body, which the log does not show)."""
     with open(log_file, "rb") as f:
         f.seek(since)
         text = re.sub(r"\x1b\[[0-9;]*m", "", f.read().decode(errors="replace"))
@@ -36,21 +37,31 @@ def server_requests(log_file: Path, since: int) -> list[tuple[str, str, str]]:
         bucket, _, key = unquote(path).partition("/")
         if bucket != BUCKET:
             continue
+        args = parse_qs(query, keep_blank_values=True)
         if key:
             found.append((method, key, status))
-        elif method == "GET" and "prefix" in (args := parse_qs(query)):
+        elif method == "GET" and "prefix" in args:
             found.append(("LIST", args["prefix"][0], status))
+        elif method == "POST" and "delete" in args:
+            found.append(("DELETE", "", status))
     return found
 
 
-def by_kind(requests: list[tuple[str, str, str]], prefix: str) -> dict[str, int]:
-    """Requests under `prefix` by kind (KINDS' order, then any other method)."""
-    counts = Counter(kind for kind, key, _ in requests if key.startswith(prefix))
+def under(requests: list[tuple[str, str, str]], *prefixes: str, bulk_deletes: bool = False
+          ) -> list[tuple[str, str, str]]:
+    """The requests on keys under any of `prefixes`, and with `bulk_deletes` the bulk deletes (whose keys the log
+    does not show)."""
+    return [r for r in requests if r[1].startswith(prefixes) or (bulk_deletes and r[0] == "DELETE" and not r[1])]
+
+
+def by_kind(requests: list[tuple[str, str, str]]) -> dict[str, int]:
+    """Requests by kind (KINDS' order, then any other method)."""
+    counts = Counter(kind for kind, _, _ in requests)
     return {kind: counts[kind] for kind in (*KINDS, *sorted(set(counts) - set(KINDS)))}
 
 
-def by_status(requests: list[tuple[str, str, str]], prefix: str) -> dict[str, int]:
-    return dict(sorted(Counter(f"{kind} {status}" for kind, key, status in requests if key.startswith(prefix)).items()))
+def by_status(requests: list[tuple[str, str, str]]) -> dict[str, int]:
+    return dict(sorted(Counter(f"{kind} {status}" for kind, _, status in requests).items()))
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from pipeline.run_config import RunConfig
 from pipeline.video.keyset import KeySet
 from pipeline.video.sources import open_sources
 from pipeline.waves import dispatch
-from shards import remote_ledger
+from shards import remote_lease, remote_ledger
 from shards.layout import RUN_FILE
 from shards.rows import table_row_totals
 from shards.target import RemoteTarget
@@ -62,8 +62,8 @@ def run_remote_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list
     store = Storage(url)
     remote_ledger.claim_folder(store)  # someone else's prefix is refused before anything in it changes
     try:
-        lease = remote_ledger.take_lease(store, LEASE_TTL_S)
-    except remote_ledger.RunInProgress as e:
+        lease = remote_lease.take_lease(store, LEASE_TTL_S)
+    except remote_lease.RunInProgress as e:
         raise RunLocked(str(e)) from None
     try:
         with lease.kept():
@@ -71,11 +71,11 @@ def run_remote_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list
                 return _run(plan, store, lease, sources, chain(head, chunks), force, retry_reasons)
             with llm_service(plan.llm, logs_dir(url) / "logs", lambda: init_ray(cfg)) as endpoints:
                 return _run(plan.served(endpoints), store, lease, sources, chain(head, chunks), force, retry_reasons)
-    except remote_ledger.LeaseLost as e:
+    except remote_lease.LeaseLost as e:
         raise RunLocked(f"{e}: this run stalled past the lease's {LEASE_TTL_S:.0f} s and stopped") from None
 
 
-def _run(plan: RunPlan, store: Storage, lease: remote_ledger.Lease, sources: Any, chunks: Any, force: bool,
+def _run(plan: RunPlan, store: Storage, lease: remote_lease.Lease, sources: Any, chunks: Any, force: bool,
          retry_reasons: list[str] | tuple[str, ...]) -> RunSummary:
     cfg = plan.cfg
     start = time.perf_counter()

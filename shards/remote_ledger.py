@@ -2,9 +2,7 @@
 lock file, built on the two conditional writes S3, GCS, MinIO and R2 honour: create-only (`If-None-Match: *`) and
 compare-and-swap (`If-Match: <etag>`).
 
-- The run lease (`.ledger/lease.json`): one driver at a time. Taken by a create-only write, or by a compare-and-swap
-  over a lease that was released or not renewed within its `ttl_s`; each taking starts a new generation. The
-  holder renews it by compare-and-swap: a holder whose swap fails has lost it and must stop.
+- The run lease (`shards/remote_lease.py`): one driver at a time, a new generation per taking.
 - A commit: the writer uploads its tar under the attempt's own name (`shards/<writer name>.tar`; a killed upload
   leaves no object, or an unrecorded one), then writes the shard's record create-only
   (`.ledger/shards/<name>.json`): that write is the commit point. A writer whose generation is not the lease's
@@ -21,126 +19,30 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import socket
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.records import Rejection
-from pipeline.core.storage import AlreadyExists, Conflict, NotFound, Storage
+from pipeline.core.storage import AlreadyExists, NotFound, Storage
 from shards.commit import StaleWriter, rewrite_without
+from shards.remote_lease import lease_generation
 from shards.layout import EMBEDDINGS_FILE, INDEX_FILE, LEDGER_DIR, REJECTS_FILE, SHARDS_DIR, SHARDS_FILE
 from shards.ledger import REJECTS_SCHEMA, RunTables, build_tables, reject_identity, reject_row
 from shards.rows import reject_keys
 from shards.runfolder import MARKER_FILE, MARKER_FORMAT, ROOT_FILES, WRITER_NAME, RefusedFolder
 from shards.tarwriter import ShardInfo
 
-LEASE = f"{LEDGER_DIR}/lease.json"
 MARKER = f"{LEDGER_DIR}/{MARKER_FILE}"
 RECORDS = f"{LEDGER_DIR}/shards/"
 REJECT_PARTS = f"{LEDGER_DIR}/rejects/"
 _SETTLED = re.compile(r"\.s[0-9a-f]{8}$")  # a settle's rewrite: `<writer name>.s<8 hex>.tar`
-
-
-class RunInProgress(RuntimeError):
-    """Another driver holds the run's lease and renewed it within its time to live."""
-
-
-class LeaseLost(RuntimeError):
-    """The lease was taken over (this driver stalled past its time to live): it must stop writing."""
-
-
-def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _died_here(owner: str) -> bool:
-    """The lease's holder was a process of this machine that is gone (a killed driver resubmitted on the same head
-    node): its lease is free at once instead of after its time to live."""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-@dataclass
-class Lease:
-    store: Storage
-    owner: str
-    generation: int
-    ttl_s: float
-    etag: str
-    clock: Callable[[], float] = field(default=time.time, repr=False)
-
-    def body(self, released: bool = False) -> bytes:
-        return json.dumps({"owner": self.owner, "generation": self.generation, "renewed_at": self.clock(),
-                           "ttl_s": self.ttl_s, "released": released}).encode()
-
-    def renew(self) -> None:
-        try:
-            self.etag = self.store.put(LEASE, self.body(), if_match=self.etag)
-        except (Conflict, NotFound):
-            raise LeaseLost(f"{self.store.url(LEASE)}: taken over by another driver") from None
-
-    @contextmanager
-    def kept(self) -> Iterator["Lease"]:
-        """Renew every quarter of the time to live while the block runs; released at its end. A renewal that finds
-        the lease taken over stops renewing and is raised at the end (the block's writes belong to a dead attempt)."""
-        stop, lost = threading.Event(), []
-
-        def renew() -> None:
-            while not stop.wait(self.ttl_s / 4):
-                try:
-                    self.renew()
-                except LeaseLost as e:
-                    lost.append(e)
-                    return
-                except Exception:  # a store hiccup: the next renewal tries again, well within the time to live
-                    continue
-
-        thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            stop.set()
-            thread.join()
-            if lost:
-                raise lost[0]
-            self.renew()  # still ours at the end (raises LeaseLost if not), then free
-            self.release()
-
-    def advance(self) -> int:
-        """A new generation under the same lease: writers of the old one can no longer commit (a writer on a lost
-        node may outlive its node for a moment). Returns it."""
-        self.generation += 1
-        self.renew()
-        return self.generation
-
-    def release(self) -> None:
-        """Mark the lease free (a later run takes it at once); one taken over already is left as it is."""
-        try:
-            self.etag = self.store.put(LEASE, self.body(released=True), if_match=self.etag)
-        except (Conflict, NotFound):
-            pass
 
 
 def claim_folder(store: Storage) -> None:
@@ -156,46 +58,27 @@ def claim_folder(store: Storage) -> None:
         pass  # another driver made it a run folder a moment ago: the lease decides who runs
 
 
-def take_lease(store: Storage, ttl_s: float = 600.0, clock: Callable[[], float] = time.time) -> Lease:
-    """The run's lease with a new generation; raises RunInProgress while another driver holds it."""
-    lease = Lease(store, owner_id(), 1, ttl_s, "", clock)
-    try:
-        lease.etag = store.put(LEASE, lease.body(), create_only=True)
-        return lease
-    except AlreadyExists:
-        pass
-    data, etag = store.get_versioned(LEASE)
-    held = json.loads(data)
-    age = clock() - float(held.get("renewed_at", 0))
-    if not held.get("released") and age < float(held.get("ttl_s", ttl_s)) and not _died_here(str(held.get("owner"))):
-        raise RunInProgress(f"{store.root} is being written by {held.get('owner')} (lease renewed {age:.0f} s ago, "
-                            f"time to live {held.get('ttl_s')} s)")
-    lease.generation = int(held.get("generation", 0)) + 1
-    try:
-        lease.etag = store.put(LEASE, lease.body(), if_match=etag)
-    except (Conflict, NotFound):
-        raise RunInProgress(f"{store.root}: another driver took the lease just now") from None
-    return lease
-
-
-def lease_generation(store: Storage) -> int:
-    try:
-        return int(json.loads(store.get(LEASE)).get("generation", 0))
-    except NotFound:
-        return 0
-
-
 def commit_shard(store: Storage, generation: int, tar: Path, info: ShardInfo, rows: list[dict[str, Any]]) -> None:
     """Upload a finished local tar and commit it with its index rows (raises StaleWriter, leaving nothing)."""
     name = f"{SHARDS_DIR}/{info.name}"
     if lease_generation(store) != generation:
         raise StaleWriter(f"{info.name}: written by run attempt {generation}, the run is at {lease_generation(store)}")
-    store.put(name, tar, create_only=True)
+    _put_own(store, name, tar, tar.stat().st_size)
     if lease_generation(store) != generation:
         store.delete(name)
         raise StaleWriter(f"{info.name}: written by run attempt {generation}, the run is at {lease_generation(store)}")
-    record = {**info.__dict__, "rows": rows, "generation": generation}
-    store.put(f"{RECORDS}{info.name}.json", json.dumps(record).encode(), create_only=True)  # the commit point
+    record = json.dumps({**info.__dict__, "rows": rows, "generation": generation}).encode()
+    _put_own(store, f"{RECORDS}{info.name}.json", record, len(record))  # the commit point
+
+
+def _put_own(store: Storage, path: str, data: bytes | Path, size: int) -> None:
+    """A create-only write under a name only this attempt uses: if the store says it exists, a retry after a lost
+    reply found our own first write (checked by its size), which counts as done."""
+    try:
+        store.put(path, data, create_only=True)
+    except AlreadyExists:
+        if store.head(path).size != size:
+            raise
 
 
 def commit_rejects(store: Storage, generation: int, rejects: list[Rejection]) -> bool:
@@ -204,7 +87,7 @@ def commit_rejects(store: Storage, generation: int, rejects: list[Rejection]) ->
     if lease_generation(store) != generation:
         return False
     table = pa.Table.from_pylist([reject_row(r.to_dict()) for r in rejects], schema=REJECTS_SCHEMA)
-    _put_parquet(store, f"{REJECT_PARTS}{uuid.uuid4().hex}.parquet", table, create_only=True)
+    _put_parquet(store, f"{REJECT_PARTS}{uuid.uuid4().hex}.parquet", table)
     return True
 
 
@@ -283,11 +166,12 @@ def _rewrite(store: Storage, record: dict[str, Any], drop: set[str]) -> None:
         info = rewrite_without(path, drop, fsync=False)
         if info is not None:
             name = f"{_SETTLED.sub('', old[:-4])}.s{uuid.uuid4().hex[:8]}.tar"
-            store.put(f"{SHARDS_DIR}/{name}", path, create_only=True)
+            _put_own(store, f"{SHARDS_DIR}/{name}", path, path.stat().st_size)
             rows = [{**row, "shard": name} for row in record["rows"] if row["key"] not in drop]
             new = {**record, **ShardInfo(name, info.sha256, info.bytes, info.samples, record.get("format_version",
                    info.format_version)).__dict__, "rows": rows, "replaces": old}  # fmt: skip
-            store.put(f"{RECORDS}{name}.json", json.dumps(new).encode(), create_only=True)
+            data = json.dumps(new).encode()
+            _put_own(store, f"{RECORDS}{name}.json", data, len(data))
     _drop(store, old)
 
 
@@ -308,8 +192,8 @@ def drop_rejects(store: Storage, reasons: list[str]) -> int:
     if len(keep) == len(rows):
         return 0
     old = [info.path for page in store.list_pages(REJECT_PARTS) for info in page]
-    _put_parquet(store, f"{REJECT_PARTS}{uuid.uuid4().hex}.parquet", pa.Table.from_pylist(keep, schema=REJECTS_SCHEMA),
-                 create_only=True)  # the consolidated part lands before the old parts go
+    kept = pa.Table.from_pylist(keep, schema=REJECTS_SCHEMA)
+    _put_parquet(store, f"{REJECT_PARTS}{uuid.uuid4().hex}.parquet", kept)  # lands before the old parts go
     for path in old:
         store.delete(path)
     return len(rows) - len(keep)
@@ -328,10 +212,10 @@ def reset(store: Storage) -> None:
         store.delete(name)
 
 
-def _put_parquet(store: Storage, path: str, table: pa.Table, create_only: bool = False) -> None:
+def _put_parquet(store: Storage, path: str, table: pa.Table) -> None:
     out = io.BytesIO()
     pq.write_table(table, out)
-    store.put(path, out.getvalue(), create_only=create_only)
+    store.put(path, out.getvalue())  # a new name (a ledger part) or a table the lease holder replaces
 
 
 def write_tables(store: Storage) -> RunTables:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,13 @@ REMOTE_SCHEMES = ("s3://", "gs://", "az://", "abfs://", "azure://")
 # The client's runtime (tokio) does not survive a fork: a process forked after its parent used the store would
 # hang on its first call. The pid that started it is kept, so a forked child fails with a message instead.
 _RUNTIME_PID: int | None = None
+
+
+# 5xx, throttling (503 SlowDown), resets and timeouts are retried with exponential backoff and jitter: more
+# patiently than the library's default (10 tries, a few seconds), so a store that throttles a busy cluster for a
+# while slows the run down instead of failing its writes.
+RETRY = {"max_retries": 15, "retry_timeout": timedelta(minutes=10),
+         "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=20), "base": 2.0}}
 
 
 class StorageError(Exception):
@@ -79,7 +87,8 @@ class Storage:
             Path(self.root).mkdir(parents=True, exist_ok=True)
             self._store = LocalStore(self.root)
         else:
-            self._store = from_url(self.root, **(_s3_options(self.root) if self.root.startswith("s3://") else {}))
+            self._store = from_url(self.root, retry_config=RETRY,
+                                   **(_s3_options(self.root) if self.root.startswith("s3://") else {}))
 
     def __repr__(self) -> str:
         return f"Storage({self.root!r})"

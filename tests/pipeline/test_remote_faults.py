@@ -111,3 +111,24 @@ def test_a_driver_killed_and_restarted_stores_every_video_once(small_videos, buc
         shutil.rmtree(temp, ignore_errors=True)
     assert remote_content(url) == reference
     assert_remote_clean(url, tmp_path / "tables")
+
+
+def test_a_throttling_and_reply_dropping_store_ends_like_a_clean_run(small_videos, bucket, reference, tmp_path):  # noqa: F811
+    """Every request through a proxy that answers 503 SlowDown to a window of them (14 in a row: more than the library retries by default) and, throughout, passes every
+    11th on but cuts its reply: the store's client retries, and a create-only write whose retry finds its own first
+    write counts as done (lease, upload, commit)."""
+    from fixtures.s3server import faulty_proxy
+
+    url = "s3://runs/throttled"
+    temp = tempfile.mkdtemp(prefix="rayf", dir="/tmp")
+    try:
+        with faulty_proxy(bucket["AWS_ENDPOINT_URL"]) as (proxy, faults):
+            faults.slowdown, faults.drop_reply_every = 14, 11
+            done = _cli_run(small_videos, url, temp, {**bucket, "AWS_ENDPOINT_URL": proxy})
+            log = done.communicate(timeout=600)[0].decode(errors="replace")
+            assert done.returncode == 0, log[-3000:]
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert faults.injected["slowdown"] == 14 and faults.injected["dropped"] >= 5
+    assert remote_content(url) == reference
+    assert_remote_clean(url, tmp_path / "tables")

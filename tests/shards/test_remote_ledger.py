@@ -12,6 +12,7 @@ import pytest
 from fixtures.s3server import make_bucket, s3_env, s3_server
 from pipeline.core.records import Rejection
 from pipeline.core.storage import Storage
+from shards import remote_lease as rlease
 from shards import remote_ledger as rl
 from shards.commit import StaleWriter
 from shards.layout import sample_from_sections
@@ -76,35 +77,35 @@ def test_a_prefix_with_foreign_objects_is_refused_and_an_empty_one_claimed(store
 
 def test_one_driver_holds_the_lease_and_each_taking_is_a_new_generation(store):
     now = [1000.0]
-    first = rl.take_lease(store, ttl_s=60, clock=lambda: now[0])
-    assert first.generation == 1 and rl.lease_generation(store) == 1
-    with pytest.raises(rl.RunInProgress, match="being written by"):
-        rl.take_lease(store, ttl_s=60, clock=lambda: now[0])
+    first = rlease.take_lease(store, ttl_s=60, clock=lambda: now[0])
+    assert first.generation == 1 and rlease.lease_generation(store) == 1
+    with pytest.raises(rlease.RunInProgress, match="being written by"):
+        rlease.take_lease(store, ttl_s=60, clock=lambda: now[0])
     now[0] += 30
     first.renew()
     now[0] += 45  # 45 s after the renewal: still held
-    with pytest.raises(rl.RunInProgress):
-        rl.take_lease(store, ttl_s=60, clock=lambda: now[0])
+    with pytest.raises(rlease.RunInProgress):
+        rlease.take_lease(store, ttl_s=60, clock=lambda: now[0])
     first.release()
-    second = rl.take_lease(store, ttl_s=60, clock=lambda: now[0])
+    second = rlease.take_lease(store, ttl_s=60, clock=lambda: now[0])
     assert second.generation == 2
     now[0] += 61  # the second driver stalled past its time to live
-    third = rl.take_lease(store, ttl_s=60, clock=lambda: now[0])
+    third = rlease.take_lease(store, ttl_s=60, clock=lambda: now[0])
     assert third.generation == 3
-    with pytest.raises(rl.LeaseLost):
+    with pytest.raises(rlease.LeaseLost):
         second.renew()
     second.release()  # taken over: left as it is
-    assert rl.lease_generation(store) == 3
+    assert rlease.lease_generation(store) == 3
 
 
 def test_exactly_one_of_many_drivers_takes_a_stale_lease(store):
-    rl.take_lease(store, ttl_s=1, clock=lambda: 0.0)
+    rlease.take_lease(store, ttl_s=1, clock=lambda: 0.0)
     won, lost = [], []
 
     def take():
         try:
-            won.append(rl.take_lease(store, ttl_s=60, clock=lambda: 100.0).generation)
-        except rl.RunInProgress:
+            won.append(rlease.take_lease(store, ttl_s=60, clock=lambda: 100.0).generation)
+        except rlease.RunInProgress:
             lost.append(1)
 
     threads = [threading.Thread(target=take) for _ in range(6)]
@@ -116,18 +117,18 @@ def test_exactly_one_of_many_drivers_takes_a_stale_lease(store):
 
 
 def test_a_writer_of_an_older_generation_commits_nothing(store, tmp_path):
-    old = rl.take_lease(store, ttl_s=1, clock=lambda: 0.0)
-    rl.take_lease(store, ttl_s=60, clock=lambda: 100.0)  # a restarted driver took over
+    old = rlease.take_lease(store, ttl_s=1, clock=lambda: 0.0)
+    rlease.take_lease(store, ttl_s=60, clock=lambda: 100.0)  # a restarted driver took over
     path, info, rows = tar(tmp_path, name(1), ["a"])
     with pytest.raises(StaleWriter):
         rl.commit_shard(store, old.generation, path, info, rows)
     assert not rl.commit_rejects(store, old.generation, [Rejection("x.mp4", "probe", "corrupt", key="x")])
-    assert [i.path for p in store.list_pages() for i in p] == [rl.LEASE]
+    assert [i.path for p in store.list_pages() for i in p] == [rlease.LEASE]
 
 
 def test_settling_keeps_each_key_once_and_readers_see_only_settled_shards(store, tmp_path):
     rl.claim_folder(store)
-    gen = rl.take_lease(store).generation
+    gen = rlease.take_lease(store).generation
     commit(store, gen, tmp_path, name(1), ["a", "b"])
     commit(store, gen, tmp_path, name(2), ["b", "c"])  # a retried task wrote b again
     commit(store, gen, tmp_path, name(3), ["a", "b"])  # ... and its whole shard again: nothing new in it
@@ -150,7 +151,7 @@ def test_settling_keeps_each_key_once_and_readers_see_only_settled_shards(store,
 
 
 def test_a_settle_killed_mid_rewrite_is_finished_and_a_lost_tar_dropped(store, tmp_path):
-    gen = rl.take_lease(store).generation
+    gen = rlease.take_lease(store).generation
     commit(store, gen, tmp_path, name(1), ["a"])
     commit(store, gen, tmp_path, name(2), ["a", "b"])
     record = next(r for r in rl.shard_records(store) if r["name"] == name(2))
@@ -169,18 +170,18 @@ def test_a_kept_lease_is_renewed_and_released_and_a_lost_one_raises(store):
     import json
     import time
 
-    with rl.take_lease(store, ttl_s=2).kept() as lease:
-        first = json.loads(store.get(rl.LEASE))["renewed_at"]
+    with rlease.take_lease(store, ttl_s=2).kept() as lease:
+        first = json.loads(store.get(rlease.LEASE))["renewed_at"]
         time.sleep(1.5)
-        assert json.loads(store.get(rl.LEASE))["renewed_at"] > first  # renewed while the block ran
-        with pytest.raises(rl.RunInProgress):
-            rl.take_lease(store, ttl_s=2)
-    assert json.loads(store.get(rl.LEASE))["released"] and rl.take_lease(store).generation == lease.generation + 1
-    store.delete(rl.LEASE)
-    stalled = rl.take_lease(store, ttl_s=0.4)
-    with pytest.raises(rl.LeaseLost):
+        assert json.loads(store.get(rlease.LEASE))["renewed_at"] > first  # renewed while the block ran
+        with pytest.raises(rlease.RunInProgress):
+            rlease.take_lease(store, ttl_s=2)
+    assert json.loads(store.get(rlease.LEASE))["released"] and rlease.take_lease(store).generation == lease.generation + 1
+    store.delete(rlease.LEASE)
+    stalled = rlease.take_lease(store, ttl_s=0.4)
+    with pytest.raises(rlease.LeaseLost):
         with stalled.kept():
-            rl.take_lease(store, ttl_s=60, clock=lambda: time.time() + 10)  # another driver took it over
+            rlease.take_lease(store, ttl_s=60, clock=lambda: time.time() + 10)  # another driver took it over
 
 
 def test_a_lease_whose_holder_died_on_this_machine_is_free_at_once(store):
@@ -189,10 +190,10 @@ def test_a_lease_whose_holder_died_on_this_machine_is_free_at_once(store):
     import sys
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    held = rl.take_lease(store, ttl_s=600)
-    body = json.loads(store.get(rl.LEASE))
-    store.put(rl.LEASE, json.dumps({**body, "owner": body["owner"].replace(f":{__import__('os').getpid()}:",
+    held = rlease.take_lease(store, ttl_s=600)
+    body = json.loads(store.get(rlease.LEASE))
+    store.put(rlease.LEASE, json.dumps({**body, "owner": body["owner"].replace(f":{__import__('os').getpid()}:",
                                                                           f":{dead.stdout.strip()}:")}).encode())
-    assert rl.take_lease(store, ttl_s=600).generation == held.generation + 1  # a killed driver's: taken over
-    with pytest.raises(rl.RunInProgress):  # a live one's (this process): held
-        rl.take_lease(store, ttl_s=600)
+    assert rlease.take_lease(store, ttl_s=600).generation == held.generation + 1  # a killed driver's: taken over
+    with pytest.raises(rlease.RunInProgress):  # a live one's (this process): held
+        rlease.take_lease(store, ttl_s=600)
