@@ -110,7 +110,12 @@ def test_a_run_into_a_bucket_equals_a_run_into_a_folder(videos, tmp_path, monkey
         held = json.loads(store.get(".ledger/lease.json"))
         assert held["released"] and held["generation"] >= 2
 
-        store.put(".ledger/lease.json", json.dumps({**held, "released": False, "renewed_at": 9e12}).encode())
+        import os
+        import socket
+
+        live = f"{socket.gethostname()}:{os.getpid()}:test"  # a driver alive on this machine (this process)
+        store.put(".ledger/lease.json", json.dumps({**held, "owner": live, "released": False,
+                                                    "renewed_at": 9e12}).encode())
         locked = run_cli(tmp_path, env, f"input.path={videos}", "output.dir=s3://runs/run1")
         assert locked.returncode == 4 and "being written by" in locked.stderr
         Storage("s3://runs/photos").put("cat.jpg", b"meow")
