@@ -58,17 +58,20 @@ class Lease:
     ttl_s: float
     etag: str
     clock: Callable[[], float] = field(default=time.time, repr=False)
+    # The renewal thread and the driver (advance, release) swap the same version: one at a time.
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def body(self, released: bool = False) -> bytes:
         return json.dumps({"owner": self.owner, "generation": self.generation, "renewed_at": self.clock(),
                            "ttl_s": self.ttl_s, "released": released}).encode()
 
     def renew(self) -> None:
-        try:
-            self.etag = self.store.put(LEASE, self.body(), if_match=self.etag)
-        except (Conflict, NotFound):
-            if not self._still_ours():
-                raise LeaseLost(f"{self.store.url(LEASE)}: taken over by another driver") from None
+        with self._lock:
+            try:
+                self.etag = self.store.put(LEASE, self.body(), if_match=self.etag)
+            except (Conflict, NotFound):
+                if not self._still_ours():
+                    raise LeaseLost(f"{self.store.url(LEASE)}: taken over by another driver") from None
 
     def _still_ours(self) -> bool:
         """A write whose reply was lost and whose retry found our own version there: still ours (its ETag kept)."""
@@ -113,16 +116,18 @@ class Lease:
     def advance(self) -> int:
         """A new generation under the same lease: writers of the old one can no longer commit (a writer on a lost
         node may outlive its node for a moment). Returns it."""
-        self.generation += 1
-        self.renew()
-        return self.generation
+        with self._lock:
+            self.generation += 1
+            self.renew()
+            return self.generation
 
     def release(self) -> None:
         """Mark the lease free (a later run takes it at once); one taken over already is left as it is."""
-        try:
-            self.etag = self.store.put(LEASE, self.body(released=True), if_match=self.etag)
-        except (Conflict, NotFound):
-            pass
+        with self._lock:
+            try:
+                self.etag = self.store.put(LEASE, self.body(released=True), if_match=self.etag)
+            except (Conflict, NotFound):
+                pass
 
 
 def take_lease(store: Storage, ttl_s: float = 600.0, clock: Callable[[], float] = time.time) -> Lease:
