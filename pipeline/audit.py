@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -26,12 +27,15 @@ from pipeline.core.errors import Reason, VideoError
 from pipeline.video.extract import available_cpus
 from pipeline.video.frames import swscale_rgb
 from pipeline.video.imageops import decode_jpeg
-from pipeline.video.opened import Identity, OpenedSource, SourceRules, open_source
+from pipeline.video.config_video import FetchConfig
+from pipeline.video.fetch import fetch, is_http
+from pipeline.video.opened import Identity, OpenedSource, SourceRules, open_source, url_prefixes
 from pipeline.video.paths import PROTOCOL_WHITELIST
 from pipeline.video.probe import ffmpeg_binary, ffprobe_binary, run_ffprobe
 from pipeline.core.sample import FileIdentity, FrameSetRecord, VideoRecord
-from shards.layout import Sample
-from shards.reader import iter_tar_samples, open_run, read_index, read_run_json
+from shards.access import Tars, reading_run
+from shards.layout import RunDir, Sample
+from shards.reader import iter_tar_samples, read_index, read_run_json
 
 
 @dataclass
@@ -112,31 +116,56 @@ def _probed_identity(recorded: FileIdentity) -> Identity | None:
     return Identity(recorded.device, recorded.inode, recorded.size, recorded.mtime_ns)
 
 
+@dataclass(frozen=True)
+class RemoteAccess:
+    """How the run fetched its remote sources (its `input.fetch` and http settings): audit copies them the same way."""
+
+    fetch: FetchConfig
+    http: bool = False
+    allowed_prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config_dict(cls, config: dict[str, Any]) -> RemoteAccess:
+        section = config.get("input") or {}
+        return cls(FetchConfig.model_validate(section.get("fetch") or {}),
+                   bool((section.get("http") or {}).get("enabled")), url_prefixes(section.get("allowed_roots") or []))
+
+
+def _fetched_copy(source: str, remote: RemoteAccess, folder: Path) -> Path:
+    """A remote source copied into `folder` (raises VideoError as the run's fetch stage would reject it)."""
+    if is_http(source) and not remote.http:
+        raise VideoError(Reason.FETCH_FAILED, f"{source}: the run's input.http.enabled is false")
+    return fetch(source, folder / "source", remote.fetch, allowed_prefixes=remote.allowed_prefixes).path
+
+
 def audit_sample(key: str, sample: Sample, resample: str, max_frames: int, timeout_s: float,
-                 rules: SourceRules | None = None) -> SampleAudit:
+                 rules: SourceRules | None = None, remote: RemoteAccess | None = None) -> SampleAudit:
     """Re-decode one sample's stored frames from its source, opened as the run opened it: confined by `rules`
-    and the very file the run's probe read (else the sample is not audited: its frames came from another file)."""
+    and the very file the run's probe read (else the sample is not audited: its frames came from another file).
+    A remote source (object store, http) is copied to a temporary file first, as the run copied it."""
     meta = sample.meta
     source = meta.source
     out = SampleAudit(key, source)
-    if "://" in source:
-        out.error = f"{source} is remote: audit re-reads local sources only"
-        return out
     fs = meta.stored_set()
     if fs is None or not fs.timestamps_s:
         out.error = f"no record of frame set {meta.frame_set!r} in the sample's metadata"
         return out
     with ExitStack() as stack:
+        local, fetched = source, "://" in source
         try:
-            opened = stack.enter_context(open_source(source, rules))
+            if fetched:
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="prolongvid-audit-")))
+                local = str(_fetched_copy(source, remote or RemoteAccess(FetchConfig()), folder))
+            opened = stack.enter_context(open_source(local, None if fetched else rules))
         except VideoError as e:
             out.error = f"source {source} is not there any more" if e.reason is Reason.MISSING else str(e)
             return out
         probed = _probed_identity(meta.video.file_identity)
         # Size and mtime only: the same file seen from another NFS client, or moved to another disk, has another
-        # device and inode number; its frames are then compared as usual.
-        if probed is not None and (probed.size, probed.mtime_ns) != (opened.identity.size, opened.identity.mtime_ns):
-            changes = [d for d in probed.differences(opened.identity) if d.startswith(("size", "mtime_ns"))]
+        # device and inode number; its frames are then compared as usual. A fresh copy of a remote one: size only.
+        fields = ("size",) if fetched else ("size", "mtime_ns")
+        if probed is not None and any(getattr(probed, f) != getattr(opened.identity, f) for f in fields):
+            changes = [d for d in probed.differences(opened.identity) if d.startswith(fields)]
             out.error = f"{Reason.SOURCE_CHANGED.value}: {source} is not the file the probe read ({', '.join(changes)})"
             return out
         _compare(out, opened, sample, fs, meta.video, resample, max_frames, timeout_s)
@@ -173,13 +202,19 @@ def run_audit(run_dir: str | Path, samples: int = 4, seed: int = 0, max_frames: 
               timeout_s: float = 60.0) -> list[SampleAudit]:
     """Audit `samples` random samples (or the named `keys`) of a run; one sample per worker thread."""
     ffprobe_binary()  # a missing tool stops here, with the install hint
-    run = open_run(run_dir)
+    with reading_run(run_dir) as (run, tars):
+        return _audit(run, tars, samples, seed, max_frames, keys, timeout_s)
+
+
+def _audit(run: RunDir, tars: Tars, samples: int, seed: int, max_frames: int, keys: list[str] | None,
+           timeout_s: float) -> list[SampleAudit]:
     rows = read_index(run)
     config = read_run_json(run).get("config") or {}
     frame_set = (config.get("shards") or {}).get("frame_set", "shard")
     spec = next((s for s in (config.get("sampling") or {}).get("sets", []) if s.get("name") == frame_set), {})
     resample = (spec.get("resize") or {}).get("resample", "bicubic")
     rules = SourceRules.from_config_dict(config)  # the run's own confinement
+    remote = RemoteAccess.from_config_dict(config)
     if keys:
         chosen = [r for r in rows if r["key"] in set(keys)]
     else:
@@ -187,11 +222,13 @@ def run_audit(run_dir: str | Path, samples: int = 4, seed: int = 0, max_frames: 
     wanted = {r["key"]: r["shard"] for r in chosen}
     found: dict[str, Sample | SampleAudit] = {}
     for shard in sorted(set(wanted.values())):
-        for key, members in iter_tar_samples(run.shards / shard):
+        with tars.open(shard) as stream:
+            shard_samples = {key: members for key, members in iter_tar_samples(stream) if key in wanted}
+        for key, members in shard_samples.items():
             if key in wanted:
                 found[key] = _read_sample(key, members)
     with ThreadPoolExecutor(max(1, available_cpus())) as pool:
-        futures = {key: pool.submit(audit_sample, key, s, resample, max_frames, timeout_s, rules)
+        futures = {key: pool.submit(audit_sample, key, s, resample, max_frames, timeout_s, rules, remote)
                    for key, s in found.items() if isinstance(s, Sample)}  # fmt: skip
         results = [futures[k].result() if k in futures else found[k] for k in wanted if k in found]
     results += [SampleAudit(k, "", error="listed in the index but not in its shard") for k in wanted if k not in found]

@@ -23,7 +23,7 @@ from pipeline.video.keyset import KeySet
 from pipeline.video.sources import open_sources
 from pipeline.waves import dispatch
 from shards import remote_lease, remote_ledger
-from shards.layout import RUN_FILE
+from shards.layout import CONFIG_FILE, RUN_FILE
 from shards.rows import table_row_totals
 from shards.target import RemoteTarget
 
@@ -86,7 +86,7 @@ def _run(plan: RunPlan, store: Storage, lease: remote_lease.Lease, sources: Any,
     dropped = remote_ledger.drop_rejects(store, list(retry_reasons)) if retry_reasons else 0
     keys, rows, legacy = remote_ledger.done_keys(store)
     state = ResumeState(KeySet.build(keys), KeySet.build(rows), KeySet.build(legacy), cleaned, dropped)
-    store.put("config.resolved.yaml", dump_config(cfg).encode())
+    store.put(CONFIG_FILE, dump_config(cfg).encode())
     if plan.decode.log_dir:
         Path(plan.decode.log_dir).mkdir(parents=True, exist_ok=True)
 

@@ -23,7 +23,8 @@ INDEX_FILE = "index.parquet"
 REJECTS_FILE = "rejects.parquet"
 RUN_FILE = "run.json"
 SHARDS_FILE = "shards.json"
-EMBEDDINGS_FILE = "embeddings.parquet"  # key, CLIP video embedding (when the CLIP stage ran)  # name, sha256, bytes, samples of every finished shard
+EMBEDDINGS_FILE = "embeddings.parquet"  # key, CLIP video embedding (when the CLIP stage ran)
+CONFIG_FILE = "config.resolved.yaml"  # the config the run ran with, every default filled in
 TMP_SUFFIX = ".partial"
 
 FRAME_MEMBER = re.compile(r"^(\d{4,})\.jpg$")  # layout 1's one member per frame

@@ -31,16 +31,20 @@ from typing import Any, Iterator
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from pipeline.core.storage import is_remote
 from pipeline.video.config_video import InputConfig
 from pipeline.core.sample import LAYOUT1_VERSION, Conversation
+from shards.access import Tars, reading_run
 from shards.layout import RunDir, Sample, check_key
-from shards.reader import open_run, read_run_json, read_shard_list
+from shards.reader import read_run_json, read_shard_list
+from shards.remote import register_webdataset_schemes
 from shards.split import EVAL, TRAIN, split_name
 
 FRAMES_FOLDER = "shareVideoGPTV"  # the path text LLaVA-NeXT's `_get_item` looks for to read a folder as frames
 TRAINER_FRAMES_FPS = 2.0  # the rate that branch assumes: stored frame i is stated to be at i / 2 s
 SPLITS = (TRAIN, EVAL, "all")
 _WRITTEN_FRAME = re.compile(r"^\d+\.jpg$")
+REMOTE_SOURCE = "a URL: the trainer opens local files; export with --frames-dir (frames from the shards) instead"
 
 
 @dataclass
@@ -127,7 +131,12 @@ def export_llava(run_dir: str | Path, out_json: str | Path, frames_dir: str | Pa
     """Write the run's `split` samples' conversations as LLaVA records to `out_json`, and the summary beside it."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
-    run = open_run(run_dir)
+    with reading_run(run_dir) as (run, tars):
+        return _export(run, tars, out_json, frames_dir, split, absolute, check_decord)
+
+
+def _export(run: RunDir, tars: Tars, out_json: str | Path, frames_dir: str | Path | None, split: str, absolute: bool,
+            check_decord: bool) -> ExportSummary:
     wanted = {TRAIN, EVAL} if split == "all" else {split}
     frames_root = Path(frames_dir).resolve() if frames_dir is not None else None
     summary = ExportSummary(out_json=str(out_json), split=split, absolute=absolute,
@@ -135,7 +144,7 @@ def export_llava(run_dir: str | Path, out_json: str | Path, frames_dir: str | Pa
     splits, left_out = _Splits(run), Counter[str]()
     entries: list[_Entry] = []
     rates: list[float] = []
-    for members, shard_split in _samples(run, wanted, left_out):
+    for members, shard_split in _samples(run, tars, wanted, left_out):
         try:
             sample = Sample(members)
             key = check_key(sample.key)  # a key like `../../x` would write outside frames_dir
@@ -188,7 +197,7 @@ def export_llava(run_dir: str | Path, out_json: str | Path, frames_dir: str | Pa
     return summary
 
 
-def _samples(run: RunDir, wanted: set[str], left_out: Counter[str]) -> Iterator[tuple[dict[str, Any], str]]:
+def _samples(run: RunDir, tars: Tars, wanted: set[str], left_out: Counter[str]) -> Iterator[tuple[dict[str, Any], str]]:
     """(members, the shard's split) of every sample in shards that may hold `wanted` splits; a shard
     shards.json gives to another split is not read (its samples are counted in `left_out`)."""
     import webdataset as wds
@@ -198,11 +207,11 @@ def _samples(run: RunDir, wanted: set[str], left_out: Counter[str]) -> Iterator[
     for e in listed:
         if split_name(e) not in wanted:
             left_out[split_name(e)] += int(e.get("samples") or 0)
-    names = [e["name"] for e in listed if split_name(e) in wanted] if listed else \
-        sorted(p.name for p in run.shards.glob("*.tar"))  # fmt: skip
+    names = [e["name"] for e in listed if split_name(e) in wanted] if listed else sorted(tars.sizes)
     if not names:
         return
-    for members in wds.WebDataset([str(run.shards / n) for n in names], shardshuffle=False, empty_check=False):
+    register_webdataset_schemes()  # a run on an object store: its shards streamed from their URLs
+    for members in wds.WebDataset([tars.location(n) for n in names], shardshuffle=False, empty_check=False):
         yield members, shard_split.get(Path(str(members.get("__url__", ""))).name, "")
 
 
@@ -286,6 +295,8 @@ def _config_root(run: RunDir) -> Path | None:
         cfg = InputConfig.model_validate(doc["config"]["input"])
     except (KeyError, TypeError, ValidationError):
         return None
+    if is_remote(cfg.path) or "://" in cfg.video_root:
+        return None  # the sources are URLs, written as they are
     path = Path(cfg.path)
     if doc.get("input_kind") == "folder":
         return path.resolve()
@@ -297,6 +308,8 @@ def _video(entry: _Entry, root: Path | None, absolute: bool) -> str:
     if entry.folder:
         return str(root / entry.folder) if absolute and root else entry.folder
     rel, source = entry.rel, entry.source
+    if "://" in source:
+        return source
     if not absolute and root is not None and rel and not os.path.isabs(rel):
         joined = os.path.join(str(root), rel)
         if os.path.normpath(joined) == os.path.normpath(source) or os.path.exists(joined):
@@ -308,7 +321,8 @@ def _video(entry: _Entry, root: Path | None, absolute: bool) -> str:
 
 def _check_sources(paths: dict[str, str], check_decord: bool) -> tuple[str, list[Unreadable]]:
     """Open every source as the trainer does (`decord.VideoReader`); without decord only existence is checked."""
-    missing = [Unreadable(key, p, "no such file") for p, key in paths.items() if not os.path.isfile(p)]
+    missing = [Unreadable(key, p, REMOTE_SOURCE if "://" in p else "no such file") for p, key in paths.items()
+               if not os.path.isfile(p)]
     if not check_decord:
         return "not checked (asked not to): only missing files are listed", missing
     try:

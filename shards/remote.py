@@ -159,25 +159,14 @@ def register_webdataset_schemes() -> None:
         schemes[scheme] = open_stream
 
 
-def remote_tars(root: str) -> Any:
-    """A remote run's shards/ for `verify_run`: each tar's size from the listing, each read as a stream."""
-    from shards.verify import Tars
-
-    store = Storage(root)
-    prefix = f"{SHARDS_DIR}/"
-    sizes = {info.path[len(prefix):]: info.size for page in store.list_pages(prefix) for info in page
-             if info.path.endswith(".tar") and "/" not in info.path[len(prefix):]}
-    return Tars(sizes, lambda name: open_stream(shard_url(root, name)))
-
-
 def mirror_tables(root: str, dest: Path) -> Path:
-    """A remote run's tables (index, rejects, shards.json, run.json, embeddings) copied into `dest`, with an empty
+    """A remote run's tables (index, rejects, shards.json, run.json, embeddings, resolved config) copied into `dest`, with an empty
     shards/: what `stats` reads, without a byte of the shards themselves."""
-    from shards.layout import EMBEDDINGS_FILE, REJECTS_FILE, RUN_FILE
+    from shards.layout import CONFIG_FILE, EMBEDDINGS_FILE, REJECTS_FILE, RUN_FILE
 
     store = Storage(root)
     (dest / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    for name in (INDEX_FILE, REJECTS_FILE, SHARDS_FILE, RUN_FILE, EMBEDDINGS_FILE):
+    for name in (INDEX_FILE, REJECTS_FILE, SHARDS_FILE, RUN_FILE, EMBEDDINGS_FILE, CONFIG_FILE):
         try:
             data = store.get(name)
         except NotFound:

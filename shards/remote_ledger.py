@@ -122,7 +122,8 @@ def _drop(store: Storage, name: str) -> None:
 
 
 def settle(store: Storage) -> dict[str, int]:
-    """Finish rewrites, drop records whose tar is gone, take duplicate keys out of later shards, remove orphans."""
+    """Finish rewrites, drop records whose tar is gone, take duplicate keys out of later shards, remove orphans
+    and abort a killed writer's unfinished multipart upload."""
     done = {"replaced": 0, "lost": 0, "deduplicated": 0, "orphans": 0}
     records = {r["name"]: r for r in shard_records(store)}
     for record in list(records.values()):
@@ -147,6 +148,9 @@ def settle(store: Storage) -> dict[str, int]:
         if WRITER_NAME.fullmatch(_SETTLED.sub("", name[:-4]) + ".tar"):  # only what a writer or a settle names
             store.delete(f"{SHARDS_DIR}/{name}")
             done["orphans"] += 1
+    aborted = store.abort_uploads(f"{SHARDS_DIR}/", lambda name: bool(WRITER_NAME.fullmatch(name)))
+    if aborted:  # a killed writer's unfinished upload (no run of this folder is writing now)
+        done["uploads_aborted"] = aborted
     return done
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import tarfile
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 from pipeline.core.sample import FramesLayout, NewerFormat, SampleMeta
 from pipeline.core.sample_io import parse_conversations, parse_meta
 from shards.layout import (CONVERSATIONS_MEMBER, FRAME_MEMBER, FRAMES_MEMBER, MEMBERS, META_MEMBER, RunDir,
                            layout1_frame_names)  # fmt: skip
+from shards.access import Tars, local_tars
 from shards.rows import row_totals
 from shards.reader import HashingReader, iter_tar_samples, read_index, read_run_json, read_shard_list
 
@@ -116,19 +116,6 @@ def _check_sample(shard: str, key: str, members: dict[str, bytes]) -> tuple[list
     elif layout1:  # without frame members a missing frames.mjpeg is named by the member-set check
         problems.append(f"{where}: format {meta.format_version} {META_MEMBER} beside layout-1 frames, no {FRAMES_MEMBER}")
     return problems, meta.frames.count
-
-
-@dataclass(frozen=True)
-class Tars:
-    """A run's shards/ as verify reads it: every tar there with its size, and how to read one front to back."""
-
-    sizes: dict[str, int]
-    open: Callable[[str], BinaryIO]
-
-
-def local_tars(run: RunDir) -> Tars:
-    sizes = {p.name: p.stat().st_size for p in run.shards.glob("*.tar")} if run.shards.is_dir() else {}
-    return Tars(sizes, lambda name: open(run.shards / name, "rb"))
 
 
 def verify_run(run: RunDir, tars: Tars | None = None) -> list[str]:

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from shards.layout import RunDir, Sample, check_key
+from shards.access import Tars, local_tars, reading_run
+from shards.layout import CONFIG_FILE, RunDir, Sample, check_key
 from shards.reader import read_index, read_rejects
 from shards.stats import DURATION_BINS_S, DURATION_LABELS
 from shards.tarformat import BLOCK
@@ -232,11 +233,11 @@ def load_sample(sample: Sample, limit: int) -> ShownSample:
     return ShownSample(sample.meta, sample.conversations, frames)
 
 
-def load_shard(path: Path, keys: set[str], limit: int) -> tuple[dict[str, ShownSample], dict[str, str]]:
-    """The wanted samples of one shard as pages show them, and why any of them could not be read."""
+def load_shard(shard: BinaryIO, keys: set[str], limit: int) -> tuple[dict[str, ShownSample], dict[str, str]]:
+    """The wanted samples of one shard (a seekable file) as pages show them, and why any of them could not be read."""
     shown: dict[str, ShownSample] = {}
     unreadable: dict[str, str] = {}
-    with open(path, "rb") as f:
+    with shard as f:
         for key, where in locate_members(f, keys).items():
             try:
                 shown[key] = load_sample(Sample(ShardSample(f, where), key), limit)
@@ -248,7 +249,7 @@ def load_shard(path: Path, keys: set[str], limit: int) -> tuple[dict[str, ShownS
 def score_thresholds(run: RunDir) -> dict[str, list[str]]:
     """Per score, the limits the run's resolved config sets on it (`filters.visual.min_brightness` -> brightness:
     `min 25 (visual)`), marked when the filter only scored (`score_only`) and rejected nothing."""
-    path = run.root / "config.resolved.yaml"
+    path = run.root / CONFIG_FILE
     if not path.exists():
         return {}
     import yaml
@@ -265,9 +266,10 @@ def score_thresholds(run: RunDir) -> dict[str, list[str]]:
     return dict(out)
 
 
-def build_site(run: RunDir, out: Path, sample: int = 200, filter_expr: str | None = None, seed: int = 0) -> dict[str, Any]:
+def build_site(run: RunDir, out: Path, sample: int = 200, filter_expr: str | None = None, seed: int = 0,
+               tars: Tars | None = None) -> dict[str, Any]:
     """Write the site into `out` (new, empty, or an earlier site's: only its files are replaced; shards/viewer_dir.py);
-    returns counts of what was written."""
+    the shards are read from `tars` (by default `run`'s shards/). Returns counts of what was written."""
     from shards.viewer_html import index_page, reject_page, sample_page, site_assets
 
     site = SiteDir(out)  # refuses a folder that is not ours before anything is read or written
@@ -280,10 +282,10 @@ def build_site(run: RunDir, out: Path, sample: int = 200, filter_expr: str | Non
             by_shard[e["shard"]].add(e["key"])
     loaded: dict[str, ShownSample] = {}
     unreadable: dict[str, str] = {}
+    tars = tars or local_tars(run)
     for shard, keys in sorted(by_shard.items()):
-        path = run.shards / shard
-        if path.exists():
-            shown, bad = load_shard(path, keys, STRIP_MAX)
+        if shard in tars.sizes:
+            shown, bad = load_shard(tars.open_seekable(shard), keys, STRIP_MAX)
             loaded.update(shown)
             unreadable.update(bad)
     planned = {*TOP_FILES} | {f"pages/{_page_name(e)}.html" for e in picked}
@@ -333,13 +335,16 @@ def cmd_view(args: Any) -> int:
     import sys
     import time
 
-    from shards.reader import open_run
+    from pipeline.core.config_load import ConfigError
+    from pipeline.core.storage import is_remote
 
-    run = open_run(args.run_dir)
-    out = Path(args.out) if args.out else run.root / "viewer"
+    if is_remote(args.run_dir) and not args.out:
+        raise ConfigError(f"view {args.run_dir}: the site is written on this machine; give --out, a local folder")
     start = time.monotonic()
     try:
-        done = build_site(run, out, sample=args.sample, filter_expr=args.filter, seed=args.seed)
+        with reading_run(args.run_dir) as (run, tars):
+            out = Path(args.out) if args.out else run.root / "viewer"
+            done = build_site(run, out, sample=args.sample, filter_expr=args.filter, seed=args.seed, tars=tars)
     except ViewError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -62,9 +62,11 @@ def remote_content(url: str) -> dict[tuple[str, str], str]:
 
 
 def assert_remote_clean(url: str, tmp: Path) -> None:
-    """--verify clean, and nothing under shards/ or .ledger/shards/ that shards.json does not list."""
+    """--verify clean, and nothing under shards/ or .ledger/shards/ that shards.json does not list, nor an
+    unfinished multipart upload there."""
     from pipeline.core.storage import Storage
-    from shards.remote import mirror_tables, remote_shard_list, remote_tars
+    from shards.access import remote_tars
+    from shards.remote import mirror_tables, remote_shard_list
 
     assert verify_run(RunDir(mirror_tables(url, tmp)), remote_tars(url)) == []
     listed = {s["name"] for s in remote_shard_list(url) or []}
@@ -72,3 +74,9 @@ def assert_remote_clean(url: str, tmp: Path) -> None:
     tars = {i.path.partition("/")[2] for p in store.list_pages("shards/") for i in p}
     records = {i.path.rpartition("/")[2][: -len(".json")] for p in store.list_pages(".ledger/shards/") for i in p}
     assert tars == listed and records == listed, (sorted(tars - listed), sorted(records ^ listed))
+    if url.startswith("s3://"):  # and no unfinished upload of a writer left billing in the bucket
+        import boto3
+
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        uploads = boto3.client("s3").list_multipart_uploads(Bucket=bucket, Prefix=f"{prefix}/shards/")
+        assert not uploads.get("Uploads"), [u["Key"] for u in uploads["Uploads"]]

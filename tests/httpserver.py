@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from contextlib import contextmanager
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from fixtures.loopback import loopback_server
 
 
 class Faults:
@@ -80,11 +81,5 @@ def _handler(root: Path, faults: Faults):
 @contextmanager
 def http_server(root: Path) -> Iterator[tuple[str, Faults]]:
     faults = Faults()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(root, faults))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", faults
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(_handler(root, faults)) as url:
+        yield url, faults

@@ -33,10 +33,14 @@ def _frame_set(name: str, d: dict[str, Any]) -> FrameSetRecord:
     return FrameSetRecord(**{**_no_nulls(d), "name": d.get("name") or name, "stages": picks})
 
 
-def _video(d: dict[str, Any]) -> VideoRecord:
+def _video(d: dict[str, Any], source: str) -> VideoRecord:
+    """The probe's record; for a remote source the URL and the size, not the node-local copy's path, inode and
+    mtime (gone with the copy, and different at every fetch: the same video would store different bytes)."""
     ident = d.get("file_identity") or []
     fields = {k: v for k, v in _no_nulls(d).items() if k != "file_identity"}
     identity = FileIdentity(**dict(zip(("device", "inode", "size", "mtime_ns"), ident))) if len(ident) == 4 else FileIdentity()
+    if "://" in source:
+        fields["path"], identity = source, FileIdentity(size=identity.size)
     return VideoRecord(**{"path": "", **fields, "file_identity": identity})
 
 
@@ -76,7 +80,7 @@ def meta_from_sections(key: str, source: str, frame_set: str, split: str, meta: 
         frame_set=frame_set,
         frames=FramesLayout(member=member, count=len(frame_sizes), offsets=offsets if member else [],
                             sizes=list(frame_sizes) if member else []),  # fmt: skip
-        video=_video(meta.get("video") or {"path": source}),
+        video=_video(meta.get("video") or {"path": source}, source),
         decode=DecodeRecord(**{**_no_nulls(decode), "sets": set_list}),
         num_frames=int(meta.get("num_frames") or 0),
         extra_json=_json_text(meta.get("extra")),

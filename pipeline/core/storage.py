@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REMOTE_SCHEMES = ("s3://", "gs://", "az://", "abfs://", "azure://")
 # The client's runtime (tokio) does not survive a fork: a process forked after its parent used the store would
@@ -186,6 +186,33 @@ class Storage:
                 yield sorted((_info(meta) for meta in page), key=lambda info: info.path)
         except FileNotFoundError:  # a local prefix that does not exist yet: nothing under it
             return
+
+
+    def abort_uploads(self, prefix: str, ours: Callable[[str], bool]) -> int | None:
+        """Abort the unfinished multipart uploads under `prefix` whose object name (after the prefix) `ours`
+        accepts: a writer killed mid-upload leaves parts no listing shows and the bucket still bills. S3 through
+        boto3 (its client reads the same endpoint and credentials); None where that cannot be done here (another
+        store, or no boto3: a bucket lifecycle rule that aborts incomplete uploads does the same)."""
+        if not self.root.startswith("s3://"):
+            return None
+        try:
+            import boto3
+        except ImportError:
+            return None
+        bucket, _, key_prefix = self.root[len("s3://"):].partition("/")
+        full = f"{key_prefix}/{prefix}" if key_prefix else prefix
+        client = boto3.client("s3")
+        aborted = 0
+        try:
+            for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=full):
+                for upload in page.get("Uploads", []):
+                    name = upload["Key"][len(full):]
+                    if "/" not in name and ours(name):
+                        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                        aborted += 1
+        except Exception as e:  # boto3's ClientError and connection errors alike, after its own retries
+            raise StorageError(f"abort uploads under {self.url(prefix)}: {type(e).__name__}: {e}") from e
+        return aborted
 
 
 def _check_not_forked(url: str) -> None:

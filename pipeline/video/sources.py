@@ -4,14 +4,12 @@ Each source becomes a `VideoTask` with a stable key derived from the source
 (the manifest's `id`, else the path relative to the input root plus a short
 hash), so reruns and resumes address the same sample. Paths are resolved with
 symlinks followed and, when `input.allowed_roots` is set, confined to those
-folders; a source that cannot be used becomes a reject, never an exception.
+folders (`locate.py`); a source that cannot be used becomes a reject, never an exception.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,32 +22,14 @@ from pipeline.core.errors import Reason, VideoError
 from pipeline.video.keyset import GrowingKeySet
 from pipeline.video.llava_source import llava_chunks
 from pipeline.video.manifests import LOADERS
-from pipeline.core.redact import public_url
 from pipeline.core.storage import is_remote
-from pipeline.video.opened import local_roots, url_prefixes
-from pipeline.video.paths import check_path_text, check_regular_file
+from pipeline.video.locate import PATH_FIELDS, Bounds, base_of, key_for_path, locate, printable, sanitize_key
+from pipeline.video.paths import check_regular_file
 from pipeline.video.scratch import scratch_dir
 from pipeline.core.records import Rejection
 from pipeline.core.task import VideoTask, signed_source
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-PATH_FIELDS = ("path", "video", "video_path")
 MANIFEST_SCRATCH = "prolongvid-manifest-"  # a remote manifest's local copy, in this process's scratch
-
-
-def sanitize_key(text: str, limit: int = 80) -> str:
-    """Only [A-Za-z0-9_-]: no '/', '..', dots (webdataset splits keys at dots) or control characters."""
-    key = _UNSAFE.sub("_", text).strip("_-")
-    return key[:limit] or "video"
-
-
-def key_for_path(rel: str) -> str:
-    """A readable, collision-safe key: the sanitised relative path plus 8 hex digits of its hash."""
-    digest = hashlib.sha1(rel.encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    stem = rel.rsplit(".", 1)[0] if "." in Path(rel).name else rel
-    return f"{sanitize_key(stem, 70)}-{digest}"
-
-
 CHUNK = 10_000  # sources read, checked and handed on at a time
 
 
@@ -103,14 +83,14 @@ class SourceStream:
         if self.remote:
             self.root = cfg.path.rstrip("/")
             self.base: Path | str = self.root if self.kind == "folder" else \
-                _base_of(cfg.video_root) if cfg.video_root else self.root.rpartition("/")[0]
+                base_of(cfg.video_root) if cfg.video_root else self.root.rpartition("/")[0]
         else:
             self.root = Path(cfg.path).resolve()
             if self.kind == "folder" and not self.root.is_dir():
                 raise ConfigError(f"input.path: {cfg.path} is not a folder")
             if self.kind != "folder" and not self.root.is_file():
                 raise ConfigError(f"input.path: {cfg.path} is not a file")
-            self.base = self.root if self.kind == "folder" else _base_of(cfg.video_root) if cfg.video_root \
+            self.base = self.root if self.kind == "folder" else base_of(cfg.video_root) if cfg.video_root \
                 else self.root.parent
         self.allowed = Bounds.of(cfg.allowed_roots)
         self.tasks_seen = self.rejects_seen = 0
@@ -204,11 +184,6 @@ def load_sources(cfg: InputConfig) -> Sources:
     return Sources(tasks, rejects, stream.kind, stream.skipped_by_extension, dict(stream.skipped_suffixes))
 
 
-def printable(path: str) -> str:
-    """A path as storable text: bytes that are not UTF-8 shown as escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def _walk(root: Path, recursive: bool) -> Iterator[tuple[str, bool | None, OSError | None]]:
     """(path, is a folder, error) for every entry under root, each folder's entries in name order and a folder's
     contents right after it; folders followed through symlinks but each real one once."""
@@ -284,86 +259,6 @@ def _folder_records(root: Path, cfg: InputConfig) -> Iterator[dict[str, Any] | R
                             else f"path is not valid UTF-8: {printable(path)}", key_for_path(rel))
             continue
         yield {"path": rel}
-
-
-def _video_field(rec: dict[str, Any]) -> str | None:
-    for name in PATH_FIELDS:
-        value = rec.get(name)
-        if isinstance(value, str) and value.strip():
-            return value
-    return None
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """input.allowed_roots split by kind: folders for local videos, URL prefixes for remote ones. Set at all
-    (`confined`): a video under none of them is refused, whichever kind it is."""
-
-    confined: bool = False
-    folders: tuple[Path, ...] = ()
-    prefixes: tuple[str, ...] = ()
-
-    @classmethod
-    def of(cls, roots: list[str]) -> "Bounds":
-        return cls(bool(roots), tuple(Path(r).resolve() for r in local_roots(roots)), url_prefixes(roots))
-
-
-def _base_of(root: str) -> Path | str:
-    return root.rstrip("/") if "://" in root else Path(root).resolve()
-
-
-def _resolve_url(raw: str, base: Path | str) -> str:
-    """A row's video as a URL: itself, or joined to a remote base; `..` may not climb out of the base."""
-    if "://" in raw:
-        return raw
-    parts = [p for p in raw.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise ValueError(f"{raw}: '..' in a path under a URL")
-    return f"{base}/{'/'.join(parts)}"
-
-
-def _resolve(raw: str, base: Path | str, allowed: Bounds) -> tuple[Path | str, str | None]:
-    if "://" in raw or isinstance(base, str):
-        url = _resolve_url(raw, base)
-        if not url.startswith(("s3://", "gs://", "az://", "abfs://", "azure://", "http://", "https://")):
-            raise ValueError(f"{raw}: not a supported URL (s3://, gs://, az://, http(s)://)")
-        if allowed.confined and not url.startswith(allowed.prefixes or ("\0",)):
-            return url, f"{raw} is {url}, outside input.allowed_roots"
-        return url, None
-    path = (base / raw).resolve() if not Path(raw).is_absolute() else Path(raw).resolve()
-    if allowed.confined and not any(path.is_relative_to(root) for root in allowed.folders):
-        return path, f"{raw} resolves to {path}, outside input.allowed_roots"
-    return path, None
-
-
-def _rel(path: Path | str, raw: str, base: Path | str) -> str:
-    if isinstance(path, str):  # a URL: relative to a remote base when under it
-        return path[len(str(base)) + 1:] if isinstance(base, str) and path.startswith(f"{base}/") else path
-    try:
-        return str(path.relative_to(base))
-    except ValueError:
-        return raw
-
-
-def locate(rec: Any, n: int, base: Path | str, allowed: Bounds) -> tuple[str, str] | Rejection:
-    """Record `n`'s video as (resolved source, path relative to the base), or the reject saying why not."""
-    raw = _video_field(rec) if isinstance(rec, dict) else None
-    if raw is None:
-        why = rec.get("_bad") if isinstance(rec, dict) else None
-        return Rejection(f"record {n}", "source", Reason.BAD_SOURCE.value, why or f"no {'/'.join(PATH_FIELDS)} field")
-    try:
-        check_path_text(raw)
-        path, outside = _resolve(raw, base, allowed)
-    except (VideoError, RuntimeError, OSError, ValueError) as e:
-        reason = e.reason if isinstance(e, VideoError) else Reason.SYMLINK_LOOP if isinstance(e, RuntimeError) else Reason.BAD_PATH
-        detail = e.detail if isinstance(e, VideoError) else f"{printable(raw)}: {e}"
-        return Rejection(printable(raw), "source", reason.value, f"record {n}: {detail}", key_for_path(printable(raw)))
-    source, rel = str(path), _rel(path, raw, base)
-    if isinstance(path, str):
-        rel = public_url(rel)  # keys and `video_rel` never carry a URL's signature
-    if outside:
-        return Rejection(source, "source", Reason.OUTSIDE_ALLOWED_ROOTS.value, outside, key_for_path(rel))
-    return source, rel
 
 
 def _to_tasks(

@@ -14,6 +14,7 @@ on the machine).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,7 @@ import psutil
 from pipeline.raystop import kill_now
 
 NODE_IP = "10.77.0.1"
+HOST_IP, HOST_LINK_IP = "10.78.0.1", "10.78.0.2"  # `link_host`: this machine's end and the namespace's
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,9 +59,23 @@ class Namespace:
                     "ip link set pv0 up", "ip link set pv1 up", "ip route add default dev pv0"):  # fmt: skip
             subprocess.run(self.cmd(cmd.split()), check=True, capture_output=True, timeout=30)
 
-    def cmd(self, argv: list[str], cwd: Path | str | None = None) -> list[str]:
-        """`argv` run inside the namespace (nsenter would otherwise start it in `/`)."""
-        return ["nsenter", "-t", str(self.holder.pid), "-n", "-m", f"--wd={cwd or os.getcwd()}", "--", *argv]
+    def cmd(self, argv: list[str], cwd: Path | str | None = None, pid: int | None = None) -> list[str]:
+        """`argv` run inside the namespace (nsenter would otherwise start it in `/`); with `pid`, inside that
+        member's mount namespace (a node with a disk of its own)."""
+        return ["nsenter", "-t", str(pid or self.holder.pid), "-n", "-m", f"--wd={cwd or os.getcwd()}", "--", *argv]
+
+    def link_host(self, host_ip: str = HOST_IP, inside_ip: str = HOST_LINK_IP) -> str:
+        """A second veth pair, this machine's end outside (`host_ip`) and the other inside: servers a test runs
+        outside the namespace (an object store) are reachable from the cluster at `host_ip`, and nothing else
+        is (the default route stays inside). It goes away with the namespace."""
+        outside, inside = f"pvh{self.holder.pid % 100000}", f"pvi{self.holder.pid % 100000}"
+        subprocess.run(["ip", "link", "add", outside, "type", "veth", "peer", "name", inside], check=True, timeout=30)
+        for cmd in (f"ip link set {inside} netns {self.holder.pid}", f"ip addr add {host_ip}/24 dev {outside}",
+                    f"ip link set {outside} up"):  # fmt: skip
+            subprocess.run(cmd.split(), check=True, capture_output=True, timeout=30)
+        for cmd in (f"ip addr add {inside_ip}/24 dev {inside}", f"ip link set {inside} up"):
+            subprocess.run(self.cmd(cmd.split()), check=True, capture_output=True, timeout=30)
+        return host_ip
 
     def path(self, inside: Path) -> Path:
         """Where a path of the namespace (a tmpfs mounted there, say) is seen from outside it."""
@@ -84,16 +100,24 @@ class Namespace:
 
 
 class Cluster:
-    """`ray start --head` (no CPUs: tasks run on the workers) and worker nodes, each with its own temp dir."""
+    """`ray start --head` (no CPUs: tasks run on the workers) and worker nodes, each with its own temp dir.
 
-    def __init__(self, ns: Namespace, root: Path, workers: int = 2, cpus_per_worker: int = 2) -> None:
-        self.ns, self.root = ns, root
+    With `own_disks`, each node is also a machine with a disk of its own and no shared filesystem: it runs in a
+    mount namespace of its own where `/` is read-only and its folder (`root/<node>`: Ray's temp dir, `TMPDIR`,
+    `HOME`) is a tmpfs no other node sees. Whatever a job writes outside that folder fails, so a job that
+    succeeds there wrote nothing else; its code comes from `ray job submit --working-dir`, not a shared path."""
+
+    def __init__(self, ns: Namespace, root: Path, workers: int = 2, cpus_per_worker: int = 2,
+                 own_disks: bool = False, node_env: dict[str, str] | None = None) -> None:
+        self.ns, self.root, self.own_disks = ns, root, own_disks
         bin_dir = Path(sys.executable).parent
         (root / "home").mkdir(parents=True, exist_ok=True)
         # No RAY_* from this test session's embedded Ray (it turns token auth on), and the project's venv first on
         # the PATH: a job's `python` is the one on the PATH of `ray start`.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        self.env.update(HOME=str(root / "home"), PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHONPATH=str(ROOT))
+        self.env.update(HOME=str(root / "home"), PATH=f"{bin_dir}:{os.environ['PATH']}", **(node_env or {}))
+        if not own_disks:
+            self.env["PYTHONPATH"] = str(ROOT)
         self.ray = str(bin_dir / "ray")
         self.address = f"http://{NODE_IP}:{DASHBOARD_PORT}"
         self.cpus_per_worker = cpus_per_worker
@@ -107,6 +131,11 @@ class Cluster:
     def _start(self, name: str, args: list[str]) -> None:
         temp = self.root / name
         cmd = [self.ray, "start", *args, f"--temp-dir={temp}", "--object-store-memory=120000000", "--disable-usage-stats"]
+        if self.own_disks:
+            temp.mkdir(exist_ok=True)
+            disk = (f"mount -t tmpfs -o size=2g tmpfs {temp} && mkdir {temp}/tmp {temp}/home && "
+                    f"mount -o remount,bind,ro / && exec env HOME={temp}/home TMPDIR={temp}/tmp ")
+            cmd = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", disk + shlex.join(cmd)]
         done = subprocess.run(self.ns.cmd(cmd), env=self.env, capture_output=True, text=True, timeout=180)
         if done.returncode != 0:
             raise RuntimeError(f"ray start {name} failed: {done.stderr[-3000:]}")
@@ -116,7 +145,11 @@ class Cluster:
 
     def alive_nodes(self) -> int:
         code = "import ray; ray.init(address='auto', logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
-        done = subprocess.run(self.ns.cmd([sys.executable, "-c", code]), env={**self.env, "RAY_ADDRESS": f"{NODE_IP}:{GCS_PORT}"},
+        env, head = {**self.env, "RAY_ADDRESS": f"{NODE_IP}:{GCS_PORT}"}, None
+        if self.own_disks:  # a driver needs its node's disk: it runs in the head's mount namespace
+            head = self.raylet("h").pid
+            env.update(HOME=str(self.root / "h" / "home"), TMPDIR=str(self.root / "h" / "tmp"))
+        done = subprocess.run(self.ns.cmd([sys.executable, "-c", code], cwd="/", pid=head), env=env,
                               capture_output=True, text=True, timeout=120)  # fmt: skip
         return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else -1
 

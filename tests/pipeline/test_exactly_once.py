@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -67,25 +68,26 @@ def _cli_run(small_videos: Path, out: Path, ray_temp: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def test_a_driver_killed_and_restarted_five_times_stores_every_video_once(small_videos, reference, tmp_path):
-    out = tmp_path / "run"
+def kill_and_restart(start: Callable[[], subprocess.Popen], attempts: int, started: Callable[[], bool],
+                     later: Callable[[int], float], poll: float) -> None:
+    """Start a driver `attempts` times and SIGKILL each one: an even attempt once `started()` (a shard under way;
+    its writer then lives on as an orphan that may finish and try to commit after the next attempt began), at most
+    60 s in, an odd one `later(attempt)` seconds in. Then a last start must run to the end. The processes the killed
+    drivers left behind are killed at the end."""
     left_behind: list[psutil.Process] = []
-    ray_temp = tempfile.mkdtemp(prefix="raye", dir="/tmp")
     try:
-        for attempt in range(5):
-            driver = _cli_run(small_videos, out, ray_temp)
-            # Kill at different points: while a shard is being written (its writer then lives on as an orphan
-            # that may finish and try to commit after the next attempt began), or at a later time.
-            deadline = time.monotonic() + (60 if attempt % 2 == 0 else 5 + 2 * attempt)
+        for attempt in range(attempts):
+            driver = start()
+            deadline = time.monotonic() + (60 if attempt % 2 == 0 else later(attempt))
             while time.monotonic() < deadline and driver.poll() is None:
-                if attempt % 2 == 0 and any((out / "shards").glob("*.partial")):
+                if attempt % 2 == 0 and started():
                     break
-                time.sleep(0.05)
+                time.sleep(poll)
             if driver.poll() is None:
                 left_behind += psutil.Process(driver.pid).children(recursive=True)
                 driver.send_signal(signal.SIGKILL)  # its Ray workers live on: orphans that may still try to commit
             driver.wait()
-        final = _cli_run(small_videos, out, ray_temp)
+        final = start()
         log = final.communicate(timeout=600)[0].decode(errors="replace")
         assert final.returncode == 0, log[-3000:]
     finally:
@@ -94,6 +96,16 @@ def test_a_driver_killed_and_restarted_five_times_stores_every_video_once(small_
                 proc.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def test_a_driver_killed_and_restarted_five_times_stores_every_video_once(small_videos, reference, tmp_path):
+    out = tmp_path / "run"
+    ray_temp = tempfile.mkdtemp(prefix="raye", dir="/tmp")
+    try:
+        kill_and_restart(lambda: _cli_run(small_videos, out, ray_temp), attempts=5,
+                         started=lambda: any((out / "shards").glob("*.partial")),
+                         later=lambda attempt: 5 + 2 * attempt, poll=0.05)
+    finally:
         shutil.rmtree(ray_temp, ignore_errors=True)
     assert content(out) == reference
     assert_clean(out)

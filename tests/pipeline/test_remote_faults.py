@@ -7,22 +7,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from fixtures.s3server import make_bucket, s3_env, s3_server
 from pipeline.core.storage import Storage
 from shards import remote_ledger
 from shards.target import FAULT_HOOKS_VAR, FAULT_KILL_AFTER_COMMIT
 from tests.contents import assert_remote_clean, content, remote_content
-from tests.pipeline.test_exactly_once import small_videos  # noqa: F401 (fixture)
+from tests.pipeline.test_exactly_once import kill_and_restart, small_videos  # noqa: F401 (fixture)
+from tests.remote_helpers import bucket_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -30,14 +27,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def bucket(tmp_path_factory):
-    with s3_server(tmp_path_factory.mktemp("s3")) as endpoint:
-        make_bucket(endpoint, "runs")
-        env = s3_env(endpoint)
-        patch = pytest.MonkeyPatch()
-        for k, v in env.items():
-            patch.setenv(k, v)
+    with bucket_env(tmp_path_factory.mktemp("s3")) as env:
         yield env
-        patch.undo()
 
 
 def _cli_run(videos: Path, out: str, ray_temp: str, env: dict[str, str]) -> subprocess.Popen:
@@ -84,30 +75,12 @@ def test_a_writer_killed_after_its_commit_stores_nothing_twice(small_videos, buc
 def test_a_driver_killed_and_restarted_stores_every_video_once(small_videos, bucket, reference, tmp_path):  # noqa: F811
     url = "s3://runs/driver-killed"
     store = Storage(url)
-    left_behind: list[psutil.Process] = []
     temp = tempfile.mkdtemp(prefix="rayf", dir="/tmp")
-    try:
-        for attempt in range(3):
-            driver = _cli_run(small_videos, url, temp, bucket)
-            # Kill while shards are being committed (after the first record), or at a later time.
-            deadline = time.monotonic() + (60 if attempt % 2 == 0 else 6 + 3 * attempt)
-            while time.monotonic() < deadline and driver.poll() is None:
-                if attempt % 2 == 0 and any(True for page in store.list_pages(".ledger/shards/") for _ in page):
-                    break
-                time.sleep(0.1)
-            if driver.poll() is None:
-                left_behind += psutil.Process(driver.pid).children(recursive=True)
-                driver.send_signal(signal.SIGKILL)  # its Ray workers live on: orphans that may still try to commit
-            driver.wait()
-        final = _cli_run(small_videos, url, temp, bucket)
-        log = final.communicate(timeout=600)[0].decode(errors="replace")
-        assert final.returncode == 0, log[-3000:]
+    try:  # killed while shards are being committed (after the first record), or at a later time
+        kill_and_restart(lambda: _cli_run(small_videos, url, temp, bucket), attempts=3,
+                         started=lambda: any(True for page in store.list_pages(".ledger/shards/") for _ in page),
+                         later=lambda attempt: 6 + 3 * attempt, poll=0.1)
     finally:
-        for proc in left_behind:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
         shutil.rmtree(temp, ignore_errors=True)
     assert remote_content(url) == reference
     assert_remote_clean(url, tmp_path / "tables")

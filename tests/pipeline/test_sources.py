@@ -12,7 +12,8 @@ import pytest
 from pipeline.core.config_load import ConfigError
 
 from pipeline.run_config import load_run_config
-from pipeline.video.sources import key_for_path, load_sources, sanitize_key
+from pipeline.video.locate import key_for_path, sanitize_key
+from pipeline.video.sources import load_sources
 from shards.layout import check_key
 
 

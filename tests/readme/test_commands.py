@@ -17,11 +17,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import psutil
 import pytest
 
+from fixtures.s3server import make_bucket, s3_env, s3_server, upload_tree
 from fixtures.videos import SynthVideo, make_video
 from tests.chaos.cluster import NODE_IP, Namespace, namespaces_available
 from tests.readme.blocks import ROOT, cpu_form, demo_output_block, demo_output_problems, readme_blocks
@@ -136,7 +138,8 @@ def test_console_block_prints_what_the_readme_shows(scratch, stand_ins, tmp_path
 @pytest.mark.skipif(namespaces_available() is not None, reason=str(namespaces_available()))
 def test_cluster_blocks_run_as_written(scratch, stand_ins):
     """Start, token, submit and stop exactly as the README says, in a namespace whose traffic stays on this machine."""
-    from shards.reader import open_run, read_index
+    from shards.access import reading_run
+    from shards.reader import read_index
     from shards.verify import verify_run
 
     temp = tempfile.mkdtemp(prefix="rayr", dir="/tmp")  # short: Ray's socket paths; stands in for /tmp/ray-prolongvid
@@ -145,7 +148,17 @@ def test_cluster_blocks_run_as_written(scratch, stand_ins):
     env = user_env(home)
     env["PATH"] = os.environ["PATH"]  # the README's `source .venv/bin/activate` puts the venv first
     ns = Namespace()
+    saved = dict(os.environ)
+    stack = ExitStack()
     try:
+        # The buckets the block names, on a real S3 API server this machine serves to the namespace: the nodes get
+        # its endpoint and keys in the environment of `ray start`, as the README tells a user to.
+        endpoint = stack.enter_context(s3_server(Path(home), host=ns.link_host()))
+        env.update({k: v for k, v in s3_env(endpoint).items() if k != "HOME"})
+        os.environ.update(s3_env(endpoint))
+        for bucket in ("videos", "runs"):
+            make_bucket(endpoint, bucket)
+        upload_tree(Path(stand_ins["/shared/"]) / "videos", "s3://videos/raw")
         cluster = [b for b in readme_blocks() if b.kind == "cluster"]
         start = "\n".join(cpu_form(c, ins) for c in cluster[0].commands)
         stop = "\n".join(cpu_form(c, ins) for b in cluster[1:] for c in b.commands)
@@ -155,12 +168,16 @@ def test_cluster_blocks_run_as_written(scratch, stand_ins):
         done = subprocess.run(ns.cmd(["bash", str(script)], cwd=scratch), env=env, capture_output=True, text=True, timeout=900)
         log = done.stdout + done.stderr
         assert done.returncode == 0 and "succeeded" in log and "--- stop" in log, log[-4000:]
-        out = Path(stand_ins["/shared/"]) / "run1"
-        assert len(read_index(open_run(out))) == 2 and verify_run(open_run(out)) == []
+        assert "verify: OK" in log
+        with reading_run("s3://runs/run1") as (run, tars):
+            assert len(read_index(run)) == 2 and verify_run(run, tars) == []
         assert (home / ".ray" / "auth_token").stat().st_size >= 32  # token auth was on: the job ran with the token
         assert "raylet" in log.split("--- stop")[0]  # the cluster was up until the stop
         assert ns.members() == [], [(p.cmdline(), p.ppid(), psutil.Process(p.ppid()).cmdline()[:3]) for p in ns.members()]  # the README's stop left nothing behind
     finally:
         ns.close()
+        stack.close()
+        os.environ.clear()
+        os.environ.update(saved)
         shutil.rmtree(temp, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from pipeline.run import run_pipeline
-from pipeline.video.sources import key_for_path
+from pipeline.video.locate import key_for_path
 from shards.layout import Sample
 from shards.llava import FRAMES_FOLDER, export_llava, summary_path
 from shards.reader import iter_tar_samples, open_run, read_index, shard_urls

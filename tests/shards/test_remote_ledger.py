@@ -197,3 +197,24 @@ def test_a_lease_whose_holder_died_on_this_machine_is_free_at_once(store):
     assert rlease.take_lease(store, ttl_s=600).generation == held.generation + 1  # a killed driver's: taken over
     with pytest.raises(rlease.RunInProgress):  # a live one's (this process): held
         rlease.take_lease(store, ttl_s=600)
+
+
+def test_a_killed_writers_unfinished_multipart_upload_is_aborted_and_no_one_elses(store, tmp_path):
+    import boto3
+
+    rl.claim_folder(store)
+    gen = rlease.take_lease(store).generation
+    commit(store, gen, tmp_path, name(1), ["a"])
+    client = boto3.client("s3")
+    bucket, _, prefix = store.root[len("s3://"):].partition("/")
+    started = {}
+    for shard in (name(2), "mine.tar"):  # a writer's (killed after its first part), someone else's
+        key = f"{prefix}/shards/{shard}"
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * (5 << 20))
+        started[shard] = upload
+    assert rl.settle(store) == {"replaced": 0, "lost": 0, "deduplicated": 0, "orphans": 0, "uploads_aborted": 1}
+    left = client.list_multipart_uploads(Bucket=bucket, Prefix=f"{prefix}/shards/").get("Uploads", [])
+    assert [(u["Key"], u["UploadId"]) for u in left] == [(f"{prefix}/shards/mine.tar", started["mine.tar"])]
+    assert [r["name"] for r in rl.shard_records(store)] == [name(1)]
+    assert rl.settle(store) == {"replaced": 0, "lost": 0, "deduplicated": 0, "orphans": 0}

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.config_load import load_config
-from fixtures.s3server import make_bucket, s3_env, s3_server, upload_tree
+from fixtures.s3server import upload_tree
+from tests.remote_helpers import bucket_env
 from tests.train.synth import write_run
 from train.config import TrainConfig
 from train.data import shard_urls
@@ -22,15 +23,9 @@ pytestmark = pytest.mark.slow
 def runs(tmp_path_factory):
     """The same run on disk and in a bucket (uploaded file by file, as `aws s3 sync` would)."""
     local = write_run(tmp_path_factory.mktemp("run"), samples=7, per_shard=3, conversations=2)
-    with s3_server(tmp_path_factory.mktemp("s3")) as endpoint:
-        make_bucket(endpoint, "runs")
-        env = s3_env(endpoint)
-        patch = pytest.MonkeyPatch()
-        for k, v in env.items():
-            patch.setenv(k, v)
+    with bucket_env(tmp_path_factory.mktemp("s3")):
         upload_tree(local, "s3://runs/run1")
         yield local, "s3://runs/run1"
-        patch.undo()
 
 
 def config(shards, out, *extra) -> TrainConfig:
