@@ -49,9 +49,6 @@ def run_remote_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list
     from pipeline.run_plan import resolve_plan
 
     url = cfg.output.dir.rstrip("/")
-    if repair:
-        raise ConfigError("--repair: a run folder on an object store checks every shard's size at each run already; "
-                          "checking sha256 there is not supported yet")
     if cfg.filters.dedup.enabled:
         raise ConfigError("filters.dedup.enabled: near-duplicate removal rewrites shards in place and does not run "
                           "on an object-store output.dir yet")
@@ -68,21 +65,27 @@ def run_remote_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list
     try:
         with lease.kept():
             if not plan.llm_stages:
-                return _run(plan, store, lease, sources, chain(head, chunks), force, retry_reasons)
+                return _run(plan, store, lease, sources, chain(head, chunks), force, retry_reasons, repair)
             with llm_service(plan.llm, logs_dir(url) / "logs", lambda: init_ray(cfg)) as endpoints:
-                return _run(plan.served(endpoints), store, lease, sources, chain(head, chunks), force, retry_reasons)
+                return _run(plan.served(endpoints), store, lease, sources, chain(head, chunks), force, retry_reasons,
+                            repair)
     except remote_lease.LeaseLost as e:
         raise RunLocked(f"{e}: this run stalled past the lease's {LEASE_TTL_S:.0f} s and stopped") from None
 
 
 def _run(plan: RunPlan, store: Storage, lease: remote_lease.Lease, sources: Any, chunks: Any, force: bool,
-         retry_reasons: list[str] | tuple[str, ...]) -> RunSummary:
+         retry_reasons: list[str] | tuple[str, ...], repair: bool) -> RunSummary:
     cfg = plan.cfg
     start = time.perf_counter()
     started = datetime.now(timezone.utc)
     if force:
         remote_ledger.reset(store)
     cleaned = remote_ledger.settle(store)  # what a killed run left: finished, dropped or removed
+    if repair:  # every committed shard re-read: one whose bytes changed is dropped and its videos redone
+        damaged = remote_ledger.repair(store)
+        for shard in damaged:
+            log.warning("shard %s is damaged (%s): its %d samples are redone", shard.name, shard.why, shard.samples)
+        cleaned.update(damaged_shards=len(damaged), samples_redone=sum(shard.samples for shard in damaged))
     dropped = remote_ledger.drop_rejects(store, list(retry_reasons)) if retry_reasons else 0
     keys, rows, legacy = remote_ledger.done_keys(store)
     state = ResumeState(KeySet.build(keys), KeySet.build(rows), KeySet.build(legacy), cleaned, dropped)

@@ -17,12 +17,14 @@ compare-and-swap (`If-Match: <etag>`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +121,34 @@ def reject_rows(store: Storage) -> list[dict[str, Any]]:
 def _drop(store: Storage, name: str) -> None:
     store.delete(f"{RECORDS}{name}.json")  # the record first: a tar without a record is an orphan, cleaned later
     store.delete(f"{SHARDS_DIR}/{name}")
+
+
+@dataclass(frozen=True)
+class Damaged:
+    name: str
+    why: str
+    samples: int
+
+
+def repair(store: Storage) -> list[Damaged]:
+    """Re-read every committed shard's bytes against its record's sha256 (`--repair`: a changed or rotted object
+    of the recorded size, which settle's size check cannot see); a damaged one is dropped, so its videos are
+    redone by this run."""
+    damaged = []
+    for record in shard_records(store):
+        name, digest = record["name"], hashlib.sha256()
+        try:
+            for chunk in store.stream(f"{SHARDS_DIR}/{name}"):
+                digest.update(chunk)
+        except NotFound:
+            why = "missing"
+        else:
+            found = digest.hexdigest()
+            why = "" if found == record.get("sha256") else f"sha256 {found[:12]}..., {str(record.get('sha256'))[:12]}... recorded"
+        if why:
+            _drop(store, name)
+            damaged.append(Damaged(name, why, len(record["rows"])))
+    return damaged
 
 
 def settle(store: Storage) -> dict[str, int]:

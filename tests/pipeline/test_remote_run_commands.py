@@ -1,7 +1,8 @@
 """`view`, `audit` and `export-llava` on a run folder that lives on an object store (a real S3 API server on
 loopback), its videos and its LLaVA JSON in a bucket too: each answers as it does for the same run written to a
 local folder (the same pages and frames, the same frames re-decoded from the fetched sources, the same records);
-`dedup`, which rewrites shards in place, and `view` with no local `--out` refuse a URL with a message."""
+`run --repair` re-reads every shard's sha256 there and redoes a changed one; `dedup`, which rewrites shards in
+place, and `view` with no local `--out` refuse a URL with a message."""
 
 from __future__ import annotations
 
@@ -14,9 +15,14 @@ from pathlib import Path
 import pytest
 
 from fixtures.s3server import make_bucket, s3_env, s3_server, upload_tree
+from pipeline.core.storage import Storage
+from shards.remote import remote_shard_urls
+from tests.contents import assert_remote_clean
 from tests.pipeline.test_remote_input import ROOT, run_cli
+from tests.pipeline.test_remote_output import members_by_key
 
 pytestmark = pytest.mark.slow
+SOURCE = ("input.path=s3://vids/set1/train.json", "input.format=llava")
 
 
 def cli(tmp: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -46,9 +52,8 @@ def bucket_runs(video, tmp_path):
         os.environ.update(env)  # this process uploads; the commands get `env` explicitly
         try:
             upload_tree(raw, "s3://vids/set1")
-            source = ("input.path=s3://vids/set1/train.json", "input.format=llava")
             for out in ("s3://runs/r1", str(tmp_path / "local")):
-                done = run_cli(tmp_path, env, *source, f"output.dir={out}")
+                done = run_cli(tmp_path, env, *SOURCE, f"output.dir={out}")
                 assert done.returncode == 0, done.stderr[-3000:]
             yield env
         finally:
@@ -98,3 +103,23 @@ def test_commands_that_cannot_work_on_a_bucket_run_say_why(bucket_runs, tmp_path
     assert no_out.returncode == 2 and "give --out" in no_out.stderr
     dedup = cli(tmp_path, bucket_runs, "dedup", "s3://runs/r1")
     assert dedup.returncode == 2 and "filters.dedup" in dedup.stderr
+
+
+def test_repair_redoes_a_bucket_shard_whose_bytes_changed(bucket_runs, tmp_path):
+    store = Storage("s3://runs/r1")
+    before = members_by_key(remote_shard_urls(store.root))
+    name = remote_shard_urls(store.root)[0].rpartition("/")[2]
+    data = bytearray(store.get(f"shards/{name}"))
+    data[len(data) // 2] ^= 0xFF  # the recorded size still: only its sha256 tells
+    store.put(f"shards/{name}", bytes(data))
+    again = run_cli(tmp_path, bucket_runs, *SOURCE, "output.dir=s3://runs/r1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "damaged_shards" not in json.loads(store.get("run.json"))["this_run"]["resume"]["cleaned"]  # sizes only
+    verify = cli(tmp_path, bucket_runs, "stats", "s3://runs/r1", "--verify")
+    assert verify.returncode == 1 and "sha256" in verify.stderr
+    fixed = run_cli(tmp_path, bucket_runs, *SOURCE, "output.dir=s3://runs/r1", "--repair")
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    resume = json.loads(store.get("run.json"))["this_run"]["resume"]["cleaned"]
+    assert resume["damaged_shards"] == 1 and resume["samples_redone"] >= 1
+    assert members_by_key(remote_shard_urls(store.root)) == before
+    assert_remote_clean("s3://runs/r1", tmp_path / "check")
