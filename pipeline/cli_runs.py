@@ -1,6 +1,6 @@
 """The commands that read (or, for `dedup`, rewrite) a finished run folder: `stats`, `view`, `audit`, `dedup`,
-`export-llava`. Each but `dedup` also reads a run on an object store (`s3://bucket/run1`) through
-`shards.access.reading_run`, as the same run on disk."""
+`export-llava`. Each also works on a run on an object store (`s3://bucket/run1`): the readers through
+`shards.access.reading_run`, `dedup` through `shards.remote_dedup`, as on the same run on disk."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import argparse
 import errno
 import json
 import sys
+import tempfile
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
-from pipeline.core.config_load import ConfigError
 from pipeline.core.storage import is_remote
 from pipeline.run_config import load_run_config
 from shards.layout import CONFIG_FILE
+from shards.reader import NotARunDir
 from shards.viewer import cmd_view
 
 
@@ -67,32 +69,58 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 1 if mismatched or unaudited else 0
 
 
-def cmd_dedup(args: argparse.Namespace) -> int:
-    from pipeline.core.tables import table
-    from shards.dedup_apply import dedup_run
+def _dedup_config(args: argparse.Namespace, tmp: Path) -> Any:
+    """--config, else the run's own config.resolved.yaml (fetched from a bucket run), with --set on top."""
+    config = args.config
+    if config is None and is_remote(args.run_dir):
+        from pipeline.core.storage import NotFound, Storage
 
-    if is_remote(args.run_dir):
-        raise ConfigError(f"dedup {args.run_dir}: dedup rewrites the shards of a run folder on this machine's disk; "
-                          "a run on an object store is deduplicated as it runs (filters.dedup in its config)")
-    config = args.config or str(Path(args.run_dir) / CONFIG_FILE)
-    cfg = load_run_config(config if Path(config).exists() else None,
-                      [f"input.path={args.run_dir}", f"output.dir={args.run_dir}", *(args.set or [])])
+        try:
+            (tmp / CONFIG_FILE).write_bytes(Storage(args.run_dir).get(CONFIG_FILE))
+            config = str(tmp / CONFIG_FILE)
+        except NotFound:
+            pass
+    elif config is None and (Path(args.run_dir) / CONFIG_FILE).exists():
+        config = str(Path(args.run_dir) / CONFIG_FILE)
+    return load_run_config(config, [f"input.path={args.run_dir}", f"output.dir={args.run_dir}", *(args.set or [])])
+
+
+def _dedup_local(run_dir: str, cfg: Any, dry_run: bool) -> Any:
     from pipeline.run import run_lock
+    from shards.dedup_apply import dedup_run
     from shards.layout import RunDir
-
-    if not Path(args.run_dir).is_dir():
-        print(f"error: {args.run_dir} is not a run's output directory", file=sys.stderr)
-        return 2
     from shards.runfolder import RefusedFolder, check_layout, is_marked
 
-    if not is_marked(RunDir(args.run_dir)):
-        raise RefusedFolder(f"{args.run_dir} is not a run folder (no .ledger/run.marker.json): dedup rewrites "
+    if not Path(run_dir).is_dir():
+        raise NotARunDir(f"{run_dir} is not a run's output directory")
+    if not is_marked(RunDir(run_dir)):
+        raise RefusedFolder(f"{run_dir} is not a run folder (no .ledger/run.marker.json): dedup rewrites "
                             "only shards a run made")
-    check_layout(RunDir(args.run_dir), "run folder")
+    check_layout(RunDir(run_dir), "run folder")
+    # Rewriting shards while a run writes into the folder would race it: the run's lock is taken first.
+    with nullcontext() if dry_run else run_lock(RunDir(run_dir)):
+        return dedup_run(run_dir, cfg, dry_run=dry_run)
+
+
+def _dedup_remote(url: str, cfg: Any, dry_run: bool) -> Any:
+    from pipeline.run import RunLocked
+    from shards import remote_lease
+    from shards.remote_dedup import dedup_remote
+
+    try:  # the run's lease, as a run takes it: refused while a run writes there
+        return dedup_remote(url, cfg, dry_run=dry_run)
+    except (remote_lease.RunInProgress, remote_lease.LeaseLost) as e:
+        raise RunLocked(str(e)) from None
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from pipeline.core.tables import table
+
+    with tempfile.TemporaryDirectory(prefix="prolongvid-dedup-") as tmp:
+        cfg = _dedup_config(args, Path(tmp))
     try:
-        # Rewriting shards while a run writes into the folder would race it: the run's lock is taken first.
-        with nullcontext() if args.dry_run else run_lock(RunDir(args.run_dir)):
-            report = dedup_run(args.run_dir, cfg.filters.dedup, dry_run=args.dry_run)
+        dedup = _dedup_remote if is_remote(args.run_dir) else _dedup_local
+        report = dedup(args.run_dir, cfg.filters.dedup, args.dry_run)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core.config_load import ConfigError, dump_config
+from pipeline.core.config_load import dump_config
 from pipeline.core.storage import NotFound, Storage
 from pipeline.resume import ResumeState
 from pipeline.run_base import RunLocked, RunSummary, cluster_resources, init_ray, run_document, summarize
@@ -22,7 +22,7 @@ from pipeline.run_config import RunConfig
 from pipeline.video.keyset import KeySet
 from pipeline.video.sources import open_sources
 from pipeline.waves import dispatch
-from shards import remote_lease, remote_ledger
+from shards import remote_dedup, remote_lease, remote_ledger
 from shards.layout import CONFIG_FILE, RUN_FILE
 from shards.rows import table_row_totals
 from shards.target import RemoteTarget
@@ -49,9 +49,6 @@ def run_remote_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list
     from pipeline.run_plan import resolve_plan
 
     url = cfg.output.dir.rstrip("/")
-    if cfg.filters.dedup.enabled:
-        raise ConfigError("filters.dedup.enabled: near-duplicate removal rewrites shards in place and does not run "
-                          "on an object-store output.dir yet")
     plan = resolve_plan(cfg, logs_dir(url), llm_python)
     sources = open_sources(cfg.input, kind=plan.input_kind)
     chunks = sources.chunks()
@@ -81,6 +78,7 @@ def _run(plan: RunPlan, store: Storage, lease: remote_lease.Lease, sources: Any,
     if force:
         remote_ledger.reset(store)
     cleaned = remote_ledger.settle(store)  # what a killed run left: finished, dropped or removed
+    remote_dedup.finish_journal(store, lease.generation)  # a dedup that was interrupted is completed first
     if repair:  # every committed shard re-read: one whose bytes changed is dropped and its videos redone
         damaged = remote_ledger.repair(store)
         for shard in damaged:
@@ -104,6 +102,11 @@ def _run(plan: RunPlan, store: Storage, lease: remote_lease.Lease, sources: Any,
         if any(late.values()):
             log.info("settled after the writers: %s", late)
     tables = remote_ledger.write_tables(store)
+    if cfg.filters.dedup.enabled and tables.embeddings is not None:
+        removed = remote_dedup.dedup_in_lease(store, lease.generation, cfg.filters.dedup).removed
+        done.totals.count_rejects(["near_duplicate"] * len(removed))
+        if removed:
+            tables = remote_ledger.write_tables(store)
     summary = summarize(store.root, sources, done, tables.index.num_rows, tables.rejects.num_rows,
                         time.perf_counter() - start, cluster)
     try:

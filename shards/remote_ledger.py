@@ -171,7 +171,7 @@ def settle(store: Storage) -> dict[str, int]:
     for record in sorted(records.values(), key=lambda r: (int(r.get("generation", 0)), r["name"])):
         dupes = {row["key"] for row in record["rows"] if holder.setdefault(row["key"], record["name"]) != record["name"]}
         if dupes:
-            _rewrite(store, record, dupes)
+            rewrite_record(store, record, dupes)
             done["deduplicated"] += len(dupes)
     named = {r["name"] for r in shard_records(store)}
     for name in set(_tars(store)) - named:
@@ -189,7 +189,7 @@ def _tars(store: Storage) -> dict[str, int]:
     return {info.path[len(SHARDS_DIR) + 1:]: info.size for page in store.list_pages(f"{SHARDS_DIR}/") for info in page}
 
 
-def _rewrite(store: Storage, record: dict[str, Any], drop: set[str]) -> None:
+def rewrite_record(store: Storage, record: dict[str, Any], drop: set[str]) -> None:
     """The record's tar without `drop`, committed under a new name that replaces it; then the old one goes."""
     old = record["name"]
     with tempfile.TemporaryDirectory(prefix="prolongvid-settle-") as tmp:

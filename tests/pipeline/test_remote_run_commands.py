@@ -1,8 +1,8 @@
 """`view`, `audit` and `export-llava` on a run folder that lives on an object store (a real S3 API server on
 loopback), its videos and its LLaVA JSON in a bucket too: each answers as it does for the same run written to a
 local folder (the same pages and frames, the same frames re-decoded from the fetched sources, the same records);
-`run --repair` re-reads every shard's sha256 there and redoes a changed one; `dedup`, which rewrites shards in
-place, and `view` with no local `--out` refuse a URL with a message."""
+`run --repair` re-reads every shard's sha256 there and redoes a changed one; `view` with no local `--out`, and
+`dedup` of a run without CLIP embeddings, say why they cannot."""
 
 from __future__ import annotations
 
@@ -101,8 +101,8 @@ def test_view_audit_and_export_read_a_bucket_run_as_the_same_local_run(bucket_ru
 def test_commands_that_cannot_work_on_a_bucket_run_say_why(bucket_runs, tmp_path):
     no_out = cli(tmp_path, bucket_runs, "view", "s3://runs/r1")
     assert no_out.returncode == 2 and "give --out" in no_out.stderr
-    dedup = cli(tmp_path, bucket_runs, "dedup", "s3://runs/r1")
-    assert dedup.returncode == 2 and "filters.dedup" in dedup.stderr
+    dedup = cli(tmp_path, bucket_runs, "dedup", "s3://runs/r1")  # a run without CLIP embeddings
+    assert dedup.returncode == 2 and "s3://runs/r1/embeddings.parquet is missing" in dedup.stderr
 
 
 def test_repair_redoes_a_bucket_shard_whose_bytes_changed(bucket_runs, tmp_path):
