@@ -43,19 +43,40 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def run_lock(run: RunDir) -> Iterator[None]:
+    """The folder's run lock: an fcntl lock on `.lock`, which holds the holder's pid. The file is removed while
+    still locked when the holder ends, so a finished run leaves none; a run that locked a file someone removed
+    meanwhile (it opened it before the removal) sees that the path is no longer its file and tries again."""
     run.root.mkdir(parents=True, exist_ok=True)
-    with open(run.lock, "a+") as f:  # not "w": a run that loses the race must not wipe the holder's pid
+    while True:
+        f = open(run.lock, "a+")  # not "w": a run that loses the race must not wipe the holder's pid
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
+            f.close()
             raise RunLocked(f"another run (pid {holder}) is writing to {run.root} (lock {run.lock})") from None
+        if _still_the_path(f, run.lock):
+            break
+        f.close()
+    try:
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
         f.flush()
         yield
+    finally:
+        run.lock.unlink(missing_ok=True)  # still locked: a later run makes its own file
+        f.close()
+
+
+def _still_the_path(f: Any, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(f.fileno())
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def run_pipeline(cfg: RunConfig, force: bool = False, retry_reasons: list[str] | tuple[str, ...] = (),

@@ -27,7 +27,6 @@ import psutil
 from pipeline.raystop import kill_now
 
 NODE_IP = "10.77.0.1"
-HOST_IP, HOST_LINK_IP = "10.78.0.1", "10.78.0.2"  # `link_host`: this machine's end and the namespace's
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,10 +63,13 @@ class Namespace:
         member's mount namespace (a node with a disk of its own)."""
         return ["nsenter", "-t", str(pid or self.holder.pid), "-n", "-m", f"--wd={cwd or os.getcwd()}", "--", *argv]
 
-    def link_host(self, host_ip: str = HOST_IP, inside_ip: str = HOST_LINK_IP) -> str:
-        """A second veth pair, this machine's end outside (`host_ip`) and the other inside: servers a test runs
-        outside the namespace (an object store) are reachable from the cluster at `host_ip`, and nothing else
-        is (the default route stays inside). It goes away with the namespace."""
+    def link_host(self) -> str:
+        """A second veth pair, this machine's end outside and the other inside, in a /24 of 10.78.0.0/16 of this
+        namespace's own (a namespace of an earlier test may not be gone yet): servers a test runs outside the
+        namespace (an object store) are reachable from the cluster at the returned address, and nothing else is
+        (the default route stays inside). It goes away with the namespace."""
+        net = f"10.78.{self.holder.pid % 250 + 1}"
+        host_ip, inside_ip = f"{net}.1", f"{net}.2"
         outside, inside = f"pvh{self.holder.pid % 100000}", f"pvi{self.holder.pid % 100000}"
         subprocess.run(["ip", "link", "add", outside, "type", "veth", "peer", "name", inside], check=True, timeout=30)
         for cmd in (f"ip link set {inside} netns {self.holder.pid}", f"ip addr add {host_ip}/24 dev {outside}",

@@ -129,6 +129,35 @@ def test_the_loser_of_the_lock_leaves_it_alone_and_dedup_waits_its_turn(tmp_path
         assert run.lock.read_text() == holder == str(os.getpid())
         done = cli("dedup", run.root)
         assert done.returncode == 4 and "another run" in done.stderr
+    assert not run.lock.exists()  # a run that ends removes its lock (while still holding it)
+    run.lock.write_text("999999999")  # what a killed run leaves: the file, locked by no one
+    with run_lock(run):
+        assert run.lock.read_text() == str(os.getpid())
+    assert not run.lock.exists()
+
+
+def test_a_lock_file_removed_while_waiting_for_it_is_not_taken(tmp_path, monkeypatch):
+    import pipeline.run
+
+    run = RunDir(tmp_path / "run")
+    claim(run)
+    late = open(run.lock, "a+")  # opened by a run that will get its lock only after the holder removed the file
+    real_open, opened = open, []
+
+    def open_first_the_stale_one(path, mode="r", *a, **k):
+        if path == run.lock and not opened:
+            opened.append(path)
+            run.lock.unlink()  # the holder ends: its file goes away
+            return late
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(pipeline.run, "open", open_first_the_stale_one, raising=False)
+    with run_lock(run):  # it locked the orphan, saw the path is not that file, and took a new one
+        assert late.closed and run.lock.read_text() == str(os.getpid())  # (its inode number may be reused)
+        with pytest.raises(RunLocked):
+            with run_lock(run):
+                pass
+    assert not run.lock.exists()
 
 
 def test_secrets_in_server_arguments_are_never_written(tmp_path):
