@@ -66,6 +66,8 @@ def read_pilot(run_dir: str) -> dict[str, Any]:
     shards = read_shard_list(run)
     samples = sum(s["samples"] for s in shards)
     llm = this.get("llm") or {}
+    llm_config = config.get("llm") or {}
+    served_by_run = llm_config.get("backend") == "ray_engine" or (llm_config.get("http") or {}).get("mode") == "managed"
     pilot = {
         "run_dir": str(run.root), "wall_s": float(this["wall_s"]), "videos": accepted + rejected,
         "accepted": accepted, "rejected": rejected, "mean_video_s": round(mean_s, 3),
@@ -76,6 +78,8 @@ def read_pilot(run_dir: str) -> dict[str, Any]:
         "setup_s": round(sum(float(v.get("setup_s", 0)) for v in this["stages"].values()), 3),
         "prompt_tokens": int(llm.get("prompt_tokens", 0)), "completion_tokens": int(llm.get("completion_tokens", 0)),
         "llm_tokens_per_s": float(llm.get("tokens_per_s", 0)), "llm_active_s": float(llm.get("active_s", 0)),
+        # a server the run started on a cluster without GPUs ran on CPUs: its rate says nothing of a GPU's
+        "llm_on_cpu": bool(llm) and served_by_run and not float(cluster.get("gpus") or 0),
         "bytes_per_sample": sum(s["bytes"] for s in shards) / samples if samples else this.get("bytes_written", 0) / accepted,
     }  # fmt: skip
     pilot.update(_overhead(pilot, this))
@@ -123,6 +127,9 @@ def project(pilot: dict[str, Any], videos: int, cpus: float, gpus: float, hours:
     rate = llm_tokens_per_s or pilot["llm_tokens_per_s"]
     if prompt + completion and not rate:
         raise PlanError("--llm-tokens-per-s: the pilot measured no LLM rate: give one")
+    if prompt + completion and llm_tokens_per_s is None and pilot.get("llm_on_cpu"):
+        raise PlanError(f"--llm-tokens-per-s: the pilot's LLM ran on CPUs ({pilot['llm_tokens_per_s']:g} tokens/s), "
+                        "which says nothing of a GPU's rate: give the tokens/s one GPU serves")
     llm_gpu_s = (prompt + completion) / rate if prompt + completion else 0.0
     if (llm_gpu_s or clip_gpu_s) and gpus <= 0:
         raise PlanError("--cluster: the pilot ran the LLM or CLIP on GPUs: give GPUS >= 1")

@@ -91,6 +91,21 @@ def test_no_llm_pilot_needs_no_gpus(tmp_path):
     assert plan["gpu_hours"] == 0 and plan["wall_s"] == 106 + 480 / 4 and plan["bottleneck"] == "cpu (decode)"
 
 
+def test_a_pilot_whose_llm_ran_on_cpus_needs_a_gpu_rate(tmp_path, capsys):
+    pilot = make_pilot(tmp_path / "p")
+    doc = json.loads((pilot / "run.json").read_text())
+    doc["config"]["llm"] = {"backend": "http", "http": {"mode": "managed"}}  # the run started the server, no GPUs
+    (pilot / "run.json").write_text(json.dumps(doc))
+    assert main(["plan", str(pilot), "--videos", "10", "--cluster", "4,1"]) == 2
+    assert "the pilot's LLM ran on CPUs (88 tokens/s)" in capsys.readouterr().err
+    assert main(["plan", str(pilot), "--videos", "10", "--cluster", "4,1", "--llm-tokens-per-s", "5000"]) == 0
+    assert "5000 (prompt + completion) tokens/s per GPU (--llm-tokens-per-s)" in capsys.readouterr().out
+    doc["config"]["llm"]["http"]["mode"] = "external"  # a server of its own: its hardware is not known here
+    (pilot / "run.json").write_text(json.dumps(doc))
+    assert main(["plan", str(pilot), "--videos", "10", "--cluster", "4,1"]) == 0
+    assert "88 (prompt + completion) tokens/s per GPU (pilot)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, named", [
     (["--videos", "0", "--cluster", "4,1"], "--videos"),
     (["--videos", "-3", "--cluster", "4,1"], "--videos"),
