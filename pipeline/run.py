@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from pipeline.core.config_load import ConfigError, write_resolved_config
 from pipeline.core.storage import is_remote
 
-from pipeline.run_base import RunLocked, RunSummary, cluster_resources, init_ray, run_document, summarize
+from pipeline.run_base import (RunLocked, RunSummary, cluster_resources, init_ray, reconcile, run_document,
+                               summarize)
 from pipeline.run_config import RunConfig
 from pipeline.core.records import WriteTotals
 from pipeline.resume import resume_state
@@ -33,7 +34,7 @@ from shards import ledger
 from shards.dedup_apply import finish_journal
 from shards.layout import RunDir
 from shards.target import LocalTarget
-from shards.rows import row_totals
+from shards.rows import committed_by_run, row_totals
 from shards.runfolder import claim, release_unused
 
 if TYPE_CHECKING:
@@ -151,8 +152,8 @@ def _run(plan: RunPlan, run: RunDir, sources: SourceStream, chunks: Iterable[Sou
     state = resume_state(run, retry_reasons, repair)
     write_resolved_config(cfg, run.root)
 
-    done = dispatch(plan, LocalTarget(run.root), generation, chunks, state, started.strftime("%Y%m%d%H%M%S"),
-                    lambda: init_ray(cfg))
+    stamp = started.strftime("%Y%m%d%H%M%S")  # in every shard name this run's writers give
+    done = dispatch(plan, LocalTarget(run.root), generation, chunks, state, stamp, lambda: init_ray(cfg))
     log.info("%d sources (%s): %d dispatched, %d already done", sources.tasks_seen, plan.input_kind, done.dispatched,
              done.skipped)
     cluster = cluster_resources() if done.waves else {}
@@ -165,6 +166,7 @@ def _run(plan: RunPlan, run: RunDir, sources: SourceStream, chunks: Iterable[Sou
         if any(late.values()):
             log.info("left by writers of lost nodes, removed: %s", late)
     samples_total, rejects_total = ledger.write_tables(run)
+    committed = committed_by_run(ledger.iter_shard_records(run), stamp)  # before a dedup takes samples out
     written = done.totals
     if cfg.filters.dedup.enabled and run.embeddings.exists():
         from shards.dedup_apply import dedup_run
@@ -173,17 +175,19 @@ def _run(plan: RunPlan, run: RunDir, sources: SourceStream, chunks: Iterable[Sou
         samples_total, rejects_total = len(ledger.index_rows(run)), len(ledger.reject_rows(run))
 
     summary = summarize(str(run.root), sources, done, samples_total, rejects_total, time.perf_counter() - start, cluster)
-    _write_run_json(run, plan, summary, started, written, state.cleaned, state.dropped)
+    tally = reconcile(summary, written, committed)
+    _write_run_json(run, plan, summary, started, written, state.cleaned, state.dropped, committed, tally)
     return summary
 
 
 def _write_run_json(run: RunDir, plan: RunPlan, summary: RunSummary, started: datetime, written: WriteTotals,
-                    cleaned: dict[str, int], dropped: int) -> None:
+                    cleaned: dict[str, int], dropped: int, committed: dict[str, int],
+                    tally: dict[str, int] | None) -> None:
     previous: dict[str, Any] = {}
     if run.run_json.exists():
         try:
             previous = json.loads(run.run_json.read_text())
         except (json.JSONDecodeError, OSError):
             previous = {}
-    doc = run_document(plan, summary, started, written, cleaned, dropped, previous, row_totals(run))
+    doc = run_document(plan, summary, started, written, cleaned, dropped, previous, row_totals(run), committed, tally)
     ledger.write_atomic(run.run_json, json.dumps(doc, indent=1).encode())

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from pipeline.video.sources import SourceStream
     from pipeline.waves import Dispatched
 
+log = logging.getLogger(__name__)
+
 VERSIONED = ["prolongvid", "ray", "pyarrow", "webdataset", "av", "decord", "numpy", "pillow", "pydantic"]
 
 
@@ -105,12 +107,30 @@ def _quiet_ray_data(level: int) -> None:
         logging.getLogger(name).setLevel(at if quiet else level)
 
 
+def reconcile(summary: RunSummary, written: WriteTotals, committed: dict[str, int]) -> dict[str, int] | None:
+    """This run's accepted count from what it committed (`shards.rows.committed_by_run`); the driver's own tally
+    is only a cross-check: when they differ (a writer committed, then its result was lost with its worker), one
+    line says so and the tally is returned for run.json."""
+    driver = {"accepted": written.samples, "shards_written": len(written.shards)}
+    summary.accepted = committed["samples"]
+    if driver == {"accepted": committed["samples"], "shards_written": committed["shards"]}:
+        return None
+    log.warning("this run committed %d samples in %d shards; its driver heard of %d in %d (a writer's result lost "
+                "with its worker): run.json reports what is committed", committed["samples"], committed["shards"],
+                driver["accepted"], driver["shards_written"])
+    return driver
+
+
 def run_document(plan: RunPlan, summary: RunSummary, started: datetime, written: WriteTotals, cleaned: dict[str, int],
-                 dropped: int, previous_doc: dict[str, Any], rows: dict[str, int]) -> dict[str, Any]:
-    """run.json: the config and plan, versions, this run's counts, the totals of the tables (`rows`: their input
-    rows), and the earlier runs' records (`previous_doc`: the run.json this one replaces)."""
+                 dropped: int, previous_doc: dict[str, Any], rows: dict[str, int],
+                 committed: dict[str, int] | None = None, driver_tally: dict[str, int] | None = None) -> dict[str, Any]:
+    """run.json: the config and plan, versions, this run's counts (shards and bytes from what it `committed`, the
+    driver's differing tally beside them), the totals of the tables (`rows`: their input rows), and the earlier
+    runs' records (`previous_doc`: the run.json this one replaces)."""
     previous = previous_doc.get("previous_runs", []) + [previous_doc.get("this_run", {})] if previous_doc else []
     shards = written.shards
+    if committed is None:
+        committed = {"shards": len(shards), "bytes": sum(s["bytes"] for s in shards)}
     doc = {
         "config": config_record(plan.cfg),
         "plan": plan.record(),
@@ -126,8 +146,8 @@ def run_document(plan: RunPlan, summary: RunSummary, started: datetime, written:
             "skipped_suffixes": summary.skipped_suffixes,
             "accepted": summary.accepted,
             "rejected": summary.rejected,
-            "shards_written": len(shards),
-            "bytes_written": sum(s["bytes"] for s in shards),
+            "shards_written": committed["shards"],
+            "bytes_written": committed["bytes"],
             "frames_written": written.frames,
             "videos_per_hour": round(summary.videos_per_hour, 1),
             "stages": summary.stages,
@@ -135,6 +155,7 @@ def run_document(plan: RunPlan, summary: RunSummary, started: datetime, written:
             "resume": {"cleaned": cleaned, "retried_rejects": dropped},
             "llm": summary.llm,
             "cluster": summary.cluster,
+            **({"driver_tally": driver_tally} if driver_tally else {}),
         },
         # every input row is a sample's, a reject's or a skipped one: `stats --verify` checks the sum
         "totals": {"samples": summary.samples_total, "rejects": summary.rejects_total, "input_rows": summary.input_rows,

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 from pipeline.core.config_load import dump_config
 from pipeline.core.storage import NotFound, Storage
 from pipeline.resume import ResumeState
-from pipeline.run_base import RunLocked, RunSummary, cluster_resources, init_ray, run_document, summarize
+from pipeline.run_base import RunLocked, RunSummary, cluster_resources, init_ray, reconcile, run_document, summarize
 from pipeline.run_config import RunConfig
 from pipeline.video.keyset import KeySet
 from pipeline.video.sources import open_sources
 from pipeline.waves import dispatch
 from shards import remote_dedup, remote_lease, remote_ledger
 from shards.layout import CONFIG_FILE, RUN_FILE
-from shards.rows import table_row_totals
+from shards.rows import committed_by_run, table_row_totals
 from shards.target import RemoteTarget
 
 if TYPE_CHECKING:
@@ -91,8 +91,8 @@ def _run(plan: RunPlan, store: Storage, lease: remote_lease.Lease, sources: Any,
     if plan.decode.log_dir:
         Path(plan.decode.log_dir).mkdir(parents=True, exist_ok=True)
 
-    done = dispatch(plan, RemoteTarget(store.root), lease.generation, chunks, state,
-                    started.strftime("%Y%m%d%H%M%S"), lambda: init_ray(cfg))
+    stamp = started.strftime("%Y%m%d%H%M%S")  # in every shard name this run's writers give
+    done = dispatch(plan, RemoteTarget(store.root), lease.generation, chunks, state, stamp, lambda: init_ray(cfg))
     log.info("%d sources (%s): %d dispatched, %d already done", sources.tasks_seen, plan.input_kind, done.dispatched,
              done.skipped)
     cluster = cluster_resources() if done.waves else {}
@@ -102,6 +102,7 @@ def _run(plan: RunPlan, store: Storage, lease: remote_lease.Lease, sources: Any,
         if any(late.values()):
             log.info("settled after the writers: %s", late)
     tables = remote_ledger.write_tables(store)
+    committed = committed_by_run(remote_ledger.shard_records(store), stamp)  # before a dedup takes samples out
     if cfg.filters.dedup.enabled and tables.embeddings is not None:
         removed = remote_dedup.dedup_in_lease(store, lease.generation, cfg.filters.dedup).removed
         done.totals.count_rejects(["near_duplicate"] * len(removed))
@@ -109,11 +110,12 @@ def _run(plan: RunPlan, store: Storage, lease: remote_lease.Lease, sources: Any,
             tables = remote_ledger.write_tables(store)
     summary = summarize(store.root, sources, done, tables.index.num_rows, tables.rejects.num_rows,
                         time.perf_counter() - start, cluster)
+    tally = reconcile(summary, done.totals, committed)
     try:
         previous = json.loads(store.get(RUN_FILE))
     except (NotFound, ValueError):
         previous = {}
     doc = run_document(plan, summary, started, done.totals, cleaned, dropped, previous,
-                       table_row_totals({"sample_rows": tables.index, "reject_rows": tables.rejects}))
+                       table_row_totals({"sample_rows": tables.index, "reject_rows": tables.rejects}), committed, tally)
     store.put(RUN_FILE, json.dumps(doc, indent=1).encode())
     return summary

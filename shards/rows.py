@@ -6,6 +6,7 @@ The resume decides what a rerun skips by row (its number and source), never by a
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 import pyarrow as pa
@@ -84,3 +85,12 @@ def table_row_totals(tables: dict[str, pa.Table]) -> dict[str, int]:
             out[name] += 1 if rows is None else int(rows)
             out["unnumbered_rows"] += row is None or row < 0
     return out
+
+
+def committed_by_run(records: Iterable[dict[str, Any]], stamp: str) -> dict[str, int]:
+    """What the shards of one run's writers (their names carry its start stamp, a settle's rewrite keeps it) hold
+    now: the run's own counts from what is committed, whether or not each writer's result reached the driver."""
+    mark = re.compile(rf"-{re.escape(stamp)}-\d{{5}}-[0-9a-f]{{8}}(-eval)?-\d{{3,}}")
+    mine = [r for r in records if mark.search(str(r.get("name", "")))]
+    return {"shards": len(mine), "samples": sum(len(r["rows"]) for r in mine),
+            "bytes": sum(int(r.get("bytes") or 0) for r in mine)}

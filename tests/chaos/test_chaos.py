@@ -132,6 +132,9 @@ def test_worker_node_killed_while_writing(cluster, videos, reference, tmp_path):
     assert rc == 0, log[-4000:]
     assert content(out) == reference
     assert_clean(out)
+    this = json.loads((out / "run.json").read_text())["this_run"]  # the counts are what was committed
+    listed = json.loads((out / "shards.json").read_text())
+    assert this["accepted"] == 6 and this["shards_written"] == len(listed)
     cluster.kill_node(node)  # what is left of it (its agents and log monitor outlive the raylet)
     cluster.start_worker(node)  # the next tests get the full cluster back
     cluster.wait_nodes(3)

@@ -10,6 +10,7 @@ cannot write outside its own folder, so a job that succeeds wrote nothing else.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -128,6 +129,8 @@ def test_worker_node_lost_with_an_upload_open_while_the_store_throttles(world, r
     assert rc == 0, log[-4000:]
     assert remote_content(url) == reference
     assert_remote_clean(url, world.tmp / "node-lost")
+    this = json.loads(Storage(url).get("run.json"))["this_run"]  # the counts are what was committed
+    assert this["accepted"] == 6 and this["shards_written"] == len(json.loads(Storage(url).get("shards.json")))
     assert faults.injected["slowdown"] >= 14 and faults.injected["held"] >= 1
     cluster.kill_node(node)  # what is left of it (its agents and log monitor outlive the raylet)
     cluster.start_worker(node)  # the next tests get the full cluster back

@@ -7,6 +7,7 @@ twice, `--verify` clean, no stray files.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -54,6 +55,12 @@ def test_a_writer_killed_after_its_commit_stores_nothing_twice(small_videos, ref
     summary = run_pipeline(pipeline_config(small_videos, out))
     assert not (out / ".ledger" / FAULT_KILL_AFTER_COMMIT).exists()  # the writer did die
     assert summary.samples_total == 6
+    # Its result never reached the driver (its retry found the keys committed): the counts are the committed ones.
+    doc = json.loads((out / "run.json").read_text())["this_run"]
+    assert summary.accepted == doc["accepted"] == 6
+    assert doc["shards_written"] == len(json.loads((out / "shards.json").read_text()))
+    assert doc["bytes_written"] == sum(s["bytes"] for s in json.loads((out / "shards.json").read_text()))
+    assert doc.get("driver_tally", {"accepted": 6})["accepted"] <= 6
     assert content(out) == reference
     assert_clean(out)
 
