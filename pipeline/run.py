@@ -28,6 +28,7 @@ from pipeline.run_config import RunConfig
 from pipeline.core.records import WriteTotals
 from pipeline.resume import resume_state
 from pipeline.video.sources import SourceChunk, SourceStream, open_sources
+from pipeline.resource_watch import resource_watch
 from pipeline.waves import dispatch
 from shards.commit import begin_generation, commit_lock
 from shards import ledger
@@ -153,7 +154,8 @@ def _run(plan: RunPlan, run: RunDir, sources: SourceStream, chunks: Iterable[Sou
     write_resolved_config(cfg, run.root)
 
     stamp = started.strftime("%Y%m%d%H%M%S")  # in every shard name this run's writers give
-    done = dispatch(plan, LocalTarget(run.root), generation, chunks, state, stamp, lambda: init_ray(cfg))
+    with resource_watch(cfg):  # a pool that finds no node for ray.resource_wait_s ends the run
+        done = dispatch(plan, LocalTarget(run.root), generation, chunks, state, stamp, lambda: init_ray(cfg))
     log.info("%d sources (%s): %d dispatched, %d already done", sources.tasks_seen, plan.input_kind, done.dispatched,
              done.skipped)
     cluster = cluster_resources() if done.waves else {}

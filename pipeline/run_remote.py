@@ -21,6 +21,7 @@ from pipeline.run_base import RunLocked, RunSummary, cluster_resources, init_ray
 from pipeline.run_config import RunConfig
 from pipeline.video.keyset import KeySet
 from pipeline.video.sources import open_sources
+from pipeline.resource_watch import resource_watch
 from pipeline.waves import dispatch
 from shards import remote_dedup, remote_lease, remote_ledger
 from shards.layout import CONFIG_FILE, RUN_FILE
@@ -92,7 +93,8 @@ def _run(plan: RunPlan, store: Storage, lease: remote_lease.Lease, sources: Any,
         Path(plan.decode.log_dir).mkdir(parents=True, exist_ok=True)
 
     stamp = started.strftime("%Y%m%d%H%M%S")  # in every shard name this run's writers give
-    done = dispatch(plan, RemoteTarget(store.root), lease.generation, chunks, state, stamp, lambda: init_ray(cfg))
+    with resource_watch(cfg):  # a pool that finds no node for ray.resource_wait_s ends the run
+        done = dispatch(plan, RemoteTarget(store.root), lease.generation, chunks, state, stamp, lambda: init_ray(cfg))
     log.info("%d sources (%s): %d dispatched, %d already done", sources.tasks_seen, plan.input_kind, done.dispatched,
              done.skipped)
     cluster = cluster_resources() if done.waves else {}

@@ -49,5 +49,8 @@ class RayConfig(RunSection):
     )
     temp_dir: str | None = Field(None, description="temp/session folder of the embedded local Ray")
     progress: bool = Field(True, description="Ray Data's per-stage progress bars")
+    resource_wait_s: Annotated[float, Range(0, 7 * 24 * 3600)] = Field(
+        600.0, description="a pool that finds no node able to run its tasks for this long ends the run (exit 7; "
+        "a rerun resumes); 0: wait forever (an autoscaler that takes longer to add nodes)")
     # Ray refuses an object store under 75 MiB.
     object_store_mb: Annotated[int, Range(75, MAX_MEMORY_MB)] | None = None

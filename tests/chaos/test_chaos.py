@@ -140,6 +140,23 @@ def test_worker_node_killed_while_writing(cluster, videos, reference, tmp_path):
     cluster.wait_nodes(3)
 
 
+def test_a_run_with_no_worker_node_left_ends_and_resumes(cluster, videos, reference, tmp_path):
+    out = tmp_path / "run"
+    job = cluster.submit(run_cmd(videos, out, "ray.resource_wait_s=5"), wait=False)
+    wait_for(lambda: cluster.drivers(out), job, what="the driver started")
+    for node in cluster.workers:
+        cluster.kill_raylet(node)  # every worker node gone: the head has no CPUs for the video pool
+    rc, log = finish(job, timeout=300)
+    assert rc != 0 and "exit code 7" in log and "ray.resource_wait_s): video needs 1 CPU" in log, log[-4000:]
+    for node in cluster.workers:
+        cluster.kill_node(node)
+        cluster.start_worker(node)
+    cluster.wait_nodes(3)
+    submit_and_wait(cluster, run_cmd(videos, out))  # the rerun resumes
+    assert content(out) == reference
+    assert_clean(out)
+
+
 def test_write_task_worker_killed(cluster, videos, reference, tmp_path):
     out = tmp_path / "run"
     claim(RunDir(out))  # a run folder, as a run makes it

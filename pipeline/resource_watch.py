@@ -1,0 +1,87 @@
+"""`ray.resource_wait_s`: a run whose pools cannot get what their tasks ask for ends instead of waiting forever.
+
+Ray Data waits for resources without limit (a cluster whose every worker node is gone only logs that it "may
+hang forever"). While the run's graph runs, a thread compares the cluster's resources with what one task of
+each pool asks; when some pool has found no node for `ray.resource_wait_s`, the driver's main thread is
+interrupted and the run ends with `ResourcesGone` (its own exit code, one line naming the pools and what they
+lack). What was committed stays committed: a rerun resumes once the nodes are back.
+"""
+
+from __future__ import annotations
+
+import _thread
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pipeline.run_config import RunConfig
+
+
+class ResourcesGone(RuntimeError):
+    """No node could run some pool's tasks for `ray.resource_wait_s`."""
+
+
+def pool_needs(cfg: RunConfig) -> dict[str, dict[str, float]]:
+    """Per pool, what one of its tasks reserves (only what is not zero: a zero-CPU writer runs on any node)."""
+    pools = {"video": cfg.resources.video}
+    if cfg.filters.clip.enabled:
+        pools["clip"] = cfg.resources.clip
+    out = {}
+    for name, res in pools.items():
+        needs = {k: v for k, v in (("CPU", res.num_cpus), ("GPU", res.num_gpus)) if v > 0}
+        if needs:
+            out[name] = needs
+    return out
+
+
+def lacking(needs: dict[str, dict[str, float]], nodes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The pools no alive node can run one task of (a node's total resources, as `ray.nodes()` gives them)."""
+    alive = [n.get("Resources") or {} for n in nodes if n.get("Alive")]
+    return {pool: want for pool, want in needs.items()
+            if not any(all(have.get(k, 0) >= v for k, v in want.items()) for have in alive)}
+
+
+@contextmanager
+def resource_watch(cfg: RunConfig, poll_s: float = 2.0) -> Iterator[None]:
+    """Run the block; end it with ResourcesGone once a pool has had no node for `cfg.ray.resource_wait_s`."""
+    wait_s, needs = cfg.ray.resource_wait_s, pool_needs(cfg)
+    if not wait_s or not needs:
+        yield
+        return
+    stop, fired = threading.Event(), []
+
+    def watch() -> None:
+        import ray
+
+        since = None
+        while not stop.wait(poll_s):
+            if not ray.is_initialized():
+                continue  # the first wave starts Ray
+            try:
+                missing = lacking(needs, ray.nodes())
+            except Exception:  # the GCS unreachable for a moment: judged at the next poll
+                continue
+            if not missing:
+                since = None
+            elif since is None:
+                since = time.monotonic()
+            elif time.monotonic() - since >= wait_s:
+                fired.append(missing)
+                _thread.interrupt_main()
+                return
+
+    thread = threading.Thread(target=watch, name="resource-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not fired:
+            raise
+        what = "; ".join(f"{pool} needs {', '.join(f'{v:g} {k}' for k, v in want.items())}"
+                         for pool, want in fired[0].items())
+        raise ResourcesGone(f"no node could run a task for {wait_s:g} s (ray.resource_wait_s): {what}; what was "
+                            "committed stays, rerun once the cluster has such nodes again to resume") from None
+    finally:
+        stop.set()
