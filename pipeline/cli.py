@@ -26,7 +26,7 @@ from pipeline.plan import add_plan_command
 from evaluation.cli import add_eval_command
 from pipeline.video.probe import ToolMissing
 from dense_caption.http_backend import ServerUnavailable
-from pipeline.resource_watch import ResourcesGone
+from pipeline.resource_watch import EXIT_CODE as RESOURCES_GONE, ResourcesGone
 from pipeline.run import RunLocked
 from pipeline.run_summary import print_run_summary
 from pipeline.core.sample import NewerFormat
@@ -44,7 +44,7 @@ EXIT_CODES: list[tuple[type[Exception], int, str]] = [
     (ToolMissing, 3, "error: "),        # ffmpeg / ffprobe not installed
     (RunLocked, 4, "error: "),          # another live run holds the output folder
     (ServerUnavailable, 5, "error: "),  # the LLM server did not come up or went away for good
-    (ResourcesGone, 7, "error: "),      # no node could run a pool's tasks for ray.resource_wait_s
+    (ResourcesGone, RESOURCES_GONE, "error: "),  # no node could run a pool's tasks for ray.resource_wait_s
 ]
 DISK_FULL = 6  # ENOSPC, however Ray wrapped it: the run resumes where it stopped once there is space
 IMPORT_PRESET = Path(__file__).with_name("import_llava.yaml")  # import-llava's default: inside the package, never the cwd

@@ -9,7 +9,10 @@ lack). What was committed stays committed: a rerun resumes once the nodes are ba
 
 from __future__ import annotations
 
-import _thread
+import logging
+import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +20,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from pipeline.run_config import RunConfig
+
+
+log = logging.getLogger(__name__)
+EXIT_CODE = 7  # the command line's for ResourcesGone (pipeline/cli.py EXIT_CODES)
+WAKE = signal.SIGUSR2  # the watcher's signal to the driver's main thread while the block runs
 
 
 class ResourcesGone(RuntimeError):
@@ -47,8 +55,8 @@ def lacking(needs: dict[str, dict[str, float]], nodes: list[dict[str, Any]]) -> 
 def resource_watch(cfg: RunConfig, poll_s: float = 2.0) -> Iterator[None]:
     """Run the block; end it with ResourcesGone once a pool has had no node for `cfg.ray.resource_wait_s`."""
     wait_s, needs = cfg.ray.resource_wait_s, pool_needs(cfg)
-    if not wait_s or not needs:
-        yield
+    if not wait_s or not needs or threading.current_thread() is not threading.main_thread():
+        yield  # (a run driven from another thread cannot be interrupted: it waits as Ray does)
         return
     stop, fired = threading.Event(), []
 
@@ -67,21 +75,56 @@ def resource_watch(cfg: RunConfig, poll_s: float = 2.0) -> Iterator[None]:
                 since = None
             elif since is None:
                 since = time.monotonic()
+                log.warning("no alive node can run a task of %s: the run ends in %g s (ray.resource_wait_s) unless "
+                            "one comes back", _named(missing), wait_s)
             elif time.monotonic() - since >= wait_s:
                 fired.append(missing)
-                _thread.interrupt_main()
+                _signal_main()
+                _exit_unless_left(stop, _message(missing, wait_s))
                 return
 
+    def fire(signum: int, frame: Any) -> None:
+        if not stop.is_set():  # a signal that comes after the block ended is nothing
+            raise _Fired()
+
+    previous = signal.signal(WAKE, fire)
     thread = threading.Thread(target=watch, name="resource-watch", daemon=True)
     thread.start()
     try:
         yield
-    except KeyboardInterrupt:
-        if not fired:
-            raise
-        what = "; ".join(f"{pool} needs {', '.join(f'{v:g} {k}' for k, v in want.items())}"
-                         for pool, want in fired[0].items())
-        raise ResourcesGone(f"no node could run a task for {wait_s:g} s (ray.resource_wait_s): {what}; what was "
-                            "committed stays, rerun once the cluster has such nodes again to resume") from None
+    except _Fired:
+        raise ResourcesGone(_message(fired[0], wait_s)) from None
     finally:
         stop.set()
+        # never back to the default action (ending the process) while a late signal may be on its way
+        signal.signal(WAKE, signal.SIG_IGN if previous in (signal.SIG_DFL, None) else previous)
+
+
+class _Fired(BaseException):
+    """Raised in the main thread by the watcher's signal: a BaseException, so no `except Exception` of the
+    graph's libraries takes it for a task error."""
+
+
+def _named(missing: dict[str, dict[str, float]]) -> str:
+    return "; ".join(f"{pool} (needs {', '.join(f'{v:g} {k}' for k, v in want.items())})" for pool, want in missing.items())
+
+
+def _message(missing: dict[str, dict[str, float]], wait_s: float) -> str:
+    return (f"no node could run a task for {wait_s:g} s (ray.resource_wait_s): {_named(missing)}; what was committed "
+            "stays, rerun once the cluster has such nodes again to resume")
+
+
+def _signal_main() -> None:
+    """The watcher's signal to the main thread: a blocking wait there returns, and its handler raises `_Fired`."""
+    try:
+        signal.pthread_kill(threading.main_thread().ident or 0, WAKE)
+    except (OSError, ValueError):
+        pass
+
+
+def _exit_unless_left(done: threading.Event, message: str, grace_s: float = 60.0) -> None:
+    """A main thread that has not left the watched block `grace_s` after the signal ends the process with the
+    same line and exit code (what it committed stays; a managed LLM server it started is not stopped)."""
+    if not done.wait(grace_s):
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(EXIT_CODE)

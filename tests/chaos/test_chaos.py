@@ -147,7 +147,7 @@ def test_a_run_with_no_worker_node_left_ends_and_resumes(cluster, videos, refere
     for node in cluster.workers:
         cluster.kill_raylet(node)  # every worker node gone: the head has no CPUs for the video pool
     rc, log = finish(job, timeout=300)
-    assert rc != 0 and "exit code 7" in log and "ray.resource_wait_s): video needs 1 CPU" in log, log[-4000:]
+    assert rc != 0 and "exit code 7" in log and "ray.resource_wait_s): video (needs 1 CPU)" in log, log[-4000:]
     for node in cluster.workers:
         cluster.kill_node(node)
         cluster.start_worker(node)

@@ -29,3 +29,23 @@ def test_a_pool_lacks_a_node_only_when_no_alive_node_fits_one_task():
     assert lacking(needs, [head, {**worker, "Alive": False}]) == needs  # every worker node gone
     assert lacking(needs, [head, {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0}}]) == {"video": {"CPU": 2.0}}
     assert lacking(needs, [worker, {"Alive": True, "Resources": {"GPU": 2.0}}]) == {}
+
+
+def test_a_main_thread_blocked_in_a_wait_is_woken_and_ends_with_the_line(monkeypatch):
+    import threading
+
+    import ray
+
+    from pipeline.resource_watch import ResourcesGone, resource_watch
+
+    # The fault is Ray's answer (every worker node gone), as the chaos suite produces it for real; here the
+    # main thread's side: a wait with no timeout (as a consumer of the graph's output waits) must end.
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 0.0}}])
+    cfg = load_run_config(None, ["input.path=.", "output.dir=out", "ray.resource_wait_s=0.2"])
+    with pytest.raises(ResourcesGone, match=r"0.2 s \(ray.resource_wait_s\): video \(needs 1 CPU\)"):
+        with resource_watch(cfg, poll_s=0.05):
+            threading.Event().wait()  # would block forever
+    with resource_watch(cfg, poll_s=0.05):
+        pass  # a block that ends first: nothing fires later
+    threading.Event().wait(0.5)
