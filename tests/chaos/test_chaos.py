@@ -165,6 +165,8 @@ def test_write_task_worker_killed(cluster, videos, reference, tmp_path):
     assert not (out / ".ledger" / FAULT_KILL_AFTER_COMMIT).exists()  # a writer did die, after its commit
     assert content(out) == reference
     assert_clean(out)
+    this = json.loads((out / "run.json").read_text())["this_run"]  # its result never came: the commits count
+    assert this["accepted"] == 6 and this["shards_written"] == len(json.loads((out / "shards.json").read_text()))
 
 
 def test_driver_killed_and_restarted_five_times(cluster, videos, reference, tmp_path):
