@@ -21,6 +21,7 @@ from shards.tarwriter import ShardInfo
 UPLOAD_SCRATCH = "prolongvid-upload-"  # a write task's tars before upload; a killed task's are swept on the node
 FAULT_KILL_AFTER_COMMIT = "fault-kill-writer-after-commit"
 FAULT_PAUSE_BEFORE_COMMIT = "fault-pause-writer-before-commit"
+FAULT_WRITER_PID = "fault-writer-pid"  # the writer that waits to die with its node (kill_after_commit's `node`)
 FAULT_HOOKS_VAR = "PROLONGVID_FAULT_HOOKS"
 
 
@@ -56,11 +57,18 @@ class LocalTarget:
 
     def kill_after_commit(self) -> None:
         """The chaos tests' hook: if `.ledger/fault-kill-writer-after-commit` exists, the first writer to remove it
-        dies at once (SIGKILL, as the OOM killer would), right after a commit and before its task ends."""
+        dies at once (SIGKILL, as the OOM killer would), right after a commit and before its task ends. If the
+        file says `node`, the writer instead writes its pid to `.ledger/fault-writer-pid` and waits for the test
+        to take its whole node away."""
+        marker = self.run.ledger / FAULT_KILL_AFTER_COMMIT
         try:
-            (self.run.ledger / FAULT_KILL_AFTER_COMMIT).unlink()
+            mode = marker.read_text().strip()
+            marker.unlink()
         except FileNotFoundError:
             return
+        if mode == "node":
+            (self.run.ledger / FAULT_WRITER_PID).write_text(str(os.getpid()))
+            time.sleep(120.0)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -25,7 +25,7 @@ from fixtures.videos import SynthVideo, make_video
 from shards.layout import RunDir, Sample
 from shards.reader import iter_tar_samples
 from shards.runfolder import claim
-from shards.target import FAULT_KILL_AFTER_COMMIT, FAULT_PAUSE_BEFORE_COMMIT
+from shards.target import FAULT_KILL_AFTER_COMMIT, FAULT_PAUSE_BEFORE_COMMIT, FAULT_WRITER_PID
 from tests.chaos.cluster import NODE_IP, ROOT, Cluster, Namespace, namespaces_available
 from tests.contents import assert_clean, content
 
@@ -167,6 +167,28 @@ def test_write_task_worker_killed(cluster, videos, reference, tmp_path):
     assert_clean(out)
     this = json.loads((out / "run.json").read_text())["this_run"]  # its result never came: the commits count
     assert this["accepted"] == 6 and this["shards_written"] == len(json.loads((out / "shards.json").read_text()))
+
+
+def test_a_writer_lost_with_its_node_right_after_its_commit(cluster, videos, reference, tmp_path):
+    out = tmp_path / "run"
+    claim(RunDir(out))  # a run folder, as a run makes it
+    (out / ".ledger" / FAULT_KILL_AFTER_COMMIT).write_text("node")  # the first writer to commit then waits
+    pid_file = out / ".ledger" / FAULT_WRITER_PID
+    job = cluster.submit(run_cmd(videos, out), wait=False)
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), job, what="a writer committed"))
+    node = cluster.node_of(pid)
+    cluster.kill_raylet(node)
+    cluster.kill_node(node)  # the writer with it: its result never reaches the driver
+    rc, log = finish(job)
+    assert rc == 0, log[-4000:]
+    pid_file.unlink()
+    assert content(out) == reference
+    assert_clean(out)
+    this = json.loads((out / "run.json").read_text())["this_run"]  # the counts are what was committed
+    assert this["accepted"] == 6 and this["shards_written"] == len(json.loads((out / "shards.json").read_text()))
+    assert this["driver_tally"]["accepted"] < 6  # the retry found the lost writer's keys committed: not counted
+    cluster.start_worker(node)
+    cluster.wait_nodes(3)
 
 
 def test_driver_killed_and_restarted_five_times(cluster, videos, reference, tmp_path):
