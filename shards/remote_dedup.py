@@ -16,8 +16,8 @@ from pipeline.core.storage import NotFound, Storage
 from shards import remote_lease, remote_ledger
 from shards.access import reading_run
 from shards.dedup_apply import DedupReport, plan
-from shards.layout import EMBEDDINGS_FILE, LEDGER_DIR, RunDir
-from shards.reader import read_index
+from shards.layout import EMBEDDINGS_FILE, INDEX_FILE, LEDGER_DIR, RunDir
+from shards.reader import NotARunDir, read_index
 
 JOURNAL = f"{LEDGER_DIR}/dedup-journal.json"
 
@@ -74,8 +74,10 @@ def dedup_in_lease(store: Storage, generation: int, cfg: DedupConfig, dry_run: b
 def dedup_remote(url: str, cfg: DedupConfig, dry_run: bool = False) -> DedupReport:
     """`prolongvid dedup s3://bucket/run1`: the run's lease taken (refused while a run writes), settled, deduped."""
     store = Storage(url)
-    with reading_run(url) as (run, _):  # not a run folder: NotARunDir before the lease is touched
-        if dry_run:
+    if not store.exists(INDEX_FILE):  # not a run folder: refused before the lease is touched
+        raise NotARunDir(f"{url} is not a pipeline output directory (no {INDEX_FILE})")
+    if dry_run:
+        with reading_run(url) as (run, _):
             return DedupReport(*_plan(run, store, cfg), 0)
     lease = remote_lease.take_lease(store)
     with lease.kept():
