@@ -53,6 +53,8 @@ class OptimConfig(Strict):
     )
     max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
     precision: Literal["fp32", "bf16"] = Field("bf16", description="bf16: bf16 compute over fp32 master weights")
+    tf32: bool = Field(True, description="TF32 for fp32 matmuls and convolutions on CUDA devices that have it (the "
+                       "paper's --tf32 True); no effect elsewhere")
 
     @model_validator(mode="after")
     def _one_batch_rule(self) -> "OptimConfig":

@@ -7,9 +7,12 @@ with the Qwen template (`chat.py`): one training item per conversation. Every
 item gets k frames (`frame_count: fixed`, the paper's `fixed_num_frames`:
 short videos repeat frames) unless its record, or the sample, names its own
 count. Items longer than `model_max_length` are dropped or given fewer frames,
-as configured, and counted. Samples come in one of two orders (`order.py`):
+as configured, and counted. Items come in one of three orders (`order.py`):
 shards shuffled and split across readers and loader workers by webdataset with
-a shuffle buffer, or a whole-epoch permutation of the sample keys. `DataConfig`
+a shuffle buffer, or a whole-epoch permutation of the (video, conversation)
+items (the paper's sampler) or of the videos. A video's decoded frames are
+kept in a small per-worker cache (`FrameCache`), so items that follow each
+other on one video decode its frames once. `DataConfig`
 holds only what a user sets; what the model and the run decide (the tokens a
 frame costs, the seed, which reader a rank is: `train/topology.py`) is passed in.
 """
@@ -36,6 +39,7 @@ from shards.layout import RunDir, Sample
 from shards.remote import register_webdataset_schemes, remote_shard_urls
 from shards.split import TRAIN
 from train.chat import ChatEncoder
+from train.frame_cache import FrameCache
 from train.frames import pick_frames
 from train.position import WorkerEnd, WorkerItem
 from train.topology import Topology
@@ -55,9 +59,12 @@ class DataConfig(Strict):
     image_placement: Literal["front", "in_place"] = Field(
         "front", description="front: a human turn's <image> after some text moves to its front (the paper)"
     )
-    order: Literal["shard_shuffle", "permutation"] = Field(
-        "shard_shuffle", description="permutation: every epoch a full permutation of the index's samples"
+    order: Literal["shard_shuffle", "permutation", "video_permutation"] = Field(
+        "shard_shuffle", description="permutation: every epoch a full permutation of the index's (video, conversation) "
+        "items, as the paper's sampler; video_permutation: of its videos, each video's conversations back to back"
     )
+    # Decoded frames kept per loader worker (MB); the latest video's are always kept.
+    frame_cache_mb: Annotated[int, Field(ge=0)] = 1024
     image_size: Annotated[int, Field(gt=0)] = 384
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # SigLIP normalisation
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -177,6 +184,7 @@ def training_items(
     import torch
 
     counts = counts if counts is not None else LoaderCounts()
+    cache = FrameCache(cfg.frame_cache_mb << 20)
     for members in samples:
         counts.samples += 1
         try:
@@ -191,8 +199,15 @@ def training_items(
             counts.reasons["no_conversations"] += 1
             continue
         meta, stored = sample.meta, sample.num_frames
-        pixels: dict[int, Any] = {}  # frames decoded once per sample (and frame count), shared by its conversations
+        only = getattr(members, "conversation", None)  # a (video, conversation) item of the permutation order
+        if only is not None and only >= len(sample.conversations):
+            counts.reasons["index_mismatch"] += 1
+            log.warning("skipping %s#%d: the sample has %d conversations (the index and the shards disagree)",
+                        sample.key, only, len(sample.conversations))
+            continue
         for number, record in enumerate(sample.conversations):
+            if only is not None and number != only:
+                continue
             turns = record.turns()
             k = item_frames(cfg, record, meta, stored)
             enc = encoder.encode(turns, k * tokens_per_frame)
@@ -211,26 +226,29 @@ def training_items(
                 continue
             if not pick.exact:
                 counts.reasons["nearest_frames"] += 1
-            if k not in pixels:
+            where = (sample.key, tuple(pick.positions))
+            found, pixels = cache.get(where)
+            if not found:
                 jpegs = sample.frames(pick.positions)
                 problem = frames_problem(jpegs, cfg.max_frame_pixels)
                 if problem is None:
                     try:
-                        pixels[k] = decode_frames(jpegs, cfg)
+                        pixels = decode_frames(jpegs, cfg)
                     except (RuntimeError, ValueError) as e:  # torchvision's libjpeg errors on corrupt data
                         problem = f"frames do not decode ({str(e).splitlines()[0][:120]})"
                 if problem is not None:
-                    pixels[k] = None  # its items stay counted (resume positions), none is yielded
+                    pixels = None  # its items stay counted (resume positions), none is yielded
                     counts.reasons["bad_frames"] += 1
                     log.warning("skipping sample %s: %s", sample.key, problem)
-            if pixels[k] is None:
+                cache.put(where, pixels)
+            if pixels is None:
                 continue
             yield {  # its place in this stream (exact resume) is counts.items - 1, as `worker_items` reads it
                 "key": sample.key,
                 "id": record.id or f"{sample.key}#{number}",
                 "frame_indices": pick.positions,
                 "frame_offset": pick.offset,
-                "pixel_values": pixels[k],
+                "pixel_values": pixels,
                 "input_ids": torch.tensor(enc.input_ids, dtype=torch.long),
                 "labels": torch.tensor(enc.labels, dtype=torch.long),
                 "meta": meta,  # the sample's metadata (`SampleMeta`)
@@ -274,10 +292,11 @@ def build_dataset(cfg: DataConfig, encoder: ChatEncoder, *, tokens_per_frame: in
     def items(src: Iterator[Any]) -> Iterator[WorkerItem | WorkerEnd]:
         return worker_items(src, cfg, encoder, skips, tokens_per_frame)
 
-    if cfg.order == "permutation":
+    if cfg.order in ("permutation", "video_permutation"):
         from train.order import build_permuted
 
-        return build_permuted(cfg.shards, seed, topology, epoch, items)
+        return build_permuted(cfg.shards, seed, topology, epoch, items,
+                              by="video" if cfg.order == "video_permutation" else "conversation")
     urls = shard_urls(cfg.shards)
     if not urls:
         raise FileNotFoundError(f"no shards found at {cfg.shards}")

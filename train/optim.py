@@ -50,6 +50,16 @@ def set_precision(model: torch.nn.Module, precision: str) -> None:
             p.data = p.data.to(torch.float32 if p.requires_grad else frozen)
 
 
+def set_tf32(device: torch.device, enabled: bool) -> bool:
+    """TF32 for fp32 matmuls and cuDNN convolutions (what the HF Trainer's `--tf32` sets) on a CUDA device of
+    compute capability 8.0 or more; returns whether it is on. Elsewhere nothing changes."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8:
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    return enabled
+
+
 def autocast(device: torch.device, precision: str, fsdp_on: bool) -> Any:
     """bf16 compute around fp32 master weights; FSDP's mixed-precision policy casts by itself."""
     if precision == "bf16" and not fsdp_on:

@@ -1,9 +1,13 @@
-"""`data.order: permutation`: every epoch a full permutation of the run's samples, read by key across shards.
+"""Whole-epoch permutations of a run's training items, read by key across shards.
 
-The paper's trainer draws its whole dataset in a new random order each epoch;
-a shard shuffle with a buffer only mixes samples that are near each other in
-the shards. Here the sample keys come from the run's `index.parquet`, sorted,
-then permuted with `seed + epoch`; rank r takes every world-th key from r, and
+`data.order: permutation` is the paper's sampler: its trainer draws every
+conversation record in a new random order each epoch, so one batch mixes
+conversations of many videos. The items are (sample key, conversation number)
+pairs from the run's `index.parquet` (`num_conversations`), sorted, then
+permuted with (seed, epoch). `video_permutation` permutes the sample keys
+instead, a video's conversations coming out back to back (one frame decode
+for all of them). A shard shuffle with a buffer only mixes samples that are
+near each other in the shards. Rank r takes every world-th item from r, and
 loader worker w every workers-th of those. Each worker's stream depends only on
 (seed, epoch, rank, worker), so the item numbering `batching.py` resumes by is
 the same after a restart. Samples are read from their tar by member offsets
@@ -33,22 +37,52 @@ def epoch_keys(keys: list[str], seed: int, epoch: int) -> list[str]:
     return [ordered[i] for i in np.random.default_rng([seed, epoch]).permutation(len(ordered))]
 
 
-def run_samples(spec: str) -> list[tuple[str, str]]:
-    """(key, shard path) of every sample of a pipeline output dir, from its index."""
+def epoch_items(conversations: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's order of (sample, conversation) items as item numbers: item i is conversation
+    i - offsets[s] of sample s (samples in sorted key order, `conversations[s]` each), permuted by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(int(conversations.sum()))
+
+
+def item_of(numbers: np.ndarray, conversations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sample, conversation) of each item number (`epoch_items`)."""
+    offsets = np.concatenate([[0], np.cumsum(conversations)])
+    samples = np.searchsorted(offsets, numbers, side="right") - 1
+    return samples, numbers - offsets[samples]
+
+
+def _index_rows(spec: str) -> tuple[list[dict[str, Any]], Callable[[str], str]]:
+    """The index's train rows and how a shard name becomes its path."""
     from shards.reader import read_index
 
+    hint = "(point data.shards at a pipeline output dir, or use data.order shard_shuffle)"
     if is_remote(spec):
         table = remote_index(spec)
         if table is None:
-            raise FileNotFoundError(f"data.order permutation reads the sample index: {spec}/index.parquet does not "
-                                    "exist (point data.shards at a pipeline output dir, or use data.order shard_shuffle)")
+            raise FileNotFoundError(f"data.order permutation reads the sample index: {spec}/index.parquet does "
+                                    f"not exist {hint}")
         root = spec.rstrip("/")
-        return [(row["key"], f"{root}/shards/{row['shard']}") for row in of_split(table.to_pylist(), TRAIN)]
+        return of_split(table.to_pylist(), TRAIN), lambda shard: f"{root}/shards/{shard}"
     run = RunDir(spec)
     if not run.index.exists():
-        raise FileNotFoundError(f"data.order permutation reads the sample index: {run.index} does not exist "
-                                "(point data.shards at a pipeline output dir, or use data.order shard_shuffle)")
-    return [(row["key"], str(run.shards / row["shard"])) for row in of_split(read_index(run), TRAIN)]
+        raise FileNotFoundError(f"data.order permutation reads the sample index: {run.index} does not exist {hint}")
+    return of_split(read_index(run), TRAIN), lambda shard: str(run.shards / shard)
+
+
+def run_samples(spec: str) -> list[tuple[str, str]]:
+    """(key, shard path) of every sample of a pipeline output dir, from its index."""
+    rows, path = _index_rows(spec)
+    return [(row["key"], path(row["shard"])) for row in rows]
+
+
+def run_conversations(spec: str) -> tuple[list[str], list[str], np.ndarray]:
+    """Sorted sample keys, their shard paths and conversation counts, from the run's index."""
+    rows, path = _index_rows(spec)
+    if rows and "num_conversations" not in rows[0]:
+        raise ValueError(f"{spec}: its index has no num_conversations column, which data.order permutation needs "
+                         "(re-run the pipeline with this version, or use data.order video_permutation)")
+    rows = sorted(rows, key=lambda row: row["key"])
+    counts = np.array([int(row["num_conversations"] or 0) for row in rows], dtype=np.int64)
+    return [row["key"] for row in rows], [path(row["shard"]) for row in rows], counts
 
 
 REMOTE_READ_GAP = 1 << 20
@@ -93,8 +127,9 @@ class TarMembers:
 class LazySample(Mapping):
     """One sample as a webdataset dict whose members are read from the tar when first looked up."""
 
-    def __init__(self, key: str, path: str, tars: TarMembers):
+    def __init__(self, key: str, path: str, tars: TarMembers, conversation: int | None = None):
         self._key, self._path, self._tars = key, path, tars
+        self.conversation = conversation  # the one conversation this item trains on (None: all of the sample's)
         # On an object store each read is a request: frames less than this apart come in one range.
         self.read_gap = REMOTE_READ_GAP if is_remote(path) else 0
         self._where = tars.members(path, key)
@@ -134,27 +169,35 @@ def reader_info(topology: Topology | None) -> tuple[int, int, int, int]:
     return rank, world, worker, workers
 
 
-def permuted_samples(spec: str, seed: int, topology: Topology | None, epoch: int) -> Iterator[LazySample]:
-    """This reader's (`reader_info`) and loader worker's share of the epoch's permutation, in order."""
+def permuted_samples(spec: str, seed: int, topology: Topology | None, epoch: int,
+                     by: str = "conversation") -> Iterator[LazySample]:  # fmt: skip
+    """This reader's (`reader_info`) and loader worker's share of the epoch's permutation, in order: one
+    `LazySample` per (sample, conversation) item (`by="conversation"`) or per sample (`by="video"`)."""
     rank, world, worker, workers = reader_info(topology)
-    where = dict(run_samples(spec))
-    mine = epoch_keys(list(where), seed, epoch)[rank::world][worker::workers]
     tars = TarMembers()
     try:
-        for key in mine:
-            yield LazySample(key, where[key], tars)
+        if by == "video":
+            where = dict(run_samples(spec))
+            for key in epoch_keys(list(where), seed, epoch)[rank::world][worker::workers]:
+                yield LazySample(key, where[key], tars)
+            return
+        keys, paths, conversations = run_conversations(spec)
+        mine = epoch_items(conversations, seed, epoch)[rank::world][worker::workers]
+        samples, numbers = item_of(mine, conversations)
+        for s, n in zip(samples.tolist(), numbers.tolist()):
+            yield LazySample(keys[s], paths[s], tars, conversation=n)
     finally:
         tars.close()
 
 
 def build_permuted(spec: str, seed: int, topology: Topology | None, epoch: int,
-                   items: Callable[[Iterator[LazySample]], Iterator[Any]]) -> Any:  # fmt: skip
+                   items: Callable[[Iterator[LazySample]], Iterator[Any]], by: str = "conversation") -> Any:  # fmt: skip
     """An iterable dataset of this worker's items: `items` turns the epoch's samples into training items
     (`data.worker_items`, which tags them with their worker and place for exact resume: `train/position.py`)."""
     import torch.utils.data
 
     class _Permuted(torch.utils.data.IterableDataset):
         def __iter__(self) -> Iterator[Any]:
-            return items(permuted_samples(spec, seed, topology, epoch))
+            return items(permuted_samples(spec, seed, topology, epoch, by))
 
     return _Permuted()

@@ -97,6 +97,7 @@ class Trainer:
         and the parts a checkpoint saves and resumes."""
         cfg, topo = self.cfg, self.topology
         self.device = setup_distributed(topo.world)
+        self.tf32 = optim.set_tf32(self.device, cfg.optim.tf32)
         torch.manual_seed(cfg.seed + topo.rank)
         self.tokenizer, model = load_parts(cfg)
         per_frame = tokens_per_frame(model.config)  # the model's, handed to the loader

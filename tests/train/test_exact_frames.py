@@ -114,6 +114,29 @@ def test_shards_without_the_union_and_the_papers_repetition_rule(tmp_path, encod
     assert capped["s000c0"]["frame_indices"] == list(range(6))
 
 
+def test_min_distinct_0_keeps_a_short_video_and_repeats_frames_as_the_papers_linspace(tmp_path, encoder, ray_local):
+    """The paper repeats frames of a video shorter than the stage (linspace over N < k frames); the default shard
+    set rejects such a video (min_distinct 1.0), and `min_distinct: 0` is the one setting that reproduces the paper."""
+    from fixtures.videos import SynthVideo, make_video
+
+    make_video(SynthVideo("clock_2s", duration_s=2, audio=False, pattern="clock"), tmp_path / "v")
+    (tmp_path / "ann.json").write_text(json.dumps([{"id": "short", "video": "v/clock_2s.mp4", "conversations": TURNS}]))
+    out = tmp_path / "out"
+    run_pipeline(pipeline_config(tmp_path / "ann.json", out, "input.format=llava", f"input.video_root={tmp_path}",
+                                 "sampling.sets.0.num_frames=192", "sampling.sets.0.stage_frames=[32,128,192]",
+                                 "sampling.sets.0.min_distinct=0", "sampling.sets.0.resize.size=64",
+                                 "filters.visual.enabled=false", "filters.length.min_duration_s=0"))  # fmt: skip
+    for k in (32, 128, 192):
+        item = items(out, encoder, k)["short"]
+        assert item["meta"].decode.num_frames == 60 and len(item["meta"].stored_set().indices) == 60
+        picked = source_frames(item)
+        assert picked == np.linspace(0, 59, k, dtype=int).tolist()  # repeats included, as the paper's loader
+        pixels = item["pixel_values"]
+        assert pixels.shape[0] == k
+        for n in range(1, k):  # a repeated frame is the same pixels
+            assert picked[n] != picked[n - 1] or bool((pixels[n] == pixels[n - 1]).all())
+
+
 def test_export_for_the_papers_trainer_writes_the_largest_stages_frames(union_run, tmp_path):
     from shards.llava import export_llava
     from shards.layout import Sample

@@ -1,5 +1,6 @@
-"""Data order `permutation`: each epoch every sample once, in a fresh order across shards, split over ranks and
-loader workers; a resumed run trains on exactly the items an uninterrupted one does, step by step."""
+"""Data orders `permutation` ((video, conversation) items, the paper's sampler) and `video_permutation`: each epoch
+every item once, in a fresh order across shards, split over ranks and loader workers; a resumed run trains on
+exactly the items an uninterrupted one does, step by step."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.core.config_load import load_config
@@ -51,8 +53,29 @@ def test_each_epoch_is_a_new_permutation_of_every_item(run, tmp_path):
     assert [i for h in again for i in h["items"]] == first  # the order is the seed's, not chance
 
 
+def test_permutation_orders_conversations_as_the_papers_sampler(run, tmp_path):
+    """Every epoch the sorted (video, conversation) items in the order numpy's generator seeded with (seed, epoch)
+    permutes them: conversations of one video are drawn apart, not back to back."""
+    history = train(config(run, tmp_path / "a", "optim.max_steps=40", "output.save_every=40"))["history"]
+    items = [i for h in history for i in h["items"]]
+    for epoch, got in enumerate((items[:20], items[20:])):
+        assert got == [ALL[i] for i in np.random.default_rng([0, epoch]).permutation(len(ALL))]
+    together = sum(a[:4] == b[:4] for a, b in zip(items[:20], items[1:20]))
+    assert together < SAMPLES // 2  # back to back would be 10 of 19 pairs
+
+
+def test_video_permutation_keeps_a_videos_conversations_together(run, tmp_path):
+    history = train(config(run, tmp_path / "v", "data.order=video_permutation", "output.save_every=40"))["history"]
+    items = [i for h in history for i in h["items"]]
+    assert sorted(items) == ALL
+    videos = [i[:4] for i in items]
+    keys = sorted({f"s{s:03d}" for s in range(SAMPLES)})
+    assert videos[::2] == videos[1::2]  # each video's two conversations in a row
+    assert videos[::2] == [keys[i] for i in np.random.default_rng([0, 0]).permutation(SAMPLES)]
+
+
 @pytest.mark.parametrize("order,workers,batch", [("permutation", 0, 1), ("permutation", 2, 2),
-                                                 ("shard_shuffle", 2, 1)])
+                                                 ("video_permutation", 2, 1), ("shard_shuffle", 2, 1)])
 def test_resume_trains_on_the_same_items_step_by_step(run, tmp_path, order, workers, batch):
     extra = (f"data.order={order}", f"data.num_workers={workers}", f"data.batch_size={batch}", "data.shuffle_buffer=4")
     full = train(config(run, tmp_path / "full", *extra))["history"]

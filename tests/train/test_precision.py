@@ -114,3 +114,16 @@ def test_fsdp_trains_fp32_shards_with_bf16_compute_like_ddp_with_autocast(shards
     assert all(after[n].dtype == torch.bfloat16 and torch.equal(after[n], before[n]) for n in before if "vision_tower" in n)
     state = checkpoint.load_state(checkpoint.latest(tmp_path / "fsdp"))
     assert all(s["exp_avg"].dtype == torch.float32 for s in state["optimizer"]["state"].values())
+
+
+def test_tf32_is_the_papers_setting_and_touches_only_cuda_devices():
+    from train import optim
+    from train.config import OptimConfig
+
+    assert OptimConfig(max_steps=1).tf32 is True  # the paper's --tf32 True
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    assert optim.set_tf32(torch.device("cpu"), True) is False
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8:
+        assert optim.set_tf32(torch.device("cuda"), False) is False and not torch.backends.cuda.matmul.allow_tf32
+        assert optim.set_tf32(torch.device("cuda"), True) is True and torch.backends.cuda.matmul.allow_tf32

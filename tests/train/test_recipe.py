@@ -145,7 +145,7 @@ def test_global_batch_sets_accumulation_from_the_world_size(tmp_path):
 PAPER = {  # the paper's stage settings (its stage-2 script; frames per stage from its stage table)
     "optim.lr.vision_tower": 0.0, "optim.lr.projector": 1e-5, "optim.lr.language_model": 1e-5,
     "optim.weight_decay": 0.0, "optim.warmup_ratio": 0.03, "optim.warmup_rounding": "ceil",
-    "optim.global_batch_size": 256, "optim.loss_average": "sample", "optim.precision": "bf16",
+    "optim.global_batch_size": 256, "optim.loss_average": "sample", "optim.precision": "bf16", "optim.tf32": True,
     "data.batch_size": 1, "data.model_max_length": 256000, "data.frame_count": "fixed", "data.mask": "paper",
     "data.image_placement": "front", "data.order": "permutation", "model.video_pool_size": 12,
     "model.activation_checkpointing": True,
