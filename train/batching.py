@@ -21,7 +21,7 @@ The records involved (`WorkerItem`, `WorkerEnd`, `DataPosition`) are in
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -79,6 +79,7 @@ class DataStream:
         self.tokens_per_frame, self.topology = tokens_per_frame, topology
         self.workers = max(1, cfg.data.num_workers)
         self._buckets: dict[tuple[int, int], list[WorkerItem]] = {}
+        self.passed_over: Counter = Counter()  # items the loader passed over (refused, too long, bad frames), by reason
         self.restore(DataPosition())
 
     def restore(self, position: DataPosition) -> None:
@@ -120,6 +121,7 @@ class DataStream:
             restored: dict[tuple[int, int], WorkerItem] = {}
             active, seen = [True] * self.workers, 0
             for got in loader:
+                self.passed_over.update(got.passed)
                 if isinstance(got, WorkerEnd):
                     queues[got.worker].append(got)
                 elif got.index < before[got.worker]:  # from before the checkpoint

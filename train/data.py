@@ -38,7 +38,7 @@ from pipeline.core.storage import in_fresh_process, is_remote
 from shards.layout import RunDir, Sample
 from shards.remote import register_webdataset_schemes, remote_shard_urls
 from shards.split import TRAIN
-from train.chat import ChatEncoder
+from train.chat import ChatEncoder, RefusedConversation
 from train.frame_cache import FrameCache
 from train.frames import pick_frames
 from train.position import WorkerEnd, WorkerItem
@@ -158,11 +158,15 @@ def frames_problem(jpegs: list[bytes], max_pixels: int) -> str | None:
     return None
 
 
+TRAINED_ON = ("fewer_frames", "nearest_frames")  # counted reasons whose items are still trained on
+
+
 @dataclass
 class LoaderCounts:
     samples: int = 0
     items: int = 0
-    # no_conversations, dropped_overlong, fewer_frames, bad_frames, nearest_frames (a k the shard has no record of)
+    # no_conversations, bad_metadata, index_mismatch, dropped_overlong, fewer_frames, bad_frames, nearest_frames (a
+    # k the shard has no record of), and RefusedConversation's reasons (empty, no_placeholder, ...: `train/chat.py`)
     reasons: Counter = field(default_factory=Counter)
 
 
@@ -210,7 +214,11 @@ def training_items(
                 continue
             turns = record.turns()
             k = item_frames(cfg, record, meta, stored)
-            enc = encoder.encode(turns, k * tokens_per_frame)
+            try:
+                enc = encoder.encode(turns, k * tokens_per_frame)
+            except RefusedConversation as e:  # one the paper's rules cannot reproduce (`train/chat.py`)
+                counts.reasons[e.reason] += 1
+                continue
             if len(enc) > cfg.model_max_length:
                 text = len(enc) - enc.video_positions
                 fit = (cfg.model_max_length - text) // tokens_per_frame
@@ -272,9 +280,16 @@ def worker_items(src: Iterator[dict[str, Any]], cfg: DataConfig, encoder: ChatEn
     worker = info.id if info is not None else 0
     counts = LoaderCounts()
     skip = skips[worker] if worker < len(skips) else 0
+    reported: Counter = Counter()
+
+    def passed() -> dict[str, int]:  # what was passed over since the last report, for the run's log
+        new = Counter({k: n for k, n in (counts.reasons - reported).items() if k not in TRAINED_ON})
+        reported.update(new)
+        return dict(new)
+
     for item in training_items(src, cfg, encoder, counts, skip, tokens_per_frame=tokens_per_frame):
-        yield WorkerItem(worker, counts.items - 1, item)  # items dropped after counting keep their places
-    yield WorkerEnd(worker)
+        yield WorkerItem(worker, counts.items - 1, item, passed())  # items dropped after counting keep their places
+    yield WorkerEnd(worker, passed())
 
 
 def build_dataset(cfg: DataConfig, encoder: ChatEncoder, *, tokens_per_frame: int, seed: int = 0,

@@ -19,6 +19,7 @@ class WorkerItem:
     worker: int  # the loader worker whose stream it comes from
     index: int  # its place in that worker's stream, items dropped later (bad frames) counted: exact resume
     item: dict[str, Any]  # pixel_values, input_ids, labels, id, ... (`data.training_items`)
+    passed: dict[str, int] = field(default_factory=dict)  # items passed over since the worker's last one, by reason
 
     @property
     def key(self) -> tuple[int, int]:
@@ -28,6 +29,7 @@ class WorkerItem:
 @dataclass
 class WorkerEnd:
     worker: int
+    passed: dict[str, int] = field(default_factory=dict)  # passed over after the worker's last item, by reason
 
 
 @dataclass

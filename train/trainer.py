@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -176,12 +177,14 @@ class Trainer:
         total = all_reduce_sum(total, device, world)  # per-rank shares of the global mean add up to it
         elapsed = time.perf_counter() - start
         tokens = tokens * world // sp  # a sequence-parallel group's ranks hold the same batch
-        every_rank = gather(ids, world)
-        readers = [every_rank[rank] for rank in topo.reader_ranks]
+        every_rank = gather((ids, dict(self.stream.passed_over)), world)
+        readers = [every_rank[rank][0] for rank in topo.reader_ranks]
+        passed: Counter = sum((Counter(every_rank[rank][1]) for rank in topo.reader_ranks), Counter())
         return {"step": self.step, "loss": round(total, 6), "lr": self.scheduler.get_last_lr()[-1],
                 "grad_norm": float(norm), "tokens_per_s": round(tokens / elapsed, 1), "data_wait_s": round(wait, 4),
                 "step_s": round(elapsed, 4), "epoch": self.stream.epoch, "tokens": tokens,
-                "items": [i for rank_ids in readers for i in rank_ids]}  # fmt: skip
+                "items": [i for rank_ids in readers for i in rank_ids],
+                "passed_over": dict(sorted(passed.items()))}  # fmt: skip
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, packed: torch.Tensor | None = None) -> torch.Tensor:
         """The micro-batch's summed loss (`train/loss.py`); with sequence parallelism, over this rank's slice;

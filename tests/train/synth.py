@@ -55,8 +55,9 @@ def frames_of(s: int, frames: int) -> list[bytes]:
 
 
 def write_run(root: Path, samples: int, per_shard: int, frames: int = 6, conversations: int = 1,
-              meta_of=None, layout1: bool = False) -> Path:  # fmt: skip
-    """`samples` videos over shards of `per_shard`; conversation ids `s<sample>c<conv>`, all distinct.
+              meta_of=None, layout1: bool = False, turns_of=None) -> Path:  # fmt: skip
+    """`samples` videos over shards of `per_shard`; conversation ids `s<sample>c<conv>`, all distinct;
+    `turns_of(sample, conversation)`, when given, may return other turns for a conversation (None: the usual).
 
     `layout1`: the same samples as layout 1 (before format 2) stored them, written member by member with the
     stdlib's tarfile: `<key>.NNNN.jpg` per frame, the dict-shaped json with nulls, the LLaVA records as they came."""
@@ -68,6 +69,8 @@ def write_run(root: Path, samples: int, per_shard: int, frames: int = 6, convers
         for s in range(first, min(first + per_shard, samples)):
             key = f"video{s:03d}"
             convs = [conversation(f"s{s:03d}c{c}", s + c) for c in range(conversations)]
+            for c, conv in enumerate(convs):
+                conv["conversations"] = (turns_of and turns_of(s, c)) or conv["conversations"]
             meta = meta_of(s) if meta_of else {"key": key}
             written.append((layout1_sample if layout1 else sample_from_sections)(key, frames_of(s, frames), meta, convs))
             rows.append({"key": key, "shard": name, "frames_stored": frames, "num_conversations": conversations})

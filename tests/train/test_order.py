@@ -100,3 +100,17 @@ def test_two_ranks_split_one_permutation(run, tmp_path):
     logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert all(len(r["items"]) == 4 for r in logged)  # 2 ranks x batch 2, every step
     assert sorted(i for r in logged for i in r["items"]) == ALL  # one epoch: every item once over both ranks
+
+
+def test_refused_conversations_are_passed_over_and_counted_in_the_log(tmp_path):
+    """A conversation the paper's rules cannot reproduce (`train/chat.py`) is never trained on: the log counts it."""
+    bad = {(1, 0): [{"from": "human", "value": "<image> a <image> b"}, {"from": "gpt", "value": "x"}],
+           (2, 1): [{"from": "human", "value": "no video here"}, {"from": "gpt", "value": "y"}]}
+    odd = write_run(tmp_path / "odd", samples=4, per_shard=2, conversations=2, turns_of=lambda s, c: bad.get((s, c)))
+    history = train(config(odd, tmp_path / "out", "data.num_workers=2", "optim.max_steps=6", "output.save_every=40"))[
+        "history"]
+    items = [i for h in history for i in h["items"]]
+    assert sorted(items) == sorted(f"s{s:03d}c{c}" for s in range(4) for c in range(2) if (s, c) not in bad)
+    assert history[-1]["passed_over"] == {"no_placeholder": 1, "several_placeholders": 1}
+    logged = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert logged[-1]["passed_over"] == history[-1]["passed_over"]
