@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline.core.errors import Reason, VideoError
 from pipeline.video.extract import available_cpus
-from pipeline.video.frames import swscale_rgb
+from pipeline.video.frames import frame_rgb
 from pipeline.video.imageops import decode_jpeg
 from pipeline.video.config_video import FetchConfig
 from pipeline.video.fetch import fetch, is_http
@@ -88,11 +88,12 @@ def _first_frame_offset(source: OpenedSource, timeout_s: float) -> tuple[float, 
 
 
 def reference_frame(source: OpenedSource, at_s: float, size: tuple[int, int], resample: str, timeout_s: float,
-                    display: tuple[int, int]) -> np.ndarray | None:
+                    display: tuple[int, int], scaler: str = "swscale") -> np.ndarray | None:
     """The frame ffmpeg decodes at `at_s` (seconds on the container's clock, from its start), upright, at `size`.
 
     ffmpeg decodes, picks the frame and turns it upright; the pixels come out as 8-bit 4:2:0 at full size and
-    are scaled to `size` by the pipeline's own libswscale call. ffmpeg reads the open source it inherits.
+    are scaled to `size` by the pipeline's own scaler (the run's `resize.scaler`). ffmpeg reads the open source it
+    inherits.
     """
     w, h = display
     even = [] if w % 2 == 0 and h % 2 == 0 else ["-vf", f"scale={w + w % 2}:{h + h % 2}"]  # 4:2:0 needs even sizes
@@ -106,7 +107,7 @@ def reference_frame(source: OpenedSource, at_s: float, size: tuple[int, int], re
     import av
 
     frame = av.VideoFrame.from_ndarray(np.frombuffer(done.stdout, dtype=np.uint8).reshape(h * 3 // 2, w), format="yuv420p")
-    return swscale_rgb(frame, size[0], size[1], resample)
+    return frame_rgb(frame, size[0], size[1], resample, 0, scaler)
 
 
 def _probed_identity(recorded: FileIdentity) -> Identity | None:
@@ -138,7 +139,7 @@ def _fetched_copy(source: str, remote: RemoteAccess, folder: Path) -> Path:
     return fetch(source, folder / "source", remote.fetch, allowed_prefixes=remote.allowed_prefixes).path
 
 
-def audit_sample(key: str, sample: Sample, resample: str, max_frames: int, timeout_s: float,
+def audit_sample(key: str, sample: Sample, resample: tuple[str, str], max_frames: int, timeout_s: float,
                  rules: SourceRules | None = None, remote: RemoteAccess | None = None) -> SampleAudit:
     """Re-decode one sample's stored frames from its source, opened as the run opened it: confined by `rules`
     and the very file the run's probe read (else the sample is not audited: its frames came from another file).
@@ -173,7 +174,7 @@ def audit_sample(key: str, sample: Sample, resample: str, max_frames: int, timeo
 
 
 def _compare(out: SampleAudit, source: OpenedSource, sample: Sample, fs: FrameSetRecord, video: VideoRecord,
-             resample: str, max_frames: int, timeout_s: float) -> None:
+             resample: tuple[str, str], max_frames: int, timeout_s: float) -> None:
     count = sample.num_frames
     positions = list(range(count))
     if max_frames and len(positions) > max_frames:
@@ -193,7 +194,7 @@ def _compare(out: SampleAudit, source: OpenedSource, sample: Sample, fs: FrameSe
         stored = decode_jpeg(jpeg)
         size = (stored.shape[1], stored.shape[0])
         at = first - start + fs.timestamps_s[pos] - early
-        ref = reference_frame(source, at, size, resample, timeout_s, display)
+        ref = reference_frame(source, at, size, resample[0], timeout_s, display, resample[1])
         out.frames.append(FrameCheck(pos, fs.indices[pos], fs.timestamps_s[pos],
                                      None if ref is None else round(psnr(stored, ref), 2)))
 
@@ -212,7 +213,8 @@ def _audit(run: RunDir, tars: Tars, samples: int, seed: int, max_frames: int, ke
     config = read_run_json(run).get("config") or {}
     frame_set = (config.get("shards") or {}).get("frame_set", "shard")
     spec = next((s for s in (config.get("sampling") or {}).get("sets", []) if s.get("name") == frame_set), {})
-    resample = (spec.get("resize") or {}).get("resample", "bicubic")
+    resize = spec.get("resize") or {}  # (filter, scaler) the run scaled with; runs before `scaler` used swscale
+    resample = (resize.get("resample", "bicubic"), resize.get("scaler", "swscale"))
     rules = SourceRules.from_config_dict(config)  # the run's own confinement
     remote = RemoteAccess.from_config_dict(config)
     if keys:

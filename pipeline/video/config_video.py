@@ -163,6 +163,11 @@ class ResizeConfig(RunSection):
     size: Annotated[int, Range(0, 8192, above=True)] = 384
     # bicubic matches SigLIP's processor; area (box) is the cheapest correct filter for plain downscaling.
     resample: Literal["area", "bilinear", "bicubic", "lanczos"] = "bicubic"
+    scaler: Literal["pil", "swscale"] = Field(
+        "pil", description="pil: decode to RGB at full size, then PIL's filter on RGB, as SigLIP's processor does "
+        "(the paper's pixels; README: pixel fidelity); swscale: libswscale straight from YUV (cheaper; 30-37 dB of the "
+        "processor's pixels before any JPEG)"
+    )
 
 
 class FrameSetConfig(RunSection):
@@ -188,10 +193,22 @@ class FrameSetConfig(RunSection):
     max_frames: SampleFramesOrZero = 0  # 0: no upper bound
     seek: Literal["exact", "keyframe"] = "exact"
     resize: ResizeConfig = ResizeConfig()
-    jpeg_quality: Annotated[int, Range(1, 100)] = 90
+    jpeg_quality: Annotated[int, Range(1, 100)] = 85
+    jpeg_subsampling: Literal["4:4:4", "4:2:2", "4:2:0"] = Field(
+        "4:4:4", description="JPEG chroma sampling: 4:4:4 keeps the colour the model sees; 4:2:0 halves it both ways"
+    )
     min_distinct: Share = Field(
         0.0, description="fraction of the set's frames that must be different frames (else too_few_distinct_frames)"
     )
+
+    @field_validator("jpeg_subsampling", mode="before")
+    @classmethod
+    def _unquoted(cls, value):
+        """YAML 1.1 reads an unquoted 4:2:0 as the base-60 number 14520 (4*3600 + 2*60 + 0): read it back."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            hours, rest = divmod(value, 3600)
+            return f"{hours}:{rest // 60}:{rest % 60}"
+        return value
 
     @model_validator(mode="after")
     def _mode_fields(self) -> "FrameSetConfig":
@@ -214,8 +231,9 @@ def default_sets() -> list[FrameSetConfig]:
             name="caption",
             mode="time_fps",
             fps=1.0,
-            resize=ResizeConfig(policy="short_side", size=224, resample="area"),
+            resize=ResizeConfig(policy="short_side", size=224, resample="area", scaler="swscale"),
             jpeg_quality=85,
+            jpeg_subsampling="4:2:0",
         ),
     ]
 

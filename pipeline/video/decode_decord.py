@@ -72,8 +72,8 @@ class ArrayFrame:
         self.index = index
         self._rgb = rgb
 
-    def rgb(self, width: int, height: int, resample: str) -> np.ndarray:
-        return scale_array(self._rgb, width, height, resample)
+    def rgb(self, width: int, height: int, resample: str, scaler: str = "swscale") -> np.ndarray:
+        return scale_array(self._rgb, width, height, resample, scaler)
 
 
 class DecordBackend:

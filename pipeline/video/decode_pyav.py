@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.video.decode_log import DecoderLog
 from pipeline.core.errors import NotExact, Reason, VideoError
-from pipeline.video.frames import swscale_rgb
+from pipeline.video.frames import frame_rgb
 from pipeline.video.paths import indirect_format
 from pipeline.video.sampling import FrameIndex
 
@@ -40,8 +40,8 @@ class AVFrame:
         self._frame = frame
         self._rotation = rotation_cw
 
-    def rgb(self, width: int, height: int, resample: str) -> np.ndarray:
-        return swscale_rgb(self._frame, width, height, resample, self._rotation)
+    def rgb(self, width: int, height: int, resample: str, scaler: str = "swscale") -> np.ndarray:
+        return frame_rgb(self._frame, width, height, resample, self._rotation, scaler)
 
 
 class PyAVBackend:

@@ -24,7 +24,7 @@ __all__ = ["Backend", "DecodedFrame", "DecordBackend", "PyAVBackend", "import_de
 class DecodedFrame(Protocol):
     index: int
 
-    def rgb(self, width: int, height: int, resample: str) -> np.ndarray:
+    def rgb(self, width: int, height: int, resample: str, scaler: str = "swscale") -> np.ndarray:
         """The frame upright (rotation applied) as HxWx3 uint8 at (width, height)."""
 
 

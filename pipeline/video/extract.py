@@ -70,7 +70,9 @@ class _Target:
     set_no: int
     size: tuple[int, int]
     resample: str
+    scaler: str
     quality: int
+    subsampling: str
 
 
 # Reasons that no other decode path can change: the file itself is short, cut or degenerate.
@@ -180,7 +182,8 @@ def _decode_span(
     out: dict[int, list[tuple[int, bytes]]] = {}
     for frame in backend.read(positions):
         out[frame.index] = [
-            (t.set_no, encode_jpeg(frame.rgb(*t.size, t.resample), t.quality)) for t in wants[frame.index]
+            (t.set_no, encode_jpeg(frame.rgb(*t.size, t.resample, t.scaler), t.quality, t.subsampling))
+            for t in wants[frame.index]
         ]
     missing = set(positions.tolist()) - set(out)
     if missing:  # a backend that returns fewer frames than asked is not exact
@@ -213,7 +216,8 @@ def _extract_with(
         _check_degenerate(index, specs, plans, decode)
         wants: dict[int, list[_Target]] = {}
         for set_no, (spec, plan) in enumerate(zip(specs, plans)):
-            target = _Target(set_no, output_size(info.width, info.height, spec.resize), spec.resize.resample, spec.jpeg_quality)
+            target = _Target(set_no, output_size(info.width, info.height, spec.resize), spec.resize.resample,
+                             spec.resize.scaler, spec.jpeg_quality, spec.jpeg_subsampling)
             for pos in np.unique(plan.indices).tolist():
                 wants.setdefault(pos, []).append(target)
         positions = np.array(sorted(wants), dtype=np.int64)

@@ -35,9 +35,16 @@ def output_size(width: int, height: int, resize: ResizeConfig) -> tuple[int, int
     return width, height
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+def pil_resize(rgb: np.ndarray, width: int, height: int, resample: str) -> np.ndarray:
+    """An HxWx3 uint8 array at (width, height) by PIL's filter on 8-bit RGB: SigLIP's processor, pixel for pixel."""
+    if rgb.shape[1] == width and rgb.shape[0] == height:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((width, height), RESAMPLE[resample]))
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90, subsampling: str = "4:2:0") -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality, subsampling=subsampling)
     return buf.getvalue()
 
 

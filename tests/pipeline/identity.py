@@ -15,7 +15,7 @@ from pipeline.core.records import DecodeResult
 from pipeline.video.sampling import uniform_indices
 
 SQUARE = ResizeConfig(policy="square", size=384, resample="bicubic")
-SMALL = ResizeConfig(policy="short_side", size=224, resample="area")
+SMALL = ResizeConfig(policy="short_side", size=224, resample="area", scaler="swscale")  # the caption set's
 
 
 def every_mode() -> SamplingConfig:
