@@ -139,6 +139,10 @@ class DecodeConfig(RunSection):
     batch_bytes: Bytes = Field(
         32 << 20, description="most raw pixel bytes one decode batch may hold"
     )
+    skip_unwanted: bool = Field(
+        True, description="pyav: frames no wanted frame needs (H.264 non-reference frames) are never "
+        "decoded; a wanted frame that does not come out turns it off for the file, caught by its time"
+    )
     isolate: bool = Field(True, description="decode in a watched child process so a hang or blow-up is cut off")
     timeout_s: Seconds = Field(900.0, description="a decode running longer is killed and rejected")
     max_memory_mb: Annotated[int, Range(0, MAX_MEMORY_MB, above=True)] = Field(

@@ -13,6 +13,16 @@ Two ways to find frame n, both exact:
   from the start again. Twice the work, used only when `packets` cannot prove
   a frame.
 Either way a frame that cannot be proven raises `NotExact`; nothing is guessed.
+
+Reading by `packets` with `skip_unwanted`, the decoder discards every frame
+that is neither wanted nor a reference of another frame (libavcodec's
+`skip_frame` at NONREF, set packet by packet: a wanted frame's packet is
+decoded whole). Only codecs where a non-reference frame can never be used by
+another frame do so: H.264 (nal_ref_idc 0) in MP4/MOV, Matroska/WebM and FLV,
+where a packet is one frame under its own time (proven on the identity
+corpus; MPEG-TS is not). A wanted
+frame that does not come out is caught by its presentation time as before;
+skipping is then turned off for the file and the span read again.
 """
 
 from __future__ import annotations
@@ -28,6 +38,13 @@ from pipeline.video.paths import indirect_format
 from pipeline.video.sampling import FrameIndex
 
 _RESEEK_STEPS = (1, 4, 16)  # keyframes further back to try after a late landing, before the start
+# Decoders whose AVDISCARD_NONREF drops only frames no other frame refers to, proven on the identity corpus:
+# `skip_unwanted` there only. Not: HEVC (a sub-layer non-reference picture may serve a higher temporal layer),
+# VP9 and AV1 (not proven), MPEG-2 (a wanted frame did not come out in MPEG-TS).
+SKIP_CODECS = frozenset({"h264"})
+# Containers whose packets are whole frames under their own presentation time (in MPEG-TS a parser cuts the
+# stream into frames, and a wanted frame's packet did not carry its time).
+SKIP_CONTAINERS = frozenset({"mov", "mp4", "matroska", "webm", "flv"})
 
 
 class AVFrame:
@@ -48,7 +65,7 @@ class PyAVBackend:
     """PyAV with per-frame proof: by packet times and seeks (`packets`) or by decode order (`decode`)."""
 
     def __init__(self, path: str, rotation_cw: int = 0, codec_threads: int = 1, index_by: str = "packets",
-                 log: DecoderLog | None = None, allow_indirect: bool = False):
+                 log: DecoderLog | None = None, allow_indirect: bool = False, skip_unwanted: bool = False):
         import av
 
         self._av = av
@@ -66,6 +83,10 @@ class PyAVBackend:
         self._index: FrameIndex | None = None
         self.packet_errors = 0
         self.open_gop = False  # set by the packet index: some GOP shows frames before its keyframe
+        self.skip_unwanted = skip_unwanted
+        self._wanted: set[int] | None = None  # while reading: raw pts of the wanted frames, the rest may be discarded
+        self.frames_decoded = 0  # frames the decoder output (a discarded one is never output)
+        self.skip_fallbacks = 0  # spans read again without skipping, because a wanted frame did not come out
 
     # ------------------------------------------------------------ container
 
@@ -93,10 +114,18 @@ class PyAVBackend:
         """Decoded frames from the container's position on; a packet that fails to decode is skipped and counted."""
         av = self._av
         stream = self._stream
+        context = stream.codec_context
+        if self._wanted is None and context.skip_frame != "DEFAULT":
+            context.skip_frame = "DEFAULT"
         try:
             for packet in self._container.demux(stream):
+                wanted = self._wanted
+                if wanted is not None:  # frames no set wants and no frame refers to are never decoded
+                    context.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
                 try:
-                    yield from stream.decode(packet)
+                    for frame in stream.decode(packet):
+                        self.frames_decoded += 1
+                        yield frame
                 except av.error.InvalidDataError as e:
                     self.packet_errors += 1
                     self.log.note(f"packet skipped: {e}")
@@ -207,6 +236,18 @@ class PyAVBackend:
         return self._frames()
 
     def _read_by_time(self, positions: np.ndarray) -> Iterator[AVFrame]:
+        try:
+            if self.skip_unwanted and self._can_skip():
+                self._wanted = {int(self._raw_pts[p]) for p in positions.tolist()}
+            yield from self._read_targets(positions)
+        finally:
+            self._wanted = None
+
+    def _can_skip(self) -> bool:
+        formats = set((self._container.format.name or "").split(","))
+        return self._stream.codec_context.name in SKIP_CODECS and bool(formats & SKIP_CONTAINERS)
+
+    def _read_targets(self, positions: np.ndarray) -> Iterator[AVFrame]:
         index, raw = self._index, self._raw_pts
         keyframes = index.keyframes
         frames = None
@@ -217,6 +258,12 @@ class PyAVBackend:
             if frames is None or int(keyframes[key_at]) > current or target <= current:
                 frames = self._seek(int(keyframes[key_at]))  # decoding on is cheaper unless a keyframe lies between
             frame = _advance(frames, want)
+            if frame is None and self._wanted is not None:  # a discarded frame after all: read on without skipping
+                self._wanted = None
+                self.skip_fallbacks += 1
+                self.log.note(f"frame {target} did not come out with unwanted frames skipped: skipping stops")
+                frames = self._seek(int(keyframes[key_at]))
+                frame = _advance(frames, want)
             for back in (*_RESEEK_STEPS, None):
                 if frame is not None:
                     break

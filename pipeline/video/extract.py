@@ -117,7 +117,7 @@ def _open(name: str, info: VideoInfo, decode: DecodeConfig, codec_threads: int, 
         return backend
     index_by = "decode" if name == "pyav-sequential" else "packets"
     return PyAVBackend(info.path, rotation_cw=info.rotation, codec_threads=codec_threads, index_by=index_by, log=log,
-                       allow_indirect=_probe_allowed_indirect(info))
+                       allow_indirect=_probe_allowed_indirect(info), skip_unwanted=decode.skip_unwanted)
 
 
 def _open_worker(name: str, info: VideoInfo, decode: DecodeConfig, indexed: Backend, log: DecoderLog) -> Backend:
@@ -128,7 +128,7 @@ def _open_worker(name: str, info: VideoInfo, decode: DecodeConfig, indexed: Back
     else:
         backend = PyAVBackend(info.path, rotation_cw=info.rotation, codec_threads=1,
                               index_by="decode" if name == "pyav-sequential" else "packets", log=log,
-                              allow_indirect=_probe_allowed_indirect(info))
+                              allow_indirect=_probe_allowed_indirect(info), skip_unwanted=decode.skip_unwanted)
     backend.share_index(indexed)
     return backend
 
