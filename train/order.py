@@ -19,6 +19,7 @@ its json; one member per frame in layout-1 shards).
 from __future__ import annotations
 
 import tarfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator
 
@@ -88,12 +89,17 @@ def run_conversations(spec: str) -> tuple[list[str], list[str], np.ndarray]:
 REMOTE_READ_GAP = 1 << 20
 
 
-class TarMembers:
-    """Where each sample's members sit in the tars it has opened: (offset, size) by key and member suffix."""
+OPEN_TARS = 64  # tars a loader worker keeps open: a permutation touches every shard, file handles are bounded
 
-    def __init__(self) -> None:
+
+class TarMembers:
+    """Where each sample's members sit in the tars it has opened: (offset, size) by key and member suffix; the
+    `max_open` most recently read tars stay open (a run of 10,000 shards would exhaust a worker's file handles)."""
+
+    def __init__(self, max_open: int = OPEN_TARS) -> None:
         self._tables: dict[str, dict[str, dict[str, tuple[int, int]]]] = {}
-        self._files: dict[str, Any] = {}
+        self._files: OrderedDict[str, Any] = OrderedDict()
+        self.max_open = max_open
 
     def members(self, path: str, key: str) -> dict[str, tuple[int, int]]:
         if path not in self._tables:
@@ -113,6 +119,10 @@ class TarMembers:
         f = self._files.get(path)
         if f is None:
             f = self._files[path] = RangedFile(path) if is_remote(path) else open(path, "rb")
+            while len(self._files) > self.max_open:
+                self._files.popitem(last=False)[1].close()
+        else:
+            self._files.move_to_end(path)
         if isinstance(f, RangedFile):
             return f.read_at(offset, size)
         f.seek(offset)

@@ -60,3 +60,20 @@ def test_the_cache_evicts_least_recently_used_past_its_bound():
     huge = FrameCache(max_bytes=0)
     huge.put(("x", (0,)), mb.clone())
     assert huge.get(("x", (0,)))[0]  # the newest entry stays even past the bound
+
+
+def test_a_worker_keeps_a_bounded_number_of_tars_open(run):
+    """A permutation reads every shard in turn; only the most recently read stay open, the reads stay the same."""
+    from train.order import LazySample, TarMembers, epoch_keys, run_samples
+
+    where = dict(run_samples(str(run)))
+    bounded, free = TarMembers(max_open=1), TarMembers()
+    try:
+        for key in epoch_keys(list(where), 0, 0) * 2:
+            a, b = LazySample(key, where[key], bounded), LazySample(key, where[key], free)
+            assert a["json"] == b["json"] and a["frames.mjpeg"] == b["frames.mjpeg"]
+            assert len(bounded._files) == 1
+        assert len(free._files) == len(set(where.values())) > 1
+    finally:
+        bounded.close()
+        free.close()
