@@ -9,24 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.codec_corpus import CORPUS, can_make, encoder_of, make_coded
+from fixtures.codec_corpus import CORPUS
 from pipeline.video.config_video import DecodeConfig, InputConfig
 from pipeline.video.extract import extract_frames
 from pipeline.video.probe import preflight
 from tests.pipeline.identity import every_mode, identity_problems
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-
-    def get(name: str):
-        case = CORPUS[name]
-        if not can_make(case):
-            pytest.skip(f"local ffmpeg has no {encoder_of(case)} encoder")
-        return case, make_coded(case, folder)
-
-    return get
 
 
 @pytest.mark.parametrize("threads", [1, 2])

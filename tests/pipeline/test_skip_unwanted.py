@@ -6,22 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fixtures.codec_corpus import CORPUS, can_make, encoder_of, make_coded
 from pipeline.video.decode_pyav import PyAVBackend
 from pipeline.video.sampling import uniform_indices
 
 
-@pytest.fixture(scope="module")
-def coded(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("skip")
-
-    def get(name: str):
-        case = CORPUS[name]
-        if not can_make(case):
-            pytest.skip(f"local ffmpeg has no {encoder_of(case)} encoder")
-        return make_coded(case, folder)
-
-    return get
+@pytest.fixture
+def coded(corpus):
+    """A frame-coded corpus file by case name (the session's `corpus`, shared with the identity tests)."""
+    return lambda name: corpus(name)[1]
 
 
 def read(path, positions, skip: bool, threads: int = 1, patch=None):
